@@ -87,9 +87,9 @@ def _from_number(raw: str, number: int, param: str) -> PeerRef:
         if number >= 2**53:
             raise InvalidParam(param, "id out of range")
         return PeerRef(raw, id=number, kind=None)
-    text = str(-number)
-    if text.startswith("100") and len(text) >= 13:
-        return PeerRef(raw, id=int(text[3:]), kind="channel")
+    # Telethon's resolve_id rule: below -10**12 is a channel, above it a basic group.
+    if -number > 10**12:
+        return PeerRef(raw, id=-number - 10**12, kind="channel")
     if -number >= 2**53:
         raise InvalidParam(param, "id out of range")
     return PeerRef(raw, id=-number, kind="chat")
