@@ -1,0 +1,221 @@
+"""Where stored media end up: a folder on this machine, or an HTTP server that takes PUT.
+
+Both storages name an object `{key[:2]}/{key}{ext}`: the key is the media's mmh3 hex digest
+and the extension one of a short safe set, so nothing a Telegram user chose (a file name)
+ever becomes part of a path or a URL.
+
+    StorageError                 (TgcError) the server refused the file: don't retry
+    └── StorageUnavailable       the server is down, timed out or answered 5xx: retry later
+
+`HttpStorage` streams the spool file to the server with pycurl through Tornado's
+`CurlAsyncHTTPClient`: that client has no `body_producer`, so the request's curl handle gets
+a READFUNCTION reading the open file in chunks and INFILESIZE_LARGE (MEASURED.md: 1.2 GB/s
+at ~35 MB RSS for 100 MB, where a body in memory costs the whole file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import IO, Protocol
+
+import pycurl
+from tornado.curl_httpclient import CurlAsyncHTTPClient
+from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
+
+from common.errors import TgcError
+
+log = logging.getLogger(__name__)
+
+_KEY = re.compile(r"^[0-9a-f]{32}$")
+_EXT = re.compile(r"^\.[a-z0-9]{1,10}$")
+# HTTP answers worth trying again: the server is busy, restarting or overloaded.
+_RETRYABLE_STATUS = {408, 425, 429}
+
+
+class StorageError(TgcError):
+    """The storage refused the file for good (a 4xx, a file that is not what it should be)."""
+
+    code = "STORAGE_ERROR"
+
+
+class StorageUnavailable(StorageError):
+    """The storage can't take the file now (down, timed out, 5xx); the same put may succeed
+    later."""
+
+    code = "STORAGE_UNAVAILABLE"
+
+
+class Storage(Protocol):
+    async def put(self, path: Path, key: str, ext: str, size: int, mime: str) -> str:
+        """Stores the file at `path` as the object of `key` and returns its URL."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def object_name(key: str, ext: str) -> str:
+    """`ab/ab12…ef.jpg`: the relative name of a media object; refuses anything but a hex key
+    and drops an extension that is not a short lowercase alphanumeric one."""
+    if not _KEY.match(key):
+        raise StorageError(f"not a media key: {key[:40]!r}")
+    safe_ext = ext.lower() if _EXT.match(ext.lower()) else ""
+    return f"{key[:2]}/{key}{safe_ext}"
+
+
+class LocalStorage:
+    """Keeps media in a folder (`data.dir/media`): the spool file is moved into place."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory).resolve()
+
+    def path_for(self, key: str, ext: str) -> Path:
+        return self.directory / object_name(key, ext)
+
+    async def put(self, path: Path, key: str, ext: str, size: int, mime: str) -> str:
+        dest = self.path_for(key, ext)
+        # A cross-device copy of a large file must not run on the loop.
+        await asyncio.to_thread(self._move, Path(path), dest, size)
+        return dest.as_uri()
+
+    async def close(self) -> None:
+        return None
+
+    @staticmethod
+    def _move(src: Path, dest: Path, size: int) -> None:
+        if not src.exists():
+            # A crash between the move and the state change: the object is already there.
+            if dest.exists() and (not size or dest.stat().st_size == size):
+                return
+            raise StorageError(f"spool file {src.name} is missing")
+        _check_size(src, size)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(src, dest)  # atomic: a reader sees the old object or the new one
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            tmp = dest.with_name(dest.name + ".tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+            src.unlink()
+
+
+class HttpStorage:
+    """PUTs each file to `{base_url}/{key[:2]}/{key}{ext}` (nginx WebDAV, a PUT gateway…).
+
+    `timeout` bounds connecting and any stall of the transfer (less than 1 KB/s for that
+    long); a big file may take as long as it needs otherwise. `headers` go with every PUT
+    (an Authorization header, for instance).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 30.0,
+        *,
+        max_clients: int = 4,
+        headers: dict[str, str] | None = None,
+        upload_buffer: int = 1 << 20,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"storage url must be http(s)://…, not {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.max_clients = max_clients
+        self.headers = dict(headers or {})
+        self.upload_buffer = upload_buffer
+        self._client: CurlAsyncHTTPClient | None = None
+
+    def url_for(self, key: str, ext: str) -> str:
+        return f"{self.base_url}/{object_name(key, ext)}"
+
+    async def put(self, path: Path, key: str, ext: str, size: int, mime: str) -> str:
+        url = self.url_for(key, ext)
+        body, actual = await asyncio.to_thread(_open_spool, Path(path), size)
+        try:
+            request = HTTPRequest(
+                url,
+                method="PUT",
+                # Tornado insists on a body for PUT; the real one comes from READFUNCTION.
+                body=b"",
+                headers={**self.headers, "Content-Type": mime or "application/octet-stream"},
+                connect_timeout=self.timeout,
+                request_timeout=self._request_timeout(actual),
+                prepare_curl_callback=lambda curl: self._stream_from(curl, body, actual),
+            )
+            response = await self._http().fetch(request, raise_error=False)
+        except (HTTPClientError, OSError) as e:
+            # raise_error=False still raises for errors below HTTP (599: refused, reset,
+            # timed out): the server is not there, try later.
+            raise StorageUnavailable(f"PUT {url}: {e}") from e
+        finally:
+            body.close()
+        _raise_for(response, url)
+        log.debug("stored %s (%d bytes) at %s", key, actual, url)
+        return url
+
+    async def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _http(self) -> CurlAsyncHTTPClient:
+        # Made on first use, so it binds to the loop that runs the uploads.
+        if self._client is None:
+            self._client = CurlAsyncHTTPClient(force_instance=True, max_clients=self.max_clients)
+        return self._client
+
+    def _request_timeout(self, size: int) -> float:
+        # A ceiling only (at 1 MB/s): stalls are caught sooner by LOW_SPEED_TIME.
+        return self.timeout + size / 1_000_000
+
+    def _stream_from(self, curl: pycurl.Curl, body: IO[bytes], size: int) -> None:
+        def seek(offset: int, origin: int) -> int:
+            body.seek(offset, origin)
+            return int(pycurl.SEEKFUNC_OK)
+
+        curl.setopt(pycurl.UPLOAD, True)
+        curl.setopt(pycurl.READFUNCTION, body.read)
+        curl.setopt(pycurl.SEEKFUNCTION, seek)
+        curl.setopt(pycurl.INFILESIZE_LARGE, size)
+        curl.setopt(pycurl.UPLOAD_BUFFERSIZE, self.upload_buffer)
+        curl.setopt(pycurl.LOW_SPEED_LIMIT, 1024)
+        curl.setopt(pycurl.LOW_SPEED_TIME, max(1, int(self.timeout)))
+
+
+def _open_spool(path: Path, size: int) -> tuple[IO[bytes], int]:
+    body = open(path, "rb")  # closed by the caller once curl is done with it
+    try:
+        return body, _check_size(path, size)
+    except BaseException:
+        body.close()
+        raise
+
+
+def _check_size(path: Path, size: int) -> int:
+    actual = path.stat().st_size
+    if size and actual != size:
+        raise StorageError(f"spool file {path.name} has {actual} bytes, expected {size}")
+    return actual
+
+
+def _raise_for(response: HTTPResponse, url: str) -> None:
+    code = response.code
+    if 200 <= code < 300:
+        return
+    reason = _describe(response)
+    if code == 599 or code >= 500 or code in _RETRYABLE_STATUS:
+        raise StorageUnavailable(f"PUT {url}: {reason}")
+    raise StorageError(f"PUT {url}: {reason}")
+
+
+def _describe(response: HTTPResponse) -> str:
+    if response.code == 599 and response.error is not None:
+        return str(response.error)
+    return f"{response.code} {response.reason or ''}".strip()

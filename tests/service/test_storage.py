@@ -1,0 +1,264 @@
+"""service/storage.py: object names, the local folder, and streaming PUT to a real nginx."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import tracemalloc
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from tornado.httpserver import HTTPServer
+from tornado.web import Application, RequestHandler, stream_request_body
+
+from common.utils import media_key
+from service.storage import (
+    HttpStorage,
+    LocalStorage,
+    StorageError,
+    StorageUnavailable,
+    object_name,
+)
+from tests.fixtures.nginx import Nginx, free_port
+
+KEY = media_key("document", 42)
+
+
+def write_random(path: Path, size: int) -> bytes:
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return data
+
+
+def write_big(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        for _ in range(size // (1 << 20)):
+            f.write(os.urandom(1 << 20))
+
+
+# -- object names ------------------------------------------------------------------------
+
+
+def test_object_name_is_key_prefix_and_extension() -> None:
+    assert object_name(KEY, ".jpg") == f"{KEY[:2]}/{KEY}.jpg"
+    assert object_name(KEY, ".MP4") == f"{KEY[:2]}/{KEY}.mp4"
+    assert object_name(KEY, "") == f"{KEY[:2]}/{KEY}"
+
+
+@pytest.mark.parametrize("key", ["../../etc/passwd", KEY[:31], KEY + "0", KEY.upper(), "", "a/" + KEY[2:]])
+def test_object_name_refuses_anything_but_a_hex_key(key: str) -> None:
+    with pytest.raises(StorageError):
+        object_name(key, ".jpg")
+
+
+@given(st.text(max_size=30))
+def test_object_name_never_escapes_its_folder(ext: str) -> None:
+    name = object_name(KEY, ext)
+    assert name.startswith(f"{KEY[:2]}/{KEY}")
+    assert name.count("/") == 1 and "\x00" not in name and ".." not in name
+
+
+# -- LocalStorage ----------------------------------------------------------------------------
+
+
+async def test_local_put_moves_the_file_under_its_key(tmp_path: Path) -> None:
+    src = tmp_path / "spool" / f"{KEY}.part"
+    src.parent.mkdir()
+    data = write_random(src, 10_000)
+    storage = LocalStorage(tmp_path / "media")
+
+    url = await storage.put(src, KEY, ".pdf", len(data), "application/pdf")
+
+    dest = tmp_path / "media" / KEY[:2] / f"{KEY}.pdf"
+    assert url == dest.as_uri()
+    assert dest.read_bytes() == data
+    assert not src.exists()
+
+
+async def test_local_put_is_idempotent_after_a_crash_between_move_and_state(tmp_path: Path) -> None:
+    src = tmp_path / f"{KEY}.part"
+    data = write_random(src, 1000)
+    storage = LocalStorage(tmp_path / "media")
+    first = await storage.put(src, KEY, ".bin", len(data), "")
+    # The spool file is gone now; the processor, restarted, puts it again.
+    assert await storage.put(src, KEY, ".bin", len(data), "") == first
+
+
+async def test_local_put_without_spool_or_object_fails(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="missing"):
+        await LocalStorage(tmp_path / "media").put(tmp_path / "nope", KEY, ".bin", 10, "")
+
+
+async def test_local_put_refuses_a_file_of_the_wrong_size(tmp_path: Path) -> None:
+    src = tmp_path / "x.part"
+    write_random(src, 100)
+    with pytest.raises(StorageError, match="expected 101"):
+        await LocalStorage(tmp_path / "media").put(src, KEY, ".bin", 101, "")
+    assert src.exists()
+
+
+async def test_local_put_copies_across_devices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "x.part"
+    data = write_random(src, 5000)
+    real_replace = os.replace
+
+    def replace(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> None:
+        if str(a) == str(src):
+            raise OSError(errno.EXDEV, "cross-device link")
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "replace", replace)
+    storage = LocalStorage(tmp_path / "media")
+    await storage.put(src, KEY, ".bin", len(data), "")
+    assert storage.path_for(KEY, ".bin").read_bytes() == data
+    assert not src.exists()
+
+
+# -- HttpStorage against nginx ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def http_storage(nginx_dav: Nginx) -> AsyncIterator[HttpStorage]:
+    storage = HttpStorage(nginx_dav.base_url, timeout=5)
+    yield storage
+    await storage.close()
+
+
+async def test_http_put_is_byte_exact_on_nginx(
+    nginx_dav: Nginx, http_storage: HttpStorage, tmp_path: Path
+) -> None:
+    src = tmp_path / "f.part"
+    data = write_random(src, 3 * 1024 * 1024 + 17)
+
+    url = await http_storage.put(src, KEY, ".mp4", len(data), "video/mp4")
+
+    assert url == f"{nginx_dav.base_url}/{KEY[:2]}/{KEY}.mp4"
+    stored = nginx_dav.path_of(f"{KEY[:2]}/{KEY}.mp4")
+    assert hashlib.sha256(stored.read_bytes()).digest() == hashlib.sha256(data).digest()
+    assert src.exists()  # deleting the spool file is the processor's call
+
+
+async def test_http_put_overwrites_and_puts_empty_files(
+    nginx_dav: Nginx, http_storage: HttpStorage, tmp_path: Path
+) -> None:
+    src = tmp_path / "f.part"
+    write_random(src, 1000)
+    await http_storage.put(src, KEY, ".bin", 1000, "")
+    data = write_random(src, 10)
+    await http_storage.put(src, KEY, ".bin", 10, "")  # nginx answers 204 this time
+    assert nginx_dav.path_of(f"{KEY[:2]}/{KEY}.bin").read_bytes() == data
+    src.write_bytes(b"")
+    await http_storage.put(src, KEY, "", 0, "")
+    assert nginx_dav.path_of(f"{KEY[:2]}/{KEY}").read_bytes() == b""
+
+
+async def test_http_put_when_nginx_is_down_is_retryable(
+    nginx_dav: Nginx, http_storage: HttpStorage, tmp_path: Path
+) -> None:
+    src = tmp_path / "f.part"
+    data = write_random(src, 1000)
+    nginx_dav.stop()
+    with pytest.raises(StorageUnavailable):
+        await http_storage.put(src, KEY, ".bin", len(data), "")
+    nginx_dav.start()
+    await http_storage.put(src, KEY, ".bin", len(data), "")
+    assert nginx_dav.path_of(f"{KEY[:2]}/{KEY}.bin").read_bytes() == data
+
+
+async def test_http_put_streams_without_holding_the_file(
+    nginx_dav: Nginx, http_storage: HttpStorage, tmp_path: Path
+) -> None:
+    size = 64 * 1024 * 1024
+    src = tmp_path / "big.part"
+    write_big(src, size)
+    tracemalloc.start()
+    try:
+        await http_storage.put(src, KEY, ".bin", size, "")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert nginx_dav.path_of(f"{KEY[:2]}/{KEY}.bin").stat().st_size == size
+    # A body held in memory would peak at 64 MB; streamed, a few read buffers at a time.
+    assert peak < 8 * 1024 * 1024, peak
+
+
+def test_http_storage_refuses_other_schemes() -> None:
+    with pytest.raises(ValueError):
+        HttpStorage("ftp://example.invalid")
+
+
+# -- status codes, from a server that answers what the test wants --------------------------
+
+
+@stream_request_body
+class _Answer(RequestHandler):
+    def initialize(self, seen: list[tuple[str, int, str]], status: list[int]) -> None:
+        self.seen, self.status, self.received = seen, status, 0
+
+    def data_received(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+
+    def put(self, path: str) -> None:
+        self.seen.append((path, self.received, self.request.headers.get("Content-Type", "")))
+        self.set_status(self.status[0])
+
+
+@pytest.fixture
+async def answering() -> AsyncIterator[tuple[str, list[tuple[str, int, str]], list[int]]]:
+    seen: list[tuple[str, int, str]] = []
+    status = [201]
+    app = Application([(r"/(.*)", _Answer, {"seen": seen, "status": status})])
+    server = HTTPServer(app, max_body_size=1 << 30)
+    port = free_port()
+    server.listen(port, "127.0.0.1")
+    yield f"http://127.0.0.1:{port}/base/", seen, status
+    server.stop()
+    await server.close_all_connections()
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [(500, StorageUnavailable), (503, StorageUnavailable), (429, StorageUnavailable),
+     (403, StorageError), (404, StorageError), (409, StorageError)],
+)
+async def test_http_status_decides_retry(
+    answering: tuple[str, list[tuple[str, int, str]], list[int]],
+    tmp_path: Path,
+    code: int,
+    error: type[StorageError],
+) -> None:
+    base, seen, status = answering
+    src = tmp_path / "f.part"
+    write_random(src, 5000)
+    status[0] = code
+    storage = HttpStorage(base, timeout=5)
+    try:
+        with pytest.raises(error) as raised:
+            await storage.put(src, KEY, ".jpg", 5000, "image/jpeg")
+    finally:
+        await storage.close()
+    assert type(raised.value) is error
+    assert seen == [(f"base/{KEY[:2]}/{KEY}.jpg", 5000, "image/jpeg")]
+
+
+async def test_http_put_sends_headers_and_size(
+    answering: tuple[str, list[tuple[str, int, str]], list[int]], tmp_path: Path
+) -> None:
+    base, seen, _ = answering
+    src = tmp_path / "f.part"
+    write_random(src, 2 * 1024 * 1024)
+    storage = HttpStorage(base, timeout=5, headers={"Authorization": "Bearer t"})
+    try:
+        results = await asyncio.gather(
+            *(storage.put(src, media_key("photo", i), ".jpg", 2 * 1024 * 1024, "") for i in range(3))
+        )
+    finally:
+        await storage.close()
+    assert len(set(results)) == 3
+    assert sorted(s[1] for s in seen) == [2 * 1024 * 1024] * 3
+    assert {s[2] for s in seen} == {"application/octet-stream"}
