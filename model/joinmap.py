@@ -1,0 +1,302 @@
+"""The join map: which account is in which group or channel, since when, and in what state.
+
+It changes through the API (join, leave) and through Telegram's own updates (a kick, an
+account banned), so `GET /api/v1/subscriptions` answers from here without asking Telegram.
+It also remembers, per chat, the last message id published, from which the subscriber polls
+`messages.getHistory(min_id=...)` for what the updates missed.
+
+Two tables in a versioned SQLite schema (common/sqlite.py): `peers` (one row per chat, the
+marked Bot-API id, its type, title, username, last_message_id) and `memberships` (one row per
+chat and account: several accounts may sit in one chat, each with its own state).
+
+Ids only: this module knows nothing of Telethon; callers pass marked ids and plain strings.
+
+Every statement here is a single-row or indexed one over a table of at most a few thousand
+rows (accounts × 500), a few tens of microseconds with WAL and synchronous=NORMAL (no fsync at
+commit), so the map is used directly on the event loop: a thread hop would cost more than the
+statement.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from common.sqlite import open_db, write
+
+log = logging.getLogger(__name__)
+
+# Telegram caps the channels and supergroups one account may be in: `channels_limit_default`
+# = 500 for non-premium users (1000 with Premium, `channels_limit_premium`) in the client
+# config, https://core.telegram.org/api/config#channels-limit-default; beyond it
+# channels.joinChannel answers CHANNELS_TOO_MUCH
+# (https://core.telegram.org/method/channels.joinChannel). The pool picks only accounts below it.
+CHANNELS_PER_ACCOUNT = 500
+
+
+class State(StrEnum):
+    JOINED = "joined"
+    LEFT = "left"  # left through the API
+    KICKED = "kicked"  # removed or banned from the chat by its admins, or the chat is gone
+    BANNED_ACCOUNT = "banned_account"  # the account itself is banned or logged out
+
+
+_MIGRATIONS = (
+    """
+    CREATE TABLE peers (
+        peer_id INTEGER PRIMARY KEY,           -- Bot-API marked id (-100… for channels)
+        type TEXT NOT NULL,                    -- channel, megagroup, group
+        title TEXT NOT NULL DEFAULT '',
+        username TEXT,
+        last_message_id INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE memberships (
+        peer_id INTEGER NOT NULL REFERENCES peers(peer_id),
+        account TEXT NOT NULL,                 -- the TeleClient's name (session file stem)
+        state TEXT NOT NULL CHECK (state IN ('joined', 'left', 'kicked', 'banned_account')),
+        joined_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (peer_id, account)
+    );
+    CREATE INDEX memberships_account ON memberships (account, state)
+    """,
+)
+
+_SELECT = (
+    "SELECT p.peer_id, p.type, p.title, p.username, p.last_message_id,"
+    " m.account, m.state, m.joined_at, m.updated_at"
+    " FROM memberships m JOIN peers p ON p.peer_id = m.peer_id"
+)
+
+
+class JoinMap:
+    """The SQLite join map. One instance per process owns the file (one writer)."""
+
+    def __init__(self, db_path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+        self._conn: sqlite3.Connection = open_db(db_path, "joinmap", _MIGRATIONS)
+        self._conn.row_factory = sqlite3.Row
+        self._clock = clock
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # --- changes -------------------------------------------------------------------------
+
+    def record_join(
+        self,
+        peer_id: int,
+        account: str,
+        *,
+        type: str,
+        title: str = "",
+        username: str | None = None,
+    ) -> dict[str, Any]:
+        """`account` is now in the chat; (re)sets joined_at. Returns the subscription."""
+        now = self._clock()
+        with write(self._conn) as c:
+            self._upsert_peer(c, peer_id, type, title, username, now)
+            c.execute(
+                "INSERT INTO memberships (peer_id, account, state, joined_at, updated_at)"
+                " VALUES (?, ?, 'joined', ?, ?)"
+                " ON CONFLICT (peer_id, account) DO UPDATE SET state = 'joined',"
+                " joined_at = CASE WHEN state = 'joined' THEN joined_at ELSE excluded.joined_at END,"
+                " updated_at = excluded.updated_at",
+                (peer_id, account, now, now),
+            )
+        log.info("join map: %s joined %s", account, peer_id)
+        return self._one(peer_id, account)
+
+    def record_leave(self, peer_id: int, account: str) -> dict[str, Any] | None:
+        """The account left through the API. None if it was never in the chat."""
+        return self.set_state(peer_id, account, State.LEFT)
+
+    def record_kick(self, peer_id: int, account: str) -> dict[str, Any] | None:
+        """The account was removed or banned from the chat, or the chat is gone."""
+        return self.set_state(peer_id, account, State.KICKED)
+
+    def set_state(self, peer_id: int, account: str, state: State | str) -> dict[str, Any] | None:
+        """Sets one membership's state; None if the account was never in the chat."""
+        state = State(state)
+        with write(self._conn) as c:
+            cur = c.execute(
+                "UPDATE memberships SET state = ?, updated_at = ? WHERE peer_id = ? AND account = ?",
+                (state.value, self._clock(), peer_id, account),
+            )
+        if cur.rowcount == 0:
+            return None
+        log.info("join map: %s in %s is now %s", account, peer_id, state.value)
+        return self._one(peer_id, account)
+
+    def record_account_banned(self, account: str) -> list[dict[str, Any]]:
+        """The account is banned or logged out: each chat it was in changes to banned_account.
+
+        Returns the subscriptions that changed (the ones to move to other accounts).
+        """
+        now = self._clock()
+        with write(self._conn) as c:
+            peers = [
+                r[0]
+                for r in c.execute(
+                    "SELECT peer_id FROM memberships WHERE account = ? AND state = 'joined'",
+                    (account,),
+                )
+            ]
+            c.execute(
+                "UPDATE memberships SET state = 'banned_account', updated_at = ?"
+                " WHERE account = ? AND state = 'joined'",
+                (now, account),
+            )
+        if peers:
+            log.warning("join map: account %s unusable, %d chats to move", account, len(peers))
+        return [self._one(p, account) for p in peers]
+
+    def update_peer(
+        self, peer_id: int, *, title: str | None = None, username: str | None = None
+    ) -> None:
+        """A chat's title or username changed (seen in an update or a fetched entity)."""
+        with write(self._conn) as c:
+            c.execute(
+                "UPDATE peers SET title = COALESCE(?, title), username = COALESCE(?, username),"
+                " updated_at = ? WHERE peer_id = ?",
+                (title, username, self._clock(), peer_id),
+            )
+
+    def set_last_message_id(self, peer_id: int, message_id: int) -> bool:
+        """Remembers the newest message id published for the chat; never goes back.
+
+        Returns True when it moved forward.
+        """
+        with write(self._conn) as c:
+            cur = c.execute(
+                "UPDATE peers SET last_message_id = ? WHERE peer_id = ? AND last_message_id < ?",
+                (message_id, peer_id, message_id),
+            )
+        return cur.rowcount > 0
+
+    # --- questions -----------------------------------------------------------------------
+
+    def last_message_id(self, peer_id: int) -> int:
+        row = self._conn.execute(
+            "SELECT last_message_id FROM peers WHERE peer_id = ?", (peer_id,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def get(self, peer_id: int) -> dict[str, Any] | None:
+        """The chat's subscription: a joined membership (the oldest) if any, else the latest."""
+        row = self._conn.execute(
+            _SELECT + " WHERE m.peer_id = ?"
+            " ORDER BY m.state = 'joined' DESC,"
+            " CASE WHEN m.state = 'joined' THEN m.joined_at ELSE -m.updated_at END LIMIT 1",
+            (peer_id,),
+        ).fetchone()
+        return _to_dict(row) if row else None
+
+    def memberships(self, peer_id: int) -> list[dict[str, Any]]:
+        """Every account's membership of the chat, joined first."""
+        rows = self._conn.execute(
+            _SELECT + " WHERE m.peer_id = ? ORDER BY m.state = 'joined' DESC, m.joined_at",
+            (peer_id,),
+        )
+        return [_to_dict(r) for r in rows]
+
+    def joined_peers(self) -> list[int]:
+        """Marked ids of the chats at least one account is in (what the poller walks)."""
+        rows = self._conn.execute(
+            "SELECT DISTINCT peer_id FROM memberships WHERE state = 'joined' ORDER BY peer_id"
+        )
+        return [int(r[0]) for r in rows]
+
+    def by_account(self, account: str, state: State | str | None = State.JOINED) -> list[dict[str, Any]]:
+        if state is None:
+            rows = self._conn.execute(
+                _SELECT + " WHERE m.account = ? ORDER BY m.joined_at", (account,)
+            )
+        else:
+            rows = self._conn.execute(
+                _SELECT + " WHERE m.account = ? AND m.state = ? ORDER BY m.joined_at",
+                (account, State(state).value),
+            )
+        return [_to_dict(r) for r in rows]
+
+    def count(self, account: str) -> int:
+        """Chats the account is in now (to keep it below CHANNELS_PER_ACCOUNT)."""
+        row = self._conn.execute(
+            "SELECT COUNT(*) FROM memberships WHERE account = ? AND state = 'joined'", (account,)
+        ).fetchone()
+        return int(row[0])
+
+    def counts(self) -> dict[str, int]:
+        """Joined chats per account, for every account that is in at least one."""
+        rows = self._conn.execute(
+            "SELECT account, COUNT(*) FROM memberships WHERE state = 'joined' GROUP BY account"
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def has_room(self, account: str, limit: int = CHANNELS_PER_ACCOUNT) -> bool:
+        return self.count(account) < limit
+
+    # Last in the class: a method named `list` shadows the builtin for the ones below it.
+    def list(self, state: State | str | None = State.JOINED) -> list[dict[str, Any]]:
+        """Subscriptions (one per chat and account), oldest first; `state=None` for all.
+
+        These dicts are what `GET /api/v1/subscriptions` returns.
+        """
+        if state is None:
+            rows = self._conn.execute(_SELECT + " ORDER BY m.joined_at, m.peer_id, m.account")
+        else:
+            rows = self._conn.execute(
+                _SELECT + " WHERE m.state = ? ORDER BY m.joined_at, m.peer_id, m.account",
+                (State(state).value,),
+            )
+        return [_to_dict(r) for r in rows]
+
+    # --- inside --------------------------------------------------------------------------
+
+    @staticmethod
+    def _upsert_peer(
+        c: sqlite3.Connection,
+        peer_id: int,
+        type: str,
+        title: str,
+        username: str | None,
+        now: float,
+    ) -> None:
+        c.execute(
+            "INSERT INTO peers (peer_id, type, title, username, updated_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (peer_id) DO UPDATE SET type = excluded.type, title = excluded.title,"
+            " username = excluded.username, updated_at = excluded.updated_at",
+            (peer_id, type, title, username, now),
+        )
+
+    def _one(self, peer_id: int, account: str) -> dict[str, Any]:
+        row = self._conn.execute(
+            _SELECT + " WHERE m.peer_id = ? AND m.account = ?", (peer_id, account)
+        ).fetchone()
+        return _to_dict(row)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _to_dict(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "peer": {
+            "id": row["peer_id"],
+            "type": row["type"],
+            "title": row["title"],
+            "username": row["username"],
+        },
+        "account": row["account"],
+        "state": row["state"],
+        "joined_at": _iso(row["joined_at"]),
+        "updated_at": _iso(row["updated_at"]),
+        "last_message_id": row["last_message_id"],
+    }

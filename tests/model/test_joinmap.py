@@ -1,0 +1,221 @@
+"""The join map: joins, leaves, kicks, banned accounts, counts and the gap-poll cursor."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from common.sqlite import schema_version
+from model.joinmap import CHANNELS_PER_ACCOUNT, JoinMap, State
+
+CHAN = -1001234567890
+CHAN2 = -1009876543210
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def jm(tmp_path: Path, clock: Clock) -> JoinMap:
+    m = JoinMap(tmp_path / "joinmap.db", clock=clock)
+    yield m
+    m.close()
+
+
+def test_join_returns_the_subscription(jm: JoinMap) -> None:
+    sub = jm.record_join(CHAN, "acc1", type="channel", title="News", username="news")
+    assert sub == {
+        "peer": {"id": CHAN, "type": "channel", "title": "News", "username": "news"},
+        "account": "acc1",
+        "state": "joined",
+        "joined_at": "2023-11-14T22:13:20+00:00",
+        "updated_at": "2023-11-14T22:13:20+00:00",
+        "last_message_id": 0,
+    }
+    assert jm.get(CHAN) == sub
+    assert jm.list() == [sub]
+
+
+def test_get_unknown_peer_is_none(jm: JoinMap) -> None:
+    assert jm.get(CHAN) is None
+    assert jm.record_leave(CHAN, "acc1") is None
+    assert jm.record_kick(CHAN, "acc1") is None
+
+
+def test_leave_and_kick_change_state_not_rows(jm: JoinMap, clock: Clock) -> None:
+    jm.record_join(CHAN, "acc1", type="channel", title="A")
+    jm.record_join(CHAN2, "acc1", type="megagroup", title="B")
+    clock.now += 60
+    left = jm.record_leave(CHAN, "acc1")
+    kicked = jm.record_kick(CHAN2, "acc1")
+    assert left is not None and left["state"] == "left"
+    assert kicked is not None and kicked["state"] == "kicked"
+    assert kicked["updated_at"] == "2023-11-14T22:14:20+00:00"
+    assert jm.list() == []
+    assert {s["state"] for s in jm.list(state=None)} == {"left", "kicked"}
+    assert [s["peer"]["id"] for s in jm.list(State.KICKED)] == [CHAN2]
+
+
+def test_rejoin_resets_joined_at_but_a_repeated_join_keeps_it(jm: JoinMap, clock: Clock) -> None:
+    first = jm.record_join(CHAN, "acc1", type="channel")
+    clock.now += 10
+    again = jm.record_join(CHAN, "acc1", type="channel", title="renamed")
+    assert again["joined_at"] == first["joined_at"]
+    assert again["peer"]["title"] == "renamed"
+    jm.record_leave(CHAN, "acc1")
+    clock.now += 10
+    back = jm.record_join(CHAN, "acc1", type="channel")
+    assert back["joined_at"] == "2023-11-14T22:13:40+00:00"
+
+
+def test_two_accounts_in_one_chat(jm: JoinMap, clock: Clock) -> None:
+    jm.record_join(CHAN, "acc1", type="channel")
+    clock.now += 1
+    jm.record_join(CHAN, "acc2", type="channel")
+    assert [m["account"] for m in jm.memberships(CHAN)] == ["acc1", "acc2"]
+    assert jm.joined_peers() == [CHAN]
+    jm.record_kick(CHAN, "acc1")
+    # the chat is still subscribed through acc2, and get() says so
+    sub = jm.get(CHAN)
+    assert sub is not None and sub["account"] == "acc2" and sub["state"] == "joined"
+    jm.record_kick(CHAN, "acc2")
+    assert jm.joined_peers() == []
+    sub = jm.get(CHAN)
+    assert sub is not None and sub["state"] == "kicked"
+
+
+def test_banned_account_marks_only_its_joined_rows(jm: JoinMap) -> None:
+    jm.record_join(CHAN, "acc1", type="channel")
+    jm.record_join(CHAN2, "acc1", type="channel")
+    jm.record_join(CHAN2, "acc2", type="channel")
+    jm.record_leave(CHAN, "acc1")
+    moved = jm.record_account_banned("acc1")
+    assert [(m["peer"]["id"], m["state"]) for m in moved] == [(CHAN2, "banned_account")]
+    assert jm.memberships(CHAN)[0]["state"] == "left"  # not rewritten
+    assert jm.by_account("acc1") == []
+    assert len(jm.by_account("acc1", state=None)) == 2
+    assert jm.counts() == {"acc2": 1}
+    assert jm.record_account_banned("acc1") == []
+
+
+def test_counts_for_the_channel_limit(jm: JoinMap) -> None:
+    for i in range(5):
+        jm.record_join(-1000000000000 - i, "acc1", type="channel")
+    jm.record_join(CHAN, "acc2", type="channel")
+    assert jm.count("acc1") == 5
+    assert jm.count("nobody") == 0
+    assert jm.counts() == {"acc1": 5, "acc2": 1}
+    assert jm.has_room("acc1")
+    assert not jm.has_room("acc1", limit=5)
+    assert CHANNELS_PER_ACCOUNT == 500
+
+
+def test_last_message_id_only_moves_forward(jm: JoinMap) -> None:
+    assert jm.last_message_id(CHAN) == 0
+    assert not jm.set_last_message_id(CHAN, 5)  # unknown chat: nothing to move
+    jm.record_join(CHAN, "acc1", type="channel")
+    assert jm.set_last_message_id(CHAN, 10)
+    assert not jm.set_last_message_id(CHAN, 7)
+    assert not jm.set_last_message_id(CHAN, 10)
+    assert jm.last_message_id(CHAN) == 10
+    assert jm.get(CHAN)["last_message_id"] == 10  # type: ignore[index]
+
+
+def test_update_peer_keeps_what_is_not_given(jm: JoinMap) -> None:
+    jm.record_join(CHAN, "acc1", type="channel", title="Old", username="old")
+    jm.update_peer(CHAN, title="New")
+    peer = jm.get(CHAN)["peer"]  # type: ignore[index]
+    assert (peer["title"], peer["username"]) == ("New", "old")
+
+
+def test_survives_reopen_and_schema_is_versioned(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "j.db"
+    a = JoinMap(path, clock=clock)
+    a.record_join(CHAN, "acc1", type="channel")
+    a.set_last_message_id(CHAN, 42)
+    a.close()
+    b = JoinMap(path, clock=clock)  # migrations already applied: a no-op
+    assert b.last_message_id(CHAN) == 42
+    b.close()
+    conn = sqlite3.connect(path)
+    assert schema_version(conn, "joinmap") == 1
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    JoinMap(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO migrations VALUES ('joinmap', 99, 0)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer"):
+        JoinMap(path)
+
+
+def test_invalid_state_is_refused(jm: JoinMap) -> None:
+    jm.record_join(CHAN, "acc1", type="channel")
+    with pytest.raises(ValueError):
+        jm.set_state(CHAN, "acc1", "gone")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["join", "leave", "kick", "ban"]),
+            st.integers(0, 3),
+            st.sampled_from(["a", "b", "c"]),
+        ),
+        max_size=40,
+    )
+)
+def test_counts_match_a_model(tmp_path_factory: pytest.TempPathFactory, ops: list) -> None:
+    """Any sequence of changes: counts() and list() agree with a dict model."""
+    jm = JoinMap(tmp_path_factory.mktemp("jm") / "j.db")
+    model: dict[tuple[int, str], str] = {}
+    try:
+        for op, peer, account in ops:
+            pid = -1000000000000 - peer
+            if op == "join":
+                jm.record_join(pid, account, type="channel")
+                model[(pid, account)] = "joined"
+            elif op == "leave":
+                jm.record_leave(pid, account)
+                if (pid, account) in model:
+                    model[(pid, account)] = "left"
+            elif op == "kick":
+                jm.record_kick(pid, account)
+                if (pid, account) in model:
+                    model[(pid, account)] = "kicked"
+            else:
+                jm.record_account_banned(account)
+                for key, state in model.items():
+                    if key[1] == account and state == "joined":
+                        model[key] = "banned_account"
+        joined = [k for k, s in model.items() if s == "joined"]
+        expected: dict[str, int] = {}
+        for _, account in joined:
+            expected[account] = expected.get(account, 0) + 1
+        assert jm.counts() == expected
+        assert sorted((s["peer"]["id"], s["account"]) for s in jm.list()) == sorted(joined)
+        assert {
+            (s["peer"]["id"], s["account"]): s["state"] for s in jm.list(state=None)
+        } == model
+    finally:
+        jm.close()
