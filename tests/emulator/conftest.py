@@ -1,0 +1,29 @@
+"""Fixtures of the protocol-layer tests: a two-DC FakeTelegram on the mini world."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.emulator.mini_world import MiniWorld
+from tests.fakedc.cluster import FakeTelegram
+
+API_ID, API_HASH = 12345, "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+def mini() -> MiniWorld:
+    return MiniWorld()
+
+
+@pytest.fixture
+async def mini_tg(mini: MiniWorld) -> AsyncIterator[FakeTelegram]:
+    logging.getLogger("telethon").setLevel(logging.WARNING)
+    tg = FakeTelegram(mini, dc_ids=(1, 2))
+    await tg.start()
+    try:
+        yield tg
+    finally:
+        await tg.stop()

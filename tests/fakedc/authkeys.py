@@ -1,0 +1,125 @@
+"""The auth keys a cluster knows, shared by all of its DCs, and which account each is bound to.
+
+Rules:
+- A key is known once it is registered: by the session-file helper (`make_session`, bound
+  to a user at once), or by a finished DH handshake on any DC (unbound until
+  `auth.signIn`/`auth.checkPassword`/`auth.importAuthorization` binds it through
+  `CallContext.bind_user`). Every DC of the cluster accepts every known key, as Telegram's
+  DCs accept a key created on another DC only after import; the world decides what an
+  unbound key may do.
+- Each key has one current server salt (random, per key); a message with another salt is
+  answered `bad_server_salt` with this one.
+- A key is subscribed to updates once a request of the `updates.*` family comes in on it
+  without `invokeWithoutUpdates`; only subscribed keys get pushed updates. Telethon's main
+  connection calls `updates.getState` on connect; the senders it opens for files on other
+  DCs never do, and have no update queue to receive them.
+- Optional keys file, so a separate process (`python -m tests.fakedc make-session`) can add
+  keys to a running `serve`: one JSON object per line,
+  ``{"auth_key": "<hex>", "user_id": N|null}``, appended in a single write. The registry
+  reads lines it has not seen yet whenever it meets an unknown auth_key_id, before the
+  server answers -404. Keys made in-process are appended too, so the file is the whole list.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .mtproto import key_id_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class KeyRecord:
+    key: bytes
+    key_id: int
+    user_id: int | None = None
+    salt: int = field(default_factory=lambda: int.from_bytes(os.urandom(8), "little", signed=True))
+    subscribed: bool = False
+
+
+class AuthKeyRegistry:
+    """auth_key_id -> KeyRecord, optionally backed by an append-only keys file."""
+
+    def __init__(self, keys_file: str | os.PathLike[str] | None = None) -> None:
+        self._keys: dict[int, KeyRecord] = {}
+        self._file = Path(keys_file) if keys_file is not None else None
+        self._file_pos = 0
+        self._lock = threading.Lock()  # make-session may run in a thread of the test process
+        if self._file is not None:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            self._file.touch(exist_ok=True)
+            self._load_new_lines()
+
+    @property
+    def keys_file(self) -> Path | None:
+        return self._file
+
+    def add(self, key: bytes, user_id: int | None = None) -> KeyRecord:
+        """Registers a key (and appends it to the keys file, if any)."""
+        rec = self._remember(key, user_id)
+        if self._file is not None:
+            append_key_line(self._file, key, user_id)
+        return rec
+
+    def get(self, key_id: int) -> KeyRecord | None:
+        rec = self._keys.get(key_id)
+        if rec is None and self._file is not None:
+            self._load_new_lines()
+            rec = self._keys.get(key_id)
+        return rec
+
+    def bind(self, key_id: int, user_id: int) -> None:
+        rec = self._keys[key_id]
+        rec.user_id = user_id
+        if self._file is not None:
+            append_key_line(self._file, rec.key, user_id)
+
+    def forget(self, key_id: int) -> None:
+        """Drops a key (the server then answers -404 to it, as for a destroyed key)."""
+        self._keys.pop(key_id, None)
+
+    def records(self) -> list[KeyRecord]:
+        return list(self._keys.values())
+
+    def _remember(self, key: bytes, user_id: int | None) -> KeyRecord:
+        with self._lock:
+            key_id = key_id_of(key)
+            rec = self._keys.get(key_id)
+            if rec is None:
+                rec = self._keys[key_id] = KeyRecord(key=key, key_id=key_id, user_id=user_id)
+            elif user_id is not None:
+                rec.user_id = user_id
+            return rec
+
+    def _load_new_lines(self) -> None:
+        assert self._file is not None
+        with self._file.open("rb") as f:
+            f.seek(self._file_pos)
+            data = f.read()
+        end = data.rfind(b"\n") + 1  # only whole lines; a half-written one waits
+        for line in data[:end].splitlines():
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                self._remember(bytes.fromhex(obj["auth_key"]), obj.get("user_id"))
+            except (ValueError, KeyError, TypeError):
+                log.warning("keys file %s: skipping a malformed line", self._file)
+        self._file_pos += end
+
+
+def append_key_line(path: Path, key: bytes, user_id: int | None) -> None:
+    """Appends one key line with a single O_APPEND write, so concurrent writers and the
+    reading server never see a torn line."""
+    line = json.dumps({"auth_key": key.hex(), "user_id": user_id}).encode() + b"\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)

@@ -1,0 +1,109 @@
+"""FakeTelegram: a cluster of emulated DCs on 127.0.0.1 sharing one world.
+
+All DCs (default ids 1 and 2) share one auth-key registry (a key made or bound on one DC
+is known to all), one dispatcher (the world's API) and one DH handshaker per DC. Each
+listens on its own port (free ports unless given); `dc_options` lists them all, in
+`help.getConfig`'s order, for the world to answer with.
+
+    tg = FakeTelegram(dispatcher, dc_ids=(1, 2))
+    await tg.start()
+    path = tg.make_session(tmp_path / "a.session", user_id=1000)
+    ... TelegramClient(str(path), api_id, api_hash) ...
+    tg.push(1000, types.UpdateShort(...))
+    await tg.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .api import DcOption, Dispatcher
+from .authkeys import AuthKeyRegistry
+from .handshake import Handshaker
+from .server import DcServer, tune_malloc
+from .session import make_session
+
+log = logging.getLogger(__name__)
+
+
+class FakeTelegram:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        dc_ids: Iterable[int] = (1, 2),
+        *,
+        host: str = "127.0.0.1",
+        ports: dict[int, int] | None = None,
+        keys_file: str | os.PathLike[str] | None = None,
+        malloc_tuning: bool = True,
+    ) -> None:
+        """`ports` maps dc_id to a fixed port (others get free ones); `keys_file` lets other
+        processes add keys (see authkeys.py); `malloc_tuning` applies `tune_malloc()` to
+        this process on start (keeps 1 MB answers off mmap/munmap)."""
+        self.dispatcher = dispatcher
+        self.host = host
+        self.registry = AuthKeyRegistry(keys_file)
+        self._malloc_tuning = malloc_tuning
+        ports = ports or {}
+        self.dcs: dict[int, DcServer] = {
+            dc_id: DcServer(
+                dc_id,
+                self.registry,
+                self._dispatch,
+                host=host,
+                port=ports.get(dc_id, 0),
+                dc_options=lambda: self.dc_options,
+                plain_handler=Handshaker(self.registry).handle,
+            )
+            for dc_id in dc_ids
+        }
+        self.main_dc_id = next(iter(self.dcs))
+
+    async def _dispatch(self, ctx: Any, request: Any) -> Any:
+        # An indirection so tests may swap `self.dispatcher` at run time.
+        return await self.dispatcher(ctx, request)
+
+    async def start(self) -> None:
+        if self._malloc_tuning:
+            tune_malloc()
+        for dc in self.dcs.values():
+            await dc.start()
+
+    async def stop(self) -> None:
+        for dc in self.dcs.values():
+            await dc.stop()
+
+    async def __aenter__(self) -> FakeTelegram:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def dc_options(self) -> list[DcOption]:
+        return [DcOption(dc.dc_id, dc.host, dc.port) for dc in self.dcs.values()]
+
+    def port(self, dc_id: int | None = None) -> int:
+        return self.dcs[self.main_dc_id if dc_id is None else dc_id].port
+
+    def make_session(
+        self, path: str | os.PathLike[str], user_id: int | None, dc_id: int | None = None
+    ) -> Path:
+        """Writes a Telethon session file for `user_id` on `dc_id` (default: the first DC),
+        with a fresh auth key this cluster knows; returns the file's path."""
+        dc = self.dcs[self.main_dc_id if dc_id is None else dc_id]
+        return make_session(path, dc.dc_id, dc.host, dc.port, user_id, registry=self.registry)
+
+    def push(self, user_id: int, updates: Any) -> int:
+        """Sends a TL `Updates` object to every live, update-subscribed connection of the
+        user on any DC, at once; returns how many connections it was sent to."""
+        return sum(dc.push(user_id, updates) for dc in self.dcs.values())
+
+    def drop_connections(self, user_id: int | None = None) -> int:
+        """Aborts every connection (of one user, if given) on every DC; returns how many."""
+        return sum(dc.drop_connections(user_id) for dc in self.dcs.values())
