@@ -1,0 +1,1420 @@
+"""The emulator's answers: a `Dispatcher` (see api.py) that answers Telegram requests from a
+`World`, pushes updates, and exposes fault knobs, a latency knob and counters to tests.
+
+Rules reproduced (see ../../shared/design/TELEGRAM.md; each is tested in
+tests/emulator/test_rpc.py):
+- Identity is per account: access hashes and file references are derived from the viewing
+  account (World.access_hash / file_reference). Another account's channel hash →
+  CHANNEL_INVALID; user hash → USER_ID_INVALID (InputUser) or PEER_ID_INVALID (InputPeer);
+  photo/document hash → FILE_ID_INVALID; a stale file reference → FILE_REFERENCE_EXPIRED,
+  a forged one → FILE_REFERENCE_INVALID.
+- A private channel (no username) is CHANNEL_PRIVATE to non-members; a banned account sees
+  ChannelForbidden and gets CHANNEL_PRIVATE.
+- messages.getHistory: newest first, offset_id exclusive, offset_date when offset_id is 0,
+  add_offset shifts the window (negative reaches newer messages), min_id/max_id exclusive,
+  limit clamped to 100.
+- upload.getFile: offset % 4096 == 0 (OFFSET_INVALID), limit % 4096 == 0, 1048576 % limit
+  == 0, limit ≤ 1 MiB and the part inside one 1 MiB block (LIMIT_INVALID); `precise`
+  relaxes to 1 KiB steps and drops the divisor and block rules; a file on another DC →
+  303 FILE_MIGRATE_X; the last part is short, past the end is empty.
+- Unauthorised keys get 401 AUTH_KEY_UNREGISTERED on everything but help.*/auth.* and
+  account.getPassword during a 2FA login.
+- Channel updates carry the channel's own pts (one per new or edited message, one per
+  deleted id); they are pushed only to member accounts; getChannelDifference replays the
+  log (ChannelDifferenceTooLong when it reaches further back than the log).
+
+Knobs (all take effect immediately; see each method's docstring):
+    rpc.set_latency({"upload.getFile": 0.05, "*": 0.0})   # seconds before each answer
+    rpc.slow("messages.getHistory", 2.0, times=1)          # one-off slow answers
+    rpc.flood_wait("contacts.resolveUsername", 30, every=None, times=1, user_id=None)
+    rpc.username_not_occupied("durov")                     # ... and clear_faults()
+    rpc.channel_private(channel_id)
+    rpc.auth_key_unregistered(user_id); rpc.deactivated_ban(user_id)
+    rpc.expire_file_references()
+    rpc.drop_connection_in_file(file_id=None, nth=2, user_id=None)
+    rpc.drop_next_posts(channel_id, n)
+    rpc.world.channel_limit = 500                          # CHANNELS_TOO_MUCH beyond it
+Pushes: post_message, edit_message, delete_messages, kick, add_member.
+Counters: rpc.count(method=None, user_id=None), rpc.reset_counts(), rpc.unknown (methods
+answered METHOD_INVALID).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import logging
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from telethon import password as tpassword
+from telethon.tl import functions, types
+
+from tests.fakedc import files, render
+from tests.fakedc.api import CallContext, DropConnection, Pusher, RpcError
+from tests.fakedc.world import BROADCAST, MEGAGROUP, ChatSpec, MessageSpec, UserSpec, World
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+MAX_HISTORY = 100
+MAX_PARTICIPANTS = 200
+DIFF_TIMEOUT = 30
+LOGIN_CODE = "12345"
+_USERNAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]{3,31}$")
+# Methods an unauthorised key may call (everything else: 401 AUTH_KEY_UNREGISTERED).
+_OPEN_METHODS = ("help.", "auth.")
+
+Handler = Callable[[CallContext, Any], Awaitable[Any]]
+
+
+def method_name(request: Any) -> str:
+    """'channels.getFullChannel' for functions.channels.GetFullChannelRequest."""
+    name = type(request).__name__.removesuffix("Request")
+    name = name[0].lower() + name[1:]
+    namespace = type(request).__module__.rsplit(".", 1)[-1]
+    return name if namespace == "functions" else f"{namespace}.{name}"
+
+
+@dataclass
+class _Flood:
+    method: str
+    seconds: int
+    every: int | None
+    times: int | None
+    user_id: int | None
+    calls: int = 0
+
+
+@dataclass
+class _Slow:
+    method: str
+    seconds: float
+    times: int
+
+
+@dataclass
+class _Drop:
+    file_id: int | None
+    nth: int
+    user_id: int | None
+    calls: int = 0
+
+
+# --- SRP (Telegram's 2FA, the server side of telethon/password.py) ------------------------
+
+_SRP_G = 3
+_SRP_P_BYTES = bytes.fromhex(
+    "c71caeb9c6b1c9048e6c522f70f13f73980d40238e3e21c14934d037563d930f"
+    "48198a0aa7c14058229493d22530f4dbfa336f6e0ac925139543aed44cce7c37"
+    "20fd51f69458705ac68cd4fe6b6b13abdc9746512969328454f18faf8c595f64"
+    "2477fe96bb2a941d5bcd1d4ac8cc49880708fa9b378e3c4f3a9060bee67cf9a4"
+    "a4a695811051907e162753b56b0f6b410dba74d8a84b2a14b3144e0ef1284754"
+    "fd17ed950d5965b4b9dd46582db1178d169c6bc465b0d6ff9ca3928fef5b9ae4"
+    "e418fc15e83ebea0f87fa9ff5eed70050ded2849f47bf959d956850ce929851f"
+    "0d8115f635b105ee2e4e15d04b2454bf6f4fadf034b10403119cd8e3b92fcc5b"
+)
+_SRP_P = int.from_bytes(_SRP_P_BYTES, "big")
+
+
+def _srp_algo(user: UserSpec, secret: bytes) -> types.PasswordKdfAlgoSHA256SHA256PBKDF2HMACSHA512iter100000SHA256ModPow:
+    salt = hashlib.sha256(secret + b"salt" + str(user.id).encode()).digest()
+    return types.PasswordKdfAlgoSHA256SHA256PBKDF2HMACSHA512iter100000SHA256ModPow(
+        salt1=salt[:16], salt2=salt[16:], g=_SRP_G, p=_SRP_P_BYTES
+    )
+
+
+@dataclass
+class _SrpSession:
+    user_id: int
+    b: int
+    B: int  # the protocol's name
+    v: int
+    algo: Any
+
+
+class TelegramRpc:
+    """Answers requests from a World. Construct with the world and (or later `set_pusher`)
+    the cluster's pusher; hand it to FakeTelegram as its dispatcher."""
+
+    def __init__(
+        self,
+        world: World,
+        pusher: Pusher | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.world = world
+        self._pusher = pusher
+        self._clock = clock
+        self._counts: Counter[tuple[str, int | None]] = Counter()
+        self.unknown: list[str] = []
+        self.latency: dict[str, float] = {"*": 0.0}
+        self._slow: list[_Slow] = []
+        self._floods: list[_Flood] = []
+        self._unoccupied: set[str] = set()
+        self._private: set[int] = set()
+        self._unregistered: set[int] = set()
+        self._banned_accounts: set[int] = set()
+        self._drops: list[_Drop] = []
+        self._drop_posts: Counter[int] = Counter()
+        self.login_code = LOGIN_CODE
+        self._code_hashes: dict[str, str] = {}  # phone_code_hash → phone
+        self._awaiting_password: dict[int, int] = {}  # auth_key_id → user id
+        self._srp: dict[int, _SrpSession] = {}  # srp_id → session
+        self._exported: dict[bytes, int] = {}  # exported authorization bytes → user id
+        self._handlers: dict[type, Handler] = self._handler_table()
+
+    # === the Dispatcher ===================================================================
+
+    async def __call__(self, ctx: CallContext, request: Any) -> Any:
+        method = ctx.method or method_name(request)
+        self._counts[(method, ctx.user_id)] += 1
+        await self._delay(method)
+        handler = self._handlers.get(type(request))
+        if handler is None:
+            log.warning("fakedc: unsupported request %s", method)
+            self.unknown.append(method)
+            raise RpcError(400, "METHOD_INVALID")
+        self._check_account(ctx, method)
+        self._check_flood(method, ctx.user_id)
+        return await handler(ctx, request)
+
+    def set_pusher(self, pusher: Pusher) -> None:
+        self._pusher = pusher
+
+    def _handler_table(self) -> dict[type, Handler]:
+        f = functions
+        return {
+            f.help.GetConfigRequest: self._get_config,
+            f.help.GetNearestDcRequest: self._get_nearest_dc,
+            f.users.GetUsersRequest: self._get_users,
+            f.users.GetFullUserRequest: self._get_full_user,
+            f.contacts.ResolveUsernameRequest: self._resolve_username,
+            f.contacts.SearchRequest: self._contacts_search,
+            f.channels.GetChannelsRequest: self._get_channels,
+            f.channels.GetFullChannelRequest: self._get_full_channel,
+            f.channels.GetParticipantsRequest: self._get_participants,
+            f.channels.GetMessagesRequest: self._channel_messages,
+            f.messages.GetMessagesRequest: self._common_messages,
+            f.messages.GetHistoryRequest: self._get_history,
+            f.messages.GetChatsRequest: self._get_chats,
+            f.messages.GetFullChatRequest: self._get_full_chat,
+            f.messages.GetDialogsRequest: self._get_dialogs,
+            f.channels.JoinChannelRequest: self._join_channel,
+            f.channels.LeaveChannelRequest: self._leave_channel,
+            f.upload.GetFileRequest: self._get_file,
+            f.auth.ExportAuthorizationRequest: self._export_authorization,
+            f.auth.ImportAuthorizationRequest: self._import_authorization,
+            f.auth.SendCodeRequest: self._send_code,
+            f.auth.SignInRequest: self._sign_in,
+            f.account.GetPasswordRequest: self._get_password,
+            f.auth.CheckPasswordRequest: self._check_password,
+            f.updates.GetStateRequest: self._get_state,
+            f.updates.GetDifferenceRequest: self._get_difference,
+            f.updates.GetChannelDifferenceRequest: self._get_channel_difference,
+        }
+
+    @property
+    def supported_methods(self) -> list[str]:
+        return sorted(method_name(cls.__new__(cls)) for cls in self._handlers)
+
+    # === knobs ============================================================================
+
+    def set_latency(self, latency: dict[str, float]) -> None:
+        """Seconds added before answering, per method name; "*" is every other method.
+        E.g. {"upload.getFile": 0.05, "*": 0.0}. Replaces the previous table."""
+        self.latency = {"*": 0.0, **latency}
+
+    def slow(self, method: str, seconds: float, times: int = 1) -> None:
+        """The next `times` calls of `method` ("*": any) wait `seconds` more before answering."""
+        self._slow.append(_Slow(method, seconds, times))
+
+    def flood_wait(
+        self,
+        method: str,
+        seconds: int,
+        *,
+        every: int | None = None,
+        times: int | None = 1,
+        user_id: int | None = None,
+    ) -> None:
+        """Answers 420 FLOOD_WAIT_<seconds> to `method` (optionally only for one account):
+        the next `times` calls (None: every call until clear_faults), or, with `every=n`,
+        every n-th call counted from now."""
+        self._floods.append(_Flood(method, seconds, every, times, user_id))
+
+    def username_not_occupied(self, username: str) -> None:
+        """contacts.resolveUsername of this username answers USERNAME_NOT_OCCUPIED."""
+        self._unoccupied.add(username.lower())
+
+    def channel_private(self, channel_id: int) -> None:
+        """The channel becomes CHANNEL_PRIVATE (ChannelForbidden in lists) to every account."""
+        self._private.add(channel_id)
+
+    def auth_key_unregistered(self, user_id: int) -> None:
+        """Every call of this account answers 401 AUTH_KEY_UNREGISTERED (logged out)."""
+        self._unregistered.add(user_id)
+
+    def deactivated_ban(self, user_id: int) -> None:
+        """Every call of this account answers 401 USER_DEACTIVATED_BAN (banned)."""
+        self._banned_accounts.add(user_id)
+
+    def expire_file_references(self) -> None:
+        """Every file reference issued so far answers FILE_REFERENCE_EXPIRED; fetching the
+        message again gives a fresh one."""
+        self.world.expire_file_references()
+
+    def drop_connection_in_file(
+        self, file_id: int | None = None, nth: int = 2, user_id: int | None = None
+    ) -> None:
+        """The nth upload.getFile (counted from now) of that photo/document id (None: any
+        file) closes the connection without answering (api.DropConnection), once."""
+        self._drops.append(_Drop(file_id, nth, user_id))
+
+    def drop_next_posts(self, channel_id: int, n: int) -> None:
+        """The next n post_message() of the channel are stored but not pushed (a lost
+        update: the next push shows a pts gap, getChannelDifference reveals them)."""
+        self._drop_posts[channel_id] += n
+
+    def clear_faults(self) -> None:
+        """Undoes every fault knob (not latency, not expired references)."""
+        self._slow.clear()
+        self._floods.clear()
+        self._unoccupied.clear()
+        self._private.clear()
+        self._unregistered.clear()
+        self._banned_accounts.clear()
+        self._drops.clear()
+        self._drop_posts.clear()
+
+    # === counters =========================================================================
+
+    def count(self, method: str | None = None, user_id: int | None = None) -> int:
+        """Requests served, optionally of one method and/or of one account."""
+        return sum(
+            n
+            for (m, u), n in self._counts.items()
+            if (method is None or m == method) and (user_id is None or u == user_id)
+        )
+
+    def reset_counts(self) -> None:
+        self._counts.clear()
+
+    # === fault plumbing ===================================================================
+
+    async def _delay(self, method: str) -> None:
+        delay = self.latency.get(method, self.latency.get("*", 0.0))
+        for rule in self._slow:
+            if rule.times > 0 and rule.method in (method, "*"):
+                rule.times -= 1
+                delay += rule.seconds
+        self._slow = [r for r in self._slow if r.times > 0]
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _check_account(self, ctx: CallContext, method: str) -> None:
+        uid = ctx.user_id
+        if uid is None:
+            if method.startswith(_OPEN_METHODS):
+                return
+            if method == "account.getPassword" and ctx.auth_key_id in self._awaiting_password:
+                return
+            raise RpcError(401, "AUTH_KEY_UNREGISTERED")
+        if uid in self._unregistered:
+            raise RpcError(401, "AUTH_KEY_UNREGISTERED")
+        if uid in self._banned_accounts:
+            raise RpcError(401, "USER_DEACTIVATED_BAN")
+
+    def _check_flood(self, method: str, user_id: int | None) -> None:
+        for rule in self._floods:
+            if rule.method != method or (rule.user_id is not None and rule.user_id != user_id):
+                continue
+            rule.calls += 1
+            if rule.every is not None:
+                fire = rule.calls % rule.every == 0
+            else:
+                fire = rule.times is None or rule.times > 0
+                if rule.times is not None and fire:
+                    rule.times -= 1
+            if fire:
+                raise RpcError(420, f"FLOOD_WAIT_{rule.seconds}")
+
+    def _check_drop(self, file_id: int, user_id: int | None) -> None:
+        for rule in self._drops:
+            if rule.file_id not in (None, file_id):
+                continue
+            if rule.user_id not in (None, user_id):
+                continue
+            rule.calls += 1
+            if rule.calls == rule.nth:
+                self._drops.remove(rule)
+                raise DropConnection()
+
+    # === identity helpers =================================================================
+
+    def _now(self) -> int:
+        return int(self._clock())
+
+    def _me(self, ctx: CallContext) -> UserSpec:
+        assert ctx.user_id is not None  # _check_account guarantees it past auth.*
+        return self.world.users[ctx.user_id]
+
+    def _user_from_input(self, ctx: CallContext, iu: Any, error: str = "USER_ID_INVALID") -> UserSpec:
+        if isinstance(iu, types.InputUserSelf | types.InputPeerSelf):
+            return self._me(ctx)
+        if isinstance(iu, types.InputUserFromMessage | types.InputPeerUserFromMessage):
+            if iu.user_id in self.world.users:
+                return self.world.users[iu.user_id]
+            raise RpcError(400, error)
+        if isinstance(iu, types.InputUser | types.InputPeerUser):
+            user = self.world.users.get(iu.user_id)
+            expected = self.world.access_hash("user", ctx.user_id, iu.user_id)
+            if user is None or iu.access_hash != expected:
+                raise RpcError(400, error)
+            return user
+        raise RpcError(400, error)
+
+    def _channel_from_input(self, ctx: CallContext, ic: Any) -> ChatSpec:
+        if isinstance(ic, types.InputChannelFromMessage | types.InputPeerChannelFromMessage):
+            chat = self.world.chats.get(ic.channel_id)
+            if chat is None or not chat.is_channel:
+                raise RpcError(400, "CHANNEL_INVALID")
+            return chat
+        if not isinstance(ic, types.InputChannel | types.InputPeerChannel):
+            raise RpcError(400, "CHANNEL_INVALID")
+        chat = self.world.chats.get(ic.channel_id)
+        expected = self.world.access_hash("channel", ctx.user_id, ic.channel_id)
+        if chat is None or not chat.is_channel or ic.access_hash != expected:
+            raise RpcError(400, "CHANNEL_INVALID")
+        return chat
+
+    def _peer_from_input(self, ctx: CallContext, peer: Any) -> ChatSpec | UserSpec:
+        if isinstance(peer, types.InputPeerChannel | types.InputPeerChannelFromMessage):
+            return self._channel_from_input(ctx, peer)
+        if isinstance(peer, types.InputPeerChat):
+            chat = self.world.chats.get(peer.chat_id)
+            if chat is None or chat.is_channel:
+                raise RpcError(400, "CHAT_ID_INVALID")
+            return chat
+        if isinstance(peer, types.InputPeerEmpty):
+            raise RpcError(400, "PEER_ID_INVALID")
+        return self._user_from_input(ctx, peer, "PEER_ID_INVALID")
+
+    def _forbidden(self, chat: ChatSpec, viewer: int | None) -> bool:
+        """Whether the viewer sees ChannelForbidden (banned, or the channel_private knob)."""
+        if chat.id in self._private:
+            return True
+        return viewer is not None and self.world.is_banned(chat, viewer)
+
+    def _check_readable(self, ctx: CallContext, chat: ChatSpec) -> None:
+        viewer = ctx.user_id
+        if self._forbidden(chat, viewer) or not self.world.can_read(chat, viewer or 0):
+            raise RpcError(400, "CHANNEL_PRIVATE")
+
+    def _chat_view(self, chat: ChatSpec, viewer: int | None) -> Any:
+        return render.chat(self.world, chat, viewer, forbidden=self._forbidden(chat, viewer))
+
+    def _users(self, ids: set[int] | list[int], viewer: int | None) -> list[types.User]:
+        return [render.user(self.world, self.world.users[i], viewer) for i in sorted(set(ids))]
+
+    def _entities_for(
+        self, msgs: list[MessageSpec], viewer: int
+    ) -> tuple[list[types.User], list[Any]]:
+        user_ids, chat_ids = render.referenced(self.world, msgs)
+        chats = [self._chat_view(self.world.chats[c], viewer) for c in sorted(chat_ids)]
+        return self._users(user_ids, viewer), chats
+
+    # === help =============================================================================
+
+    async def _get_config(self, ctx: CallContext, req: Any) -> types.Config:
+        now = self._now()
+        options = [
+            types.DcOption(id=o.id, ip_address=o.host, port=o.port, static=False)
+            for o in ctx.dc_options
+        ]
+        return types.Config(
+            date=now,
+            expires=now + 3600,
+            test_mode=False,
+            this_dc=ctx.dc_id,
+            dc_options=options,
+            dc_txt_domain_name="localhost",
+            chat_size_max=200,
+            megagroup_size_max=200_000,
+            forwarded_count_max=100,
+            online_update_period_ms=210_000,
+            offline_blur_timeout_ms=5_000,
+            offline_idle_timeout_ms=30_000,
+            online_cloud_timeout_ms=300_000,
+            notify_cloud_delay_ms=30_000,
+            notify_default_delay_ms=1_500,
+            push_chat_period_ms=60_000,
+            push_chat_limit=2,
+            edit_time_limit=172_800,
+            revoke_time_limit=2_147_483_647,
+            revoke_pm_time_limit=2_147_483_647,
+            rating_e_decay=2_419_200,
+            stickers_recent_limit=200,
+            channels_read_media_period=604_800,
+            call_receive_timeout_ms=20_000,
+            call_ring_timeout_ms=90_000,
+            call_connect_timeout_ms=30_000,
+            call_packet_timeout_ms=10_000,
+            me_url_prefix="https://t.me/",
+            caption_length_max=1024,
+            message_length_max=4096,
+            webfile_dc_id=ctx.dc_id,
+        )
+
+    async def _get_nearest_dc(self, ctx: CallContext, req: Any) -> types.NearestDc:
+        return types.NearestDc(country="ZZ", this_dc=ctx.dc_id, nearest_dc=ctx.dc_id)
+
+    # === users ============================================================================
+
+    async def _get_users(self, ctx: CallContext, req: Any) -> list[types.User]:
+        users = [self._user_from_input(ctx, iu) for iu in req.id]
+        return [render.user(self.world, u, ctx.user_id) for u in users]
+
+    async def _get_full_user(self, ctx: CallContext, req: Any) -> Any:
+        user = self._user_from_input(ctx, req.id)
+        photo = None
+        if user.photo is not None:
+            photo = render.photo(
+                self.world, self.world.photos[user.photo], ctx.user_id or 0, f"profile:{user.id}"
+            )
+        full = types.UserFull(
+            id=user.id,
+            settings=types.PeerSettings(),
+            notify_settings=types.PeerNotifySettings(),
+            common_chats_count=0,
+            about=user.about or None,
+            profile_photo=photo,
+            bot_info=types.BotInfo(user_id=user.id, description=user.about) if user.bot else None,
+        )
+        return types.users.UserFull(
+            full_user=full, chats=[], users=[render.user(self.world, user, ctx.user_id)]
+        )
+
+    # === contacts =========================================================================
+
+    async def _resolve_username(self, ctx: CallContext, req: Any) -> Any:
+        name = req.username
+        if not _USERNAME_RE.match(name) or name.endswith("_"):
+            raise RpcError(400, "USERNAME_INVALID")
+        found = None if name.lower() in self._unoccupied else self.world.by_username(name)
+        if found is None:
+            raise RpcError(400, "USERNAME_NOT_OCCUPIED")
+        if isinstance(found, UserSpec):
+            return types.contacts.ResolvedPeer(
+                peer=types.PeerUser(found.id),
+                chats=[],
+                users=[render.user(self.world, found, ctx.user_id)],
+            )
+        return types.contacts.ResolvedPeer(
+            peer=render.peer_of_chat(found),
+            chats=[self._chat_view(found, ctx.user_id)],
+            users=[],
+        )
+
+    async def _contacts_search(self, ctx: CallContext, req: Any) -> Any:
+        """Public chats and users whose title, name or username contains q (case-folded);
+        what the account is in comes in my_results, the rest in results."""
+        viewer = self._me(ctx).id
+        q = req.q.casefold()
+        if len(q) < 1:
+            raise RpcError(400, "SEARCH_QUERY_EMPTY")
+        limit = max(0, min(req.limit, 100))
+        mine: list[Any] = []
+        others: list[Any] = []
+        chats: list[Any] = []
+        users: list[Any] = []
+        for chat in self.world.chats.values():
+            member = viewer in chat.members
+            if not (chat.is_public or member) or self.world.is_banned(chat, viewer):
+                continue
+            if q in chat.title.casefold() or q in (chat.username or "").casefold():
+                (mine if member else others).append(render.peer_of_chat(chat))
+                chats.append(self._chat_view(chat, viewer))
+        for user in self.world.users.values():
+            if user.username and user.id != viewer:
+                name = f"{user.first_name} {user.last_name}".casefold()
+                if q in user.username.casefold() or q in name:
+                    others.append(types.PeerUser(user.id))
+                    users.append(render.user(self.world, user, viewer))
+        mine, others = mine[:limit], others[:limit]
+        kept = {render_peer_id(p) for p in (*mine, *others)}
+        return types.contacts.Found(
+            my_results=mine,
+            results=others,
+            chats=[c for c in chats if c.id in kept],
+            users=[u for u in users if u.id in kept],
+        )
+
+    # === channels and chats ===============================================================
+
+    async def _get_channels(self, ctx: CallContext, req: Any) -> Any:
+        chats = [self._channel_from_input(ctx, ic) for ic in req.id]
+        return types.messages.Chats(chats=[self._chat_view(c, ctx.user_id) for c in chats])
+
+    async def _get_full_channel(self, ctx: CallContext, req: Any) -> Any:
+        chat = self._channel_from_input(ctx, req.channel)
+        self._check_readable(ctx, chat)
+        viewer = self._me(ctx).id
+        photo: Any = types.PhotoEmpty(id=0)
+        if chat.photo is not None:
+            photo = render.photo(
+                self.world, self.world.photos[chat.photo], viewer, f"chatphoto:{chat.id}"
+            )
+        top = chat.top_id()
+        is_admin = viewer in chat.admins or viewer == chat.creator_id
+        full = types.ChannelFull(
+            id=chat.id,
+            about=chat.about,
+            read_inbox_max_id=top,
+            read_outbox_max_id=top,
+            unread_count=0,
+            chat_photo=photo,
+            notify_settings=types.PeerNotifySettings(),
+            bot_info=[],
+            pts=chat.pts,
+            can_view_participants=chat.kind == MEGAGROUP or is_admin or None,
+            participants_count=chat.participants_count,
+            admins_count=len(chat.admins) + (chat.creator_id is not None),
+            linked_chat_id=chat.linked_chat_id,
+            # requests_pending and recent_requesters share one TL flag.
+            requests_pending=len(chat.requests) if chat.requests and is_admin else None,
+            recent_requesters=chat.requests[-5:] if chat.requests and is_admin else None,
+        )
+        chats = [self._chat_view(chat, viewer)]
+        if chat.linked_chat_id in self.world.chats:
+            chats.append(self._chat_view(self.world.chats[chat.linked_chat_id], viewer))
+        return types.messages.ChatFull(full_chat=full, chats=chats, users=[])
+
+    async def _get_participants(self, ctx: CallContext, req: Any) -> Any:
+        chat = self._channel_from_input(ctx, req.channel)
+        self._check_readable(ctx, chat)
+        viewer = self._me(ctx).id
+        is_admin = viewer in chat.admins or viewer == chat.creator_id
+        if chat.kind == BROADCAST and not is_admin:
+            raise RpcError(400, "CHAT_ADMIN_REQUIRED")
+        flt = req.filter
+        if isinstance(flt, types.ChannelParticipantsKicked | types.ChannelParticipantsBanned):
+            if not is_admin:
+                raise RpcError(400, "CHAT_ADMIN_REQUIRED")
+            ids = list(chat.banned)
+        else:
+            # Recent: newest member first.
+            ids = sorted(chat.members, key=lambda u: (-chat.members[u], u))
+            ids = [u for u in ids if self._participant_matches(chat, u, flt)]
+        limit = max(0, min(req.limit, MAX_PARTICIPANTS))
+        page = ids[req.offset : req.offset + limit]
+        return types.channels.ChannelParticipants(
+            count=len(ids),
+            participants=[self._participant(chat, u, viewer) for u in page],
+            chats=[],
+            users=self._users(page, viewer),
+        )
+
+    def _participant_matches(self, chat: ChatSpec, uid: int, flt: Any) -> bool:
+        user = self.world.users.get(uid)
+        if user is None:
+            return False
+        if isinstance(flt, types.ChannelParticipantsAdmins):
+            return uid in chat.admins or uid == chat.creator_id
+        if isinstance(flt, types.ChannelParticipantsBots):
+            return user.bot
+        if isinstance(flt, types.ChannelParticipantsSearch | types.ChannelParticipantsContacts):
+            q = flt.q.casefold()
+            name = f"{user.first_name} {user.last_name}".casefold()
+            return not q or q in name or q in (user.username or "").casefold()
+        return True
+
+    def _participant(self, chat: ChatSpec, uid: int, viewer: int) -> Any:
+        if uid in chat.banned:
+            return types.ChannelParticipantBanned(
+                peer=types.PeerUser(uid),
+                kicked_by=chat.creator_id or uid,
+                date=chat.date,
+                banned_rights=types.ChatBannedRights(until_date=0, view_messages=True),
+                left=True,
+            )
+        date = chat.members.get(uid, chat.date)
+        if uid == chat.creator_id:
+            return types.ChannelParticipantCreator(user_id=uid, admin_rights=render._admin_rights())
+        if uid in chat.admins:
+            return types.ChannelParticipantAdmin(
+                user_id=uid,
+                promoted_by=chat.creator_id or uid,
+                date=date,
+                admin_rights=render._admin_rights(),
+                is_self=uid == viewer or None,
+            )
+        if uid == viewer:
+            return types.ChannelParticipantSelf(
+                user_id=uid, inviter_id=chat.creator_id or uid, date=date
+            )
+        return types.ChannelParticipant(user_id=uid, date=date)
+
+    async def _get_chats(self, ctx: CallContext, req: Any) -> Any:
+        out = []
+        for chat_id in req.id:
+            chat = self.world.chats.get(chat_id)
+            if chat is None or chat.is_channel:
+                raise RpcError(400, "CHAT_ID_INVALID")
+            out.append(self._chat_view(chat, ctx.user_id))
+        return types.messages.Chats(chats=out)
+
+    async def _get_full_chat(self, ctx: CallContext, req: Any) -> Any:
+        chat = self.world.chats.get(req.chat_id)
+        if chat is None or chat.is_channel:
+            raise RpcError(400, "CHAT_ID_INVALID")
+        viewer = self._me(ctx).id
+        participants: Any
+        if viewer in chat.members:
+            participants = types.ChatParticipants(
+                chat_id=chat.id,
+                participants=[self._chat_participant(chat, u) for u in sorted(chat.members)],
+                version=1,
+            )
+            users = self._users(list(chat.members), viewer)
+        else:
+            participants = types.ChatParticipantsForbidden(chat_id=chat.id)
+            users = []
+        full = types.ChatFull(
+            id=chat.id,
+            about=chat.about,
+            participants=participants,
+            notify_settings=types.PeerNotifySettings(),
+        )
+        return types.messages.ChatFull(
+            full_chat=full, chats=[self._chat_view(chat, viewer)], users=users
+        )
+
+    def _chat_participant(self, chat: ChatSpec, uid: int) -> Any:
+        date = chat.members[uid]
+        inviter = chat.creator_id or uid
+        if uid == chat.creator_id:
+            return types.ChatParticipantCreator(user_id=uid)
+        if uid in chat.admins:
+            return types.ChatParticipantAdmin(user_id=uid, inviter_id=inviter, date=date)
+        return types.ChatParticipant(user_id=uid, inviter_id=inviter, date=date)
+
+    # === join / leave =====================================================================
+
+    async def _join_channel(self, ctx: CallContext, req: Any) -> Any:
+        chat = self._channel_from_input(ctx, req.channel)
+        viewer = self._me(ctx).id
+        if self._forbidden(chat, viewer):
+            raise RpcError(400, "CHANNEL_PRIVATE")
+        if viewer in chat.members:
+            raise RpcError(400, "USER_ALREADY_PARTICIPANT")
+        if not chat.is_public:
+            # Private chats are joined through an invite link, which the emulator lacks.
+            raise RpcError(400, "CHANNEL_PRIVATE")
+        if len(self.world.joined_channels(viewer)) >= self.world.channel_limit:
+            raise RpcError(400, "CHANNELS_TOO_MUCH")
+        if chat.join_request:
+            if viewer not in chat.requests:
+                chat.requests.append(viewer)
+            raise RpcError(400, "INVITE_REQUEST_SENT")
+        chat.members[viewer] = self._now()
+        return self._channel_updates(chat, viewer)
+
+    async def _leave_channel(self, ctx: CallContext, req: Any) -> Any:
+        chat = self._channel_from_input(ctx, req.channel)
+        viewer = self._me(ctx).id
+        if self._forbidden(chat, viewer):
+            raise RpcError(400, "CHANNEL_PRIVATE")
+        if viewer not in chat.members:
+            raise RpcError(400, "USER_NOT_PARTICIPANT")
+        del chat.members[viewer]
+        return self._channel_updates(chat, viewer)
+
+    def _channel_updates(self, chat: ChatSpec, viewer: int) -> types.Updates:
+        """What Telegram answers (and pushes) when a membership changes: updateChannel and
+        the Channel as the viewer now sees it (left, or ChannelForbidden when banned)."""
+        return types.Updates(
+            updates=[types.UpdateChannel(channel_id=chat.id)],
+            users=[],
+            chats=[self._chat_view(chat, viewer)],
+            date=self._now(),
+            seq=0,
+        )
+
+    # === messages =========================================================================
+
+    async def _channel_messages(self, ctx: CallContext, req: Any) -> Any:
+        chat = self._channel_from_input(ctx, req.channel)
+        self._check_readable(ctx, chat)
+        viewer = self._me(ctx).id
+        if not req.id:
+            raise RpcError(400, "MESSAGE_IDS_EMPTY")
+        found = [self._input_message(chat.messages, im) for im in req.id]
+        return self._messages_answer(chat, found, viewer, count=len(found), with_empty=True)
+
+    def _input_message(self, box: dict[int, MessageSpec], im: Any) -> MessageSpec | int:
+        """The message an InputMessage names, or its id when there is none."""
+        if isinstance(im, int):
+            im = types.InputMessageID(im)
+        if isinstance(im, types.InputMessageID):
+            return box.get(im.id, im.id)
+        if isinstance(im, types.InputMessageReplyTo):
+            msg = box.get(im.id)
+            target = msg.reply_to if msg is not None else None
+            return box.get(target or 0, target or 0)
+        if isinstance(im, types.InputMessagePinned):
+            pinned = [m for m in box.values() if m.pinned]
+            return max(pinned, key=lambda m: m.id) if pinned else 0
+        raise RpcError(400, "MESSAGE_ID_INVALID")
+
+    async def _common_messages(self, ctx: CallContext, req: Any) -> Any:
+        viewer = self._me(ctx).id
+        visible = {
+            i: m for i, m in self.world.common.items() if self.world.common_visible(m, viewer)
+        }
+        found = [self._input_message(visible, im) for im in req.id]
+        msgs = [m for m in found if isinstance(m, MessageSpec)]
+        users, chats = self._entities_for(msgs, viewer)
+        rendered = [
+            render.message(self.world, m, viewer)
+            if isinstance(m, MessageSpec)
+            else message_empty(m, None)
+            for m in found
+        ]
+        return types.messages.Messages(messages=rendered, topics=[], chats=chats, users=users)
+
+    def _messages_answer(
+        self,
+        chat: ChatSpec | None,
+        found: list[MessageSpec | int],
+        viewer: int,
+        count: int,
+        with_empty: bool = False,
+    ) -> Any:
+        msgs = [m for m in found if isinstance(m, MessageSpec)]
+        users, chats = self._entities_for(msgs, viewer)
+        rendered = [
+            render.message(self.world, m, viewer)
+            if isinstance(m, MessageSpec)
+            else message_empty(m, chat)
+            for m in found
+            if with_empty or isinstance(m, MessageSpec)
+        ]
+        if chat is not None and chat.is_channel:
+            if not any(c.id == chat.id for c in chats):
+                chats.append(self._chat_view(chat, viewer))
+            return types.messages.ChannelMessages(
+                pts=chat.pts, count=count, messages=rendered, topics=[], chats=chats, users=users
+            )
+        if count <= len(rendered):
+            return types.messages.Messages(messages=rendered, topics=[], chats=chats, users=users)
+        return types.messages.MessagesSlice(
+            count=count, messages=rendered, topics=[], chats=chats, users=users
+        )
+
+    async def _get_history(self, ctx: CallContext, req: Any) -> Any:
+        viewer = self._me(ctx).id
+        peer = self._peer_from_input(ctx, req.peer)
+        chat: ChatSpec | None = None
+        if isinstance(peer, ChatSpec):
+            chat = peer
+            if chat.is_channel:
+                self._check_readable(ctx, chat)
+                box = list(chat.messages.values())
+            else:
+                if viewer not in chat.members:
+                    raise RpcError(400, "CHAT_ID_INVALID")
+                box = [m for m in self.world.common.values() if m.chat == chat.id]
+        else:
+            other = peer.id
+            box = [
+                m
+                for m in self.world.common.values()
+                if m.chat is None and {m.from_id, m.to_user} == {viewer, other}
+            ]
+        box.sort(key=lambda m: m.id, reverse=True)
+        window = history_window(
+            box, req.offset_id, _ts(req.offset_date), req.add_offset, req.limit, req.min_id, req.max_id
+        )
+        return self._messages_answer(chat, list(window), viewer, count=len(box))
+
+    async def _get_dialogs(self, ctx: CallContext, req: Any) -> Any:
+        """The account's channels, megagroups and basic groups that have messages, newest
+        top message first; offset_peer continues after that dialog."""
+        viewer = self._me(ctx).id
+        entries: list[tuple[ChatSpec, MessageSpec]] = []
+        for chat in self.world.chats.values():
+            if viewer not in chat.members:
+                continue
+            box = (
+                chat.messages
+                if chat.is_channel
+                else {i: m for i, m in self.world.common.items() if m.chat == chat.id}
+            )
+            if box:
+                entries.append((chat, box[max(box)]))
+        entries.sort(key=lambda e: (e[1].date, e[0].id), reverse=True)
+        if not isinstance(req.offset_peer, types.InputPeerEmpty):
+            offset_id = render_peer_id(req.offset_peer)
+            ids = [c.id for c, _ in entries]
+            if offset_id in ids:
+                entries = entries[ids.index(offset_id) + 1 :]
+        total = len(entries)
+        entries = entries[: max(0, min(req.limit, 100))]
+        dialogs = [
+            types.Dialog(
+                peer=render.peer_of_chat(c),
+                top_message=m.id,
+                read_inbox_max_id=m.id,
+                read_outbox_max_id=m.id,
+                unread_count=0,
+                unread_mentions_count=0,
+                unread_reactions_count=0,
+                unread_poll_votes_count=0,
+                notify_settings=types.PeerNotifySettings(),
+                pts=c.pts if c.is_channel else None,
+            )
+            for c, m in entries
+        ]
+        msgs = [m for _, m in entries]
+        users, chats = self._entities_for(msgs, viewer)
+        rendered = [render.message(self.world, m, viewer) for m in msgs]
+        if total > len(entries):
+            return types.messages.DialogsSlice(
+                count=total, dialogs=dialogs, messages=rendered, chats=chats, users=users
+            )
+        return types.messages.Dialogs(dialogs=dialogs, messages=rendered, chats=chats, users=users)
+
+    # === files ============================================================================
+
+    async def _get_file(self, ctx: CallContext, req: Any) -> Any:
+        check_part(req.offset, req.limit, bool(req.precise))
+        viewer = self._me(ctx).id
+        file_id, dc_id, key, size, mime = self._locate(ctx, req.location, viewer)
+        if dc_id != ctx.dc_id:
+            raise RpcError(303, f"FILE_MIGRATE_{dc_id}")
+        self._check_drop(file_id, viewer)
+        data = files.read(key, size, req.offset, req.limit)
+        return types.upload.File(
+            type=storage_type(mime) if req.offset == 0 else types.storage.FilePartial(),
+            mtime=0,
+            bytes=data,
+        )
+
+    def _locate(self, ctx: CallContext, loc: Any, viewer: int) -> tuple[int, int, int, int, str]:
+        """(file id, dc, file key, size, mime) of a location; FILE_ID_INVALID for another
+        account's hash, FILE_REFERENCE_EXPIRED/INVALID for a stale or foreign reference."""
+        if isinstance(loc, types.InputDocumentFileLocation):
+            doc = self.world.documents.get(loc.id)
+            if doc is None or loc.access_hash != self.world.access_hash("document", viewer, loc.id):
+                raise RpcError(400, "FILE_ID_INVALID")
+            self._check_reference(viewer, "document", doc.id, loc.file_reference)
+            if loc.thumb_size:
+                size = render.thumb_size(doc, loc.thumb_size)
+                if size is None:
+                    raise RpcError(400, "LOCATION_INVALID")
+                return doc.id, doc.dc_id, render.thumb_file_key(doc.id, loc.thumb_size), size, "image/jpeg"
+            return doc.id, doc.dc_id, render.document_file_key(doc.id), doc.size, doc.mime_type
+        if isinstance(loc, types.InputPhotoFileLocation):
+            photo = self.world.photos.get(loc.id)
+            if photo is None or loc.access_hash != self.world.access_hash("photo", viewer, loc.id):
+                raise RpcError(400, "FILE_ID_INVALID")
+            self._check_reference(viewer, "photo", photo.id, loc.file_reference)
+            spec = photo.size(loc.thumb_size)
+            if spec is None:
+                raise RpcError(400, "LOCATION_INVALID")
+            return photo.id, photo.dc_id, render.photo_file_key(photo.id, spec.type), spec.size, "image/jpeg"
+        if isinstance(loc, types.InputPeerPhotoFileLocation):
+            peer = self._peer_from_input(ctx, loc.peer)
+            if peer.photo != loc.photo_id or loc.photo_id not in self.world.photos:
+                raise RpcError(400, "LOCATION_INVALID")
+            photo = self.world.photos[loc.photo_id]
+            spec = photo.largest() if loc.big else min(photo.sizes, key=lambda s: s.size)
+            return photo.id, photo.dc_id, render.photo_file_key(photo.id, spec.type), spec.size, "image/jpeg"
+        raise RpcError(400, "LOCATION_INVALID")
+
+    def _check_reference(self, viewer: int, kind: str, file_id: int, ref: bytes) -> None:
+        if not ref:
+            raise RpcError(400, "FILE_REFERENCE_EMPTY")
+        state = self.world.check_file_reference(viewer, kind, file_id, ref)
+        if state == "expired":
+            raise RpcError(400, "FILE_REFERENCE_EXPIRED")
+        if state == "invalid":
+            raise RpcError(400, "FILE_REFERENCE_INVALID")
+
+    # === auth =============================================================================
+
+    async def _export_authorization(self, ctx: CallContext, req: Any) -> Any:
+        me = self._me(ctx)
+        if req.dc_id == ctx.dc_id or req.dc_id not in {o.id for o in ctx.dc_options}:
+            raise RpcError(400, "DC_ID_INVALID")
+        token = os.urandom(32)
+        self._exported[token] = me.id
+        return types.auth.ExportedAuthorization(id=me.id, bytes=token)
+
+    async def _import_authorization(self, ctx: CallContext, req: Any) -> Any:
+        user_id = self._exported.get(req.bytes)
+        if user_id is None or user_id != req.id:
+            raise RpcError(400, "AUTH_BYTES_INVALID")
+        return self._authorize(ctx, user_id)
+
+    def _authorize(self, ctx: CallContext, user_id: int) -> Any:
+        ctx.bind_user(user_id)
+        ctx.user_id = user_id
+        self._awaiting_password.pop(ctx.auth_key_id, None)
+        return types.auth.Authorization(user=render.user(self.world, self.world.users[user_id], user_id))
+
+    async def _send_code(self, ctx: CallContext, req: Any) -> Any:
+        if self.world.account_by_phone(req.phone_number) is None:
+            raise RpcError(400, "PHONE_NUMBER_INVALID")
+        code_hash = os.urandom(8).hex()
+        self._code_hashes[code_hash] = req.phone_number.lstrip("+")
+        return types.auth.SentCode(
+            type=types.auth.SentCodeTypeApp(length=len(self.login_code)),
+            phone_code_hash=code_hash,
+            timeout=120,
+        )
+
+    async def _sign_in(self, ctx: CallContext, req: Any) -> Any:
+        phone = req.phone_number.lstrip("+")
+        if self._code_hashes.get(req.phone_code_hash) != phone:
+            raise RpcError(400, "PHONE_CODE_EXPIRED")
+        if not req.phone_code:
+            raise RpcError(400, "PHONE_CODE_EMPTY")
+        if req.phone_code != self.login_code:
+            raise RpcError(400, "PHONE_CODE_INVALID")
+        user = self.world.account_by_phone(phone)
+        assert user is not None  # sendCode checked it
+        del self._code_hashes[req.phone_code_hash]
+        if user.password:
+            self._awaiting_password[ctx.auth_key_id] = user.id
+            raise RpcError(401, "SESSION_PASSWORD_NEEDED")
+        return self._authorize(ctx, user.id)
+
+    def _password_user(self, ctx: CallContext) -> UserSpec:
+        uid = ctx.user_id or self._awaiting_password.get(ctx.auth_key_id)
+        if uid is None:
+            raise RpcError(401, "AUTH_KEY_UNREGISTERED")
+        return self.world.users[uid]
+
+    async def _get_password(self, ctx: CallContext, req: Any) -> Any:
+        user = self._password_user(ctx)
+        new_algo = _srp_algo(user, self.world.secret)
+        secure = types.SecurePasswordKdfAlgoPBKDF2HMACSHA512iter100000(salt=os.urandom(8))
+        if not user.password:
+            return types.account.Password(
+                new_algo=new_algo, new_secure_algo=secure, secure_random=os.urandom(32)
+            )
+        # SRP-6a as Telegram defines it: v = g^x, B = k·v + g^b (mod p).
+        algo = new_algo
+        x = int.from_bytes(tpassword.compute_hash(algo, user.password), "big")
+        v = pow(_SRP_G, x, _SRP_P)
+        k = int.from_bytes(
+            tpassword.sha256(_SRP_P_BYTES, tpassword.big_num_for_hash(_SRP_G)), "big"
+        )
+        b = int.from_bytes(os.urandom(256), "big")
+        big_b = (k * v + pow(_SRP_G, b, _SRP_P)) % _SRP_P
+        srp_id = int.from_bytes(os.urandom(8), "big", signed=True)
+        self._srp[srp_id] = _SrpSession(user.id, b, big_b, v, algo)
+        return types.account.Password(
+            new_algo=new_algo,
+            new_secure_algo=secure,
+            secure_random=os.urandom(32),
+            has_password=True,
+            current_algo=algo,
+            srp_B=tpassword.big_num_for_hash(big_b),
+            srp_id=srp_id,
+            hint=user.hint or None,
+        )
+
+    async def _check_password(self, ctx: CallContext, req: Any) -> Any:
+        user = self._password_user(ctx)
+        check = req.password
+        session = self._srp.pop(getattr(check, "srp_id", 0), None)
+        if session is None or session.user_id != user.id:
+            raise RpcError(400, "SRP_ID_INVALID")
+        a_for_hash = check.A
+        big_a = int.from_bytes(a_for_hash, "big")
+        if not 0 < big_a < _SRP_P:
+            raise RpcError(400, "SRP_A_INVALID")
+        b_for_hash = tpassword.big_num_for_hash(session.B)
+        u = int.from_bytes(tpassword.sha256(a_for_hash, b_for_hash), "big")
+        s = pow(big_a * pow(session.v, u, _SRP_P) % _SRP_P, session.b, _SRP_P)
+        k = tpassword.sha256(tpassword.big_num_for_hash(s))
+        algo = session.algo
+        m1 = tpassword.sha256(
+            tpassword.xor(
+                tpassword.sha256(_SRP_P_BYTES),
+                tpassword.sha256(tpassword.big_num_for_hash(_SRP_G)),
+            ),
+            tpassword.sha256(algo.salt1),
+            tpassword.sha256(algo.salt2),
+            a_for_hash,
+            b_for_hash,
+            k,
+        )
+        if m1 != check.M1:
+            raise RpcError(400, "PASSWORD_HASH_INVALID")
+        return self._authorize(ctx, user.id)
+
+    # === updates ==========================================================================
+
+    async def _get_state(self, ctx: CallContext, req: Any) -> Any:
+        me = self._me(ctx)
+        return types.updates.State(
+            pts=self.world.account_pts.get(me.id, 1),
+            qts=0,
+            date=self._now(),
+            seq=0,
+            unread_count=0,
+        )
+
+    async def _get_difference(self, ctx: CallContext, req: Any) -> Any:
+        """Replays the account's common-box events after pts (new messages of basic groups
+        and private chats). Channel posts are not replayed here (getChannelDifference)."""
+        me = self._me(ctx)
+        pts = self.world.account_pts.get(me.id, 1)
+        if req.pts >= pts:
+            return types.updates.DifferenceEmpty(date=self._now(), seq=0)
+        events = [e for e in self.world.account_log.get(me.id, []) if e[0] > req.pts]
+        new_ids = [i for _, i, kind in events if kind == "new"]
+        msgs = [self.world.common[i] for i in dict.fromkeys(new_ids) if i in self.world.common]
+        users, chats = self._entities_for(msgs, me.id)
+        state = types.updates.State(pts=pts, qts=0, date=self._now(), seq=0, unread_count=0)
+        return types.updates.Difference(
+            new_messages=[render.message(self.world, m, me.id) for m in msgs],
+            new_encrypted_messages=[],
+            other_updates=[],
+            chats=chats,
+            users=users,
+            state=state,
+        )
+
+    async def _get_channel_difference(self, ctx: CallContext, req: Any) -> Any:
+        chat = self._channel_from_input(ctx, req.channel)
+        self._check_readable(ctx, chat)
+        viewer = self._me(ctx).id
+        if req.pts <= 0:
+            raise RpcError(400, "PERSISTENT_TIMESTAMP_EMPTY")
+        if req.pts > chat.pts:
+            raise RpcError(400, "PERSISTENT_TIMESTAMP_INVALID")
+        events = self.world.events_since(chat, req.pts)
+        if events == []:
+            return types.updates.ChannelDifferenceEmpty(
+                pts=chat.pts, final=True, timeout=DIFF_TIMEOUT
+            )
+        limit = max(1, min(req.limit, 100_000))
+        if events is None or len(events) > limit:
+            return self._difference_too_long(chat, viewer, limit)
+        new_ids = [i for e in events if e.kind == "new" for i in e.ids]
+        new_msgs = [chat.messages[i] for i in new_ids if i in chat.messages]
+        other: list[Any] = []
+        for e in events:
+            if e.kind == "edit" and e.ids[0] not in new_ids and e.ids[0] in chat.messages:
+                m = render.message(self.world, chat.messages[e.ids[0]], viewer)
+                other.append(
+                    types.UpdateEditChannelMessage(message=m, pts=e.pts, pts_count=e.pts_count)
+                )
+            elif e.kind == "delete":
+                other.append(
+                    types.UpdateDeleteChannelMessages(
+                        channel_id=chat.id, messages=e.ids, pts=e.pts, pts_count=e.pts_count
+                    )
+                )
+        touched = new_msgs + [chat.messages[e.ids[0]] for e in events if e.kind == "edit" and e.ids[0] in chat.messages]
+        users, chats = self._entities_for(touched, viewer)
+        if not any(c.id == chat.id for c in chats):
+            chats.append(self._chat_view(chat, viewer))
+        return types.updates.ChannelDifference(
+            pts=chat.pts,
+            new_messages=[render.message(self.world, m, viewer) for m in new_msgs],
+            other_updates=other,
+            chats=chats,
+            users=users,
+            final=True,
+            timeout=DIFF_TIMEOUT,
+        )
+
+    def _difference_too_long(self, chat: ChatSpec, viewer: int, limit: int) -> Any:
+        latest = sorted(chat.messages.values(), key=lambda m: m.id, reverse=True)[:limit]
+        top = latest[0].id if latest else 0
+        users, chats = self._entities_for(latest, viewer)
+        if not any(c.id == chat.id for c in chats):
+            chats.append(self._chat_view(chat, viewer))
+        dialog = types.Dialog(
+            peer=types.PeerChannel(chat.id),
+            top_message=top,
+            read_inbox_max_id=top,
+            read_outbox_max_id=top,
+            unread_count=0,
+            unread_mentions_count=0,
+            unread_reactions_count=0,
+            unread_poll_votes_count=0,
+            notify_settings=types.PeerNotifySettings(),
+            pts=chat.pts,
+        )
+        return types.updates.ChannelDifferenceTooLong(
+            dialog=dialog,
+            messages=[render.message(self.world, m, viewer) for m in latest],
+            chats=chats,
+            users=users,
+            final=True,
+            timeout=DIFF_TIMEOUT,
+        )
+
+    # === pushes (called by tests) =========================================================
+
+    async def post_message(
+        self,
+        chat_id: int,
+        text: str = "",
+        *,
+        media: dict[str, int] | None = None,
+        from_id: int | None = None,
+        entities: list[dict[str, Any]] | None = None,
+        reply_to: int | None = None,
+        fwd: dict[str, Any] | None = None,
+        grouped_id: int | None = None,
+        views: int | None = None,
+        forwards: int | None = None,
+        post_author: str | None = None,
+        action: dict[str, Any] | None = None,
+    ) -> MessageSpec:
+        """Adds a message to a channel, megagroup or basic group and pushes
+        updateNewChannelMessage / updateNewMessage to every member account (unless
+        drop_next_posts holds it back). Returns the stored message (its id, its pts)."""
+        chat = self.world.chats[chat_id]
+        msg = MessageSpec(
+            chat=chat_id,
+            from_id=from_id,
+            date=self._now(),
+            text=text,
+            entities=list(entities or []),
+            reply_to=reply_to,
+            fwd=fwd,
+            grouped_id=grouped_id,
+            views=views if views is not None else (1 if chat.kind == BROADCAST else None),
+            forwards=forwards if forwards is not None else (0 if chat.kind == BROADCAST else None),
+            post_author=post_author,
+            media=media,
+            action=action,
+        )
+        if not chat.is_channel:
+            self.world.add_message(msg)
+            await self._push_common(msg, "new")
+            return msg
+        self.world._check_media(msg)
+        msg.id = chat.next_id
+        chat.next_id += 1
+        chat.messages[msg.id] = msg
+        event = self.world.channel_event(chat, "new", [msg.id])
+        msg.pts = event.pts
+        if self._drop_posts[chat_id] > 0:
+            self._drop_posts[chat_id] -= 1
+            return msg
+        await self._push_channel(
+            chat,
+            lambda viewer: types.UpdateNewChannelMessage(
+                message=render.message(self.world, msg, viewer),
+                pts=event.pts,
+                pts_count=event.pts_count,
+            ),
+            [msg],
+        )
+        return msg
+
+    async def edit_message(
+        self,
+        chat_id: int,
+        msg_id: int,
+        text: str,
+        *,
+        entities: list[dict[str, Any]] | None = None,
+    ) -> MessageSpec:
+        """Edits a message (text, entities, edit_date = now) and pushes
+        updateEditChannelMessage / updateEditMessage to member accounts."""
+        chat = self.world.chats[chat_id]
+        box = chat.messages if chat.is_channel else self.world.common
+        msg = box[msg_id]
+        msg.text = text
+        msg.entities = list(entities or [])
+        msg.edit_date = max(self._now(), msg.date + 1)
+        if not chat.is_channel:
+            await self._push_common(msg, "edit")
+            return msg
+        event = self.world.channel_event(chat, "edit", [msg_id])
+        await self._push_channel(
+            chat,
+            lambda viewer: types.UpdateEditChannelMessage(
+                message=render.message(self.world, msg, viewer),
+                pts=event.pts,
+                pts_count=event.pts_count,
+            ),
+            [msg],
+        )
+        return msg
+
+    async def delete_messages(self, chat_id: int, ids: list[int]) -> None:
+        """Deletes messages and pushes updateDeleteChannelMessages (ids only, pts_count =
+        len(ids)) / updateDeleteMessages to member accounts."""
+        chat = self.world.chats[chat_id]
+        if not chat.is_channel:
+            for i in ids:
+                msg = self.world.common.pop(i)
+                await self._push_common(msg, "delete")
+            return
+        for i in ids:
+            chat.messages.pop(i, None)
+        event = self.world.channel_event(chat, "delete", ids)
+        await self._push_channel(
+            chat,
+            lambda viewer: types.UpdateDeleteChannelMessages(
+                channel_id=chat.id, messages=list(ids), pts=event.pts, pts_count=event.pts_count
+            ),
+            [],
+        )
+
+    async def kick(self, user_id: int, chat_id: int, ban: bool = True) -> None:
+        """Removes the account from a channel/megagroup (banned unless ban=False) and pushes
+        updateChannel with the Channel as it now sees it (ChannelForbidden, or left=True)."""
+        chat = self.world.chats[chat_id]
+        chat.members.pop(user_id, None)
+        if ban and user_id not in chat.banned:
+            chat.banned.append(user_id)
+        await self._push(user_id, self._channel_updates(chat, user_id))
+
+    def add_member(self, user_id: int, chat_id: int) -> None:
+        """Makes the account a member without a request (e.g. an approved join request)."""
+        chat = self.world.chats[chat_id]
+        chat.members[user_id] = self._now()
+        if user_id in chat.requests:
+            chat.requests.remove(user_id)
+        if user_id in chat.banned:
+            chat.banned.remove(user_id)
+
+    async def _push_channel(
+        self, chat: ChatSpec, make: Callable[[int], Any], msgs: list[MessageSpec]
+    ) -> None:
+        for viewer in sorted(chat.members):
+            if not self.world.users.get(viewer, UserSpec(0)).is_account:
+                continue
+            users, chats = self._entities_for(msgs, viewer)
+            if not any(c.id == chat.id for c in chats):
+                chats.append(self._chat_view(chat, viewer))
+            updates = types.Updates(
+                updates=[make(viewer)], users=users, chats=chats, date=self._now(), seq=0
+            )
+            await self._push(viewer, updates)
+
+    async def _push_common(self, msg: MessageSpec, kind: str) -> None:
+        for viewer in self.world.common_viewers(msg):
+            pts = self.world.account_event(viewer, msg.id, kind)
+            update: Any
+            if kind == "new":
+                m = render.message(self.world, msg, viewer)
+                update = types.UpdateNewMessage(message=m, pts=pts, pts_count=1)
+            elif kind == "edit":
+                m = render.message(self.world, msg, viewer)
+                update = types.UpdateEditMessage(message=m, pts=pts, pts_count=1)
+            else:
+                update = types.UpdateDeleteMessages(messages=[msg.id], pts=pts, pts_count=1)
+            users, chats = self._entities_for([msg], viewer)
+            await self._push(
+                viewer,
+                types.Updates(updates=[update], users=users, chats=chats, date=self._now(), seq=0),
+            )
+
+    async def _push(self, user_id: int, updates: Any) -> None:
+        if self._pusher is None:
+            return
+        try:
+            result = self._pusher(user_id, updates)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:  # a dead connection must not break the test's world change
+            log.exception("fakedc: push to %s failed", user_id)
+
+
+# --- pure rules (unit-tested on their own) -----------------------------------------------
+
+
+def check_part(offset: int, limit: int, precise: bool) -> None:
+    """Telegram's upload.getFile part rules (see the module docstring)."""
+    step = 1024 if precise else 4096
+    if offset < 0 or offset % step:
+        raise RpcError(400, "OFFSET_INVALID")
+    if limit <= 0 or limit % step or limit > MIB:
+        raise RpcError(400, "LIMIT_INVALID")
+    if not precise:
+        if MIB % limit:
+            raise RpcError(400, "LIMIT_INVALID")
+        if offset // MIB != (offset + limit - 1) // MIB:
+            raise RpcError(400, "LIMIT_INVALID")
+
+
+def history_window(
+    box: list[MessageSpec],
+    offset_id: int,
+    offset_date: int | None,
+    add_offset: int,
+    limit: int,
+    min_id: int,
+    max_id: int,
+) -> list[MessageSpec]:
+    """messages.getHistory over `box` (newest first): start at the first message older than
+    offset_id (or than offset_date when offset_id is 0), shift by add_offset, take limit
+    (≤ 100), then keep only min_id < id < max_id."""
+    limit = max(0, min(limit, MAX_HISTORY))
+    if offset_id:
+        start = next((i for i, m in enumerate(box) if m.id < offset_id), len(box))
+    elif offset_date:
+        start = next((i for i, m in enumerate(box) if m.date < offset_date), len(box))
+    else:
+        start = 0
+    start += add_offset
+    end = start + limit
+    window = box[max(start, 0) : max(end, 0)]
+    return [m for m in window if m.id > min_id and (not max_id or m.id < max_id)]
+
+
+_STORAGE = {
+    "image/jpeg": types.storage.FileJpeg,
+    "image/png": types.storage.FilePng,
+    "image/gif": types.storage.FileGif,
+    "image/webp": types.storage.FileWebp,
+    "video/mp4": types.storage.FileMp4,
+    "video/quicktime": types.storage.FileMov,
+    "audio/mpeg": types.storage.FileMp3,
+    "application/pdf": types.storage.FilePdf,
+}
+
+
+def message_empty(msg_id: int, chat: ChatSpec | None) -> Any:
+    # Telethon's patched MessageEmpty wants peer_id as an argument (the TL field is optional).
+    peer = render.peer_of_chat(chat) if chat is not None else None
+    return types.MessageEmpty(id=msg_id, peer_id=peer)
+
+
+def storage_type(mime: str) -> Any:
+    return _STORAGE.get(mime, types.storage.FileUnknown)()
+
+
+def render_peer_id(peer: Any) -> int:
+    for attr in ("channel_id", "chat_id", "user_id"):
+        if hasattr(peer, attr):
+            return int(getattr(peer, attr))
+    return 0
+
+
+def _ts(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return int(value) or None
+    return int(value.timestamp())

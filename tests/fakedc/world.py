@@ -1,0 +1,500 @@
+"""The emulated Telegram world: who exists, who is in what, which messages and files.
+
+Plain data, no TL objects (`render.py` turns it into what one viewing account sees) and no
+network (`rpc.py` answers requests and pushes updates). A world is written in Python or JSON:
+
+    World.from_dict({
+        "users": [{"id": 1001, "first_name": "Ann", "phone": "15550001", "password": "pw"}],
+        "chats": [{"id": 2001, "kind": "broadcast", "title": "News", "username": "news",
+                   "members": {"1001": 0}}],
+        "photos": [{"id": 5001, "dc_id": 2, "sizes": [{"type": "x", "w": 800, "h": 600,
+                                                       "size": 90000}]}],
+        "documents": [{"id": 6001, "kind": "video", "size": 20000000, "duration": 12}],
+        "messages": [{"chat": 2001, "id": 1, "text": "hi", "media": {"photo": 5001}}],
+    })
+
+Rules kept here (see ../../shared/design/TELEGRAM.md):
+- An *account* is a user with a phone; bots and plain users have none.
+- kind is "broadcast" (channel), "megagroup" (supergroup) or "group" (a basic group).
+- A chat without a username is private: an account that is not a member can't see it.
+- Channels and megagroups number their messages in their own sequence and have a `pts`
+  that every new, edited or deleted message moves; `log` keeps those events so
+  `updates.getChannelDifference` can replay what a client missed.
+- Basic groups and private chats share one world-wide "common" id sequence. Telegram
+  numbers them per account; the emulator keeps one sequence for all accounts (documented
+  simplification: ids of basic-group messages are the same for every viewer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import struct
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+BROADCAST = "broadcast"
+MEGAGROUP = "megagroup"
+GROUP = "group"
+CHAT_KINDS = (BROADCAST, MEGAGROUP, GROUP)
+DOC_KINDS = ("video", "audio", "voice", "file", "sticker", "animation", "round")
+DEFAULT_DATE = 1_700_000_000  # 2023-11-14, a fixed past so tests are deterministic
+CHANNEL_LIMIT = 500
+
+
+def _build(cls: Any, data: dict[str, Any]) -> Any:
+    """Builds a dataclass from a dict, naming the unknown key instead of a TypeError."""
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
+    return cls(**data)
+
+
+@dataclass
+class SizeSpec:
+    """One size of a photo (PhotoSize; `progressive` gives PhotoSizeProgressive)."""
+
+    type: str
+    w: int
+    h: int
+    size: int
+    progressive: bool = False
+
+
+@dataclass
+class PhotoSpec:
+    id: int
+    dc_id: int = 1
+    date: int = DEFAULT_DATE
+    sizes: list[SizeSpec] = field(default_factory=list)
+    # A tiny inline preview (PhotoStrippedSize 'i'), as Telegram sends first.
+    stripped: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PhotoSpec:
+        d = dict(d)
+        sizes = [s if isinstance(s, SizeSpec) else _build(SizeSpec, s) for s in d.pop("sizes", [])]
+        photo: PhotoSpec = _build(cls, {**d, "sizes": sizes})
+        if not photo.sizes:
+            photo.sizes = default_photo_sizes(photo.id)
+        return photo
+
+    def largest(self) -> SizeSpec:
+        return max(self.sizes, key=lambda s: s.size)
+
+    def size(self, type_: str) -> SizeSpec | None:
+        return next((s for s in self.sizes if s.type == type_), None)
+
+
+def default_photo_sizes(seed: int) -> list[SizeSpec]:
+    """Telegram's usual ladder: s (100 px), m (320 px), x (800 px), y (1280 px, progressive)."""
+    k = seed % 997
+    return [
+        SizeSpec("s", 100, 75, 1_500 + k),
+        SizeSpec("m", 320, 240, 12_000 + k),
+        SizeSpec("x", 800, 600, 65_000 + k),
+        SizeSpec("y", 1280, 960, 180_000 + k, progressive=True),
+    ]
+
+
+@dataclass
+class DocumentSpec:
+    id: int
+    kind: str = "file"
+    size: int = 10_000
+    dc_id: int = 1
+    date: int = DEFAULT_DATE
+    mime_type: str = ""
+    file_name: str = ""
+    duration: int = 0
+    w: int = 0
+    h: int = 0
+    title: str = ""
+    performer: str = ""
+    alt: str = ""  # a sticker's emoji
+    thumb: bool = False  # a 320 px JPEG thumbnail ('m')
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DocumentSpec:
+        doc: DocumentSpec = _build(cls, dict(d))
+        if doc.kind not in DOC_KINDS:
+            raise ValueError(f"document {doc.id}: kind {doc.kind!r} not in {DOC_KINDS}")
+        doc.mime_type = doc.mime_type or _DEFAULT_MIME[doc.kind]
+        return doc
+
+
+_DEFAULT_MIME = {
+    "video": "video/mp4",
+    "round": "video/mp4",
+    "animation": "video/mp4",
+    "audio": "audio/mpeg",
+    "voice": "audio/ogg",
+    "file": "application/pdf",
+    "sticker": "image/webp",
+}
+
+
+@dataclass
+class WebPageSpec:
+    id: int
+    url: str
+    site_name: str = ""
+    title: str = ""
+    description: str = ""
+    photo: int | None = None  # a PhotoSpec id
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WebPageSpec:
+        spec: WebPageSpec = _build(cls, dict(d))
+        return spec
+
+
+@dataclass
+class UserSpec:
+    id: int
+    first_name: str = ""
+    last_name: str = ""
+    username: str | None = None
+    phone: str | None = None  # set: this user is an account the emulator can log in
+    password: str | None = None  # 2FA (auth.checkPassword, SRP)
+    hint: str = ""
+    bot: bool = False
+    verified: bool = False
+    scam: bool = False
+    fake: bool = False
+    about: str = ""
+    photo: int | None = None  # a PhotoSpec id (the profile photo)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UserSpec:
+        spec: UserSpec = _build(cls, dict(d))
+        return spec
+
+    @property
+    def is_account(self) -> bool:
+        return self.phone is not None and not self.bot
+
+
+@dataclass
+class MessageSpec:
+    """A message. For a channel/megagroup `chat` is its id and `id` its own sequence; for a
+    basic group `chat` too (ids from the common sequence); for a private chat `chat` is None
+    and `to_user` names the other side. `media` is {"photo": id}, {"document": id} or
+    {"webpage": id}; `action` (a service message) is {"type": ..., ...} (see render.py);
+    `fwd` is {"from_user": id} or {"from_channel": id, "channel_post": n, "post_author": s}
+    or {"from_name": s}, with an optional "date"."""
+
+    id: int = 0  # 0: the next id of the chat's sequence
+    chat: int | None = None
+    to_user: int | None = None
+    from_id: int | None = None  # None in a broadcast channel: the channel posted it
+    date: int = DEFAULT_DATE
+    text: str = ""
+    entities: list[dict[str, Any]] = field(default_factory=list)
+    reply_to: int | None = None
+    fwd: dict[str, Any] | None = None
+    grouped_id: int | None = None
+    views: int | None = None
+    forwards: int | None = None
+    edit_date: int | None = None
+    post_author: str | None = None
+    pinned: bool = False
+    media: dict[str, int] | None = None
+    action: dict[str, Any] | None = None
+    pts: int = 0  # the chat's pts when it was created (set by the world)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MessageSpec:
+        spec: MessageSpec = _build(cls, dict(d))
+        return spec
+
+
+@dataclass
+class ChannelEvent:
+    """One step of a channel's pts sequence: pts after the event and how far it moved."""
+
+    pts: int
+    pts_count: int
+    kind: str  # "new", "edit", "delete"
+    ids: list[int]
+
+
+@dataclass
+class ChatSpec:
+    id: int
+    kind: str = BROADCAST
+    title: str = ""
+    username: str | None = None
+    about: str = ""
+    date: int = DEFAULT_DATE
+    creator_id: int | None = None
+    admins: list[int] = field(default_factory=list)
+    # user id → the date they joined (JSON keys are strings; from_dict converts them).
+    members: dict[int, int] = field(default_factory=dict)
+    banned: list[int] = field(default_factory=list)
+    join_request: bool = False  # joinChannel → INVITE_REQUEST_SENT
+    verified: bool = False
+    scam: bool = False
+    fake: bool = False
+    signatures: bool = False
+    photo: int | None = None
+    linked_chat_id: int | None = None
+    extra_participants: int = 0  # members beyond those listed (participants_count only)
+    pts: int = 1
+    next_id: int = 1
+    messages: dict[int, MessageSpec] = field(default_factory=dict)
+    log: list[ChannelEvent] = field(default_factory=list)
+    requests: list[int] = field(default_factory=list)  # pending join requests
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ChatSpec:
+        d = dict(d)
+        members = {int(k): int(v) for k, v in d.pop("members", {}).items()}
+        spec: ChatSpec = _build(cls, {**d, "members": members})
+        if spec.kind not in CHAT_KINDS:
+            raise ValueError(f"chat {spec.id}: kind {spec.kind!r} not in {CHAT_KINDS}")
+        return spec
+
+    @property
+    def is_channel(self) -> bool:
+        """A channel in the API sense: broadcast or megagroup (not a basic group)."""
+        return self.kind != GROUP
+
+    @property
+    def is_public(self) -> bool:
+        return self.username is not None
+
+    @property
+    def participants_count(self) -> int:
+        return len(self.members) + self.extra_participants
+
+    def top_id(self) -> int:
+        return max(self.messages, default=0)
+
+
+class World:
+    """Every object of the emulated Telegram, plus the per-account rules that derive from it
+    (access hashes, file references, membership)."""
+
+    def __init__(self, secret: bytes = b"tgc-fakedc") -> None:
+        self.secret = secret
+        self.users: dict[int, UserSpec] = {}
+        self.chats: dict[int, ChatSpec] = {}
+        self.photos: dict[int, PhotoSpec] = {}
+        self.documents: dict[int, DocumentSpec] = {}
+        self.webpages: dict[int, WebPageSpec] = {}
+        # The common box: basic-group and private messages, one id sequence.
+        self.common: dict[int, MessageSpec] = {}
+        self.common_next_id = 1
+        # Account-level pts (moves with common-box messages), per account, and the log of
+        # (pts after, message id, kind) that updates.getDifference replays.
+        self.account_pts: dict[int, int] = {}
+        self.account_log: dict[int, list[tuple[int, int, str]]] = {}
+        self.channel_limit = CHANNEL_LIMIT
+        # Bumped by expire_file_references(): every reference issued before is stale.
+        self.file_ref_epoch = 1
+
+    # --- loading -------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> World:
+        known = {"users", "chats", "photos", "documents", "webpages", "messages", "secret"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"world: unknown keys {sorted(unknown)}")
+        world = cls(secret=str(data.get("secret", "tgc-fakedc")).encode())
+        for u in data.get("users", []):
+            world.add_user(UserSpec.from_dict(u))
+        for p in data.get("photos", []):
+            world.add_photo(PhotoSpec.from_dict(p))
+        for doc in data.get("documents", []):
+            world.add_document(DocumentSpec.from_dict(doc))
+        for w in data.get("webpages", []):
+            world.add_webpage(WebPageSpec.from_dict(w))
+        for c in data.get("chats", []):
+            world.add_chat(ChatSpec.from_dict(c))
+        for m in data.get("messages", []):
+            world.add_message(MessageSpec.from_dict(m))
+        return world
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> World:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def add_user(self, user: UserSpec) -> UserSpec:
+        self._unique(user.id)
+        self.users[user.id] = user
+        if user.is_account:
+            self.account_pts.setdefault(user.id, 1)
+        return user
+
+    def add_chat(self, chat: ChatSpec) -> ChatSpec:
+        self._unique(chat.id)
+        self.chats[chat.id] = chat
+        return chat
+
+    def add_photo(self, photo: PhotoSpec) -> PhotoSpec:
+        self.photos[photo.id] = photo
+        return photo
+
+    def add_document(self, doc: DocumentSpec) -> DocumentSpec:
+        self.documents[doc.id] = doc
+        return doc
+
+    def add_webpage(self, page: WebPageSpec) -> WebPageSpec:
+        self.webpages[page.id] = page
+        return page
+
+    def _unique(self, id_: int) -> None:
+        # Users and chats share the Bot-API id space in tests' minds; keep them apart.
+        if id_ in self.users or id_ in self.chats:
+            raise ValueError(f"id {id_} used twice")
+
+    def add_message(self, msg: MessageSpec) -> MessageSpec:
+        """Stores a message (no pts event: this is the world as it was before the test)."""
+        self._check_media(msg)
+        if msg.chat is not None and self.chats[msg.chat].is_channel:
+            chat = self.chats[msg.chat]
+            if msg.id == 0:
+                msg.id = chat.next_id
+            if msg.id in chat.messages:
+                raise ValueError(f"chat {chat.id}: message {msg.id} twice")
+            chat.next_id = max(chat.next_id, msg.id + 1)
+            chat.pts += 1
+            msg.pts = chat.pts
+            chat.messages[msg.id] = msg
+            return msg
+        if msg.chat is None and msg.to_user is None:
+            raise ValueError("a message needs chat or to_user")
+        if msg.id == 0:
+            msg.id = self.common_next_id
+        if msg.id in self.common:
+            raise ValueError(f"common message {msg.id} twice")
+        self.common_next_id = max(self.common_next_id, msg.id + 1)
+        self.common[msg.id] = msg
+        msg.pts = 0
+        return msg
+
+    def account_event(self, account: int, msg_id: int, kind: str) -> int:
+        """Moves an account's pts by one for a common-box message; returns the new pts."""
+        pts = self.account_pts.get(account, 1) + 1
+        self.account_pts[account] = pts
+        self.account_log.setdefault(account, []).append((pts, msg_id, kind))
+        return pts
+
+    def _check_media(self, msg: MessageSpec) -> None:
+        if not msg.media:
+            return
+        ((kind, ref),) = msg.media.items()
+        table: dict[str, dict[int, Any]] = {
+            "photo": self.photos,
+            "document": self.documents,
+            "webpage": self.webpages,
+        }
+        if kind not in table or ref not in table[kind]:
+            raise ValueError(f"message {msg.id}: unknown media {msg.media}")
+
+    # --- channel sequence (used by the pushes in rpc.py) ---------------------------------
+
+    def channel_event(self, chat: ChatSpec, kind: str, ids: list[int]) -> ChannelEvent:
+        count = len(ids) if kind == "delete" else 1
+        chat.pts += count
+        event = ChannelEvent(chat.pts, count, kind, list(ids))
+        chat.log.append(event)
+        return event
+
+    def events_since(self, chat: ChatSpec, pts: int) -> list[ChannelEvent] | None:
+        """The events after `pts`; None when the log doesn't reach back that far."""
+        if pts >= chat.pts:
+            return []
+        first_logged = chat.log[0].pts - chat.log[0].pts_count if chat.log else chat.pts
+        if pts < first_logged:
+            return None
+        return [e for e in chat.log if e.pts > pts]
+
+    # --- who sees what -------------------------------------------------------------------
+
+    def accounts(self) -> list[UserSpec]:
+        return [u for u in self.users.values() if u.is_account]
+
+    def account_by_phone(self, phone: str) -> UserSpec | None:
+        digits = phone.lstrip("+")
+        return next((u for u in self.accounts() if u.phone == digits), None)
+
+    def by_username(self, username: str) -> UserSpec | ChatSpec | None:
+        name = username.lower()
+        for u in self.users.values():
+            if u.username and u.username.lower() == name:
+                return u
+        for c in self.chats.values():
+            if c.username and c.username.lower() == name:
+                return c
+        return None
+
+    def is_member(self, chat: ChatSpec, user_id: int) -> bool:
+        return user_id in chat.members
+
+    def is_banned(self, chat: ChatSpec, user_id: int) -> bool:
+        return user_id in chat.banned
+
+    def can_read(self, chat: ChatSpec, user_id: int) -> bool:
+        """Public chats are readable by anyone not banned; private ones by members only."""
+        if self.is_banned(chat, user_id):
+            return False
+        return chat.is_public or self.is_member(chat, user_id)
+
+    def joined_channels(self, user_id: int) -> list[ChatSpec]:
+        return [c for c in self.chats.values() if c.is_channel and user_id in c.members]
+
+    def common_viewers(self, msg: MessageSpec) -> list[int]:
+        """Accounts whose common box holds this basic-group or private message."""
+        if msg.chat is not None:
+            ids = list(self.chats[msg.chat].members)
+        else:
+            ids = [i for i in (msg.from_id, msg.to_user) if i is not None]
+        return [i for i in ids if i in self.users and self.users[i].is_account]
+
+    def common_visible(self, msg: MessageSpec, viewer: int) -> bool:
+        return viewer in self.common_viewers(msg)
+
+    # --- identity rules: per viewing account ---------------------------------------------
+
+    def _mac(self, *parts: object) -> bytes:
+        text = ":".join(str(p) for p in parts).encode()
+        return hmac.new(self.secret, text, hashlib.sha256).digest()
+
+    def access_hash(self, kind: str, viewer: int | None, obj_id: int) -> int:
+        """The access_hash `viewer` gets for an object: a keyed hash of (viewer, object), so
+        another account's hash is useless (CHANNEL_INVALID, USER_ID_INVALID, ...)."""
+        value: int = struct.unpack(">q", self._mac("hash", kind, viewer, obj_id)[:8])[0]
+        return value or 1
+
+    def file_reference(self, viewer: int, file_kind: str, file_id: int, context: str) -> bytes:
+        """A reference bound to (viewer, file, context) and to the current epoch:
+        epoch (4 bytes) + context tag (8) + MAC (12)."""
+        tag = self._mac("ctx", context)[:8]
+        epoch = struct.pack(">I", self.file_ref_epoch)
+        mac = self._mac("ref", viewer, file_kind, file_id, self.file_ref_epoch, tag.hex())[:12]
+        return epoch + tag + mac
+
+    def check_file_reference(self, viewer: int, file_kind: str, file_id: int, ref: bytes) -> str:
+        """'ok', 'expired' (stale epoch) or 'invalid' (not one this viewer was given)."""
+        if len(ref) != 24:
+            return "invalid"
+        (epoch,) = struct.unpack(">I", ref[:4])
+        tag = ref[4:12]
+        mac = self._mac("ref", viewer, file_kind, file_id, epoch, tag.hex())[:12]
+        if not hmac.compare_digest(mac, ref[12:]):
+            return "invalid"
+        return "ok" if epoch == self.file_ref_epoch else "expired"
+
+    def expire_file_references(self) -> None:
+        self.file_ref_epoch += 1
+
+
+def now() -> int:
+    return int(time.time())
