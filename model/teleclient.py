@@ -1,0 +1,983 @@
+"""Telegram accounts: `TeleClient` (one session file) and `TeleClients` (the pool).
+
+A `TeleClient` wraps one Telethon client and makes the few calls the service needs. Every
+call goes through `_invoke`, which turns Telethon's errors into the service's own
+(`common.errors`) and keeps the account's state: flood waits per request kind, banned or
+logged out for good, disconnected until the background reconnect succeeds.
+
+Peers are found the cheap way first. An id is looked up only in the session's entity cache
+(the SQLite `entities` table Telethon fills from every answer); a username is looked up
+there too, and only when that misses is `contacts.resolveUsername` sent, paid from the
+account's resolution budget. Bursts of resolutions are what get accounts flood-waited for
+hours, so `TeleClients.run` prefers accounts that already hold the peer's access hash: a
+peer is resolved at most once per account, and the session file keeps it across restarts.
+
+Telethon sleeps through flood waits shorter than `flood_sleep_threshold` inside the call
+(and ignores a per-call threshold in 1.45), so the threshold is set low on each client and
+the pool answers `FloodWaitError` by moving the call to another account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import heapq
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from telethon import TelegramClient, errors, events, functions, types, utils
+from telethon.errors.rpcerrorlist import rpc_errors_dict, rpc_errors_re
+
+from common.errors import (
+    AccountUnusable,
+    ConfigError,
+    FloodWait,
+    InvalidParam,
+    NoAccountAvailable,
+    PeerNotFound,
+    PeerPrivate,
+    RateLimited,
+    RetryLater,
+    TelegramError,
+)
+from common.utils import PeerRef, mask_phone
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Entity = Any  # types.User | types.Chat | types.Channel (Telethon ships no type stubs)
+Clock = Callable[[], float]
+UpdateCallback = Callable[["TeleClient", Any], Awaitable[None]]
+
+# Flood waits are kept per request kind: a wait on contacts.resolveUsername (the sensitive
+# one, hours long after bursts) must not stop the account from reading peers it knows.
+RESOLVE = "resolve"
+OTHER = "other"
+
+_BANNED = frozenset({"USER_DEACTIVATED", "USER_DEACTIVATED_BAN", "AUTH_KEY_DUPLICATED"})
+_NOT_FOUND = frozenset(
+    {
+        "USERNAME_NOT_OCCUPIED",
+        "USERNAME_INVALID",
+        "PEER_ID_INVALID",
+        "CHANNEL_INVALID",
+        "CHAT_ID_INVALID",
+        "USER_ID_INVALID",
+        "INVITE_HASH_EXPIRED",
+        "INVITE_HASH_INVALID",
+        "INVITE_HASH_EMPTY",
+    }
+)
+_PRIVATE = frozenset(
+    {
+        "CHANNEL_PRIVATE",
+        "CHAT_FORBIDDEN",
+        "CHAT_ADMIN_REQUIRED",
+        "USER_BANNED_IN_CHANNEL",
+        "CHANNEL_PUBLIC_GROUP_NA",
+    }
+)
+
+
+class AccountState(StrEnum):
+    OK = "ok"
+    FLOOD_WAIT = "flood_wait"
+    BANNED = "banned"
+    UNAUTHORIZED = "unauthorized"
+    DISCONNECTED = "disconnected"
+
+
+# --- small pieces: the session lock, the resolution budget, the proxy, error names ---------
+
+
+class SessionLock:
+    """An exclusive `flock` on `<session>.lock`: one process owns a session file.
+
+    Two processes on one session would share its auth key, which Telegram answers with
+    AUTH_KEY_DUPLICATED and kills the key for good; refusing to start is far cheaper.
+    """
+
+    def __init__(self, session_path: Path) -> None:
+        self.path = session_path.with_name(session_path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if self._fd is not None:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                "telegram.sessions_dir",
+                str(self.path.with_suffix("")),
+                "the session file is in use by another process (lock held on "
+                f"{self.path}); a session file can serve one process only",
+            ) from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class TokenBucket:
+    """`capacity` tokens, refilled continuously over `period` seconds."""
+
+    def __init__(self, capacity: float, period: float, clock: Clock) -> None:
+        self.capacity = capacity
+        self.rate = capacity / period
+        self._clock = clock
+        self._tokens = capacity
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+
+    def ready_in(self) -> float:
+        """Seconds until one token is there (0 when one is there now)."""
+        self._refill()
+        if self._tokens >= 1:
+            return 0.0
+        return (1 - self._tokens) / self.rate
+
+    def take(self) -> None:
+        self._refill()
+        self._tokens -= 1
+
+
+class ResolveBudget:
+    """How many `contacts.resolveUsername` one account may send: per minute and per day.
+
+    The day's budget lives in memory, so a restart refills it; the per-minute bucket is what
+    keeps bursts away, the daily one caps a busy day.
+    """
+
+    def __init__(self, per_minute: float, per_day: float, clock: Clock = time.monotonic) -> None:
+        self._buckets = [TokenBucket(per_minute, 60, clock), TokenBucket(per_day, 86400, clock)]
+
+    def ready_in(self) -> float:
+        return max(b.ready_in() for b in self._buckets)
+
+    def take(self) -> None:
+        for bucket in self._buckets:
+            bucket.take()
+
+
+def proxy_to_telethon(proxy: Any) -> dict[str, Any] | None:
+    """`telegram.proxy` → the python-socks dict Telethon's `proxy=` takes.
+
+    Accepts a URL (`socks5://user:pass@host:1080`, `socks4://…`, `http://…`) or any object
+    with `scheme`, `host`, `port`, `username`, `password` attributes; None or "" is no proxy.
+    """
+    if not proxy:
+        return None
+    if isinstance(proxy, str):
+        url = urlsplit(proxy)
+        scheme, host, port = url.scheme, url.hostname, url.port
+        username = unquote(url.username) if url.username else None
+        password = unquote(url.password) if url.password else None
+    else:
+        scheme, host, port = proxy.scheme, proxy.host, proxy.port
+        username, password = getattr(proxy, "username", None), getattr(proxy, "password", None)
+    scheme = (scheme or "").lower().removesuffix("h")  # socks5h: remote DNS, which is rdns
+    if scheme not in ("socks5", "socks4", "http") or not host or not port:
+        raise ValueError(f"unsupported proxy {scheme or '?'}://{host}:{port}")
+    return {
+        "proxy_type": scheme,
+        "addr": host,
+        "port": int(port),
+        "rdns": True,
+        "username": username or None,
+        "password": password or None,
+    }
+
+
+_ERROR_NAMES = {cls: name for name, cls in rpc_errors_dict.items()}
+_ERROR_NAMES.update({cls: pattern.replace(r"(\d+)", "X") for pattern, cls in rpc_errors_re})
+
+
+def rpc_error_name(exc: errors.RPCError) -> str:
+    """Telegram's own name of an error (CHANNEL_PRIVATE, FLOOD_WAIT_X, ...)."""
+    return _ERROR_NAMES.get(type(exc)) or str(exc.message or type(exc).__name__)
+
+
+def _request_kind(request: Any) -> str:
+    while hasattr(request, "query"):  # invokeWithLayer & co wrap the real request
+        request = request.query
+    return RESOLVE if isinstance(request, functions.contacts.ResolveUsernameRequest) else OTHER
+
+
+def _iso(wall: float | None) -> str | None:
+    if wall is None:
+        return None
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class _Cached:
+    """A peer as one account's session holds it."""
+
+    marked_id: int
+    input_peer: Any
+
+
+# --- one account ---------------------------------------------------------------------------
+
+
+class TeleClient:
+    """One Telegram account: one Telethon session file.
+
+    `pending_downloads` is kept by the media processor (incremented when it queues a
+    download bound to this account, decremented when it ends); the pool gives busy accounts
+    less new work.
+    """
+
+    def __init__(
+        self,
+        session_path: str | os.PathLike[str],
+        api_id: int,
+        api_hash: str,
+        *,
+        proxy: Any = None,
+        resolve_per_minute: float = 5,
+        resolve_per_day: float = 200,
+        flood_sleep_threshold: int = 2,
+        request_retries: int = 2,
+        request_timeout: float = 30.0,
+        reconnect_delay: float = 1.0,
+        reconnect_max_delay: float = 60.0,
+        receive_updates: bool = True,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        path = Path(session_path)
+        if path.suffix != ".session":
+            path = path.with_name(path.name + ".session")
+        self.name = path.stem
+        self.session_path = path
+        self.state = AccountState.OK
+        self.pending_downloads = 0
+        self.user_id: int | None = None
+        self.phone: str | None = None
+        self.display_name: str | None = None
+        self.reason: str | None = None  # why the account is banned/unauthorized/disconnected
+        self._clock = clock
+        self._flood_until: dict[str, float] = {}
+        self._budget = ResolveBudget(resolve_per_minute, resolve_per_day, clock)
+        self._resolving: dict[str, asyncio.Future[tuple[_Cached, Entity]]] = {}
+        self._timeout = request_timeout
+        self._reconnect_delay = reconnect_delay
+        self._reconnect_max_delay = reconnect_max_delay
+        self._lock = SessionLock(path)
+        self._watcher: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.client = TelegramClient(
+            str(path),
+            api_id,
+            api_hash,
+            proxy=proxy_to_telethon(proxy),
+            flood_sleep_threshold=flood_sleep_threshold,
+            request_retries=request_retries,
+            auto_reconnect=True,
+            receive_updates=receive_updates,
+        )
+
+    def __repr__(self) -> str:
+        return f"<TeleClient {self.name} {self.state}>"
+
+    # --- life ---
+
+    async def start(self) -> None:
+        """Locks the session file, connects and checks the account.
+
+        Raises ConfigError when another process holds the session. A network failure is not
+        fatal: the account is disconnected and reconnects in the background.
+        """
+        self._lock.acquire()
+        self._stopping = False
+        try:
+            await asyncio.wait_for(self.client.connect(), self._timeout)
+        except (OSError, TimeoutError) as e:
+            self._set_disconnected(f"connect failed: {e.__class__.__name__}: {e}")
+            self._watcher = asyncio.create_task(self._reconnect_loop(), name=f"tgc-{self.name}")
+            return
+        await self._check_account()
+        if self.usable:
+            self._watcher = asyncio.create_task(self._watch(), name=f"tgc-{self.name}")
+
+    async def stop(self) -> None:
+        """Disconnects (Telethon saves the session's entities then) and frees the lock."""
+        self._stopping = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        try:
+            await self.client.disconnect()
+        finally:
+            self._lock.release()
+
+    async def _check_account(self) -> None:
+        # users.getUsers(self) rather than Telethon's is_user_authorized(), which turns every
+        # error into False: a ban (USER_DEACTIVATED_BAN) must not pass for a logout.
+        try:
+            users = await self._invoke(functions.users.GetUsersRequest([types.InputUserSelf()]))
+        except AccountUnusable:
+            return
+        me = users[0]
+        self.user_id = me.id
+        self.phone = me.phone
+        self.display_name = utils.get_display_name(me) or None
+        log.info("account %s ready (user %s)", self.name, self.user_id)
+
+    async def _watch(self) -> None:
+        """Waits for Telethon to give up reconnecting, then reconnects with backoff."""
+        while not self._stopping:
+            with contextlib.suppress(Exception):
+                await self.client.disconnected
+            if self._stopping or not self.usable:
+                return
+            self._set_disconnected("the connection was lost")
+            await self._reconnect_loop()
+
+    async def _reconnect_loop(self) -> None:
+        delay = self._reconnect_delay
+        while not self._stopping and self.state is AccountState.DISCONNECTED:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._reconnect_max_delay)
+            try:
+                await asyncio.wait_for(self.client.connect(), self._timeout)
+            except (OSError, TimeoutError) as e:
+                log.info("account %s: reconnect failed (%s), next in %.0f s", self.name, e, delay)
+                continue
+            self.state = AccountState.OK
+            self.reason = None
+            await self._check_account()
+            log.info("account %s reconnected", self.name)
+            if self.usable and self._watcher is not asyncio.current_task():
+                self._watcher = asyncio.create_task(self._watch(), name=f"tgc-{self.name}")
+            return
+
+    # --- state ---
+
+    @property
+    def usable(self) -> bool:
+        """False for good when banned or logged out: the pool never asks it again."""
+        return self.state not in (AccountState.BANNED, AccountState.UNAUTHORIZED)
+
+    @property
+    def flood_until(self) -> float | None:
+        """The latest end (on the injected clock) of a flood wait still running, if any."""
+        now = self._clock()
+        live = [t for t in self._flood_until.values() if t > now]
+        return max(live) if live else None
+
+    def flood_ready_in(self, kind: str) -> float:
+        return max(0.0, self._flood_until.get(kind, 0.0) - self._clock())
+
+    @property
+    def current_state(self) -> AccountState:
+        """`state`, with flood_wait while a wait runs on an otherwise healthy account."""
+        if self.state is AccountState.OK and self.flood_until is not None:
+            return AccountState.FLOOD_WAIT
+        return self.state
+
+    def _set_unusable(self, state: AccountState, reason: str) -> None:
+        if self.state is not state:
+            log.error("account %s is %s (%s): out of rotation", self.name, state, reason)
+        self.state = state
+        self.reason = reason
+
+    def _set_disconnected(self, reason: str) -> None:
+        if self.usable:
+            if self.state is not AccountState.DISCONNECTED:
+                log.warning("account %s disconnected: %s", self.name, reason)
+            self.state = AccountState.DISCONNECTED
+            self.reason = reason
+
+    def ready_in(self, peer: PeerRef | None) -> float | None:
+        """Seconds until this account can take a call about `peer` (0: now); None: it can't
+        (unusable, disconnected, or an id it does not know)."""
+        if self.state is not AccountState.OK:
+            return None
+        wait = self.flood_ready_in(OTHER)
+        if peer is None or peer.invite is not None or self.knows(peer):
+            return wait
+        if peer.username is None:
+            return None  # an id is only ever found in the cache
+        return max(wait, self.flood_ready_in(RESOLVE), self._budget.ready_in())
+
+    def resolve_blocked_by_budget(self) -> bool:
+        return self._budget.ready_in() > self.flood_ready_in(RESOLVE)
+
+    # --- the entity cache ---
+
+    def knows(self, peer: PeerRef) -> bool:
+        """Whether the session holds the peer's access hash (or is resolving it right now)."""
+        if peer.username is not None and peer.username in self._resolving:
+            return True
+        return self._cached(peer) is not None
+
+    def _cached(self, peer: PeerRef) -> _Cached | None:
+        session = self.client.session
+        if peer.username is not None:
+            row = session.get_entity_rows_by_username(peer.username)
+            return self._from_row(row) if row else None
+        for marked in peer.marked_ids():
+            row = session.get_entity_rows_by_id(marked, exact=True)
+            if row:
+                return self._from_row(row)
+        return None
+
+    @staticmethod
+    def _from_row(row: tuple[int, int]) -> _Cached:
+        marked_id, access_hash = row
+        bare, kind = utils.resolve_id(marked_id)
+        if kind is types.PeerUser:
+            return _Cached(marked_id, types.InputPeerUser(bare, access_hash))
+        if kind is types.PeerChat:
+            return _Cached(marked_id, types.InputPeerChat(bare))
+        return _Cached(marked_id, types.InputPeerChannel(bare, access_hash))
+
+    async def _input_peer(self, peer: PeerRef) -> tuple[_Cached, Entity | None]:
+        """The peer's input form, from the cache if possible; the entity when it came free."""
+        if peer.invite is not None:
+            entity = await self._entity_from_invite(peer)
+            return _Cached(utils.get_peer_id(entity), utils.get_input_peer(entity)), entity
+        cached = self._cached(peer)
+        if cached is not None:
+            return cached, None
+        if peer.username is None:
+            raise PeerNotFound(str(peer), _unknown_id_message(peer))
+        return await self._resolve_once(peer.username, str(peer))
+
+    async def _resolve_once(self, username: str, raw: str) -> tuple[_Cached, Entity]:
+        """One `contacts.resolveUsername` per username at a time on this account."""
+        while (pending := self._resolving.get(username)) is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this caller was cancelled, not the resolution it waited on
+        future: asyncio.Future[tuple[_Cached, Entity]] = asyncio.get_running_loop().create_future()
+        self._resolving[username] = future
+        try:
+            result = await self._resolve(username, raw)
+        except asyncio.CancelledError:
+            future.cancel()  # the waiters try again themselves
+            raise
+        except Exception as e:
+            future.set_exception(e)
+            future.exception()  # marks it retrieved: there may be no waiter at all
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            del self._resolving[username]
+
+    async def _resolve(self, username: str, raw: str) -> tuple[_Cached, Entity]:
+        wait = self._budget.ready_in()
+        if wait > 0:
+            raise RateLimited(wait, f"account {self.name} spent its username resolutions")
+        self._budget.take()
+        log.info("account %s resolves a username", self.name)
+        found = await self._invoke(functions.contacts.ResolveUsernameRequest(username), peer=raw)
+        # Telethon writes entities to SQLite at once but commits only every minute or at
+        # disconnect; commit now, so a crash can't make the account pay for this again.
+        self.client.session.save()
+        marked = utils.get_peer_id(found.peer)
+        entity = next(
+            (e for e in [*found.chats, *found.users] if utils.get_peer_id(e) == marked), None
+        )
+        if entity is None:
+            raise PeerNotFound(raw)
+        return _Cached(marked, utils.get_input_peer(entity)), entity
+
+    async def _entity_from_invite(self, peer: PeerRef) -> Entity:
+        invite = await self._invoke(
+            functions.messages.CheckChatInviteRequest(peer.invite), peer=str(peer)
+        )
+        chat = getattr(invite, "chat", None)  # ChatInviteAlready, ChatInvitePeek
+        if chat is None:
+            raise PeerPrivate(str(peer), f"{peer} is private: join it first")
+        return chat
+
+    # --- the calls ---
+
+    async def get_entity(self, ref: PeerRef) -> Entity:
+        """The peer's User, Chat or Channel: cache by id first, username resolution last."""
+        cached, entity = await self._input_peer(ref)
+        if entity is not None:
+            return entity
+        return await self._fetch_entity(cached, str(ref))
+
+    async def _fetch_entity(self, cached: _Cached, raw: str) -> Entity:
+        p = cached.input_peer
+        if isinstance(p, types.InputPeerChannel):
+            got = await self._invoke(
+                functions.channels.GetChannelsRequest([types.InputChannel(p.channel_id, p.access_hash)]),
+                peer=raw,
+            )
+            found = got.chats
+        elif isinstance(p, types.InputPeerChat):
+            found = (await self._invoke(functions.messages.GetChatsRequest([p.chat_id]), peer=raw)).chats
+        else:
+            found = await self._invoke(
+                functions.users.GetUsersRequest([types.InputUser(p.user_id, p.access_hash)]), peer=raw
+            )
+        return _pick_entity(found, cached.marked_id, raw)
+
+    async def get_full(self, ref: PeerRef) -> tuple[Entity, Any]:
+        """(entity, ChannelFull | ChatFull | UserFull)."""
+        cached, _ = await self._input_peer(ref)
+        p, raw = cached.input_peer, str(ref)
+        if isinstance(p, types.InputPeerChannel):
+            res = await self._invoke(
+                functions.channels.GetFullChannelRequest(types.InputChannel(p.channel_id, p.access_hash)),
+                peer=raw,
+            )
+            return _pick_entity(res.chats, cached.marked_id, raw), res.full_chat
+        if isinstance(p, types.InputPeerChat):
+            res = await self._invoke(functions.messages.GetFullChatRequest(p.chat_id), peer=raw)
+            return _pick_entity(res.chats, cached.marked_id, raw), res.full_chat
+        res = await self._invoke(
+            functions.users.GetFullUserRequest(types.InputUser(p.user_id, p.access_hash)), peer=raw
+        )
+        return _pick_entity(res.users, cached.marked_id, raw), res.full_user
+
+    async def get_history(
+        self,
+        ref: PeerRef,
+        limit: int = 20,
+        offset_id: int = 0,
+        min_id: int = 0,
+        max_id: int = 0,
+    ) -> tuple[Entity, list[Any]]:
+        """messages.getHistory: newest first; offset_id, min_id, max_id exclusive (0: none)."""
+        cached, entity = await self._input_peer(ref)
+        res = await self._invoke(
+            functions.messages.GetHistoryRequest(
+                peer=cached.input_peer,
+                offset_id=offset_id,
+                offset_date=None,
+                add_offset=0,
+                limit=limit,
+                max_id=max_id,
+                min_id=min_id,
+                hash=0,
+            ),
+            peer=str(ref),
+        )
+        return self._messages_result(res, cached, entity, str(ref))
+
+    async def get_messages(self, ref: PeerRef, ids: list[int]) -> tuple[Entity, list[Any | None]]:
+        """Messages by id, in the order asked; None where a message does not exist."""
+        cached, entity = await self._input_peer(ref)
+        p, raw = cached.input_peer, str(ref)
+        wanted = [types.InputMessageID(i) for i in ids]
+        if isinstance(p, types.InputPeerChannel):
+            channel = types.InputChannel(p.channel_id, p.access_hash)
+            res = await self._invoke(functions.channels.GetMessagesRequest(channel, wanted), peer=raw)
+        else:
+            res = await self._invoke(functions.messages.GetMessagesRequest(wanted), peer=raw)
+        entity, messages = self._messages_result(res, cached, entity, raw)
+        # messages.getMessages is not scoped to a chat: keep only this peer's messages.
+        by_id = {m.id: m for m in messages if utils.get_peer_id(m.peer_id) == cached.marked_id}
+        return entity, [by_id.get(i) for i in ids]
+
+    def _messages_result(
+        self, res: Any, cached: _Cached, entity: Entity | None, raw: str
+    ) -> tuple[Entity, list[Any]]:
+        chats_users = [*getattr(res, "chats", []), *getattr(res, "users", [])]
+        if entity is None:
+            entity = _pick_entity(chats_users, cached.marked_id, raw)
+        by_id = {utils.get_peer_id(e): e for e in chats_users}
+        messages = [m for m in getattr(res, "messages", []) if not isinstance(m, types.MessageEmpty)]
+        for m in messages:
+            # Gives the raw messages their sender/chat like Telethon's own get_messages does.
+            m._finish_init(self.client, by_id, cached.input_peer)
+        return entity, messages
+
+    async def get_participants(
+        self, ref: PeerRef, limit: int = 100, offset: int = 0
+    ) -> tuple[Entity, list[Any], int]:
+        """(entity, users, total). Megagroups list recent members (at most 200 per call);
+        a broadcast channel's members need admin rights (PeerPrivate); basic groups come
+        whole from messages.getFullChat and are sliced here."""
+        cached, entity = await self._input_peer(ref)
+        p, raw = cached.input_peer, str(ref)
+        if isinstance(p, types.InputPeerChannel):
+            res = await self._invoke(
+                functions.channels.GetParticipantsRequest(
+                    types.InputChannel(p.channel_id, p.access_hash),
+                    types.ChannelParticipantsRecent(),
+                    offset,
+                    min(limit, 200),
+                    hash=0,
+                ),
+                peer=raw,
+            )
+            # res.chats holds chats that are members, not the channel itself.
+            entity = entity or await self._fetch_entity(cached, raw)
+            users = {u.id: u for u in res.users}
+            ids = [_participant_user_id(x) for x in res.participants]
+            return entity, [users[i] for i in ids if i in users], res.count
+        if isinstance(p, types.InputPeerChat):
+            res = await self._invoke(functions.messages.GetFullChatRequest(p.chat_id), peer=raw)
+            entity = _pick_entity(res.chats, cached.marked_id, raw)
+            members = getattr(res.full_chat.participants, "participants", None)
+            if members is None:  # ChatParticipantsForbidden
+                raise PeerPrivate(raw, f"{raw}: its members are hidden from this account")
+            users = {u.id: u for u in res.users}
+            listed = [users[m.user_id] for m in members if m.user_id in users]
+            return entity, listed[offset : offset + limit], len(listed)
+        raise InvalidParam("peer", f"{raw} is a user: users have no participants")
+
+    async def search(self, q: str, limit: int = 20) -> list[Entity]:
+        """contacts.search: the chats (channels and groups) found, public results first."""
+        res = await self._invoke(functions.contacts.SearchRequest(q, limit))
+        chats = {utils.get_peer_id(c): c for c in res.chats}
+        order = [utils.get_peer_id(p) for p in [*res.results, *res.my_results]]
+        seen: set[int] = set()
+        out = []
+        for marked in order:
+            if marked in chats and marked not in seen:
+                seen.add(marked)
+                out.append(chats[marked])
+        return out
+
+    async def join(self, ref: PeerRef) -> Entity:
+        """Joins a channel or megagroup (by username or id) or any chat by invite link."""
+        raw = str(ref)
+        if ref.invite is not None:
+            return await self._join_invite(ref)
+        cached, entity = await self._input_peer(ref)
+        p = cached.input_peer
+        if not isinstance(p, types.InputPeerChannel):
+            raise InvalidParam("peer", f"{raw} is not a channel: basic groups join by invite link")
+        channel = types.InputChannel(p.channel_id, p.access_hash)
+        try:
+            updates = await self._invoke(functions.channels.JoinChannelRequest(channel), peer=raw)
+        except TelegramError as e:
+            if e.rpc_error != "USER_ALREADY_PARTICIPANT":
+                raise
+            return entity or await self._fetch_entity(cached, raw)
+        found = getattr(updates, "chats", [])
+        if any(utils.get_peer_id(c) == cached.marked_id for c in found):
+            return _pick_entity(found, cached.marked_id, raw)
+        return entity or await self._fetch_entity(cached, raw)
+
+    async def _join_invite(self, ref: PeerRef) -> Entity:
+        raw = str(ref)
+        try:
+            updates = await self._invoke(
+                functions.messages.ImportChatInviteRequest(ref.invite), peer=raw
+            )
+        except TelegramError as e:
+            if e.rpc_error != "USER_ALREADY_PARTICIPANT":
+                raise
+            return await self._entity_from_invite(ref)
+        chats = getattr(updates, "chats", [])
+        if not chats:
+            raise TelegramError("EMPTY_ANSWER", f"joining {raw} returned no chat")
+        self.client.session.save()
+        return chats[0]
+
+    async def leave(self, ref: PeerRef) -> Entity:
+        """Leaves a channel, megagroup or basic group; leaving twice is not an error."""
+        cached, entity = await self._input_peer(ref)
+        p, raw = cached.input_peer, str(ref)
+        entity = entity or await self._fetch_entity(cached, raw)
+        if isinstance(p, types.InputPeerChannel):
+            request: Any = functions.channels.LeaveChannelRequest(
+                types.InputChannel(p.channel_id, p.access_hash)
+            )
+        elif isinstance(p, types.InputPeerChat):
+            request = functions.messages.DeleteChatUserRequest(p.chat_id, types.InputUserSelf())
+        else:
+            raise InvalidParam("peer", f"{raw} is a user: there is nothing to leave")
+        try:
+            await self._invoke(request, peer=raw)
+        except TelegramError as e:
+            if e.rpc_error != "USER_NOT_PARTICIPANT":
+                raise
+        return entity
+
+    # --- every request goes through here ---
+
+    async def _invoke(self, request: Any, *, peer: str = "") -> Any:
+        """Sends one request; Telethon's errors become the service's, the state follows."""
+        if not self.usable:
+            raise AccountUnusable(self.name, self.state, self.reason or "out of rotation")
+        try:
+            return await asyncio.wait_for(self.client(request), self._timeout)
+        except (errors.FloodWaitError, errors.FloodPremiumWaitError) as e:
+            raise self._flood(e) from None
+        except errors.RPCError as e:
+            raise self._rpc_error(e, peer) from None
+        except ConnectionError as e:
+            self._set_disconnected(str(e))
+            raise AccountUnusable(self.name, AccountState.DISCONNECTED, str(e)) from None
+        except TimeoutError:
+            raise TelegramError("TIMEOUT", f"Telegram did not answer in {self._timeout:.0f} s") from None
+
+    def _flood(self, e: errors.FloodWaitError) -> FloodWait:
+        kind = _request_kind(e.request)
+        seconds = max(1, e.seconds)
+        self._flood_until[kind] = max(self._flood_until.get(kind, 0.0), self._clock() + seconds)
+        log.warning("account %s: flood wait of %d s on %s requests", self.name, seconds, kind)
+        return FloodWait(seconds, self.name)
+
+    def _rpc_error(self, e: errors.RPCError, peer: str) -> Exception:
+        name = rpc_error_name(e)
+        if name in _BANNED:
+            self._set_unusable(AccountState.BANNED, name)
+            return AccountUnusable(self.name, AccountState.BANNED, name)
+        if isinstance(e, (errors.UnauthorizedError, errors.AuthKeyError)):
+            self._set_unusable(AccountState.UNAUTHORIZED, name)
+            return AccountUnusable(self.name, AccountState.UNAUTHORIZED, name)
+        if name in _NOT_FOUND and peer:
+            return PeerNotFound(peer, f"{peer} not found ({name})")
+        if name in _PRIVATE and peer:
+            return PeerPrivate(peer, f"{peer} is not visible to the service ({name})")
+        return TelegramError(name)
+
+    def describe(self, wall_clock: Clock = time.time) -> dict[str, Any]:
+        """This account as GET /api/v1/accounts shows it."""
+        until = self.flood_until
+        wall = None if until is None else wall_clock() + (until - self._clock())
+        return {
+            "name": self.name,
+            "phone": mask_phone(self.phone) if self.phone else None,
+            "user_id": self.user_id,
+            "state": str(self.current_state),
+            "flood_wait_until": _iso(wall),
+            "pending_downloads": self.pending_downloads,
+        }
+
+
+def _pick_entity(found: Iterable[Any], marked_id: int, raw: str) -> Entity:
+    for entity in found:
+        if utils.get_peer_id(entity) == marked_id:
+            if isinstance(entity, (types.UserEmpty, types.ChatEmpty)):
+                break
+            return entity
+    raise PeerNotFound(raw)
+
+
+def _participant_user_id(participant: Any) -> int:
+    if hasattr(participant, "peer"):  # channelParticipantBanned / Left name a peer
+        return int(utils.get_peer_id(participant.peer, add_mark=False))
+    return int(participant.user_id)
+
+
+def _unknown_id_message(peer: PeerRef) -> str:
+    return (
+        f"no account knows the id {peer}: ask once by @username (or t.me link) so an "
+        "account learns its access hash; ids work after that"
+    )
+
+
+# --- the pool ------------------------------------------------------------------------------
+
+
+class Account(Protocol):
+    """What the pool needs of an account (TeleClient, or a fake in unit tests)."""
+
+    name: str
+    pending_downloads: int
+
+    @property
+    def usable(self) -> bool: ...
+
+    def ready_in(self, peer: PeerRef | None) -> float | None: ...
+
+    def knows(self, peer: PeerRef) -> bool: ...
+
+    def resolve_blocked_by_budget(self) -> bool: ...
+
+    def describe(self, wall_clock: Clock = ...) -> dict[str, Any]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class TeleClients:
+    """The pool of accounts.
+
+    `run(op, peer)` picks an account and runs `op` on it. Accounts that already hold the
+    peer's access hash come first, then the rest ordered in a heap by pending downloads
+    (ties go to the account picked least recently). A call that meets FLOOD_WAIT, or an
+    account that turns out banned or disconnected, moves to the next account; when none
+    is left the caller gets FloodWait or RateLimited with the earliest time one is ready.
+    """
+
+    def __init__(self, clients: Iterable[Any], clock: Clock = time.monotonic) -> None:
+        self._clients: dict[str, Any] = {c.name: c for c in clients}
+        self._clock = clock
+        self._last_pick: dict[str, int] = dict.fromkeys(self._clients, 0)
+        self._seq = 0
+        self._callbacks: list[UpdateCallback] = []
+
+    @classmethod
+    def from_sessions_dir(
+        cls, sessions_dir: str | os.PathLike[str], api_id: int, api_hash: str, **options: Any
+    ) -> TeleClients:
+        """One TeleClient per `*.session` file in the folder (options go to TeleClient)."""
+        paths = sorted(Path(sessions_dir).glob("*.session"))
+        return cls([TeleClient(p, api_id, api_hash, **options) for p in paths])
+
+    # --- life ---
+
+    async def start(self) -> None:
+        """Starts every account; a session held by another process stops the start."""
+        results = await asyncio.gather(
+            *(c.start() for c in self._clients.values()), return_exceptions=True
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            await self.stop()
+            raise failures[0]
+        log.info("%d accounts, %d usable", len(self._clients), sum(c.usable for c in self))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(c.stop() for c in self._clients.values()), return_exceptions=True)
+
+    def __iter__(self) -> Any:
+        return iter(self._clients.values())
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def get(self, name: str) -> Any:
+        """The account of that name (media are bound to the account that fetched them)."""
+        try:
+            return self._clients[name]
+        except KeyError:
+            raise NoAccountAvailable(f"no account named {name}") from None
+
+    def accounts(self) -> list[dict[str, Any]]:
+        return [c.describe() for c in self._clients.values()]
+
+    def usable(self) -> bool:
+        """Whether any account could serve a call now or after a flood wait (for /healthz)."""
+        return any(c.ready_in(None) is not None for c in self._clients.values())
+
+    # --- updates ---
+
+    def on_update(self, callback: UpdateCallback) -> None:
+        """Calls `callback(teleclient, update)` for every raw update of every account."""
+        if not self._callbacks:
+            for c in self._clients.values():
+                client = getattr(c, "client", None)
+                if client is not None:
+                    client.add_event_handler(self._dispatcher(c), events.Raw)
+        self._callbacks.append(callback)
+
+    def _dispatcher(self, account: Any) -> Callable[[Any], Awaitable[None]]:
+        async def dispatch(update: Any) -> None:
+            for callback in list(self._callbacks):
+                try:
+                    await callback(account, update)
+                except Exception:
+                    log.exception("update callback failed on account %s", account.name)
+
+        return dispatch
+
+    # --- running calls ---
+
+    async def run(
+        self, op: Callable[[Any], Awaitable[T]], peer: PeerRef | None = None
+    ) -> tuple[T, Any]:
+        """Runs `op(account)` on the best account for `peer`; returns (result, account)."""
+        tried: set[str] = set()
+        only_knowers = False
+        private: PeerPrivate | None = None
+        while True:
+            account = self._pick(peer, tried, only_knowers)
+            if account is None:
+                if private is not None:
+                    raise private
+                raise self._nobody(peer, tried)
+            tried.add(account.name)
+            try:
+                return await op(account), account
+            except (FloodWait, AccountUnusable) as e:
+                log.info("account %s can't serve now (%s); trying another", account.name, e)
+            except RateLimited:
+                pass  # its budget ran out between the pick and the call
+            except PeerPrivate as e:
+                # Maybe only this account is banned from the peer: ask the others that know
+                # it (asking costs no resolution), then give up.
+                private, only_knowers = e, True
+
+    def _pick(self, peer: PeerRef | None, tried: set[str], only_knowers: bool) -> Any | None:
+        ready = [
+            c for c in self._clients.values() if c.name not in tried and c.ready_in(peer) == 0
+        ]
+        if peer is not None and (peer.username or peer.id):
+            knowers = [c for c in ready if c.knows(peer)]
+            if knowers or only_knowers:
+                ready = knowers
+        elif only_knowers:
+            ready = []
+        if not ready:
+            return None
+        heap = [(c.pending_downloads, self._last_pick[c.name], i) for i, c in enumerate(ready)]
+        heapq.heapify(heap)
+        best = ready[heap[0][2]]
+        self._seq += 1
+        self._last_pick[best.name] = self._seq
+        return best
+
+    def _nobody(self, peer: PeerRef | None, tried: set[str]) -> Exception:
+        """The error when no account can take the call: the soonest any becomes ready."""
+        waits = [
+            (wait, c)
+            for c in self._clients.values()
+            if (wait := c.ready_in(peer)) is not None and wait > 0
+        ]
+        if waits:
+            wait, account = min(waits, key=lambda x: x[0])
+            budget = (
+                peer is not None
+                and peer.username is not None
+                and not account.knows(peer)
+                and account.resolve_blocked_by_budget()
+            )
+            if budget:
+                return RateLimited(wait, "every account spent its username resolutions")
+            return FloodWait(wait, account.name, f"every account able to serve waits {wait:.0f} s")
+        if peer is not None and peer.id is not None and not any(
+            c.knows(peer) for c in self._clients.values() if c.usable
+        ):
+            return PeerNotFound(str(peer), _unknown_id_message(peer))
+        return NoAccountAvailable("no account can serve this call now")
+
+
+__all__ = [
+    "AccountState",
+    "ResolveBudget",
+    "RetryLater",
+    "SessionLock",
+    "TeleClient",
+    "TeleClients",
+    "proxy_to_telethon",
+]
