@@ -1,0 +1,326 @@
+"""download_media: unit tests against a fake `client._call` (part rules, concurrency,
+faults), then integration tests against the DC emulator (tests/fakedc)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from telethon import errors
+from telethon.tl import functions, types
+
+from common.errors import AccountUnusable, FloodWait, TelegramError
+from model import media as media_mod
+from model.media import MIB, Media, download_media, part_count
+from tests.fakedc import files
+
+FILE_KEY = 4242
+
+
+def make_media(size: int, dc_id: int = 1, ref: bytes = b"ref-0", file_id: int = 9) -> Media:
+    return Media(
+        type="document",
+        kind="document",
+        file_id=file_id,
+        access_hash=1,
+        file_reference=ref,
+        dc_id=dc_id,
+        size=size,
+        mime_type="application/pdf",
+        account="acc1",
+        peer_id=-1001,
+        msg_id=5,
+    )
+
+
+class FakeSender:
+    def __init__(self, dc_id: int) -> None:
+        self.dc_id = dc_id
+
+
+class FakeClient:
+    """What download_media touches of a TelegramClient, serving one file from
+    tests/fakedc/files.py with Telegram's part rules checked on every request."""
+
+    def __init__(self, size: int, file_dc: int = 1, home_dc: int = 1, latency: float = 0.0) -> None:
+        self.size = size
+        self.file_dc = file_dc
+        self.session = SimpleNamespace(dc_id=home_dc)
+        self._sender = FakeSender(home_dc)
+        self.latency = latency
+        self.reference = b"ref-0"
+        self.requests: list[tuple[int, int, int]] = []  # (dc, offset, limit)
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.borrowed: Counter[int] = Counter()
+        self.returned: Counter[int] = Counter()
+        self.senders: dict[int, FakeSender] = {}
+        # Called before answering each request; may raise (a fault) or return None.
+        self.fault: Any = None
+
+    async def _call(self, sender: FakeSender, request: Any) -> Any:
+        assert isinstance(request, functions.upload.GetFileRequest)
+        offset, limit = request.offset, request.limit
+        assert offset % 4096 == 0 and limit % 4096 == 0 and MIB % limit == 0
+        assert offset // MIB == (offset + limit - 1) // MIB, "a part crosses a 1 MB boundary"
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.latency)
+            self.requests.append((sender.dc_id, offset, limit))
+            if self.fault is not None:
+                self.fault(request, sender)
+            if request.location.file_reference != self.reference:
+                raise errors.FileReferenceExpiredError(request)
+            if sender.dc_id != self.file_dc:
+                raise errors.FileMigrateError(request, self.file_dc)
+            data = files.read(FILE_KEY, self.size, offset, limit)
+            return types.upload.File(type=types.storage.FilePartial(), mtime=0, bytes=data)
+        finally:
+            self.in_flight -= 1
+
+    async def _borrow_exported_sender(self, dc_id: int) -> FakeSender:
+        self.borrowed[dc_id] += 1
+        return self.senders.setdefault(dc_id, FakeSender(dc_id))
+
+    async def _return_exported_sender(self, sender: FakeSender) -> None:
+        self.returned[sender.dc_id] += 1
+
+
+def expected(size: int) -> bytes:
+    return files.read(FILE_KEY, size)
+
+
+async def test_byte_exact_with_parts_in_flight(tmp_path: Path) -> None:
+    size = 5 * MIB + 12345
+    client = FakeClient(size, latency=0.002)
+    seen: list[tuple[int, int]] = []
+    done: set[int] = set()
+    out = tmp_path / "f.bin"
+    await download_media(
+        client, make_media(size), out, parts_in_flight=4, done_parts=done,
+        on_part=lambda i, n: seen.append((i, n)),
+    )  # fmt: skip
+    assert out.read_bytes() == expected(size)
+    assert client.max_in_flight == 4
+    assert sorted(seen) == [(i, MIB) for i in range(5)] + [(5, 12345)]
+    assert done == set(range(6)) and len(client.requests) == 6
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    size=st.integers(1, 3 * MIB + 5000),
+    part_size=st.sampled_from([4096, 8192, 64 * 1024, 128 * 1024, 512 * 1024, MIB]),
+    window=st.integers(1, 12),
+)
+def test_any_size_part_size_and_window(tmp_path: Path, size: int, part_size: int, window: int) -> None:
+    client = FakeClient(size)
+    out = tmp_path / f"{size}-{part_size}-{window}.bin"
+    asyncio.run(
+        download_media(client, make_media(size), out, parts_in_flight=window, part_size=part_size)
+    )
+    assert out.read_bytes() == expected(size)
+    assert len(client.requests) == part_count(size, part_size)
+    assert client.max_in_flight <= window
+
+
+@pytest.mark.parametrize("part_size", [0, 1000, 4096 * 3, 2 * MIB])
+async def test_bad_part_size_refused(tmp_path: Path, part_size: int) -> None:
+    with pytest.raises(ValueError, match="part_size"):
+        await download_media(FakeClient(10), make_media(10), tmp_path / "x", part_size=part_size)
+
+
+async def test_other_dc_uses_exported_sender(tmp_path: Path) -> None:
+    size = 3 * MIB
+    client = FakeClient(size, file_dc=2, home_dc=1)
+    await download_media(client, make_media(size, dc_id=2), tmp_path / "f")
+    assert (tmp_path / "f").read_bytes() == expected(size)
+    assert {dc for dc, _, _ in client.requests} == {2}
+    assert client.borrowed == Counter({2: 1}) and client.returned == Counter({2: 1})
+
+
+async def test_file_migrate_switches_dc_once(tmp_path: Path) -> None:
+    size = 4 * MIB
+    client = FakeClient(size, file_dc=2, home_dc=1, latency=0.001)
+    media = make_media(size, dc_id=1)
+    await download_media(client, media, tmp_path / "f", parts_in_flight=4)
+    assert (tmp_path / "f").read_bytes() == expected(size)
+    assert media.dc_id == 2
+    assert client.borrowed == Counter({2: 1}) and client.returned == Counter({2: 1})
+
+
+async def test_reference_expired_mid_file_refreshes_once(tmp_path: Path) -> None:
+    size = 10 * MIB
+    client = FakeClient(size, latency=0.001)
+    refreshed = 0
+
+    def expire_after_three(request: Any, sender: Any) -> None:
+        if len(client.requests) == 3:
+            client.reference = b"ref-1"
+
+    async def refresh() -> bytes:
+        nonlocal refreshed
+        refreshed += 1
+        await asyncio.sleep(0.01)
+        return b"ref-1"
+
+    client.fault = expire_after_three
+    media = make_media(size)
+    await download_media(client, media, tmp_path / "f", parts_in_flight=8, refresh_reference=refresh)
+    assert (tmp_path / "f").read_bytes() == expected(size)
+    assert refreshed == 1 and media.file_reference == b"ref-1"
+
+
+async def test_reference_expired_without_refresh_fails(tmp_path: Path) -> None:
+    client = FakeClient(MIB)
+    client.reference = b"other"
+    with pytest.raises(TelegramError) as info:
+        await download_media(client, make_media(MIB), tmp_path / "f")
+    assert info.value.rpc_error == "FILE_REFERENCE_EXPIRED"
+
+
+async def test_refresh_that_gives_nothing_new_fails(tmp_path: Path) -> None:
+    client = FakeClient(MIB)
+    client.reference = b"other"
+
+    async def same() -> bytes:
+        return b"ref-0"
+
+    with pytest.raises(TelegramError, match="FILE_REFERENCE_EXPIRED"):
+        await download_media(client, make_media(MIB), tmp_path / "f", refresh_reference=same)
+
+
+async def test_flood_wait_raises_and_resume_fetches_only_the_rest(tmp_path: Path) -> None:
+    size = 8 * MIB + 77
+    client = FakeClient(size)
+    done: set[int] = set()
+
+    def flood_on_sixth(request: Any, sender: Any) -> None:
+        if len(client.requests) == 6:
+            raise errors.FloodWaitError(request, 42)
+
+    client.fault = flood_on_sixth
+    out = tmp_path / "f"
+    with pytest.raises(FloodWait) as info:
+        await download_media(client, make_media(size), out, parts_in_flight=2, done_parts=done)
+    assert info.value.retry_after == 42 and info.value.account == "acc1"
+    assert 0 < len(done) < part_count(size)
+    before = set(done)
+    client.fault = None
+    client.requests.clear()
+    await download_media(client, make_media(size), out, parts_in_flight=2, done_parts=done)
+    assert out.read_bytes() == expected(size)
+    assert {offset // MIB for _, offset, _ in client.requests} == set(range(9)) - before
+
+
+async def test_resume_overwrites_only_missing_parts(tmp_path: Path) -> None:
+    size = 4 * MIB
+    out = tmp_path / "f"
+    data = bytearray(expected(size))
+    data[MIB : 2 * MIB] = b"\x00" * MIB  # part 1 never arrived
+    out.write_bytes(bytes(data) + b"trailing garbage")
+    client = FakeClient(size)
+    await download_media(client, make_media(size), out, done_parts={0, 2, 3})
+    assert [offset for _, offset, _ in client.requests] == [MIB]
+    assert out.read_bytes() == expected(size)
+
+
+async def test_connection_error_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(media_mod, "_RETRY_DELAY", 0.0)
+    size = 3 * MIB
+    client = FakeClient(size)
+    failures = iter([True, True, False])
+
+    def flaky(request: Any, sender: Any) -> None:
+        if request.offset == MIB and next(failures, False):
+            raise ConnectionError("connection lost")
+
+    client.fault = flaky
+    await download_media(client, make_media(size), tmp_path / "f")
+    assert (tmp_path / "f").read_bytes() == expected(size)
+    assert [o for _, o, _ in client.requests].count(MIB) == 3
+
+
+async def test_connection_that_stays_down_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(media_mod, "_RETRY_DELAY", 0.0)
+    client = FakeClient(MIB)
+
+    def down(request: Any, sender: Any) -> None:
+        raise ConnectionError("Cannot send requests while disconnected")
+
+    client.fault = down
+    with pytest.raises(ConnectionError):
+        await download_media(client, make_media(MIB), tmp_path / "f")
+
+
+@pytest.mark.parametrize(
+    ("error", "expected_type", "name"),
+    [
+        (errors.AuthKeyUnregisteredError, AccountUnusable, "AUTH_KEY_UNREGISTERED"),
+        (errors.UserDeactivatedBanError, AccountUnusable, "USER_DEACTIVATED_BAN"),
+        (errors.FileIdInvalidError, TelegramError, "FILE_ID_INVALID"),
+    ],
+)
+async def test_rpc_errors_become_domain_errors(
+    tmp_path: Path, error: type[Exception], expected_type: type[Exception], name: str
+) -> None:
+    client = FakeClient(MIB)
+
+    def fail(request: Any, sender: Any) -> None:
+        raise error(request)  # type: ignore[call-arg]
+
+    client.fault = fail
+    with pytest.raises(expected_type) as info:
+        await download_media(client, make_media(MIB), tmp_path / "f")
+    assert name in str(info.value)
+    if isinstance(info.value, AccountUnusable):
+        assert info.value.account == "acc1"
+
+
+async def test_short_part_of_known_size_is_an_error(tmp_path: Path) -> None:
+    client = FakeClient(MIB)  # serves 1 MiB, but we believe it is 3 MiB
+    with pytest.raises(TelegramError, match="FILE_PART_SIZE"):
+        await download_media(client, make_media(3 * MIB), tmp_path / "f")
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, MIB, 2 * MIB + 3])
+async def test_unknown_size_reads_until_short_part(tmp_path: Path, size: int) -> None:
+    client = FakeClient(size)
+    media = make_media(size)
+    media.size = 0
+    out = tmp_path / "f"
+    out.write_bytes(b"x" * (3 * MIB))  # longer leftovers are cut
+    await download_media(client, media, out, parts_in_flight=3, part_size=512 * 1024)
+    assert out.read_bytes() == expected(size)
+
+
+async def test_cancel_waits_for_writes_and_closes_file(tmp_path: Path) -> None:
+    size = 20 * MIB
+    client = FakeClient(size, latency=0.001)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    parts = 0
+    two_parts = asyncio.Event()
+
+    def count(index: int, nbytes: int) -> None:
+        nonlocal parts
+        parts += 1
+        if parts == 2:
+            two_parts.set()
+
+    task = asyncio.create_task(
+        download_media(client, make_media(size), tmp_path / "f", parts_in_flight=4, on_part=count)
+    )
+    await asyncio.wait_for(two_parts.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert parts < part_count(size)
