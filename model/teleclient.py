@@ -262,6 +262,10 @@ class TeleClient:
         reconnect_delay: float = 1.0,
         reconnect_max_delay: float = 60.0,
         receive_updates: bool = True,
+        device_model: str | None = None,
+        app_version: str | None = None,
+        system_version: str | None = None,
+        lang_code: str = "en",
         clock: Clock = time.monotonic,
     ) -> None:
         path = Path(session_path)
@@ -294,6 +298,12 @@ class TeleClient:
             request_retries=request_retries,
             auto_reconnect=True,
             receive_updates=receive_updates,
+            lang_code=lang_code,
+            system_lang_code=lang_code,
+            # Telethon fills what is None from this machine (platform, its own version).
+            device_model=device_model,
+            app_version=app_version,
+            system_version=system_version,
         )
 
     def __repr__(self) -> str:

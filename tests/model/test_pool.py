@@ -1,0 +1,339 @@
+"""TeleClients, the pool: who gets a call, and what the caller hears when nobody can take it.
+
+Real TeleClients on real session files, with Telegram replaced by `FakeTelegram`
+(tests/model/faketelethon.py) and the clock injected: no sleeps, no network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common.errors import (
+    ConfigError,
+    FloodWait,
+    NoAccountAvailable,
+    PeerNotFound,
+    PeerPrivate,
+    RateLimited,
+)
+from common.utils import parse_peer
+from model.teleclient import AccountState, TeleClient, TeleClients
+from tests.model.faketelethon import FakeChat, FakeClient, FakeClock, FakeTelegram, fake_account
+
+A, B, C = 101, 102, 103
+NEWS, TALK, ECHO, QUIZ = 2001, 2002, 2003, 2004
+
+
+@pytest.fixture
+def world() -> FakeTelegram:
+    w = FakeTelegram()
+    for chat_id, name in ((NEWS, "news"), (TALK, "talk"), (ECHO, "echo"), (QUIZ, "quiz")):
+        w.add_chat(FakeChat(chat_id, name.title(), name, "megagroup", [A, B, C], [1, 2, 3]))
+    return w
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def make_pool(
+    world: FakeTelegram, tmp_path: Path, clock: FakeClock
+) -> AsyncIterator[Callable[..., Any]]:
+    pools: list[TeleClients] = []
+
+    async def make(*user_ids: int, **options: Any) -> TeleClients:
+        options.setdefault("clock", clock)
+        accounts = [fake_account(world, tmp_path, f"acc{u}", u, **options) for u in user_ids]
+        pool = TeleClients(accounts, clock=clock)
+        await pool.start()
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        await pool.stop()
+
+
+def history(peer: str) -> Callable[[TeleClient], Any]:
+    async def op(tc: TeleClient) -> Any:
+        return await tc.get_history(parse_peer(peer), limit=1)
+
+    return op
+
+
+async def who(pool: TeleClients, peer: str | None = None) -> str:
+    async def op(tc: TeleClient) -> str:
+        if peer is not None:
+            await tc.get_entity(parse_peer(peer))
+        return tc.name
+
+    name, account = await pool.run(op, parse_peer(peer) if peer else None)
+    assert name == account.name
+    return name
+
+
+# --- choosing ---
+
+
+async def test_the_least_busy_account_gets_the_call(make_pool: Callable[..., Any]) -> None:
+    pool = await make_pool(A, B, C)
+    pool.get("acc101").pending_downloads = 5
+    pool.get("acc102").pending_downloads = 0
+    pool.get("acc103").pending_downloads = 2
+    assert [await who(pool) for _ in range(3)] == ["acc102"] * 3
+    pool.get("acc102").pending_downloads = 9
+    assert await who(pool) == "acc103"
+
+
+async def test_equally_busy_accounts_take_turns(make_pool: Callable[..., Any]) -> None:
+    pool = await make_pool(A, B, C)
+    picks = [await who(pool) for _ in range(6)]
+    assert sorted(picks[:3]) == ["acc101", "acc102", "acc103"]
+    assert picks[3:] == picks[:3]
+
+
+async def test_accounts_that_know_the_peer_come_first(
+    world: FakeTelegram, make_pool: Callable[..., Any]
+) -> None:
+    pool = await make_pool(A, B, C)
+    await pool.get("acc103").get_entity(parse_peer("@news"))
+    pool.get("acc103").pending_downloads = 50  # busy, but asking another costs a resolution
+    assert {await who(pool, "@news") for _ in range(5)} == {"acc103"}
+    assert world.count("ResolveUsername") == 1
+
+
+async def test_fifty_asks_cost_one_resolution_sequential_or_concurrent(
+    world: FakeTelegram, make_pool: Callable[..., Any]
+) -> None:
+    pool = await make_pool(A, B, C)
+    for _ in range(50):
+        (entity, _), _ = await pool.run(history("@news"), parse_peer("@news"))
+        assert entity.id == NEWS
+    assert world.count("ResolveUsername") == 1
+
+    await asyncio.gather(*(pool.run(history("@talk"), parse_peer("@talk")) for _ in range(50)))
+    assert world.count("ResolveUsername") == 2
+
+
+async def test_a_numeric_id_goes_only_to_accounts_that_know_it(
+    world: FakeTelegram, make_pool: Callable[..., Any]
+) -> None:
+    pool = await make_pool(A, B, C)
+    peer_id = str(-(10**12) - ECHO)
+    with pytest.raises(PeerNotFound, match="@username"):
+        await pool.run(history(peer_id), parse_peer(peer_id))
+    await pool.run(history("@echo"), parse_peer("@echo"))
+    (entity, _), account = await pool.run(history(peer_id), parse_peer(peer_id))
+    assert entity.id == ECHO and account.knows(parse_peer("@echo"))
+
+
+# --- flood waits ---
+
+
+async def test_a_flood_wait_moves_the_call_to_another_account(
+    world: FakeTelegram, make_pool: Callable[..., Any], clock: FakeClock
+) -> None:
+    pool = await make_pool(A, B)
+    world.flood[A, "GetHistory"] = 40
+    served = {(await pool.run(history("@news"), parse_peer("@news")))[1].name for _ in range(4)}
+    assert served == {"acc102"}
+    flooded = pool.get("acc101")
+    assert flooded.current_state is AccountState.FLOOD_WAIT
+    assert world.count("GetHistory", A) == 1  # asked once, then left alone until the end
+    listed = {d["name"]: d for d in pool.accounts()}
+    assert listed["acc101"]["state"] == "flood_wait" and listed["acc101"]["flood_wait_until"]
+    assert listed["acc102"]["state"] == "ok"
+
+    del world.flood[A, "GetHistory"]
+    clock.advance(41)
+    assert flooded.current_state is AccountState.OK
+    served = {(await pool.run(history("@news"), parse_peer("@news")))[1].name for _ in range(4)}
+    assert served == {"acc101", "acc102"}
+
+
+async def test_when_every_account_waits_the_earliest_end_is_the_answer(
+    world: FakeTelegram, make_pool: Callable[..., Any], clock: FakeClock
+) -> None:
+    pool = await make_pool(A, B, C)
+    for user, seconds in ((A, 300), (B, 30), (C, 120)):
+        world.flood[user, "GetHistory"] = seconds
+    with pytest.raises(FloodWait) as caught:
+        await pool.run(history("@news"), parse_peer("@news"))
+    assert (caught.value.retry_after, caught.value.account) == (30, "acc102")
+    clock.advance(10)
+    with pytest.raises(FloodWait) as again:  # nobody asked: the pool knows they all wait
+        await pool.run(history("@news"), parse_peer("@news"))
+    assert again.value.retry_after == 20
+    assert world.count("GetHistory") == 3
+
+
+async def test_a_resolve_flood_wait_still_lets_the_account_serve_known_peers(
+    world: FakeTelegram, make_pool: Callable[..., Any]
+) -> None:
+    pool = await make_pool(A)
+    await pool.run(history("@news"), parse_peer("@news"))
+    world.flood[A, "ResolveUsername"] = 3600
+    with pytest.raises(FloodWait) as caught:
+        await pool.run(history("@talk"), parse_peer("@talk"))
+    assert caught.value.retry_after == 3600
+    (entity, _), _ = await pool.run(history("@news"), parse_peer("@news"))
+    assert entity.id == NEWS
+
+
+# --- the resolution budget ---
+
+
+async def test_spent_budgets_answer_rate_limited_before_any_account_is_burnt(
+    world: FakeTelegram, make_pool: Callable[..., Any], clock: FakeClock
+) -> None:
+    pool = await make_pool(A, B, C, resolve_per_minute=1, resolve_per_day=100)
+    for name in ("@news", "@talk", "@echo"):
+        await pool.run(history(name), parse_peer(name))
+    assert {world.count("ResolveUsername", u) for u in (A, B, C)} == {1}
+    with pytest.raises(RateLimited) as caught:
+        await pool.run(history("@quiz"), parse_peer("@quiz"))
+    assert caught.value.retry_after == 60
+    assert world.count("ResolveUsername") == 3
+    # Peers some account knows are still served.
+    await pool.run(history("@news"), parse_peer("@news"))
+    clock.advance(60)
+    (entity, _), _ = await pool.run(history("@quiz"), parse_peer("@quiz"))
+    assert entity.id == QUIZ
+
+
+# --- accounts out of rotation ---
+
+
+async def test_a_banned_account_leaves_the_rotation(
+    world: FakeTelegram, make_pool: Callable[..., Any]
+) -> None:
+    pool = await make_pool(A, B)
+    world.errors[A, "GetHistory"] = "USER_DEACTIVATED_BAN"
+    served = [(await pool.run(history("@news"), parse_peer("@news")))[1].name for _ in range(6)]
+    assert set(served) == {"acc102"}
+    assert world.count("GetHistory", A) == 1
+    assert pool.get("acc101").state is AccountState.BANNED
+    assert {d["name"]: d["state"] for d in pool.accounts()} == {
+        "acc101": "banned",
+        "acc102": "ok",
+    }
+    assert pool.usable()
+    world.errors[B, "GetHistory"] = "AUTH_KEY_UNREGISTERED"
+    with pytest.raises(NoAccountAvailable):
+        await pool.run(history("@news"), parse_peer("@news"))
+    assert pool.get("acc102").state is AccountState.UNAUTHORIZED
+    assert not pool.usable()
+
+
+async def test_accounts_that_fail_at_start_are_reported_not_used(
+    world: FakeTelegram, make_pool: Callable[..., Any]
+) -> None:
+    world.errors[A, "GetUsers"] = "AUTH_KEY_UNREGISTERED"
+    pool = await make_pool(A, B)
+    assert [d["state"] for d in pool.accounts()] == ["unauthorized", "ok"]
+    assert {await who(pool) for _ in range(3)} == {"acc102"}
+
+
+async def test_a_disconnected_account_is_skipped(make_pool: Callable[..., Any]) -> None:
+    pool = await make_pool(A, B)
+    fake = pool.get("acc101").client
+    assert isinstance(fake, FakeClient)
+    fake.connected = False
+    assert {await who(pool, "@news") for _ in range(4)} == {"acc102"}
+    assert pool.get("acc101").describe()["state"] == "disconnected"
+
+
+# --- private peers ---
+
+
+async def test_private_for_one_account_is_served_by_another_that_knows_it(
+    world: FakeTelegram, make_pool: Callable[..., Any]
+) -> None:
+    pool = await make_pool(A, B)
+    for account in pool:
+        await account.get_entity(parse_peer("@news"))
+    world.errors[A, "GetHistory"] = "CHANNEL_PRIVATE"  # A was banned from the channel
+    served = {(await pool.run(history("@news"), parse_peer("@news")))[1].name for _ in range(4)}
+    assert served == {"acc102"}
+
+    world.private.add(NEWS)
+    with pytest.raises(PeerPrivate):
+        await pool.run(history("@news"), parse_peer("@news"))
+
+
+async def test_private_asks_no_new_resolution(
+    world: FakeTelegram, make_pool: Callable[..., Any]
+) -> None:
+    pool = await make_pool(A, B, C)
+    world.private.add(TALK)
+    with pytest.raises(PeerPrivate):
+        await pool.run(history("@talk"), parse_peer("@talk"))
+    assert world.count("ResolveUsername") == 1
+
+
+# --- the rest of the surface ---
+
+
+async def test_get_and_accounts(make_pool: Callable[..., Any]) -> None:
+    pool = await make_pool(A, B)
+    assert pool.get("acc101").name == "acc101" and len(pool) == 2
+    with pytest.raises(NoAccountAvailable):
+        pool.get("nobody")
+    pool.get("acc102").pending_downloads = 3
+    assert pool.accounts()[1] == {
+        "name": "acc102",
+        "phone": "+44********02",
+        "user_id": B,
+        "state": "ok",
+        "flood_wait_until": None,
+        "pending_downloads": 3,
+    }
+
+
+async def test_updates_of_every_account_reach_the_callback(
+    make_pool: Callable[..., Any],
+) -> None:
+    pool = await make_pool(A, B)
+    seen: list[tuple[str, Any]] = []
+
+    async def callback(tc: TeleClient, update: Any) -> None:
+        seen.append((tc.name, update))
+
+    async def broken(tc: TeleClient, update: Any) -> None:
+        raise RuntimeError("a bug in one subscriber must not stop the others")
+
+    pool.on_update(broken)
+    pool.on_update(callback)
+    handlers = [h for account in pool for h, _ in account.client.handlers]
+    assert len(handlers) == 2  # one handler per client, however many callbacks
+    for handler, update in zip(handlers, ("u1", "u2"), strict=True):
+        await handler(update)
+    assert seen == [("acc101", "u1"), ("acc102", "u2")]
+
+
+async def test_a_held_session_stops_the_start(
+    world: FakeTelegram, tmp_path: Path, make_pool: Callable[..., Any]
+) -> None:
+    await make_pool(A)
+    other = TeleClients([fake_account(world, tmp_path, "acc101", A)])
+    with pytest.raises(ConfigError, match="in use"):
+        await other.start()
+
+
+def test_from_sessions_dir_builds_one_account_per_session_file(tmp_path: Path) -> None:
+    for name in ("one", "two"):
+        TeleClient(tmp_path / name, 1, "hash").client.session.close()
+    (tmp_path / "notes.txt").write_text("not a session")
+    pool = TeleClients.from_sessions_dir(tmp_path, 1, "hash", resolve_per_minute=3)
+    try:
+        assert sorted(a.name for a in pool) == ["one", "two"]
+    finally:
+        for account in pool:
+            account.client.session.close()
