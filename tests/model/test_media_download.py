@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -324,3 +325,195 @@ async def test_cancel_waits_for_writes_and_closes_file(tmp_path: Path) -> None:
         await task
     assert len(os.listdir("/proc/self/fd")) == fds_before
     assert parts < part_count(size)
+
+
+# -- integration: the DC emulator -----------------------------------------------------------
+
+ACCOUNT = 1001
+CHANNEL = 2001
+DOC_HOME = 6001  # on DC 1, the account's home
+DOC_DC2 = 6002  # on DC 2: Telethon's exported-auth sender
+HOME_SIZE = 12 * MIB + 321
+DC2_SIZE = 6 * MIB + 5
+
+
+@pytest.fixture
+def fakedc_dispatcher() -> Any:
+    from tests.fakedc.rpc import TelegramRpc
+    from tests.fakedc.world import World
+
+    world = World.from_dict(
+        {
+            "users": [{"id": ACCOUNT, "first_name": "A", "phone": "15550001"}],
+            "chats": [
+                {"id": CHANNEL, "kind": "broadcast", "title": "Files", "username": "files",
+                 "members": {str(ACCOUNT): 0}}
+            ],
+            "documents": [
+                {"id": DOC_HOME, "kind": "file", "size": HOME_SIZE, "dc_id": 1},
+                {"id": DOC_DC2, "kind": "video", "size": DC2_SIZE, "dc_id": 2, "duration": 5},
+            ],
+            "messages": [
+                {"chat": CHANNEL, "id": 1, "media": {"document": DOC_HOME}},
+                {"chat": CHANNEL, "id": 2, "media": {"document": DOC_DC2}},
+            ],
+        }
+    )  # fmt: skip
+    return TelegramRpc(world)
+
+
+@pytest.fixture
+async def make_client(telegram_session: Any) -> AsyncIterator[Any]:
+    """Factory of connected TelegramClients of ACCOUNT (one session file per test)."""
+    from telethon import TelegramClient
+
+    from tests.fixtures.fakedc import FAKEDC_API_HASH, FAKEDC_API_ID
+
+    path = telegram_session(ACCOUNT, dc_id=1)
+    clients: list[TelegramClient] = []
+
+    async def make() -> TelegramClient:
+        client = TelegramClient(str(path), FAKEDC_API_ID, FAKEDC_API_HASH, receive_updates=False)
+        # As the pool sets it: FLOOD_WAIT comes back to us instead of a silent sleep.
+        client.flood_sleep_threshold = 0
+        await client.connect()
+        assert await client.is_user_authorized()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        if client.is_connected():
+            await client.disconnect()
+
+
+async def fetch_media(client: Any, msg_id: int) -> Media:
+    from service.parser import parse_messages
+
+    msgs = await client.get_messages("files", ids=[msg_id])
+    _, media = parse_messages(msgs, "acc1")
+    assert len(media) == 1
+    return media[0]
+
+
+def emulated_bytes(doc_id: int, size: int) -> bytes:
+    from tests.fakedc.render import document_file_key
+
+    return files.read(document_file_key(doc_id), size)
+
+
+async def test_emulator_home_dc_byte_exact(make_client: Any, fake_telegram: Any, tmp_path: Path) -> None:
+    client = await make_client()
+    try:
+        media = await fetch_media(client, 1)
+        assert (media.dc_id, media.size) == (1, HOME_SIZE)
+        await download_media(client, media, tmp_path / "home.bin", parts_in_flight=8)
+    finally:
+        await client.disconnect()
+    assert (tmp_path / "home.bin").read_bytes() == emulated_bytes(DOC_HOME, HOME_SIZE)
+    assert fake_telegram.dispatcher.count("upload.getFile") == part_count(HOME_SIZE)
+    assert fake_telegram.dispatcher.count("auth.exportAuthorization") == 0
+
+
+async def test_emulator_other_dc_byte_exact(make_client: Any, fake_telegram: Any, tmp_path: Path) -> None:
+    client = await make_client()
+    try:
+        media = await fetch_media(client, 2)
+        assert (media.dc_id, media.type) == (2, "video")
+        await download_media(client, media, tmp_path / "dc2.bin")
+        # A second file on the same DC reuses the exported sender: no new export.
+        await download_media(client, media, tmp_path / "dc2-again.bin")
+    finally:
+        await client.disconnect()
+    assert (tmp_path / "dc2.bin").read_bytes() == emulated_bytes(DOC_DC2, DC2_SIZE)
+    assert (tmp_path / "dc2-again.bin").read_bytes() == emulated_bytes(DOC_DC2, DC2_SIZE)
+    assert fake_telegram.dispatcher.count("auth.exportAuthorization") == 1
+    assert fake_telegram.dispatcher.count("auth.importAuthorization") == 1
+
+
+async def test_emulator_reference_expired_mid_file(
+    make_client: Any, fake_telegram: Any, tmp_path: Path
+) -> None:
+    from service.parser import fresh_reference
+
+    rpc = fake_telegram.dispatcher
+    client = await make_client()
+    refreshes = 0
+    try:
+        media = await fetch_media(client, 1)
+        first_reference = media.file_reference
+
+        def expire_after_three(index: int, nbytes: int) -> None:
+            if len(done) == 3:
+                rpc.expire_file_references()
+
+        async def refresh() -> bytes:
+            nonlocal refreshes
+            refreshes += 1
+            msg = await client.get_messages("files", ids=media.msg_id)
+            ref = fresh_reference(msg, media)
+            assert ref is not None
+            return ref
+
+        done: set[int] = set()
+        await download_media(
+            client, media, tmp_path / "f.bin", parts_in_flight=4, done_parts=done,
+            on_part=expire_after_three, refresh_reference=refresh,
+        )  # fmt: skip
+    finally:
+        await client.disconnect()
+    assert refreshes == 1 and media.file_reference != first_reference
+    assert (tmp_path / "f.bin").read_bytes() == emulated_bytes(DOC_HOME, HOME_SIZE)
+
+
+async def test_emulator_connection_dropped_mid_file(
+    make_client: Any, fake_telegram: Any, tmp_path: Path
+) -> None:
+    rpc = fake_telegram.dispatcher
+    client = await make_client()
+    try:
+        media = await fetch_media(client, 1)
+        rpc.reset_counts()
+        rpc.drop_connection_in_file(file_id=DOC_HOME, nth=5)
+        await asyncio.wait_for(
+            download_media(client, media, tmp_path / "f.bin", parts_in_flight=4), 30
+        )
+    finally:
+        await client.disconnect()
+    assert (tmp_path / "f.bin").read_bytes() == emulated_bytes(DOC_HOME, HOME_SIZE)
+    # The dropped request (and whatever was in flight with it) was asked again.
+    assert rpc.count("upload.getFile") > part_count(HOME_SIZE)
+
+
+async def test_emulator_flood_wait_then_resume_from_done_parts(
+    make_client: Any, fake_telegram: Any, tmp_path: Path
+) -> None:
+    rpc = fake_telegram.dispatcher
+    out = tmp_path / "f.bin"
+    done: set[int] = set()
+    written: list[int] = []
+    client = await make_client()
+    try:
+        media = await fetch_media(client, 1)
+        rpc.reset_counts()
+        rpc.flood_wait("upload.getFile", 300, every=6)
+        with pytest.raises(FloodWait) as info:
+            await download_media(
+                client, media, out, parts_in_flight=2, done_parts=done,
+                on_part=lambda i, n: written.append(i),
+            )  # fmt: skip
+        assert info.value.retry_after == 300
+    finally:
+        await client.disconnect()
+    assert sorted(written) == sorted(done) and 0 < len(done) < part_count(HOME_SIZE)
+    rpc.clear_faults()
+    rpc.reset_counts()
+    # As after a restart: a new client on the same session, the persisted parts.
+    client = await make_client()
+    try:
+        media = Media.from_json(media.to_json())
+        await download_media(client, media, out, parts_in_flight=4, done_parts=set(done))
+    finally:
+        await client.disconnect()
+    assert out.read_bytes() == emulated_bytes(DOC_HOME, HOME_SIZE)
+    assert rpc.count("upload.getFile") == part_count(HOME_SIZE) - len(done)
