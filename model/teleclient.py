@@ -48,6 +48,7 @@ from common.errors import (
     RateLimited,
     RetryLater,
     TelegramError,
+    TgcError,
 )
 from common.utils import PeerRef, mask_phone
 
@@ -273,7 +274,7 @@ class TeleClient:
             path = path.with_name(path.name + ".session")
         self.name = path.stem
         self.session_path = path
-        self.state = AccountState.OK
+        self._state = AccountState.OK  # never FLOOD_WAIT: that one is computed, see `state`
         self.pending_downloads = 0
         self.user_id: int | None = None
         self.phone: str | None = None
@@ -307,27 +308,25 @@ class TeleClient:
         )
 
     def __repr__(self) -> str:
-        return f"<TeleClient {self.name} {self.state}>"
+        return f"<TeleClient {self.name} {self._state}>"
 
     # --- life ---
 
     async def start(self) -> None:
         """Locks the session file, connects and checks the account.
 
-        Raises ConfigError when another process holds the session. A network failure is not
-        fatal: the account is disconnected and reconnects in the background.
+        Raises ConfigError when another process holds the session. Nothing else is fatal:
+        an account that can't connect is disconnected and reconnects in the background,
+        one that is banned or logged out is reported and left alone.
         """
         self._lock.acquire()
         self._stopping = False
-        try:
-            await asyncio.wait_for(self.client.connect(), self._timeout)
-        except (OSError, TimeoutError) as e:
-            self._set_disconnected(f"connect failed: {e.__class__.__name__}: {e}")
-            self._watcher = asyncio.create_task(self._reconnect_loop(), name=f"tgc-{self.name}")
-            return
-        await self._check_account()
-        if self.usable:
-            self._watcher = asyncio.create_task(self._watch(), name=f"tgc-{self.name}")
+        if await self._connect():
+            await self._check_account()
+            loop = self._watch()
+        else:
+            loop = self._reconnect_loop()
+        self._watcher = asyncio.create_task(loop, name=f"tgc-{self.name}")
 
     async def stop(self) -> None:
         """Disconnects (Telethon saves the session's entities then) and frees the lock."""
@@ -342,12 +341,26 @@ class TeleClient:
         finally:
             self._lock.release()
 
+    async def _connect(self) -> bool:
+        try:
+            await asyncio.wait_for(self.client.connect(), self._timeout)
+        except Exception as e:  # OSError, a timeout, or Telethon's own view of a bad key
+            self._set_disconnected(f"connect failed: {e.__class__.__name__}: {e}")
+            return False
+        if self._state is AccountState.DISCONNECTED:
+            self._state, self.reason = AccountState.OK, None
+            log.info("account %s reconnected", self.name)
+        return True
+
     async def _check_account(self) -> None:
         # users.getUsers(self) rather than Telethon's is_user_authorized(), which turns every
         # error into False: a ban (USER_DEACTIVATED_BAN) must not pass for a logout.
         try:
             users = await self._invoke(functions.users.GetUsersRequest([types.InputUserSelf()]))
         except AccountUnusable:
+            return  # reported by _invoke; the pool leaves it out
+        except TgcError as e:  # a flood wait or a hiccup: the account may still serve
+            log.warning("account %s: could not read its user (%s)", self.name, e)
             return
         me = users[0]
         self.user_id = me.id
@@ -356,39 +369,32 @@ class TeleClient:
         log.info("account %s ready (user %s)", self.name, self.user_id)
 
     async def _watch(self) -> None:
-        """Waits for Telethon to give up reconnecting, then reconnects with backoff."""
-        while not self._stopping:
+        """Waits for Telethon to give up reconnecting (its own retries are short), then
+        reconnects with a capped exponential backoff, for as long as the service runs."""
+        while not self._stopping and self.usable:
             with contextlib.suppress(Exception):
                 await self.client.disconnected
             if self._stopping or not self.usable:
                 return
             self._set_disconnected("the connection was lost")
-            await self._reconnect_loop()
+            await self._reconnect_loop(watch=False)
 
-    async def _reconnect_loop(self) -> None:
+    async def _reconnect_loop(self, watch: bool = True) -> None:
         delay = self._reconnect_delay
-        while not self._stopping and self.state is AccountState.DISCONNECTED:
+        while not self._stopping and self._state is AccountState.DISCONNECTED:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._reconnect_max_delay)
-            try:
-                await asyncio.wait_for(self.client.connect(), self._timeout)
-            except (OSError, TimeoutError) as e:
-                log.info("account %s: reconnect failed (%s), next in %.0f s", self.name, e, delay)
-                continue
-            self.state = AccountState.OK
-            self.reason = None
-            await self._check_account()
-            log.info("account %s reconnected", self.name)
-            if self.usable and self._watcher is not asyncio.current_task():
-                self._watcher = asyncio.create_task(self._watch(), name=f"tgc-{self.name}")
-            return
+            if await self._connect():
+                await self._check_account()
+        if watch:
+            await self._watch()
 
     # --- state ---
 
     @property
     def usable(self) -> bool:
         """False for good when banned or logged out: the pool never asks it again."""
-        return self.state not in (AccountState.BANNED, AccountState.UNAUTHORIZED)
+        return self._state not in (AccountState.BANNED, AccountState.UNAUTHORIZED)
 
     @property
     def flood_until(self) -> float | None:
@@ -401,29 +407,27 @@ class TeleClient:
         return max(0.0, self._flood_until.get(kind, 0.0) - self._clock())
 
     @property
-    def current_state(self) -> AccountState:
-        """`state`, with flood_wait while a wait runs on an otherwise healthy account."""
-        if self.state is AccountState.OK and self.flood_until is not None:
+    def state(self) -> AccountState:
+        """ok, flood_wait (while a wait runs), banned, unauthorized or disconnected."""
+        if self._state is AccountState.OK and self.flood_until is not None:
             return AccountState.FLOOD_WAIT
-        return self.state
+        return self._state
 
     def _set_unusable(self, state: AccountState, reason: str) -> None:
-        if self.state is not state:
+        if self._state is not state:
             log.error("account %s is %s (%s): out of rotation", self.name, state, reason)
-        self.state = state
-        self.reason = reason
+        self._state, self.reason = state, reason
 
     def _set_disconnected(self, reason: str) -> None:
         if self.usable:
-            if self.state is not AccountState.DISCONNECTED:
+            if self._state is not AccountState.DISCONNECTED:
                 log.warning("account %s disconnected: %s", self.name, reason)
-            self.state = AccountState.DISCONNECTED
-            self.reason = reason
+            self._state, self.reason = AccountState.DISCONNECTED, reason
 
     def ready_in(self, peer: PeerRef | None) -> float | None:
         """Seconds until this account can take a call about `peer` (0: now); None: it can't
         (unusable, disconnected, or an id it does not know)."""
-        if self.state is not AccountState.OK:
+        if self._state is not AccountState.OK:
             return None
         wait = self.flood_ready_in(OTHER)
         if peer is None or peer.invite is not None or self.knows(peer):
@@ -734,7 +738,7 @@ class TeleClient:
     async def _invoke(self, request: Any, *, peer: str = "") -> Any:
         """Sends one request; Telethon's errors become the service's, the state follows."""
         if not self.usable:
-            raise AccountUnusable(self.name, self.state, self.reason or "out of rotation")
+            raise AccountUnusable(self.name, self._state, self.reason or "out of rotation")
         try:
             return await asyncio.wait_for(self.client(request), self._timeout)
         except (errors.FloodWaitError, errors.FloodPremiumWaitError) as e:
@@ -776,7 +780,7 @@ class TeleClient:
             "name": self.name,
             "phone": mask_phone(self.phone) if self.phone else None,
             "user_id": self.user_id,
-            "state": str(self.current_state),
+            "state": str(self.state),
             "flood_wait_until": _iso(wall),
             "pending_downloads": self.pending_downloads,
         }

@@ -245,6 +245,7 @@ class FakeClient:
         self.handlers: list[tuple[Any, Any]] = []
         self.connected = False
         self.gate: asyncio.Event | None = None  # when set, requests wait for it
+        self.refuse_connects = 0  # how many connects fail before one succeeds
         self._disconnected: asyncio.Future[None] | None = None
 
     async def __call__(self, request: Any) -> Any:
@@ -257,6 +258,9 @@ class FakeClient:
         return result
 
     async def connect(self) -> None:
+        if self.refuse_connects > 0:
+            self.refuse_connects -= 1
+            raise ConnectionRefusedError("the fake refuses this connect")
         self.connected = True
         self._disconnected = asyncio.get_running_loop().create_future()
 

@@ -145,7 +145,7 @@ async def test_a_flood_wait_moves_the_call_to_another_account(
     served = {(await pool.run(history("@news"), parse_peer("@news")))[1].name for _ in range(4)}
     assert served == {"acc102"}
     flooded = pool.get("acc101")
-    assert flooded.current_state is AccountState.FLOOD_WAIT
+    assert flooded.state is AccountState.FLOOD_WAIT
     assert world.count("GetHistory", A) == 1  # asked once, then left alone until the end
     listed = {d["name"]: d for d in pool.accounts()}
     assert listed["acc101"]["state"] == "flood_wait" and listed["acc101"]["flood_wait_until"]
@@ -153,7 +153,7 @@ async def test_a_flood_wait_moves_the_call_to_another_account(
 
     del world.flood[A, "GetHistory"]
     clock.advance(41)
-    assert flooded.current_state is AccountState.OK
+    assert flooded.state is AccountState.OK
     served = {(await pool.run(history("@news"), parse_peer("@news")))[1].name for _ in range(4)}
     assert served == {"acc101", "acc102"}
 

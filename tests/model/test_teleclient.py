@@ -295,7 +295,7 @@ async def test_flood_waits_are_kept_per_request_kind(
     with pytest.raises(FloodWait) as caught:
         await tc.get_entity(parse_peer("@talk"))
     assert (caught.value.retry_after, caught.value.account) == (300, "acc")
-    assert tc.current_state is AccountState.FLOOD_WAIT
+    assert tc.state is AccountState.FLOOD_WAIT
     assert tc.describe()["flood_wait_until"].endswith("Z")
     assert tc.ready_in(parse_peer("@talk")) == pytest.approx(300)
     assert tc.ready_in(parse_peer("@news")) == 0  # a known peer is still served
@@ -306,7 +306,7 @@ async def test_flood_waits_are_kept_per_request_kind(
         await tc.get_history(parse_peer("@news"))
     assert tc.ready_in(parse_peer("@news")) == pytest.approx(20)
     clock.advance(301)
-    assert tc.current_state is AccountState.OK and tc.flood_until is None
+    assert tc.state is AccountState.OK and tc.flood_until is None
 
 
 async def test_a_ban_mid_way_takes_the_account_out(
@@ -347,6 +347,25 @@ async def test_a_lost_connection_is_noticed_and_healed(make: Callable[..., Any])
         await asyncio.sleep(0.01)
     assert tc.state is AccountState.OK
     assert {c.id for c in await tc.search("News")} == {TALK, NEWS}
+
+
+async def test_an_account_that_cannot_connect_at_start_keeps_trying(
+    world: FakeTelegram, tmp_path: Path
+) -> None:
+    tc = fake_account(world, tmp_path, "late", ME, reconnect_delay=0.01)
+    assert isinstance(tc.client, FakeClient)
+    tc.client.refuse_connects = 3
+    await tc.start()  # not fatal: the service starts with the accounts it can reach
+    try:
+        assert tc.state is AccountState.DISCONNECTED and tc.user_id is None
+        assert "refuses" in (tc.reason or "")
+        for _ in range(500):
+            if tc.state is AccountState.OK:
+                break
+            await asyncio.sleep(0.01)
+        assert tc.state is AccountState.OK and tc.user_id == ME and tc.client.refuse_connects == 0
+    finally:
+        await tc.stop()
 
 
 # --- the calls ---
