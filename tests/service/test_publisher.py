@@ -1,0 +1,368 @@
+"""The outbox and the publisher: events reach the real broker once confirmed, survive broker
+outages (a loopback proxy drops and refuses the connection) and a SIGKILLed publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiormq
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from common.errors import ShuttingDown
+from service.publisher import Outbox, Publisher, make_event
+from tests.fixtures.rabbitmq import BrokerProxy, Rabbit
+
+PEER = {"id": -1001234567890, "type": "channel", "title": "News", "username": "news"}
+
+
+def event_for(i: int) -> tuple[str, dict, str]:
+    ev = make_event(
+        "message.new",
+        PEER,
+        account="acc1",
+        message={"id": i, "peer_id": PEER["id"], "text": "x" * 200},
+        at=1_700_000_000 + i,
+    )
+    return ev.routing_key, ev.body, ev.message_id
+
+
+async def wait_for(predicate, within: float = 30.0, step: float = 0.01) -> None:  # type: ignore[no-untyped-def]
+    """Polls a condition of another component (no event to wait on from outside)."""
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110 - the publisher has no event for this
+            await asyncio.sleep(step)
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Outbox:
+    box = Outbox(tmp_path / "outbox.db", max_events=100_000)
+    yield box
+    box.close()
+
+
+@pytest.fixture
+async def publisher_factory(outbox: Outbox) -> AsyncIterator:
+    made: list[Publisher] = []
+
+    async def make(url: str, rabbit: Rabbit | None = None, **kw) -> Publisher:  # type: ignore[no-untyped-def]
+        names = (rabbit.exchange, rabbit.queue) if rabbit else ("telegram", "telegram.events")
+        kw.setdefault("reconnect_max_delay", 0.5)
+        p = Publisher(kw.pop("outbox", outbox), url, *names, **kw)
+        await p.start()
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        await p.stop(grace=0)
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+def test_make_event_ids_and_body() -> None:
+    new = make_event("message.new", PEER, account="a1", message={"id": 5}, at=0)
+    assert new.message_id == "-1001234567890:5:message.new"
+    assert new.body == {
+        "event": "message.new",
+        "peer": PEER,
+        "account": "a1",
+        "at": "1970-01-01T00:00:00+00:00",
+        "message": {"id": 5},
+    }
+    edited = make_event(
+        "message.edited",
+        PEER,
+        account="a1",
+        message={"id": 5, "edit_date": "2023-11-14T22:13:20+00:00"},
+    )
+    assert edited.message_id == "-1001234567890:5:message.edited:1700000000"
+    same = make_event(
+        "message.edited",
+        PEER,
+        account="a2",  # another account saw the same edit: same id
+        message={"id": 5, "edit_date": datetime.fromtimestamp(1_700_000_000, UTC)},
+    )
+    assert same.message_id == edited.message_id
+    deleted = make_event("message.deleted", PEER, account="a1", message={"id": 5})
+    assert deleted.message_id == "-1001234567890:5:message.deleted"
+    sub = make_event(
+        "subscription.changed",
+        PEER,
+        account="a1",
+        extra={"state": "kicked"},
+        id_suffix="a1:kicked:1700000000",
+    )
+    assert sub.message_id == "-1001234567890:0:subscription.changed:a1:kicked:1700000000"
+    assert sub.body["state"] == "kicked" and "message" not in sub.body
+    with pytest.raises(ValueError):
+        make_event("message.bogus", PEER, account="a1")
+    with pytest.raises(ValueError):
+        make_event("message.edited", PEER, account="a1", message={"id": 5})
+
+
+# --- the outbox -----------------------------------------------------------------------------
+
+
+def test_outbox_keeps_order_dedupes_and_never_reuses_seq(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", max_events=10)
+    assert box.append([("message.new", "a", b"1"), ("message.new", "b", b"2")]) == 2
+    assert box.append([("message.new", "a", b"1 again")]) == 0  # same message_id waits once
+    rows = box.read(0, 10)
+    assert [(r.message_id, r.body) for r in rows] == [("a", b"1"), ("b", b"2")]
+    assert box.read(rows[0].seq, 10) == rows[1:]
+    assert box.delete([r.seq for r in rows]) == 2 and box.size == 0
+    box.append([("message.new", "c", b"3")])
+    assert box.read(0, 10)[0].seq > rows[-1].seq  # an emptied table doesn't restart at 1
+    box.close()
+    again = Outbox(tmp_path / "o.db", max_events=10)
+    assert again.size == 1 and again.read(0, 10)[0].message_id == "c"
+    again.close()
+
+
+# --- the publisher against the real broker --------------------------------------------------
+
+
+async def test_publishes_persistent_json_with_ids(
+    rabbit: Rabbit, publisher_factory, outbox: Outbox  # type: ignore[no-untyped-def]
+) -> None:
+    registry = CollectorRegistry()
+    async with rabbit.consumer() as consumer:
+        pub = await publisher_factory(rabbit.url, rabbit, registry=registry)
+        events = [event_for(i) for i in range(1, 501)]
+        await asyncio.gather(*(pub.publish(*e) for e in events))
+        await consumer.wait_for_count(500)
+    assert [m.message_id for m in consumer.messages] == [e[2] for e in events]  # in order
+    first = consumer.messages[0]
+    assert first.routing_key == "message.new"
+    assert first.delivery_mode == 2 and first.content_type == "application/json"
+    assert first.body == events[0][1]
+    await wait_for(lambda: outbox.size == 0)
+    assert pub.published == 500 and pub.resent == 0
+    text = generate_latest(registry).decode()
+    assert "tgc_events_published_total 500.0" in text
+    assert "tgc_outbox_events 0.0" in text
+
+
+async def test_declares_durable_topology(rabbit: Rabbit, publisher_factory) -> None:  # type: ignore[no-untyped-def]
+    pub = await publisher_factory(rabbit.url, rabbit)
+    await asyncio.wait_for(pub.connected.wait(), 10)
+    async with rabbit.channel() as channel:
+        # durable: a transient redeclare of the same names is refused
+        with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed):
+            await channel.queue_declare(rabbit.queue, durable=False)
+    async with rabbit.channel() as channel:
+        with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed):
+            await channel.exchange_declare(rabbit.exchange, exchange_type="topic", durable=False)
+    async with rabbit.channel() as channel:
+        # bound with '#': any routing key reaches the queue, even with no consumer
+        await channel.basic_publish(b"{}", exchange=rabbit.exchange, routing_key="a.b.c")
+        ok = await channel.queue_declare(rabbit.queue, passive=True)
+        assert ok.message_count == 1
+
+
+async def test_empty_url_keeps_events_and_a_later_start_drains_them(
+    rabbit: Rabbit, publisher_factory, outbox: Outbox  # type: ignore[no-untyped-def]
+) -> None:
+    offline = await publisher_factory("")
+    for i in range(1, 51):
+        await offline.publish(*event_for(i))
+    assert outbox.size == 50 and offline.published == 0
+    await offline.stop()
+    async with rabbit.consumer() as consumer:
+        await publisher_factory(rabbit.url, rabbit)
+        await consumer.wait_for_count(50)
+    assert [m.message_id for m in consumer.messages] == [event_for(i)[2] for i in range(1, 51)]
+    await wait_for(lambda: outbox.size == 0)
+
+
+async def test_broker_down_at_start_then_back(
+    rabbit: Rabbit, broker_proxy: BrokerProxy, publisher_factory, outbox: Outbox  # type: ignore[no-untyped-def]
+) -> None:
+    await broker_proxy.refuse()
+    pub = await publisher_factory(broker_proxy.url, rabbit)
+    for i in range(1, 101):
+        await pub.publish(*event_for(i))  # returns: the outbox has it
+    assert outbox.size == 100
+    await wait_for(lambda: pub.reconnects >= 2)  # it keeps trying
+    async with rabbit.consumer() as consumer:
+        await broker_proxy.accept()
+        await consumer.wait_for_count(100)
+    assert [m.message_id for m in consumer.messages] == [event_for(i)[2] for i in range(1, 101)]
+
+
+async def test_full_outbox_makes_publish_wait_not_drop(
+    tmp_path: Path, rabbit: Rabbit, broker_proxy: BrokerProxy, publisher_factory  # type: ignore[no-untyped-def]
+) -> None:
+    box = Outbox(tmp_path / "small.db", max_events=100)
+    await broker_proxy.refuse()
+    pub = await publisher_factory(broker_proxy.url, rabbit, outbox=box)
+    for i in range(1, 101):
+        await pub.publish(*event_for(i))
+    blocked = asyncio.ensure_future(pub.publish(*event_for(101)))
+    await asyncio.sleep(0.2)  # nothing to wait on: give it the chance to (wrongly) finish
+    assert not blocked.done() and box.size == 100
+    async with rabbit.consumer() as consumer:
+        await broker_proxy.accept()
+        await asyncio.wait_for(blocked, 20)
+        await consumer.wait_for_count(101)
+    assert len(consumer.counts()) == 101
+    box.close()
+
+
+async def test_stop_wakes_a_waiting_publish(tmp_path: Path, publisher_factory) -> None:  # type: ignore[no-untyped-def]
+    box = Outbox(tmp_path / "tiny.db", max_events=1)
+    pub = await publisher_factory("", outbox=box)
+    await pub.publish(*event_for(1))
+    blocked = asyncio.ensure_future(pub.publish(*event_for(2)))
+    await asyncio.sleep(0.05)
+    await pub.stop()
+    with pytest.raises(ShuttingDown):
+        await blocked
+    box.close()
+
+
+async def test_a_deleted_queue_is_declared_again(
+    rabbit: Rabbit, publisher_factory  # type: ignore[no-untyped-def]
+) -> None:
+    pub = await publisher_factory(rabbit.url, rabbit)
+    await asyncio.wait_for(pub.connected.wait(), 10)
+    async with rabbit.channel() as channel:
+        await channel.queue_delete(rabbit.queue)  # an operator's mistake
+    await pub.publish(*event_for(1))  # comes back unroutable (mandatory)
+    await wait_for(lambda: pub.returned >= 1)
+    async with rabbit.consumer() as consumer:
+        await consumer.wait_for_ids([event_for(1)[2]])
+
+
+async def test_nacked_events_are_sent_again(
+    rabbit: Rabbit, publisher_factory  # type: ignore[no-untyped-def]
+) -> None:
+    extra = f"{rabbit.queue}.extra"
+    async with rabbit.channel() as channel:
+        await rabbit.declare(channel)
+        # a second queue that rejects publishes beyond 5 messages: the broker nacks them
+        await channel.queue_declare(
+            extra, arguments={"x-max-length": 5, "x-overflow": "reject-publish"}
+        )
+        await channel.queue_bind(extra, rabbit.exchange, routing_key="#")
+    pub = await publisher_factory(rabbit.url, rabbit)
+    for i in range(1, 11):
+        await pub.publish(*event_for(i))
+    await wait_for(lambda: pub.nacked >= 5)
+    async with rabbit.channel() as channel:
+        await channel.queue_delete(extra)  # the obstacle is gone: the retries go through
+    await wait_for(lambda: box_size(pub) == 0)
+    assert pub.resent == pub.nacked >= 5
+    async with rabbit.consumer() as consumer:
+        # a nack says "not taken by every queue": ours got the first copy already, the retry
+        # is a duplicate that its message_id gives away
+        await consumer.wait_for_count(10 + pub.resent)
+    counts = consumer.counts()
+    assert set(counts) == {event_for(i)[2] for i in range(1, 11)}
+    assert sum(c - 1 for c in counts.values()) <= pub.resent
+
+
+def box_size(pub: Publisher) -> int:
+    return pub.outbox.size
+
+
+# --- faults ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_ten_thousand_events_through_drops_and_refusals(
+    rabbit: Rabbit, broker_proxy: BrokerProxy, publisher_factory, outbox: Outbox  # type: ignore[no-untyped-def]
+) -> None:
+    """The connection is cut and refused again and again while 10,000 events are produced:
+    every event arrives, and the only duplicates are events sent again after a cut."""
+    n = 10_000
+    events = [event_for(i) for i in range(1, n + 1)]
+    async with rabbit.consumer() as consumer:
+        pub = await publisher_factory(broker_proxy.url, rabbit)
+
+        async def produce() -> None:
+            for i, e in enumerate(events):
+                await pub.publish(*e)
+                if i % 100 == 0:
+                    await asyncio.sleep(0.001)  # spread production over the faults
+
+        async def break_things() -> int:
+            cuts = 0
+            while not producing.done():
+                await wait_for(lambda: pub.connected.is_set() or producing.done())
+                await asyncio.sleep(0.05)
+                await broker_proxy.drop() if cuts % 2 else await broker_proxy.cut()
+                cuts += 1
+                await asyncio.sleep(0.1)  # refused (or reconnecting) for a while
+                await broker_proxy.accept()
+            return cuts
+
+        producing = asyncio.ensure_future(produce())
+        cuts = await break_things()
+        await producing
+        await consumer.wait_for_ids([e[2] for e in events], within=50)
+    counts = consumer.counts()
+    assert set(counts) == {e[2] for e in events}
+    duplicates = sum(c - 1 for c in counts.values())
+    print(f"cuts={cuts} reconnects={pub.reconnects} resent={pub.resent} duplicates={duplicates}")
+    assert cuts >= 3 and pub.reconnects >= 3
+    assert duplicates <= pub.resent
+    await wait_for(lambda: outbox.size == 0)
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from service.publisher import Outbox, Publisher
+
+    async def main():
+        box = Outbox(sys.argv[1], max_events=100_000)
+        pub = Publisher(box, sys.argv[2], sys.argv[3], sys.argv[4], max_in_flight=64)
+        await pub.start()
+        await asyncio.Event().wait()  # drains until killed
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.slow
+async def test_sigkill_while_draining_loses_nothing(
+    tmp_path: Path, rabbit: Rabbit, publisher_factory  # type: ignore[no-untyped-def]
+) -> None:
+    path = tmp_path / "crash.db"
+    n = 20_000
+    events = [event_for(i) for i in range(1, n + 1)]
+    box = Outbox(path, max_events=100_000)
+    box.append([(rk, mid, __import__("orjson").dumps(body)) for rk, body, mid in events])
+    box.close()
+    async with rabbit.consumer() as consumer:
+        child = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-c", CHILD, str(path), rabbit.url, rabbit.exchange, rabbit.queue),
+            cwd=Path(__file__).parents[2],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+        )
+        try:
+            await consumer.wait_for_count(1000, within=30)  # draining has begun
+        finally:
+            child.send_signal(signal.SIGKILL)
+            await child.wait()
+        left = sqlite3.connect(path).execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        assert 0 < left < n  # killed in the middle of the drain
+        print(f"killed with {left} of {n} events left in the outbox")
+        box = Outbox(path, max_events=100_000)
+        await publisher_factory(rabbit.url, rabbit, outbox=box)
+        await consumer.wait_for_ids([e[2] for e in events], within=50)
+    assert set(consumer.counts()) == {e[2] for e in events}
+    await wait_for(lambda: box.size == 0)
+    box.close()
