@@ -83,6 +83,20 @@ class Signer:
 
         Raises `RateLimited` when the nonce cache is full of live nonces.
         """
+        timestamp, nonce, signature, now = self._check(headers)
+        expected = self._signature(method, uri, timestamp, nonce, body)
+        if not hmac.compare_digest(expected, signature):
+            raise Unauthorized("wrong signature")
+        # Only now, with a valid signature, may the request cost memory.
+        self._remember(nonce, now, int(timestamp))
+
+    def check_headers(self, headers: Mapping[str, str]) -> None:
+        """The checks `verify` can make before the body has arrived: the three headers are
+        there, well formed, and the timestamp is inside the window. Stateless and cheap, so
+        a server can refuse a request (or an oversized body) without reading its body."""
+        self._check(headers)
+
+    def _check(self, headers: Mapping[str, str]) -> tuple[str, str, str, float]:
         timestamp = headers.get("X-Timestamp")
         nonce = headers.get("X-Nonce")
         signature = headers.get("X-Signature")
@@ -95,14 +109,9 @@ class Signer:
         if not _SIGNATURE.fullmatch(signature):
             raise Unauthorized("malformed X-Signature")
         now = self._clock()
-        sent_at = int(timestamp)
-        if abs(now - sent_at) > self._window:
+        if abs(now - int(timestamp)) > self._window:
             raise Unauthorized("timestamp outside the window")
-        expected = self._signature(method, uri, timestamp, nonce, body)
-        if not hmac.compare_digest(expected, signature):
-            raise Unauthorized("wrong signature")
-        # Only now, with a valid signature, may the request cost memory.
-        self._remember(nonce, now, sent_at)
+        return timestamp, nonce, signature, now
 
     def sign(
         self,

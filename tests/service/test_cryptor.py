@@ -220,6 +220,21 @@ def test_missing_or_malformed_header(name: str, value: str | None) -> None:
         headers[name] = value
     with pytest.raises(Unauthorized):
         signer.verify("GET", "/", headers, b"")
+    with pytest.raises(Unauthorized):
+        signer.check_headers(headers)
+
+
+def test_check_headers_needs_no_body_and_keeps_no_state() -> None:
+    clock = FakeClock()
+    signer = Signer("t", clock=clock)
+    headers = signer.sign("POST", "/", b"body")
+    headers["X-Signature"] = "0" * 64  # not checked without the body
+    signer.check_headers(headers)
+    signer.check_headers(headers)
+    assert len(signer) == 0
+    clock.now += 301
+    with pytest.raises(Unauthorized, match="window"):
+        signer.check_headers(headers)
 
 
 def test_signer_rejects_bad_settings() -> None:

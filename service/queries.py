@@ -1,0 +1,164 @@
+"""The read side of the API as plain service functions: pool call → parser → media queue.
+
+Each function is what one route of CONTRACT.md section 1 returns in `data`, with no HTTP in
+it, so the handlers stay thin and any other entry point (the CLI, a test, a future batch
+job) gets the same answers. Paging rules live here, not in the handler:
+
+- history is newest first; `next_offset_id` is the id of the oldest message of a full page
+  (pass it back as `offset_id`), null once a page comes back short or reaches `min_id`;
+- participants: `next_offset` is `offset + len(page)` while more remain, else null.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol, TypeVar
+
+from common.errors import NotFound
+from common.utils import PeerRef
+from model.media import Media
+from service import parser
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Account(Protocol):
+    name: str
+
+
+class Pool(Protocol):
+    """What the queries need of `model.teleclient.TeleClients`."""
+
+    async def run(
+        self, op: Callable[[Any], Awaitable[T]], peer: PeerRef | None = None
+    ) -> tuple[T, Any]: ...
+
+    def accounts(self) -> list[dict[str, Any]]: ...
+
+    def usable(self) -> bool: ...
+
+
+class MediaQueue(Protocol):
+    """What the queries need of `service.mediaprocessor.MediaProcessor`."""
+
+    def submit(self, media: Media) -> dict[str, Any]: ...
+
+    def get(self, key: str) -> dict[str, Any] | None: ...
+
+
+async def peer_info(pool: Pool, queue: MediaQueue | None, ref: PeerRef) -> dict[str, Any]:
+    """GET /api/v1/peer: the peer dict (with its full info and its photo's descriptor)."""
+    (entity, full), account = await pool.run(lambda c: c.get_full(ref), ref)
+    peer, media = parser.parse_peer(entity, full, account.name)
+    attach_media([peer], media, queue)
+    return peer
+
+
+async def history(
+    pool: Pool,
+    queue: MediaQueue | None,
+    ref: PeerRef,
+    *,
+    limit: int,
+    offset_id: int = 0,
+    min_id: int = 0,
+    max_id: int = 0,
+) -> dict[str, Any]:
+    """GET /api/v1/messages (paging): `messages` newest first and `next_offset_id`."""
+    (_, found), account = await pool.run(
+        lambda c: c.get_history(ref, limit, offset_id, min_id, max_id), ref
+    )
+    messages, media = parser.parse_messages(found, account.name)
+    attach_media(messages, media, queue)
+    page = [m for m in messages if m is not None]
+    return {"messages": page, "next_offset_id": next_offset_id(page, limit, min_id)}
+
+
+def next_offset_id(page: list[dict[str, Any]], limit: int, min_id: int = 0) -> int | None:
+    """The `offset_id` of the next (older) page, or None when there is none.
+
+    A short page is the last one; so is a page whose oldest message is just above
+    `min_id` (or id 1): nothing older can match. A full page may be followed by an empty
+    one when the history has exactly a multiple of `limit` messages.
+    """
+    if not page or len(page) < limit:
+        return None
+    oldest = min(int(m["id"]) for m in page)
+    if oldest <= max(min_id, 0) + 1:
+        return None
+    return oldest
+
+
+async def messages_by_id(
+    pool: Pool, queue: MediaQueue | None, ref: PeerRef, ids: list[int]
+) -> dict[str, Any]:
+    """GET /api/v1/messages?ids=: those messages in that order, null for a missing one."""
+    (_, found), account = await pool.run(lambda c: c.get_messages(ref, ids), ref)
+    messages, media = parser.parse_messages(found, account.name)
+    attach_media(messages, media, queue)
+    return {"messages": messages}
+
+
+async def participants(pool: Pool, ref: PeerRef, *, limit: int, offset: int = 0) -> dict[str, Any]:
+    """GET /api/v1/participants: the members this account may see, `count`, `next_offset`."""
+    (_, users, total), _ = await pool.run(lambda c: c.get_participants(ref, limit, offset), ref)
+    page = [parser.parse_user(u) for u in users]
+    end = offset + len(page)
+    more = len(page) == limit and end < total
+    return {"participants": page, "count": total, "next_offset": end if more else None}
+
+
+async def search(pool: Pool, q: str, *, limit: int) -> dict[str, Any]:
+    """GET /api/v1/search: public channels and groups Telegram finds for `q`."""
+    found, _ = await pool.run(lambda c: c.search(q, limit), None)
+    return {"results": [parser.parse_search_result(e) for e in found]}
+
+
+def media_state(queue: MediaQueue | None, key: str) -> dict[str, Any]:
+    """GET /api/v1/media/KEY: the processor's record of that file."""
+    record = None if queue is None else queue.get(key)
+    if record is None:
+        raise NotFound(f"no media with key {key}")
+    return {"key": key, **record}
+
+
+def accounts(pool: Pool) -> dict[str, Any]:
+    """GET /api/v1/accounts."""
+    return {"accounts": pool.accounts()}
+
+
+def attach_media(
+    items: Iterable[dict[str, Any] | None], media: list[Media], queue: MediaQueue | None
+) -> None:
+    """Hands every file to the media queue and writes its current state into the answer.
+
+    The parser puts each file's descriptor (state "pending") at the top level of a message
+    or peer dict (`media`, `photo`) or inside a service message's `action`; the queue
+    dedupes by key and answers with its record, so a file already stored shows "stored"
+    and its URL. Without a queue (no processor configured) descriptors stay "pending".
+    """
+    if queue is None or not media:
+        return
+    records = {m.key: queue.submit(m) for m in media}
+    for item in items:
+        if item is None:
+            continue
+        for value in item.values():
+            if isinstance(value, dict):
+                _apply_record(value, records)
+        action = item.get("action")
+        if isinstance(action, dict):
+            for value in action.values():
+                if isinstance(value, dict):
+                    _apply_record(value, records)
+
+
+def _apply_record(descriptor: dict[str, Any], records: dict[str, dict[str, Any]]) -> None:
+    record = records.get(descriptor.get("key"))  # type: ignore[arg-type]
+    if record is None or "state" not in descriptor:
+        return
+    descriptor["state"] = record.get("state", descriptor["state"])
+    descriptor["url"] = record.get("url")
