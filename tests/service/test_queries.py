@@ -1,0 +1,103 @@
+"""service/queries.py: paging rules and how media records reach the answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from model.media import Media
+from service.queries import attach_media, next_offset_id
+
+
+def page(ids: list[int]) -> list[dict[str, Any]]:
+    return [{"id": i} for i in ids]
+
+
+def test_short_or_empty_page_is_the_last() -> None:
+    assert next_offset_id([], 20) is None
+    assert next_offset_id(page([9, 8, 7]), 20) is None
+
+
+def test_full_page_points_below_its_oldest_message() -> None:
+    assert next_offset_id(page([30, 29, 27]), 3) == 27
+
+
+def test_full_page_reaching_min_id_or_id_1_is_the_last() -> None:
+    assert next_offset_id(page([3, 2, 1]), 3) is None
+    assert next_offset_id(page([13, 12, 11]), 3, min_id=10) is None
+    assert next_offset_id(page([14, 13, 12]), 3, min_id=10) == 12
+
+
+@given(
+    ids=st.sets(st.integers(1, 500), max_size=120),
+    limit=st.integers(1, 100),
+    min_id=st.integers(0, 100),
+)
+def test_paging_walks_every_message_once(ids: set[int], limit: int, min_id: int) -> None:
+    """Simulated getHistory over any id set: following next_offset_id returns each message
+    above min_id exactly once, newest first, and stops."""
+    history = sorted((i for i in ids if i > min_id), reverse=True)
+    seen: list[int] = []
+    offset = 0
+    for _ in range(len(history) + 2):
+        chunk = [i for i in history if not offset or i < offset][:limit]
+        seen += chunk
+        nxt = next_offset_id(page(chunk), limit, min_id)
+        if nxt is None:
+            break
+        assert nxt < (offset or 10**9)
+        offset = nxt
+    else:
+        raise AssertionError("paging did not end")
+    assert seen == history
+
+
+class Queue:
+    def __init__(self, records: dict[str, dict[str, Any]]) -> None:
+        self.records = records
+        self.submitted: list[str] = []
+
+    def submit(self, media: Media) -> dict[str, Any]:
+        self.submitted.append(media.key)
+        return self.records.get(media.key, {"state": "pending", "url": None})
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.records.get(key)
+
+
+def media(file_id: int) -> Media:
+    return Media(
+        type="photo", kind="photo", file_id=file_id, access_hash=1, file_reference=b"",
+        dc_id=2, size=10, mime_type="image/jpeg", thumb_size="x",
+    )  # fmt: skip
+
+
+def test_attach_media_merges_states_where_the_parser_put_descriptors() -> None:
+    a, b, c = media(1), media(2), media(3)
+    items: list[dict[str, Any] | None] = [
+        {"id": 1, "media": a.descriptor()},
+        None,
+        {"id": 2, "media": None, "action": {"type": "chat_edit_photo", "photo": b.descriptor()}},
+        {"id": 3, "photo": c.descriptor()},
+    ]
+    queue = Queue(
+        {
+            a.key: {"state": "stored", "url": "http://s/a.jpg"},
+            b.key: {"state": "downloading", "url": None},
+        }
+    )
+    attach_media(items, [a, b, c], queue)
+    assert queue.submitted == [a.key, b.key, c.key]
+    assert items[0] is not None and items[0]["media"]["state"] == "stored"
+    assert items[0]["media"]["url"] == "http://s/a.jpg"
+    assert items[2] is not None and items[2]["action"]["photo"]["state"] == "downloading"
+    assert items[3] is not None and items[3]["photo"]["state"] == "pending"
+
+
+def test_attach_media_without_a_queue_leaves_pending() -> None:
+    a = media(1)
+    items: list[dict[str, Any] | None] = [{"media": a.descriptor()}]
+    attach_media(items, [a], None)
+    assert items[0] == {"media": a.descriptor()}
