@@ -450,7 +450,7 @@ KEYS: tuple[Key, ...] = (
     Key("telegram.api_hash", "", hex_string(32, secret=True), secret=True),
     Key("telegram.sessions_dir", "sessions", path),
     Key("telegram.proxy", "", proxy, secret=True),
-    Key("telegram.timeout", "10", seconds(1, 300)),
+    Key("telegram.timeout", "30", seconds(1, 300)),
     Key("telegram.flood_sleep_threshold", "5", integer(0, 300)),
     Key("telegram.request_retries", "3", integer(0, 20)),
     Key("telegram.resolve_per_minute", "5", integer(1, 1000)),

@@ -1,0 +1,942 @@
+"""tgc: the server and its command line.
+
+    python start.py [serve] [--config PATH]          run the server in the foreground
+    python start.py login --phone +NUMBER            create sessions/NUMBER.session
+    python start.py accounts                          list the session files and their state
+    python start.py call METHOD URI [--body JSON]    a signed request; prints the answer
+    python start.py demo [--once]                     the server against the Telegram emulator
+    python start.py paths                             (for startup.sh) where the pid/url/log files are
+
+Exit codes: 0 done, 1 failed, 2 bad usage or a bad config (the message names the key and
+the file), 130 (SIGINT) or 1 (SIGTERM) when a second signal forced the stop.
+
+`Server` builds every long-lived service from the settings inside the running loop, serves,
+and owns the lifecycle: SIGTERM/SIGINT start a graceful stop (stop accepting, let in-flight
+requests finish within server.shutdown_timeout, stop the workers at a safe point, persist,
+disconnect the accounts), a second signal forces the exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import getpass
+import json
+import logging
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+import tornado.web
+from tornado import httputil
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from common.const import (
+    CLIENT_REQUIRED,
+    SERVE_REQUIRED,
+    TELEGRAM_REQUIRED,
+    Settings,
+    load_settings,
+)
+from common.errors import ConfigError
+from common.logger import setup_logging
+
+log = logging.getLogger("tgc.start")
+
+AppFactory = Callable[["Server"], tornado.web.Application]
+
+
+class UsageError(Exception):
+    """A bad command line: printed with the usage hint, exit code 2."""
+
+
+# --- one server per data.dir: the pid file is also the lock ------------------------------
+
+
+class PidFile:
+    """`data.dir/run/tgc.pid`, held with an exclusive flock while the server runs.
+
+    The lock, not the pid in the file, says whether a server runs: the kernel drops it when
+    the process dies, even by SIGKILL, so a stale file never blocks a start and a reused
+    pid never fakes a running server. startup.sh tests the same lock with flock(1).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, source: Path) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise ConfigError(
+                    "data.dir",
+                    str(source),
+                    f"already in use by another tgc server (pid {other}, lock {self.path}); "
+                    "stop it first (./startup.sh stop), or give this one its own data.dir",
+                ) from None
+            # The holder we raced with may have unlinked the file between our open and our
+            # lock: then we hold a lock on a file nobody else will ever open. Retry.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        # Unlink while still holding the lock, so nobody locks a file that is going away.
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(self._fd)
+        self._fd = None
+
+
+# --- in-flight requests, for the graceful stop ---------------------------------------------
+
+
+class InFlight(httputil.HTTPServerConnectionDelegate):
+    """Wraps the Application to count requests from their headers to the end of their answer.
+
+    Tornado's `close_all_connections` closes connections whatever they are doing; the stop
+    instead waits for this count to reach zero (bounded by server.shutdown_timeout).
+    """
+
+    def __init__(self, app: httputil.HTTPServerConnectionDelegate) -> None:
+        self.app = app
+        self.active = 0
+        self.served = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start_request(
+        self, server_conn: object, request_conn: httputil.HTTPConnection
+    ) -> httputil.HTTPMessageDelegate:
+        return _Counted(self, self.app.start_request(server_conn, request_conn), request_conn)
+
+    def on_close(self, server_conn: object) -> None:
+        self.app.on_close(server_conn)
+
+    def begin(self) -> None:
+        self.active += 1
+        self._idle.clear()
+
+    def end(self) -> None:
+        self.active -= 1
+        self.served += 1
+        if self.active == 0:
+            self._idle.set()
+
+    async def wait_idle(self, limit: float) -> bool:
+        """True when every request got its answer within `limit` seconds."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), limit)
+        except TimeoutError:
+            return False
+        return True
+
+
+class _Counted(httputil.HTTPMessageDelegate):
+    def __init__(
+        self,
+        tracker: InFlight,
+        inner: httputil.HTTPMessageDelegate,
+        conn: httputil.HTTPConnection,
+    ) -> None:
+        self._tracker = tracker
+        self._inner = inner
+        self._conn = conn
+        self._open = False
+
+    def headers_received(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+    ) -> Awaitable[None] | None:
+        self._open = True
+        self._tracker.begin()
+        # The answer is complete when the handler finishes it on the connection.
+        finish = self._conn.finish
+
+        def finished() -> None:
+            try:
+                finish()
+            finally:
+                self._done()
+
+        self._conn.finish = finished  # type: ignore[method-assign]
+        return self._inner.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return self._inner.data_received(chunk)
+
+    def finish(self) -> None:
+        self._inner.finish()
+
+    def on_connection_close(self) -> None:
+        try:
+            self._inner.on_connection_close()
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        if self._open:
+            self._open = False
+            self._tracker.end()
+
+
+# --- the server ----------------------------------------------------------------------------
+
+
+def _default_app(server: Server) -> tornado.web.Application:
+    """The service's Tornado application (service/handler.py) on the server's services."""
+    from service.cryptor import Cipher, Signer
+    from service.handler import Lifecycle, make_app
+
+    s = server.settings
+    server.lifecycle = Lifecycle()
+    return make_app(
+        pool=server.pool,
+        processor=server.processor,
+        joinmap=server.joinmap,
+        subscriptions=server.subscriber,
+        signer=Signer(s.api.token, s.api.signature_window),
+        cipher=Cipher.create(s.api.cipher, s.api.aes_key),
+        metrics=server.registry,
+        max_body_bytes=s.server.max_body_bytes,
+        lifecycle=server.lifecycle,
+        status_allow=s.server.status_allowed,
+        extra_handlers=server.extra_handlers,
+    )
+
+
+def media_stored_event(record: dict[str, Any]) -> Any:
+    """The media processor's `on_stored` record → the contract's `media.stored` event."""
+    from service.publisher import make_event
+
+    origin = ("account", "peer_id", "msg_id")
+    media = {k: v for k, v in record.items() if k not in origin}
+    message = {"id": record["msg_id"]} if record.get("msg_id") else None
+    return make_event(
+        "media.stored",
+        {"id": record["peer_id"]},
+        account=record["account"],
+        message=message,
+        extra={"media": media},
+        id_suffix=record["key"],
+    )
+
+
+class Server:
+    """Builds every service from the settings inside the running loop, serves, stops.
+
+        server = Server(load_settings(path))
+        exit_code = await server.serve()      # until SIGTERM/SIGINT
+
+    Services are attributes once `start()` ran (None where not configured): `pool`,
+    `joinmap`, `outbox`, `publisher`, `storage`, `processor`, `subscriber`, `registry`
+    (the Prometheus registry every metric goes to), `app`. `stopping` is true from the first
+    stop signal on (handlers answer 503 SHUTTING_DOWN to new work then).
+
+    Each piece registers its own stop when it is built, so a start that fails half-way
+    stops what it had started, and `stop()` closes everything in the reverse order of the
+    build: HTTP first (drain), then subscriber, processor, storage, accounts, publisher,
+    the SQLite files, the pid file.
+    """
+
+    def __init__(self, settings: Settings, *, app_factory: AppFactory = _default_app) -> None:
+        self.settings = settings
+        self.app_factory = app_factory
+        self.pidfile = PidFile(settings.run_dir / "tgc.pid")
+        self.url_file = settings.run_dir / "tgc.url"
+        self.stopping = False
+        self.started_at: float | None = None
+        self.port: int | None = None
+        self.pool: Any = None
+        self.joinmap: Any = None
+        self.outbox: Any = None
+        self.publisher: Any = None
+        self.storage: Any = None
+        self.processor: Any = None
+        self.subscriber: Any = None
+        self.registry: Any = None
+        self.app: tornado.web.Application | None = None
+        self.lifecycle: Any = None  # service.handler.Lifecycle: draining → 503 SHUTTING_DOWN
+        self.extra_handlers: list[Any] = []  # more routes for make_app (a /status page)
+        self.inflight: InFlight | None = None
+        self._http: HTTPServer | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._stop_requested = asyncio.Event()
+        self._signals: list[int] = []
+        self._stopped = False
+
+    # --- life ---
+
+    @property
+    def url(self) -> str:
+        """Where the server answers (loopback when it listens on every address)."""
+        host = self.settings.server.host
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    async def serve(self, ready: Callable[[Server], Awaitable[None]] | None = None) -> int:
+        """Starts, calls `ready(self)` if given, serves until SIGTERM/SIGINT (or
+        `request_stop()`), stops gracefully. Returns the exit code (0)."""
+        self.install_signal_handlers()
+        try:
+            await self.start()
+            if ready is not None and not self._stop_requested.is_set():
+                await ready(self)
+            await self._stop_requested.wait()
+        finally:
+            await self.stop()
+            self.remove_signal_handlers()
+        return 0
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    async def start(self) -> None:
+        s = self.settings
+        t0 = time.monotonic()
+        self.pidfile.acquire(s.source)
+        self._stack.callback(self.pidfile.release)
+        with contextlib.suppress(FileNotFoundError):
+            self.url_file.unlink()  # a killed server's: startup.sh waits for a fresh one
+        s.data.dir.mkdir(parents=True, exist_ok=True)
+        log.info("starting: config %s, data %s, pid %d", s.source, s.data.dir, os.getpid())
+
+        self._build_registry()
+        self._build_joinmap()
+        self._build_publisher()
+        await self._start_publisher()
+        await self._start_pool()
+        await self._start_processor()
+        await self._start_subscriber()
+        self._listen()
+
+        self.started_at = time.time()
+        self.url_file.write_text(self.url + "\n")
+        self._stack.callback(self._remove_url_file)
+        log.info(
+            "serving on %s with %d accounts (%.1f s to start)",
+            self.url,
+            len(self.pool) if self.pool is not None else 0,
+            time.monotonic() - t0,
+        )
+
+    async def stop(self) -> None:
+        """The graceful stop: idempotent, and safe after a start that failed half-way."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.stopping = True
+        self._stop_requested.set()
+        t0 = time.monotonic()
+        await self._stack.aclose()
+        log.info("stopped in %.1f s", time.monotonic() - t0)
+
+    # --- signals ---
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+            self._signals.append(sig)
+
+    def remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in self._signals:
+            loop.remove_signal_handler(sig)
+        self._signals.clear()
+
+    def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if not self._stop_requested.is_set():
+            log.info("%s: stopping gracefully (send it again to force)", name)
+            self._stop_requested.set()
+            return
+        code = 130 if sig == signal.SIGINT else 1
+        log.warning("%s again: forced exit (%d) without finishing the stop", name, code)
+        logging.shutdown()
+        os._exit(code)
+
+    # --- the pieces, in build order; each registers its own stop ---
+
+    def _build_registry(self) -> None:
+        from prometheus_client import CollectorRegistry
+
+        # One registry per server, not the process-global one: tests build several servers.
+        self.registry = CollectorRegistry()
+
+    def _build_joinmap(self) -> None:
+        from model.joinmap import JoinMap
+
+        self.joinmap = JoinMap(self.settings.data.dir / "joinmap.sqlite3")
+        self._stack.callback(self.joinmap.close)
+
+    def _build_publisher(self) -> None:
+        from service.publisher import Outbox, Publisher
+
+        r = self.settings.rabbitmq
+        self.outbox = Outbox(self.settings.data.dir / "outbox.sqlite3", r.outbox_max_events)
+        self._stack.callback(self.outbox.close)
+        self.publisher = Publisher(
+            self.outbox,
+            r.url,
+            r.exchange,
+            r.queue,
+            max_in_flight=r.max_in_flight,
+            reconnect_max_delay=r.reconnect_max_delay,
+            registry=self.registry,
+        )
+
+    async def _start_publisher(self) -> None:
+        await self.publisher.start()
+        self._stack.push_async_callback(self.publisher.stop)
+
+    async def _start_pool(self) -> None:
+        from model.teleclient import TeleClients
+
+        t = self.settings.telegram
+        t.sessions_dir.mkdir(parents=True, exist_ok=True)
+        self.pool = TeleClients.from_sessions_dir(
+            t.sessions_dir,
+            t.api_id,
+            t.api_hash,
+            proxy=t.proxy,
+            resolve_per_minute=t.resolve_per_minute,
+            resolve_per_day=t.resolve_per_day,
+            flood_sleep_threshold=t.flood_sleep_threshold,
+            request_retries=t.request_retries,
+            request_timeout=t.timeout,
+            reconnect_max_delay=t.reconnect_max_delay,
+        )
+        if not len(self.pool):
+            log.warning(
+                "no session files in %s: /healthz answers 503 until an account is added "
+                "(python start.py login --phone +NUMBER, then restart)",
+                t.sessions_dir,
+            )
+        # Registered before start: a start that fails on one locked session stops the rest.
+        self._stack.push_async_callback(self.pool.stop)
+        await self.pool.start()
+
+    async def _start_processor(self) -> None:
+        from service.mediaprocessor import MediaProcessor
+        from service.storage import HttpStorage, LocalStorage
+
+        m, st, d = self.settings.media, self.settings.storage, self.settings.data.dir
+        if st.url:
+            self.storage = HttpStorage(st.url, st.timeout, max_clients=m.upload_workers)
+        else:
+            self.storage = LocalStorage(d / "media")
+        try:
+            self.processor = MediaProcessor(
+                d / "media.sqlite3",
+                d / "spool",
+                self.storage,
+                self.pool,
+                download_workers=m.download_workers,
+                upload_workers=m.upload_workers,
+                per_account=m.per_account_downloads,
+                parts_in_flight=m.parts_in_flight,
+                part_size=m.part_size,
+                spool_max_bytes=m.spool_max_bytes,
+                on_stored=self._publish_media_stored,
+            )
+        except BaseException:
+            await self.storage.close()
+            raise
+        # The processor owns the storage from here on: its stop() closes it.
+        self._stack.push_async_callback(self.processor.stop)
+        await self.processor.start()
+
+    async def _publish_media_stored(self, record: dict[str, Any]) -> None:
+        await self.publisher.publish_event(media_stored_event(record))
+
+    async def _start_subscriber(self) -> None:
+        # service/subscriber.py (issue 5) is wired here once it exists: Subscriber(self.pool,
+        # self.joinmap, self.publisher, poll_interval=...); start(); stop on the stack.
+        self.subscriber = None
+
+    def _listen(self) -> None:
+        from service.handler import make_server
+
+        s = self.settings.server
+        self.app = self.app_factory(self)
+        self.inflight = InFlight(self.app)
+        # make_server sets Tornado's own limits the way the handlers expect them; it is given
+        # the counting wrapper, which Tornado takes like the Application it wraps.
+        self._http = make_server(cast(Any, self.inflight), s.max_body_bytes, idle_connection_timeout=60)
+        sockets = bind_sockets(s.port, s.host, reuse_port=False)
+        self.port = sockets[0].getsockname()[1]
+        self._http.add_sockets(sockets)
+        self._stack.push_async_callback(self._drain_http)
+
+    async def _drain_http(self) -> None:
+        assert self._http is not None and self.inflight is not None
+        if self.lifecycle is not None:
+            self.lifecycle.draining = True  # new /api/v1 requests: 503 SHUTTING_DOWN
+        self._http.stop()  # no new connections
+        timeout = self.settings.server.shutdown_timeout
+        if self.inflight.active:
+            log.info("waiting up to %.0f s for %d requests", timeout, self.inflight.active)
+        if not await self.inflight.wait_idle(timeout):
+            log.warning("%d requests still running after %.0f s: cut", self.inflight.active, timeout)
+        await self._http.close_all_connections()
+
+    def _remove_url_file(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.url_file.unlink()
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, require=SERVE_REQUIRED)
+    setup_logging(settings.log, console=not args.no_console)
+    return asyncio.run(Server(settings).serve())
+
+
+def cmd_paths(args: argparse.Namespace) -> int:
+    """Shell assignments for startup.sh (validates the whole config on the way)."""
+    s = load_settings(args.config, require=SERVE_REQUIRED)
+    values = {
+        "TGC_PID_FILE": s.run_dir / "tgc.pid",
+        "TGC_URL_FILE": s.run_dir / "tgc.url",
+        "TGC_LOG_FILE": s.log.file,
+        "TGC_OUT_FILE": s.log.dir / "tgc.out",
+        "TGC_STOP_TIMEOUT": int(s.server.shutdown_timeout) + 30,
+    }
+    for name, value in values.items():
+        print(f"{name}={shlex.quote(str(value))}")
+    return 0
+
+
+_PHONE = re.compile(r"^\+?[0-9]{5,15}$")
+
+
+async def login(
+    settings: Settings,
+    phone: str,
+    *,
+    ask: Callable[[str], str] | None = None,
+    ask_secret: Callable[[str], str] | None = None,
+    say: Callable[[str], None] = print,
+    dc: tuple[int, str, int] | None = None,
+    attempts: int = 3,
+) -> Path | None:
+    """Logs an account in and writes `sessions_dir/DIGITS.session`: the code Telegram sends,
+    then the 2FA password when Telegram asks. Returns the session path, or None when the
+    login failed (the half-made session file is removed then).
+
+    `dc` = (dc_id, host, port) points a new session at another data centre than Telethon's
+    default (the emulator, in tests).
+    """
+    from telethon import TelegramClient, errors
+
+    from model.teleclient import SessionLock, proxy_to_telethon
+
+    if not _PHONE.match(phone.replace(" ", "")):
+        raise UsageError(f"--phone must be an international number like +15551234567, not {phone!r}")
+    digits = phone.replace(" ", "").lstrip("+")
+    ask = ask or _ask
+    ask_secret = ask_secret or _ask_secret
+    t = settings.telegram
+    t.sessions_dir.mkdir(parents=True, exist_ok=True)
+    path = t.sessions_dir / f"{digits}.session"
+    existed = path.exists()
+    lock = SessionLock(path)
+    lock.acquire()
+    client = TelegramClient(
+        str(path),
+        t.api_id,
+        t.api_hash,
+        proxy=proxy_to_telethon(t.proxy),
+        receive_updates=False,
+        **_client_identity(settings),
+    )
+    ok = False
+    try:
+        if dc is not None and not existed:
+            client.session.set_dc(*dc)
+        await client.connect()
+        if await client.is_user_authorized():
+            say(f"{path} is already logged in")
+            ok = True
+            return path
+        sent = await client.send_code_request("+" + digits)
+        ok = await _enter_code(client, errors, digits, sent.phone_code_hash, ask, ask_secret, say, attempts)
+        if not ok:
+            return None
+        me = await client.get_me()
+        name = " ".join(x for x in (me.first_name, me.last_name) if x) or str(me.id)
+        say(f"logged in as {name} (id {me.id}); session saved to {path}")
+        return path
+    finally:
+        await client.disconnect()
+        lock.release()
+        if not ok and not existed:
+            for leftover in (path, path.with_name(path.name + "-journal")):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+
+
+async def _enter_code(
+    client: Any,
+    errors: Any,
+    digits: str,
+    code_hash: str,
+    ask: Callable[[str], str],
+    ask_secret: Callable[[str], str],
+    say: Callable[[str], None],
+    attempts: int,
+) -> bool:
+    for _ in range(attempts):
+        code = ask("Code Telegram sent: ").strip()
+        try:
+            await client.sign_in("+" + digits, code, phone_code_hash=code_hash)
+            return True
+        except errors.PhoneCodeInvalidError:
+            say("wrong code")
+        except errors.PhoneCodeExpiredError:
+            say("the code expired: run login again")
+            return False
+        except errors.SessionPasswordNeededError:
+            return await _enter_password(client, errors, ask_secret, say, attempts)
+    say(f"{attempts} wrong codes: giving up")
+    return False
+
+
+async def _enter_password(
+    client: Any, errors: Any, ask_secret: Callable[[str], str], say: Callable[[str], None], attempts: int
+) -> bool:
+    for _ in range(attempts):
+        password = ask_secret("2FA password: ")
+        try:
+            await client.sign_in(password=password)
+            return True
+        except errors.PasswordHashInvalidError:
+            say("wrong password")
+    say(f"{attempts} wrong passwords: giving up")
+    return False
+
+
+def _ask(prompt: str) -> str:
+    print(prompt, end="", flush=True)
+    line = sys.stdin.readline()
+    if not line:
+        raise UsageError("no input (stdin closed)")
+    return line.rstrip("\n")
+
+
+def _ask_secret(prompt: str) -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    return _ask(prompt)  # piped in (scripts, tests): nothing to hide from
+
+
+def _client_identity(settings: Settings) -> dict[str, Any]:
+    t = settings.telegram
+    out: dict[str, Any] = {"lang_code": t.lang_code, "system_lang_code": t.lang_code}
+    for name in ("device_model", "app_version", "system_version"):
+        value = getattr(t, name)
+        if value:
+            out[name] = value
+    return out
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, require=TELEGRAM_REQUIRED)
+    setup_logging(settings.log, console=False)
+    path = asyncio.run(login(settings, args.phone))
+    return 0 if path is not None else 1
+
+
+async def list_accounts(settings: Settings) -> list[dict[str, Any]]:
+    """Every session file with its state. A session the running server holds is not
+    touched (two connections on one auth key get it revoked): it shows as `in use`."""
+    from model.teleclient import TeleClient
+
+    t = settings.telegram
+    rows: list[dict[str, Any]] = []
+    for path in sorted(t.sessions_dir.glob("*.session")):
+        client = TeleClient(
+            path,
+            t.api_id,
+            t.api_hash,
+            proxy=t.proxy,
+            request_timeout=t.timeout,
+            receive_updates=False,
+        )
+        try:
+            await client.start()
+        except ConfigError:
+            rows.append({"name": path.stem, "state": "in use by a running server"})
+            continue
+        try:
+            rows.append(client.describe())
+        finally:
+            await client.stop()
+    return rows
+
+
+def cmd_accounts(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, require=TELEGRAM_REQUIRED)
+    setup_logging(settings.log, console=False)
+    rows = asyncio.run(list_accounts(settings))
+    if not rows:
+        print(f"no session files in {settings.telegram.sessions_dir}; add one with "
+              "python start.py login --phone +NUMBER")
+        return 0
+    print(f"{'session':<24} {'state':<28} {'phone':<16} user id")
+    for row in rows:
+        print(
+            f"{row['name']:<24} {row['state']:<28} {row.get('phone') or '-':<16} "
+            f"{row.get('user_id') or '-'}"
+        )
+    return 0
+
+
+async def call(
+    settings: Settings,
+    method: str,
+    uri: str,
+    body: dict[str, Any] | None = None,
+    base_url: str | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """The reference client: signs, sends, decrypts. Returns (exit code, what to print)."""
+    from service.apiclient import ApiClient
+
+    url = base_url or _server_url(settings)
+    async with ApiClient(url, settings.api.token, settings.api.aes_key, settings.api.cipher) as api:
+        try:
+            answer = await api.request(method, uri, body)
+        except OSError as e:
+            return 1, {"error": f"can't reach the server at {url}: {e}"}
+    shown: dict[str, Any] = {"status": answer.status, "ok": answer.ok}
+    if answer.ok:
+        shown["data"] = answer.data
+    else:
+        shown["error"] = answer.error
+    return (0 if answer.ok else 1), shown
+
+
+def _server_url(settings: Settings) -> str:
+    """The running server's own URL file (right even with server.port=0), else the config's."""
+    with contextlib.suppress(OSError):
+        written = (settings.run_dir / "tgc.url").read_text().strip()
+        if written:
+            return written
+    host = settings.server.host
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.server.port}"
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    method = args.method.upper()
+    if method not in ("GET", "POST", "DELETE", "PUT", "PATCH", "HEAD"):
+        raise UsageError(f"METHOD must be GET, POST or DELETE, not {args.method!r}")
+    if not args.uri.startswith("/"):
+        raise UsageError(f"URI must start with / (e.g. '/api/v1/peer?peer=@durov'), not {args.uri!r}")
+    body = None
+    if args.body is not None:
+        try:
+            body = json.loads(args.body)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--body is not JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise UsageError("--body must be a JSON object, e.g. '{\"peer\": \"@durov\"}'")
+    settings = load_settings(args.config, require=CLIENT_REQUIRED)
+    code, shown = asyncio.run(call(settings, method, args.uri, body, args.url))
+    print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+    return code
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+
+async def demo(*, once: bool = False, say: Callable[[str], None] = print) -> int:
+    """The server against the in-process Telegram emulator and its demo world.
+
+    Imports from tests/ on purpose, and only here: the emulator is test code that the demo
+    borrows so that a newcomer sees real answers without a Telegram account.
+    """
+    from tests.fakedc import demo_world as dw
+    from tests.fakedc.cluster import FakeTelegram
+    from tests.fakedc.rpc import TelegramRpc
+
+    t0 = time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix="tgc-demo-"))
+    rpc = TelegramRpc(dw.demo_world())
+    tg = FakeTelegram(rpc, dc_ids=(1, 2))
+
+    def push(user_id: int, updates: Any) -> None:
+        tg.push(user_id, updates)
+
+    rpc.set_pusher(push)
+    await tg.start()
+    try:
+        for user_id in (dw.ACCOUNT_A, dw.ACCOUNT_B, dw.ACCOUNT_C):
+            phone = rpc.world.users[user_id].phone
+            tg.make_session(root / "sessions" / str(phone or user_id), user_id)
+        config = _write_demo_config(root)
+        settings = load_settings(config, env={}, require=SERVE_REQUIRED)
+        setup_logging(settings.log, console=False)
+        server = Server(settings)
+
+        async def ready(server: Server) -> None:
+            await _demo_first_answer(server, config, time.monotonic() - t0, say)
+            if once:
+                server.request_stop()
+
+        return await server.serve(ready)
+    finally:
+        await tg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _write_demo_config(root: Path) -> Path:
+    with socket.socket() as probe:  # a free port, so that the printed command is complete
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = root / "config.properties"
+    config.write_text(
+        "# written by `python start.py demo`; deleted when the demo stops\n"
+        f"server.port={port}\n"
+        f"api.token={secrets.token_urlsafe(32)}\n"
+        f"api.aes_key={secrets.token_hex(32)}\n"
+        "telegram.api_id=12345\n"
+        f"telegram.api_hash={secrets.token_hex(16)}\n"
+        "telegram.sessions_dir=sessions\n"
+        "data.dir=data\n"
+        "log.dir=logs\n"
+    )
+    return config
+
+
+async def _demo_first_answer(
+    server: Server, config: Path, elapsed: float, say: Callable[[str], None]
+) -> None:
+    uri = "/api/v1/peer?peer=@tgc_news"
+    code, shown = await call(server.settings, "GET", uri)
+    say(f"tgc demo: serving on {server.url} against the loopback Telegram emulator")
+    say(f"  config {config}  (generated token and key)")
+    say(f"  log    {server.settings.log.file}")
+    say("")
+    say("a signed request, ready to run from another shell:")
+    say(f"  {shlex.quote(sys.executable)} start.py call --config {shlex.quote(str(config))} GET '{uri}'")
+    say("")
+    say(f"its decrypted answer ({elapsed:.1f} s after the demo started):")
+    say(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+    say("")
+    say("more: GET '/api/v1/messages?peer=@tgc_news&limit=5'  GET /api/v1/accounts  "
+        "GET '/api/v1/search?q=tgc'")
+    if code != 0:
+        log.warning("the demo's first request failed: %s", shown)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return asyncio.run(demo(once=args.once))
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="settings file (default: config.properties next to start.py)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="start.py",
+        description="tgc: Telegram collection service",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", parents=[common], help="run the server (the default)")
+    serve.add_argument("--no-console", action="store_true", help="log to the file only")
+    serve.set_defaults(func=cmd_serve)
+
+    login_p = sub.add_parser("login", parents=[common], help="log an account in: sessions/NUMBER.session")
+    login_p.add_argument("--phone", required=True, help="international number, e.g. +15551234567")
+    login_p.set_defaults(func=cmd_login)
+
+    accounts = sub.add_parser("accounts", parents=[common], help="list session files and their state")
+    accounts.set_defaults(func=cmd_accounts)
+
+    call_p = sub.add_parser("call", parents=[common], help="send a signed request, print the answer")
+    call_p.add_argument("method", metavar="METHOD", help="GET, POST or DELETE")
+    call_p.add_argument("uri", metavar="URI", help="path and query, e.g. '/api/v1/peer?peer=@durov'")
+    call_p.add_argument("--body", metavar="JSON", help="JSON object body (POST)")
+    call_p.add_argument("--url", metavar="URL", help="server base URL (default: the running one's)")
+    call_p.set_defaults(func=cmd_call)
+
+    demo_p = sub.add_parser("demo", help="the server against the loopback Telegram emulator")
+    demo_p.add_argument("--once", action="store_true", help="print the first answer and stop")
+    demo_p.set_defaults(func=cmd_demo)
+
+    paths = sub.add_parser("paths", parents=[common], help="(for startup.sh) pid, url, log files")
+    paths.set_defaults(func=cmd_paths)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 with argparse's message on a bad command line
+    if args.command is None:
+        args.func, args.no_console = cmd_serve, False
+    args.config = getattr(args, "config", None)
+    try:
+        code: int = args.func(args)
+        return code
+    except UsageError as e:
+        parser.print_usage(sys.stderr)
+        print(f"start.py: error: {e}", file=sys.stderr)
+        return 2
+    except ConfigError as e:
+        print(f"start.py: config error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,561 @@
+"""start.py: the CLI, the Server's lifecycle (graceful stop, forced stop, one server per
+data.dir), login against the emulator's auth flow, accounts, call, and the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tornado.web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+import start
+from common.const import load_settings
+from common.errors import ConfigError
+from model.teleclient import SessionLock
+from service.apiclient import ApiClient
+from start import PidFile, Server, list_accounts, login, main, media_stored_event
+from tests.fakedc import demo_world as dw
+from tests.fakedc.cluster import FakeTelegram
+from tests.fakedc.rpc import TelegramRpc
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "test-token-0123456789abcdef"
+AES_KEY = "5a" * 32
+SUBPROCESS_ENV = {k: v for k, v in os.environ.items() if not k.startswith("TGC_")}
+
+
+def write_config(tmp_path: Path, **extra: str) -> Path:
+    """A config in tmp_path: free port, its own data/log/sessions dirs, test secrets."""
+    props = {
+        "server.port": "0",
+        "server.shutdown_timeout": "10",
+        "api.token": TOKEN,
+        "api.aes_key": AES_KEY,
+        "telegram.api_id": "12345",
+        "telegram.api_hash": "0123456789abcdef" * 2,
+        "telegram.timeout": "5",
+        "telegram.sessions_dir": "sessions",
+        "data.dir": "data",
+        "log.dir": "logs",
+    }
+    props.update({k.replace("__", "."): v for k, v in extra.items()})
+    path = tmp_path / "config.properties"
+    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    return path
+
+
+async def wait_for(cond: Callable[[], bool], limit: float = 10.0) -> None:
+    deadline = time.monotonic() + limit
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def fakedc_dispatcher() -> TelegramRpc:
+    """The emulator answers from the demo world (accounts, channels, the auth flow)."""
+    return TelegramRpc(dw.demo_world())
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["frobnicate"],
+        ["login"],  # --phone is required
+        ["call", "GET"],  # URI missing
+        ["serve", "--bogus"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["call", "FETCH", "/api/v1/accounts"], "METHOD must be"),
+        (["call", "GET", "api/v1/accounts"], "URI must start with /"),
+        (["call", "POST", "/api/v1/subscriptions", "--body", "{nope"], "--body is not JSON"),
+        (["call", "POST", "/api/v1/subscriptions", "--body", "[1]"], "JSON object"),
+    ],
+)
+def test_call_usage_errors_exit_2(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*argv, "--config", str(write_config(tmp_path))]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_login_with_a_bad_phone_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["login", "--phone", "call-me", "--config", str(write_config(tmp_path))]) == 2
+    assert "--phone must be" in capsys.readouterr().err
+
+
+def test_config_error_names_key_and_file_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, server__prot="1")
+    assert main(["serve", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "server.prot" in err and str(config) in err and "server.port" in err
+
+
+def test_a_real_process_exits_2_on_a_missing_secret(tmp_path: Path) -> None:
+    import subprocess
+
+    config = write_config(tmp_path, api__token="")
+    proc = subprocess.run(
+        [sys.executable, "start.py", "--config", str(config)],
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "api.token" in proc.stderr and str(config) in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# --- one server per data.dir ---------------------------------------------------------------
+
+
+def test_pid_file_is_a_lock(tmp_path: Path) -> None:
+    config = tmp_path / "config.properties"
+    first, second = PidFile(tmp_path / "run" / "tgc.pid"), PidFile(tmp_path / "run" / "tgc.pid")
+    first.acquire(config)
+    assert (tmp_path / "run" / "tgc.pid").read_text() == f"{os.getpid()}\n"
+    with pytest.raises(ConfigError) as e:
+        second.acquire(config)
+    assert e.value.key == "data.dir" and "already in use" in str(e.value)
+    assert f"pid {os.getpid()}" in str(e.value)
+    first.release()
+    assert not (tmp_path / "run" / "tgc.pid").exists()
+    second.acquire(config)  # free again
+    second.release()
+
+
+def test_a_stale_pid_file_does_not_block(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "tgc.pid"
+    path.parent.mkdir()
+    path.write_text("999999\n")  # left by a killed server: nobody holds its lock
+    pid = PidFile(path)
+    pid.acquire(tmp_path / "c")
+    assert path.read_text() == f"{os.getpid()}\n"
+    pid.release()
+
+
+# --- the Server's lifecycle, in process ----------------------------------------------------
+
+
+class Slow(tornado.web.RequestHandler):
+    async def get(self) -> None:
+        await asyncio.sleep(float(self.get_argument("s")))
+        self.write("done")
+
+
+def slow_app(server: Server) -> tornado.web.Application:
+    return tornado.web.Application([("/slow", Slow)])
+
+
+async def run_server(server: Server) -> asyncio.Task[int]:
+    task = asyncio.create_task(server.serve())
+    await wait_for(lambda: server.url_file.exists() or task.done())
+    return task
+
+
+async def test_sigterm_answers_every_accepted_request_then_exits_0(tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path), env={})
+    server = Server(settings, app_factory=slow_app)
+    task = await run_server(server)
+    assert server.pidfile.path.read_text() == f"{os.getpid()}\n"
+    http = AsyncHTTPClient(force_instance=True, max_clients=20)
+    try:
+        requests = [
+            asyncio.ensure_future(http.fetch(f"{server.url}/slow?s={0.2 + i / 50}"))
+            for i in range(20)
+        ]
+        assert server.inflight is not None
+        await wait_for(lambda: server.inflight is not None and server.inflight.active == 20)
+        t0 = time.monotonic()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await asyncio.wait_for(task, 30) == 0
+        stop_time = time.monotonic() - t0
+        answers = await asyncio.gather(*requests)
+        assert [a.body for a in answers] == [b"done"] * 20
+        assert stop_time < 5, stop_time
+        # Stopped: nothing listens, the pid and url files are gone.
+        with pytest.raises(ConnectionRefusedError):
+            await http.fetch(f"{server.url}/slow?s=0")
+        assert not server.pidfile.path.exists() and not server.url_file.exists()
+    finally:
+        http.close()
+
+
+async def test_in_flight_requests_are_bounded_by_shutdown_timeout(tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path, server__shutdown_timeout="0.5"), env={})
+    server = Server(settings, app_factory=slow_app)
+    task = await run_server(server)
+    http = AsyncHTTPClient(force_instance=True)
+    try:
+        stuck = asyncio.ensure_future(http.fetch(f"{server.url}/slow?s=30", request_timeout=40))
+        await wait_for(lambda: server.inflight is not None and server.inflight.active == 1)
+        t0 = time.monotonic()
+        server.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0
+        assert time.monotonic() - t0 < 3
+        with pytest.raises((HTTPClientError, OSError)):
+            await stuck
+    finally:
+        http.close()
+
+
+async def test_a_second_server_on_the_same_data_dir_refuses(tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path), env={})
+    first = Server(settings, app_factory=slow_app)
+    task = await run_server(first)
+    try:
+        second = Server(settings, app_factory=slow_app)
+        with pytest.raises(ConfigError) as e:
+            await second.start()
+        await second.stop()
+        assert e.value.key == "data.dir" and "already in use" in str(e.value)
+        assert first.pidfile.path.exists(), "the refused server must not remove the holder's pid file"
+    finally:
+        first.request_stop()
+        assert await task == 0
+
+
+async def test_start_failing_half_way_stops_what_it_started(tmp_path: Path) -> None:
+    def broken_app(server: Server) -> tornado.web.Application:
+        raise RuntimeError("no app")
+
+    settings = load_settings(write_config(tmp_path), env={})
+    server = Server(settings, app_factory=broken_app)
+    with pytest.raises(RuntimeError, match="no app"):
+        await server.serve()
+    # Everything was closed: the data dir can be taken again at once.
+    again = Server(settings, app_factory=slow_app)
+    task = await run_server(again)
+    again.request_stop()
+    assert await task == 0
+
+
+# --- the real application against the emulator --------------------------------------------
+
+
+@pytest.fixture
+def accounts_config(
+    tmp_path: Path, telegram_session: Callable[..., Path], fake_telegram: FakeTelegram
+) -> Path:
+    for user_id in (dw.ACCOUNT_A, dw.ACCOUNT_B):
+        telegram_session(user_id, name=f"acc{user_id}")
+    return write_config(tmp_path)
+
+
+async def test_server_serves_the_api_and_drains_with_503(accounts_config: Path) -> None:
+    settings = load_settings(accounts_config, env={})
+    server = Server(settings)
+    task = await run_server(server)
+    try:
+        async with ApiClient(server.url, TOKEN, AES_KEY) as api:
+            health = await api.request("GET", "/healthz")
+            assert health.status == 200
+            answer = await api.request("GET", "/api/v1/accounts")
+            assert answer.ok, answer
+            names = sorted(a["name"] for a in answer.data["accounts"])
+            assert names == [f"acc{dw.ACCOUNT_A}", f"acc{dw.ACCOUNT_B}"]
+            peer = await api.request("GET", "/api/v1/peer?peer=@tgc_news")
+            assert peer.ok and peer.data["title"] == "TGC News"
+            # The CLI's own call() does the same through the url file.
+            code, shown = await start.call(settings, "GET", "/api/v1/accounts")
+            assert code == 0 and shown["ok"] is True
+            # Draining: new API work is refused with the contract's 503.
+            assert server.lifecycle is not None
+            server.lifecycle.draining = True
+            refused = await api.request("GET", "/api/v1/accounts")
+            assert refused.status == 503 and refused.code == "SHUTTING_DOWN"
+            server.lifecycle.draining = False
+    finally:
+        server.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0
+    # The sessions were released: another process could take them now.
+    for path in settings.telegram.sessions_dir.glob("*.session"):
+        lock = SessionLock(path)
+        lock.acquire()
+        lock.release()
+
+
+async def test_accounts_lists_sessions_and_skips_locked_ones(accounts_config: Path) -> None:
+    settings = load_settings(accounts_config, env={})
+    held = SessionLock(settings.telegram.sessions_dir / f"acc{dw.ACCOUNT_B}.session")
+    held.acquire()
+    try:
+        rows = await list_accounts(settings)
+    finally:
+        held.release()
+    by_name = {r["name"]: r for r in rows}
+    assert by_name[f"acc{dw.ACCOUNT_A}"]["state"] == "ok"
+    assert by_name[f"acc{dw.ACCOUNT_A}"]["user_id"] == dw.ACCOUNT_A
+    assert by_name[f"acc{dw.ACCOUNT_B}"]["state"] == "in use by a running server"
+
+
+async def test_call_reports_an_unreachable_server(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nobody listens there
+    settings = load_settings(write_config(tmp_path), env={})
+    code, shown = await start.call(settings, "GET", "/healthz", base_url=f"http://127.0.0.1:{port}")
+    assert code == 1 and "can't reach the server" in shown["error"]
+
+
+# --- login against the emulator's auth flow ------------------------------------------------
+
+
+class Prompts:
+    def __init__(self, *answers: str) -> None:
+        self.answers = list(answers)
+        self.asked: list[str] = []
+        self.said: list[str] = []
+
+    def ask(self, prompt: str) -> str:
+        self.asked.append(prompt)
+        return self.answers.pop(0)
+
+    def say(self, line: str) -> None:
+        self.said.append(line)
+
+
+async def do_login(
+    tmp_path: Path, tg: FakeTelegram, phone: str, prompts: Prompts
+) -> tuple[Path | None, Any]:
+    settings = load_settings(write_config(tmp_path), env={})
+    path = await login(
+        settings,
+        phone,
+        ask=prompts.ask,
+        ask_secret=prompts.ask,
+        say=prompts.say,
+        dc=(1, "127.0.0.1", tg.port(1)),
+    )
+    return path, settings
+
+
+async def test_login_with_a_code(tmp_path: Path, fake_telegram: FakeTelegram) -> None:
+    prompts = Prompts("12345")
+    path, settings = await do_login(tmp_path, fake_telegram, "+1 555 000 1001", prompts)
+    assert path == settings.telegram.sessions_dir / "15550001001.session"
+    assert any("logged in as Ann Able" in line for line in prompts.said)
+    rows = await list_accounts(settings)
+    assert [(r["name"], r["state"], r["user_id"]) for r in rows] == [
+        ("15550001001", "ok", dw.ACCOUNT_A)
+    ]
+
+
+async def test_login_with_2fa(tmp_path: Path, fake_telegram: FakeTelegram) -> None:
+    prompts = Prompts("12345", "wrong password", dw.PASSWORD)
+    path, settings = await do_login(tmp_path, fake_telegram, "+15550001004", prompts)
+    assert path is not None
+    assert prompts.asked == ["Code Telegram sent: ", "2FA password: ", "2FA password: "]
+    assert "wrong password" in prompts.said
+    rows = await list_accounts(settings)
+    assert rows[0]["state"] == "ok" and rows[0]["user_id"] == dw.ACCOUNT_2FA
+
+
+async def test_login_with_a_wrong_code_then_the_right_one(
+    tmp_path: Path, fake_telegram: FakeTelegram
+) -> None:
+    prompts = Prompts("99999", "12345")
+    path, _ = await do_login(tmp_path, fake_telegram, "+15550001002", prompts)
+    assert path is not None and path.exists()
+    assert prompts.said[0] == "wrong code"
+
+
+async def test_login_gives_up_after_three_wrong_codes_and_leaves_nothing(
+    tmp_path: Path, fake_telegram: FakeTelegram
+) -> None:
+    prompts = Prompts("1", "2", "3")
+    path, settings = await do_login(tmp_path, fake_telegram, "+15550001003", prompts)
+    assert path is None
+    assert prompts.said[-1] == "3 wrong codes: giving up"
+    assert list(settings.telegram.sessions_dir.glob("*.session*")) == [
+        settings.telegram.sessions_dir / "15550001003.session.lock"  # an empty lock file only
+    ]
+
+
+# --- the whole process ----------------------------------------------------------------------
+
+
+async def spawn(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "start.py",
+        *args,
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def wait_file(path: Path, proc: asyncio.subprocess.Process, limit: float = 30) -> None:
+    await wait_for(lambda: path.exists() or proc.returncode is not None, limit)
+    assert proc.returncode is None, await proc.communicate()
+
+
+async def partial_request(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A request whose body never completes: in flight until the server gives up on it."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+    await writer.drain()
+    return reader, writer
+
+
+@pytest.mark.slow
+async def test_process_sigterm_exits_0_and_a_second_start_refuses(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    settings = load_settings(config, env={})
+    url_file = settings.run_dir / "tgc.url"
+    proc = await spawn("serve", "--config", str(config), "--no-console")
+    try:
+        await wait_file(url_file, proc)
+        url = url_file.read_text().strip()
+        http = AsyncHTTPClient(force_instance=True)
+        try:
+            health = await http.fetch(f"{url}/healthz", raise_error=False)
+            assert health.code == 503  # no account: not healthy, but serving
+        finally:
+            http.close()
+
+        second = await spawn("serve", "--config", str(config))
+        _, err = await asyncio.wait_for(second.communicate(), 30)
+        assert second.returncode == 2
+        assert b"already in use by another tgc server" in err and str(proc.pid).encode() in err
+
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert time.monotonic() - t0 < 10
+        assert not url_file.exists()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 1), (signal.SIGINT, 130)])
+async def test_a_second_signal_forces_the_exit(tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    config = write_config(tmp_path, server__shutdown_timeout="60")
+    settings = load_settings(config, env={})
+    proc = await spawn("serve", "--config", str(config), "--no-console")
+    try:
+        await wait_file(settings.run_dir / "tgc.url", proc)
+        url = (settings.run_dir / "tgc.url").read_text().strip()
+        _, writer = await partial_request(url)
+        # An answered request on another connection: the partial one was read by then.
+        http = AsyncHTTPClient(force_instance=True)
+        try:
+            await http.fetch(f"{url}/healthz", raise_error=False)
+        finally:
+            http.close()
+        proc.send_signal(sig)
+        await wait_for(lambda: "waiting up to 60 s for 1 requests" in _log(settings.log.file), 10)
+        assert proc.returncode is None  # still draining
+        proc.send_signal(sig)
+        assert await asyncio.wait_for(proc.wait(), 10) == code
+        writer.close()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.mark.slow
+async def test_sigkill_then_the_next_start_recovers(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    settings = load_settings(config, env={})
+    url_file = settings.run_dir / "tgc.url"
+    proc = await spawn("serve", "--config", str(config), "--no-console")
+    await wait_file(url_file, proc)
+    proc.kill()
+    await proc.wait()
+    assert settings.run_dir.joinpath("tgc.pid").exists()  # stale, but not locked
+    again = await spawn("serve", "--config", str(config), "--no-console")
+    try:
+        await wait_for(lambda: _pid_in(settings.run_dir / "tgc.pid") == again.pid, 30)
+        await wait_file(url_file, again)
+        again.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(again.wait(), 30) == 0
+    finally:
+        if again.returncode is None:
+            again.kill()
+            await again.wait()
+
+
+@pytest.mark.slow
+async def test_demo_prints_a_signed_request_and_its_answer() -> None:
+    t0 = time.monotonic()
+    proc = await spawn("demo", "--once")
+    out, err = await asyncio.wait_for(proc.communicate(), 50)
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert "start.py call --config" in text and "GET '/api/v1/peer?peer=@tgc_news'" in text
+    assert '"ok": true' in text and '"title": "TGC News"' in text
+    assert time.monotonic() - t0 < 30
+
+
+def test_media_stored_event_follows_the_contract() -> None:
+    record = {
+        "key": "ab" * 16,
+        "type": "photo",
+        "state": "stored",
+        "size": 10,
+        "mime_type": "image/jpeg",
+        "file_name": None,
+        "url": "http://storage/ab/abab.jpg",
+        "error": None,
+        "updated_at": "2026-01-01T00:00:00Z",
+        "account": "acc1",
+        "peer_id": -1001,
+        "msg_id": 55,
+    }
+    event = media_stored_event(record)
+    assert event.routing_key == "media.stored"
+    assert event.message_id == f"-1001:55:media.stored:{'ab' * 16}"
+    assert event.body["peer"] == {"id": -1001} and event.body["message"] == {"id": 55}
+    assert event.body["account"] == "acc1"
+    assert event.body["media"]["url"] == "http://storage/ab/abab.jpg"
+    assert "account" not in event.body["media"]
+
+
+def _log(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return None
+
