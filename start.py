@@ -534,11 +534,12 @@ def cmd_paths(args: argparse.Namespace) -> int:
     """Shell assignments for startup.sh (validates the whole config on the way)."""
     s = load_settings(args.config, require=SERVE_REQUIRED)
     values = {
-        "TGC_PID_FILE": s.run_dir / "tgc.pid",
-        "TGC_URL_FILE": s.run_dir / "tgc.url",
-        "TGC_LOG_FILE": s.log.file,
-        "TGC_OUT_FILE": s.log.dir / "tgc.out",
-        "TGC_STOP_TIMEOUT": int(s.server.shutdown_timeout) + 30,
+        "PID_FILE": s.run_dir / "tgc.pid",
+        "URL_FILE": s.run_dir / "tgc.url",
+        "LOG_FILE": s.log.file,
+        "OUT_FILE": s.log.dir / "tgc.out",
+        # The server's own bound on in-flight requests, plus time to persist and disconnect.
+        "STOP_TIMEOUT": int(s.server.shutdown_timeout) + 30,
     }
     for name, value in values.items():
         print(f"{name}={shlex.quote(str(value))}")

@@ -1,0 +1,169 @@
+"""startup.sh start|status|stop|restart on a temporary copy of the project's config."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRETS = {
+    "TGC_API_TOKEN": "startup-sh-token-0123456789",
+    "TGC_API_AES_KEY": "3c" * 32,
+    "TGC_TELEGRAM_API_ID": "12345",
+    "TGC_TELEGRAM_API_HASH": "0123456789abcdef" * 2,
+}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Iterator[Path]:
+    """The shipped config.properties, copied: its relative data/log/sessions dirs land in
+    tmp_path; only the port changes (0: a free one)."""
+    path = tmp_path / "config.properties"
+    text = (ROOT / "config.properties").read_text()
+    text, n = re.subn(r"(?m)^server\.port=.*$", "server.port=0", text)
+    assert n == 1
+    path.write_text(text)
+    yield path
+    # Never leave a server behind, whatever the test did.
+    sh("stop", "--config", str(path), extra_env={"STOP_WAIT": "5"})
+
+
+def sh(*args: str, extra_env: dict[str, str] | None = None, timeout: float = 50) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TGC_")}
+    env.update(SECRETS)
+    env.update(extra_env or {})
+    return subprocess.run(
+        [str(ROOT / "startup.sh"), *args],
+        cwd="/",  # startup.sh finds its own directory
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_start_status_stop(config: Path, tmp_path: Path) -> None:
+    started = sh("start", "--config", str(config))
+    assert started.returncode == 0, started.stderr
+    m = re.search(r"tgc started \(pid (\d+)\) on (http://127\.0\.0\.1:\d+)", started.stdout)
+    assert m, started.stdout
+    pid, url = int(m.group(1)), m.group(2)
+    assert (tmp_path / "data" / "run" / "tgc.pid").read_text().strip() == str(pid)
+    assert (tmp_path / "logs" / "tgc.log").exists()
+
+    twice = sh("start", "--config", str(config))
+    assert twice.returncode == 1
+    assert f"already running (pid {pid})" in twice.stderr
+
+    status = sh("status", "--config", str(config))
+    assert status.returncode == 0, status.stderr
+    assert f"tgc is running (pid {pid}) since " in status.stdout
+    assert f"listening on {url}" in status.stdout
+    # No session files in the copy: serving, but no usable account.
+    assert "health: " in status.stdout and "(HTTP 503)" in status.stdout
+
+    stopped = sh("stop", "--config", str(config))
+    assert stopped.returncode == 0, stopped.stderr
+    assert "tgc stopped gracefully" in stopped.stdout
+    assert _gone(pid)
+    assert not (tmp_path / "data" / "run" / "tgc.pid").exists()
+
+    status = sh("status", "--config", str(config))
+    assert status.returncode == 3 and "tgc is not running" in status.stdout
+    again = sh("stop", "--config", str(config))
+    assert again.returncode == 0 and "tgc is not running" in again.stdout
+
+
+def test_restart_gives_a_new_process(config: Path) -> None:
+    first = sh("start", "--config", str(config))
+    assert first.returncode == 0, first.stderr
+    restarted = sh("restart", "--config", str(config))
+    assert restarted.returncode == 0, restarted.stderr
+    assert "tgc stopped gracefully" in restarted.stdout
+    pids = re.findall(r"tgc started \(pid (\d+)\)", first.stdout + restarted.stdout)
+    assert len(pids) == 2 and pids[0] != pids[1]
+    assert _gone(int(pids[0])) and _alive(int(pids[1]))
+
+
+def test_stop_forces_a_server_that_does_not_finish(config: Path) -> None:
+    text = config.read_text().replace("server.shutdown_timeout=30", "server.shutdown_timeout=600")
+    config.write_text(text)
+    started = sh("start", "--config", str(config))
+    assert started.returncode == 0, started.stderr
+    url = re.search(r"on (http://\S+);", started.stdout).group(1)  # type: ignore[union-attr]
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    # A request whose body never completes keeps the graceful stop waiting.
+    with socket.create_connection((host, int(port))) as stuck:
+        stuck.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        _get(url + "/healthz")  # answered: the server has read the partial request too
+        stopped = sh("stop", "--config", str(config), extra_env={"STOP_WAIT": "1"})
+    assert stopped.returncode == 1
+    assert "had to force it (SIGKILL)" in stopped.stderr
+    assert sh("status", "--config", str(config)).returncode == 3
+
+
+def test_a_bad_config_stops_the_start_naming_key_and_file(config: Path) -> None:
+    config.write_text(config.read_text() + "server.prot=8080\n")
+    started = sh("start", "--config", str(config))
+    assert started.returncode == 2
+    assert "server.prot" in started.stderr and str(config) in started.stderr
+    assert "did you mean 'server.port'" in started.stderr
+
+
+def test_a_server_that_dies_at_start_is_reported(config: Path, tmp_path: Path) -> None:
+    # The port is taken: the process exits, and start says so with the end of its output.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config.write_text(config.read_text().replace("server.port=0", f"server.port={port}"))
+        started = sh("start", "--config", str(config))
+    assert started.returncode == 1
+    assert "tgc did not start" in started.stderr
+    assert "Address already in use" in started.stderr
+
+
+def test_usage(config: Path) -> None:
+    bad = sh("frobnicate")
+    assert bad.returncode == 2 and "usage:" in bad.stderr
+    bad = sh("start", "--colour")
+    assert bad.returncode == 2 and "unknown option --colour" in bad.stderr
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # An exited process nobody reaped yet is a zombie: gone for our purposes.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
+def _gone(pid: int, limit: float = 5.0) -> bool:
+    """The server releases its pid file just before it exits: give it that moment."""
+    deadline = time.monotonic() + limit
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
