@@ -376,7 +376,9 @@ _MAX_REFRESHES = 5
 _CONNECTION_RETRIES = 5
 _RETRY_DELAY = 0.5
 _REFERENCE_ERRORS = (errors.FileReferenceExpiredError, errors.FilerefUpgradeNeededError)
+# FLOOD_PREMIUM_WAIT_X is how Telegram slows non-premium accounts that download fast.
 _FLOOD_ERRORS = (errors.FloodWaitError, errors.FloodPremiumWaitError)
+_TRANSIENT_RPC = (errors.ServerError, errors.TimedOutError)
 _ACCOUNT_FATES = {
     "AUTH_KEY_UNREGISTERED": "unauthorized",
     "SESSION_REVOKED": "unauthorized",
@@ -615,6 +617,14 @@ class _Job:
                 continue
             except _FLOOD_ERRORS as e:
                 raise FloodWait(e.seconds, account=self.media.account) from e
+            except _TRANSIENT_RPC as e:
+                # Telethon's _call already retried these; a few more tries, then give up.
+                failures += 1
+                if failures > _CONNECTION_RETRIES:
+                    raise _domain_error(e, self.media.account) from e
+                log.info("file %s part %d: %s, retrying", self.media.key, index, type(e).__name__)
+                await asyncio.sleep(_RETRY_DELAY * failures)
+                continue
             except errors.RPCError as e:
                 raise _domain_error(e, self.media.account) from e
             except (ConnectionError, asyncio.IncompleteReadError, TimeoutError) as e:

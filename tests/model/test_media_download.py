@@ -262,6 +262,20 @@ async def test_connection_that_stays_down_raises(tmp_path: Path, monkeypatch: py
         await download_media(client, make_media(MIB), tmp_path / "f")
 
 
+async def test_server_errors_are_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(media_mod, "_RETRY_DELAY", 0.0)
+    client = FakeClient(2 * MIB)
+    failures = iter([True, True])
+
+    def flaky(request: Any, sender: Any) -> None:
+        if request.offset == 0 and next(failures, False):
+            raise errors.ServerError(request, "INTERNAL_SERVER_ERROR", 500)
+
+    client.fault = flaky
+    await download_media(client, make_media(2 * MIB), tmp_path / "f")
+    assert (tmp_path / "f").read_bytes() == expected(2 * MIB)
+
+
 @pytest.mark.parametrize(
     ("error", "expected_type", "name"),
     [
