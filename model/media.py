@@ -442,7 +442,9 @@ async def download_media(
     if parts_in_flight < 1:
         raise ValueError("parts_in_flight must be at least 1")
     loop = asyncio.get_running_loop()
-    fd = await loop.run_in_executor(None, _open_spool, os.fspath(path))
+    # Opened inline: one syscall, and an fd opened in a thread would leak if we were
+    # cancelled while waiting for it.
+    fd = _open_spool(os.fspath(path))
     job = _Job(client, media, fd, part_size, done_parts, refresh_reference, on_part)
     try:
         await job.borrow(media.dc_id)
