@@ -290,6 +290,7 @@ class TeleClient:
         self._lock = SessionLock(path)
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
+        self._started = False
         self.client = TelegramClient(
             str(path),
             api_id,
@@ -321,6 +322,7 @@ class TeleClient:
         """
         self._lock.acquire()
         self._stopping = False
+        self._started = True
         if await self._connect():
             await self._check_account()
             loop = self._watch()
@@ -329,7 +331,12 @@ class TeleClient:
         self._watcher = asyncio.create_task(loop, name=f"tgc-{self.name}")
 
     async def stop(self) -> None:
-        """Disconnects (Telethon saves the session's entities then) and frees the lock."""
+        """Disconnects (Telethon saves the session's entities then) and frees the lock.
+        Stopping twice is harmless (a second Telethon disconnect would stall 5 s)."""
+        if not self._started:
+            self.client.session.close()  # never connected (e.g. the lock was held)
+            return
+        self._started = False
         self._stopping = True
         if self._watcher is not None:
             self._watcher.cancel()

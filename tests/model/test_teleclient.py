@@ -148,7 +148,7 @@ async def test_a_session_serves_one_owner(
     second = fake_account(world, tmp_path, "shared", ME)
     with pytest.raises(ConfigError, match="in use by another process"):
         await second.start()
-    second.client.session.close()
+    await second.stop()  # closes its session file, frees no lock it never had
 
 
 async def test_the_lock_is_freed_at_stop(world: FakeTelegram, tmp_path: Path) -> None:
