@@ -728,6 +728,8 @@ def cmd_accounts(args: argparse.Namespace) -> int:
             f"{row['name']:<24} {row['state']:<28} {row.get('phone') or '-':<16} "
             f"{row.get('user_id') or '-'}"
         )
+    if any("user_id" not in row for row in rows):
+        print("(the running server's view: python start.py call GET /api/v1/accounts)")
     return 0
 
 

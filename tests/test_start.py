@@ -559,3 +559,117 @@ def _pid_in(path: Path) -> int | None:
     except (FileNotFoundError, ValueError):
         return None
 
+
+
+# --- under load, and with media in the queues ------------------------------------------------
+
+
+async def test_sigterm_during_a_burst_answers_every_accepted_api_request(
+    accounts_config: Path, fake_telegram: FakeTelegram
+) -> None:
+    rpc: TelegramRpc = fake_telegram.dispatcher
+    rpc.set_latency({"messages.getHistory": 0.3, "*": 0.0})
+    settings = load_settings(accounts_config, env={})
+    server = Server(settings)
+    task = await run_server(server)
+    async with ApiClient(server.url, TOKEN, AES_KEY, max_clients=40) as api:
+        warm = await api.request("GET", "/api/v1/peer?peer=@tgc_news")  # resolve it once
+        assert warm.ok, warm
+        burst = [
+            asyncio.ensure_future(
+                api.request("GET", f"/api/v1/messages?peer=@tgc_news&limit=5&offset_id={140 - i}")
+            )
+            for i in range(40)
+        ]
+        await wait_for(lambda: server.inflight is not None and server.inflight.active == 40)
+        t0 = time.monotonic()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await asyncio.wait_for(task, 30) == 0
+        stop_time = time.monotonic() - t0
+        answers = await asyncio.gather(*burst)
+    assert [a.status for a in answers] == [200] * 40
+    assert [a.data["messages"][0]["id"] for a in answers] == [139 - i for i in range(40)]
+    # Bounded by the slowest answer (0.3 s of emulator latency), not by a timeout.
+    assert stop_time < 5, stop_time
+
+
+async def _media_keys(api: ApiClient) -> dict[str, int]:
+    answer = await api.request("GET", "/api/v1/messages?peer=@tgc_media&limit=20")
+    assert answer.ok, answer
+    keys: dict[str, int] = {}
+    for message in answer.data["messages"]:
+        media = message.get("media")
+        if media and media.get("key") and media.get("size"):
+            keys[media["key"]] = media["size"]
+    return keys
+
+
+async def _states(api: ApiClient, keys: dict[str, int]) -> dict[str, str]:
+    out = {}
+    for key in keys:
+        answer = await api.request("GET", f"/api/v1/media/{key}")
+        out[key] = answer.data["state"] if answer.ok else f"error {answer.code}"
+    return out
+
+
+@pytest.mark.slow
+async def test_a_stop_persists_the_media_queue_and_a_restart_resumes_it(
+    accounts_config: Path, fake_telegram: FakeTelegram
+) -> None:
+    rpc: TelegramRpc = fake_telegram.dispatcher
+    rpc.set_latency({"upload.getFile": 0.05, "*": 0.0})  # slow enough to stop mid-download
+    settings = load_settings(accounts_config, env={})
+    server = Server(settings)
+    task = await run_server(server)
+    async with ApiClient(server.url, TOKEN, AES_KEY) as api:
+        keys = await _media_keys(api)
+        assert len(keys) >= 8, keys
+        assert dw.VIDEO_SIZE in keys.values()
+        states = await _states(api, keys)
+    server.request_stop()
+    assert await asyncio.wait_for(task, 30) == 0
+    unfinished = [k for k, s in states.items() if s != "stored"]
+    assert unfinished, "everything was stored before the stop: the test proves nothing"
+
+    rpc.set_latency({"*": 0.0})
+    again = Server(settings)
+    task = await run_server(again)
+    try:
+        async with ApiClient(again.url, TOKEN, AES_KEY) as api:
+            deadline = time.monotonic() + 40
+            while True:
+                states = await _states(api, keys)
+                if all(s == "stored" for s in states.values()) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+        assert set(states.values()) == {"stored"}, states
+        media_dir = settings.data.dir / "media"
+        for key, size in keys.items():
+            stored = [p for p in media_dir.rglob(f"{key}*") if p.is_file()]
+            assert len(stored) == 1 and stored[0].stat().st_size == size, (key, stored)
+    finally:
+        again.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0
+
+
+async def test_a_session_held_by_another_server_stops_the_start(
+    accounts_config: Path, tmp_path: Path
+) -> None:
+    settings = load_settings(accounts_config, env={})
+    # Another server (its own data.dir) on the same sessions directory.
+    other = load_settings(accounts_config, env={"TGC_DATA_DIR": str(tmp_path / "other")})
+    first = Server(settings)
+    task = await run_server(first)
+    try:
+        second = Server(other)
+        with pytest.raises(ConfigError) as e:
+            await second.start()
+        await second.stop()
+        assert "in use by another process" in str(e.value)
+        assert not (tmp_path / "other" / "run" / "tgc.pid").exists()
+        # The first one still serves.
+        async with ApiClient(first.url, TOKEN, AES_KEY) as api:
+            assert (await api.request("GET", "/api/v1/accounts")).ok
+    finally:
+        first.request_stop()
+        assert await task == 0
