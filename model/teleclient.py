@@ -298,6 +298,9 @@ class TeleClient:
             proxy=proxy_to_telethon(proxy),
             flood_sleep_threshold=flood_sleep_threshold,
             request_retries=request_retries,
+            # After its retries on Telegram's 500s, Telethon raises a bare ValueError unless
+            # told to raise the last error, which keeps Telegram's name for TelegramError.
+            raise_last_call_error=True,
             auto_reconnect=True,
             receive_updates=receive_updates,
             lang_code=lang_code,

@@ -328,3 +328,15 @@ async def test_a_resolution_is_on_disk_at_once_not_only_at_stop(
     with contextlib.closing(sqlite3.connect(sessions / f"{name}.session")) as db:
         rows = db.execute("select id from entities where username = 'news'").fetchall()
     assert rows == [(-(10**12) - NEWS,)]
+
+
+async def test_a_dropped_connection_heals_without_losing_the_account(
+    make_pool: Callable[..., Any], fake_telegram: Any
+) -> None:
+    pool = await make_pool()
+    await run_history(pool, "@news", limit=1)
+    assert fake_telegram.drop_connections() >= len(ACCOUNTS)
+    for _ in range(5):  # Telethon reconnects by itself; the calls just go on
+        entity, _, _ = await run_history(pool, "@news", limit=1)
+        assert entity.id == NEWS
+    assert {a["state"] for a in pool.accounts()} == {"ok"}
