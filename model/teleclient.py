@@ -26,12 +26,12 @@ import heapq
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from telethon import TelegramClient, errors, events, functions, types, utils
@@ -46,7 +46,6 @@ from common.errors import (
     PeerNotFound,
     PeerPrivate,
     RateLimited,
-    RetryLater,
     TelegramError,
     TgcError,
 )
@@ -821,28 +820,6 @@ def _unknown_id_message(peer: PeerRef) -> str:
 # --- the pool ------------------------------------------------------------------------------
 
 
-class Account(Protocol):
-    """What the pool needs of an account (TeleClient, or a fake in unit tests)."""
-
-    name: str
-    pending_downloads: int
-
-    @property
-    def usable(self) -> bool: ...
-
-    def ready_in(self, peer: PeerRef | None) -> float | None: ...
-
-    def knows(self, peer: PeerRef) -> bool: ...
-
-    def resolve_blocked_by_budget(self) -> bool: ...
-
-    def describe(self, wall_clock: Clock = ...) -> dict[str, Any]: ...
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
 class TeleClients:
     """The pool of accounts.
 
@@ -853,8 +830,8 @@ class TeleClients:
     is left the caller gets FloodWait or RateLimited with the earliest time one is ready.
     """
 
-    def __init__(self, clients: Iterable[Any], clock: Clock = time.monotonic) -> None:
-        self._clients: dict[str, Any] = {c.name: c for c in clients}
+    def __init__(self, clients: Iterable[TeleClient], clock: Clock = time.monotonic) -> None:
+        self._clients: dict[str, TeleClient] = {c.name: c for c in clients}
         self._clock = clock
         self._last_pick: dict[str, int] = dict.fromkeys(self._clients, 0)
         self._seq = 0
@@ -884,13 +861,13 @@ class TeleClients:
     async def stop(self) -> None:
         await asyncio.gather(*(c.stop() for c in self._clients.values()), return_exceptions=True)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[TeleClient]:
         return iter(self._clients.values())
 
     def __len__(self) -> int:
         return len(self._clients)
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str) -> TeleClient:
         """The account of that name (media are bound to the account that fetched them)."""
         try:
             return self._clients[name]
@@ -898,6 +875,7 @@ class TeleClients:
             raise NoAccountAvailable(f"no account named {name}") from None
 
     def accounts(self) -> list[dict[str, Any]]:
+        """Every account as GET /api/v1/accounts lists it."""
         return [c.describe() for c in self._clients.values()]
 
     def usable(self) -> bool:
@@ -910,12 +888,10 @@ class TeleClients:
         """Calls `callback(teleclient, update)` for every raw update of every account."""
         if not self._callbacks:
             for c in self._clients.values():
-                client = getattr(c, "client", None)
-                if client is not None:
-                    client.add_event_handler(self._dispatcher(c), events.Raw)
+                c.client.add_event_handler(self._dispatcher(c), events.Raw)
         self._callbacks.append(callback)
 
-    def _dispatcher(self, account: Any) -> Callable[[Any], Awaitable[None]]:
+    def _dispatcher(self, account: TeleClient) -> Callable[[Any], Awaitable[None]]:
         async def dispatch(update: Any) -> None:
             for callback in list(self._callbacks):
                 try:
@@ -928,8 +904,8 @@ class TeleClients:
     # --- running calls ---
 
     async def run(
-        self, op: Callable[[Any], Awaitable[T]], peer: PeerRef | None = None
-    ) -> tuple[T, Any]:
+        self, op: Callable[[TeleClient], Awaitable[T]], peer: PeerRef | None = None
+    ) -> tuple[T, TeleClient]:
         """Runs `op(account)` on the best account for `peer`; returns (result, account)."""
         tried: set[str] = set()
         only_knowers = False
@@ -952,7 +928,9 @@ class TeleClients:
                 # it (asking costs no resolution), then give up.
                 private, only_knowers = e, True
 
-    def _pick(self, peer: PeerRef | None, tried: set[str], only_knowers: bool) -> Any | None:
+    def _pick(
+        self, peer: PeerRef | None, tried: set[str], only_knowers: bool
+    ) -> TeleClient | None:
         ready = [
             c for c in self._clients.values() if c.name not in tried and c.ready_in(peer) == 0
         ]
@@ -999,7 +977,6 @@ class TeleClients:
 __all__ = [
     "AccountState",
     "ResolveBudget",
-    "RetryLater",
     "SessionLock",
     "TeleClient",
     "TeleClients",
