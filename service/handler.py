@@ -110,6 +110,8 @@ class HttpMetrics:
     def observe(self, handler: tornado.web.RequestHandler) -> None:
         route = getattr(handler, "route", "unmatched")
         method = handler.request.method or ""
+        if method not in handler.SUPPORTED_METHODS:
+            method = "OTHER"  # a client must not mint new label values
         status = handler.get_status()
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route, method).observe(handler.request.request_time())
@@ -249,6 +251,9 @@ class BaseHandler(tornado.web.RequestHandler):
         allow: Callable[[str], bool] = self.settings["tgc_status_allow"]
         return allow(self.request.remote_ip or "")
 
+    def compute_etag(self) -> str | None:
+        return None  # answers are fresh ciphertext every time: an ETag is a wasted hash
+
     def set_default_headers(self) -> None:
         self.clear_header("Server")  # no version banner
         self.set_header("Cache-Control", "no-store")
@@ -338,7 +343,7 @@ class ApiHandler(BaseHandler):
         self.signer.check_headers(self.request.headers)
         self._nonce = self.request.headers["X-Nonce"].encode()
         length = self.request.headers.get("Content-Length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             raise BodyTooLarge(f"the body is larger than {self.max_body_bytes} bytes")
 
     def data_received(self, chunk: bytes) -> None:

@@ -353,6 +353,8 @@ async def test_unknown_api_path(api: Api) -> None:
 async def test_methods_not_served(api: Api) -> None:
     assert_error(await api.call("PUT", "/api/v1/accounts", {}), 405, "METHOD_NOT_ALLOWED")
     assert_error(await api.call("POST", "/api/v1/accounts", {}), 405, "METHOD_NOT_ALLOWED")
+    head = await api.raw("HEAD", "/api/v1/accounts", Signer(TOKEN).sign("HEAD", "/api/v1/accounts"))
+    assert head.code == 405 and head.body == b""
     # A method Tornado itself refuses never reaches the signature check: still just 401.
     _unauthorized(
         await api.raw("BREW", "/api/v1/accounts", Signer(TOKEN).sign("BREW", "/api/v1/accounts"))
@@ -686,6 +688,7 @@ async def test_metrics_count_requests_by_route_and_status(api: Api) -> None:
     await api.call("GET", "/api/v1/accounts")
     await api.raw("GET", "/api/v1/accounts")
     await api.call("GET", "/api/v1/media/" + "0" * 32)
+    await api.raw("BREW", "/api/v1/accounts")
     text = (await api.raw("GET", "/metrics")).body.decode()
     assert 'tgc_http_requests_total{method="GET",route="/api/v1/accounts",status="200"} 2.0' in text
     assert 'tgc_http_requests_total{method="GET",route="/api/v1/accounts",status="401"} 1.0' in text
