@@ -95,6 +95,19 @@ class FakeClient:
         self.returned[sender.dc_id] += 1
 
 
+@pytest.fixture(autouse=True)
+def fake_media_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FakeClient's home-DC media connection is one more fake sender it lends."""
+    original = media_mod._borrow_home_sender
+
+    async def borrow(client: Any) -> Any:
+        if isinstance(client, FakeClient):
+            return await client._borrow_exported_sender(client.session.dc_id)
+        return await original(client)
+
+    monkeypatch.setattr(media_mod, "_borrow_home_sender", borrow)
+
+
 def expected(size: int) -> bytes:
     return files.read(FILE_KEY, size)
 
@@ -155,7 +168,14 @@ async def test_file_migrate_switches_dc_once(tmp_path: Path) -> None:
     await download_media(client, media, tmp_path / "f", parts_in_flight=4)
     assert (tmp_path / "f").read_bytes() == expected(size)
     assert media.dc_id == 2
-    assert client.borrowed == Counter({2: 1}) and client.returned == Counter({2: 1})
+    assert client.borrowed == Counter({1: 1, 2: 1}) and client.returned == Counter({1: 1, 2: 1})
+
+
+async def test_main_connection_when_asked(tmp_path: Path) -> None:
+    client = FakeClient(2 * MIB)
+    await download_media(client, make_media(2 * MIB), tmp_path / "f", media_connection=False)
+    assert (tmp_path / "f").read_bytes() == expected(2 * MIB)
+    assert not client.borrowed and {dc for dc, _, _ in client.requests} == {1}
 
 
 async def test_reference_expired_mid_file_refreshes_once(tmp_path: Path) -> None:
@@ -417,16 +437,43 @@ def emulated_bytes(doc_id: int, size: int) -> bytes:
 
 
 async def test_emulator_home_dc_byte_exact(make_client: Any, fake_telegram: Any, tmp_path: Path) -> None:
+    home = fake_telegram.dcs[1]
     client = await make_client()
     try:
         media = await fetch_media(client, 1)
         assert (media.dc_id, media.size) == (1, HOME_SIZE)
+        assert len(home.connections) == 1
         await download_media(client, media, tmp_path / "home.bin", parts_in_flight=8)
+        # The parts came over a media connection of their own, kept for the next file.
+        assert len(home.connections) == 2
+        opened = home.stats["connection"]
+        await download_media(client, media, tmp_path / "again.bin", parts_in_flight=8)
+        assert home.stats["connection"] == opened
     finally:
         await client.disconnect()
     assert (tmp_path / "home.bin").read_bytes() == emulated_bytes(DOC_HOME, HOME_SIZE)
-    assert fake_telegram.dispatcher.count("upload.getFile") == part_count(HOME_SIZE)
+    assert (tmp_path / "again.bin").read_bytes() == emulated_bytes(DOC_HOME, HOME_SIZE)
+    assert fake_telegram.dispatcher.count("upload.getFile") == 2 * part_count(HOME_SIZE)
     assert fake_telegram.dispatcher.count("auth.exportAuthorization") == 0
+    # client.disconnect() closes the media connection too.
+    for _ in range(200):
+        if not home.connections:
+            break
+        await asyncio.sleep(0.01)
+    assert not home.connections
+
+
+async def test_emulator_home_dc_on_main_connection(
+    make_client: Any, fake_telegram: Any, tmp_path: Path
+) -> None:
+    client = await make_client()
+    try:
+        media = await fetch_media(client, 1)
+        await download_media(client, media, tmp_path / "f.bin", media_connection=False)
+        assert len(fake_telegram.dcs[1].connections) == 1
+    finally:
+        await client.disconnect()
+    assert (tmp_path / "f.bin").read_bytes() == emulated_bytes(DOC_HOME, HOME_SIZE)
 
 
 async def test_emulator_other_dc_byte_exact(make_client: Any, fake_telegram: Any, tmp_path: Path) -> None:
