@@ -53,7 +53,10 @@ class StorageUnavailable(StorageError):
 
 class Storage(Protocol):
     async def put(self, path: Path, key: str, ext: str, size: int, mime: str) -> str:
-        """Stores the file at `path` as the object of `key` and returns its URL."""
+        """Stores the file at `path` as the object of `key` and returns its URL.
+
+        Raises StorageUnavailable (retry later), StorageError (don't), FileNotFoundError
+        (no such spool file: download it again)."""
         ...
 
     async def close(self) -> None: ...
@@ -92,7 +95,7 @@ class LocalStorage:
             # A crash between the move and the state change: the object is already there.
             if dest.exists() and (not size or dest.stat().st_size == size):
                 return
-            raise StorageError(f"spool file {src.name} is missing")
+            raise FileNotFoundError(errno.ENOENT, "spool file is missing", str(src))
         _check_size(src, size)
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -137,7 +140,9 @@ class HttpStorage:
 
     async def put(self, path: Path, key: str, ext: str, size: int, mime: str) -> str:
         url = self.url_for(key, ext)
-        body, actual = await asyncio.to_thread(_open_spool, Path(path), size)
+        # Opening reads no data (curl reads it in chunks); on the loop it also can't leak
+        # the file the way a cancelled thread hop would.
+        body, actual = _open_spool(Path(path), size)
         try:
             request = HTTPRequest(
                 url,
@@ -180,8 +185,14 @@ class HttpStorage:
             body.seek(offset, origin)
             return int(pycurl.SEEKFUNC_OK)
 
+        def read(size: int) -> bytes | int:
+            try:
+                return body.read(size)
+            except ValueError:  # closed: the upload was cancelled (a stop) while curl ran
+                return int(pycurl.READFUNC_ABORT)
+
         curl.setopt(pycurl.UPLOAD, True)
-        curl.setopt(pycurl.READFUNCTION, body.read)
+        curl.setopt(pycurl.READFUNCTION, read)
         curl.setopt(pycurl.SEEKFUNCTION, seek)
         curl.setopt(pycurl.INFILESIZE_LARGE, size)
         curl.setopt(pycurl.UPLOAD_BUFFERSIZE, self.upload_buffer)

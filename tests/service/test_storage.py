@@ -90,7 +90,7 @@ async def test_local_put_is_idempotent_after_a_crash_between_move_and_state(tmp_
 
 
 async def test_local_put_without_spool_or_object_fails(tmp_path: Path) -> None:
-    with pytest.raises(StorageError, match="missing"):
+    with pytest.raises(FileNotFoundError):
         await LocalStorage(tmp_path / "media").put(tmp_path / "nope", KEY, ".bin", 10, "")
 
 
