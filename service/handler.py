@@ -47,6 +47,7 @@ from common.errors import (
     ShuttingDown,
     TgcError,
     Unauthorized,
+    Unavailable,
 )
 from common.utils import PeerRef, parse_peer
 from service import queries
@@ -133,7 +134,7 @@ def make_app(
     pool: Pool,
     processor: MediaQueue | None,
     joinmap: JoinMapReader,
-    subscriptions: Subscriptions,
+    subscriptions: Subscriptions | None,
     signer: Signer,
     cipher: Cipher,
     metrics: CollectorRegistry,
@@ -219,7 +220,9 @@ class BaseHandler(tornado.web.RequestHandler):
 
     @property
     def subscriptions(self) -> Subscriptions:
-        subscriptions: Subscriptions = self.settings["tgc_subscriptions"]
+        subscriptions: Subscriptions | None = self.settings["tgc_subscriptions"]
+        if subscriptions is None:  # a server built without the subscription flow
+            raise Unavailable("joining and leaving chats is not available on this server")
         return subscriptions
 
     @property

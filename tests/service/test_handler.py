@@ -556,6 +556,14 @@ async def test_post_with_query_is_refused(api: Api) -> None:
     assert error["param"] == "peer"
 
 
+async def test_subscriptions_without_the_service(api: Api) -> None:
+    api.app.settings["tgc_subscriptions"] = None
+    assert_error(
+        await api.call("POST", "/api/v1/subscriptions", {"peer": "news"}), 503, "UNAVAILABLE"
+    )
+    assert (await api.call("GET", "/api/v1/subscriptions")).ok
+
+
 # --- errors -----------------------------------------------------------------------------
 
 
