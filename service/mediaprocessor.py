@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from telethon import errors as tl_errors
-from telethon.tl import types
 
 from common.errors import (
     AccountUnusable,
@@ -63,6 +62,7 @@ from common.errors import (
 from common.sqlite import open_db, write
 from common.utils import PeerRef
 from model.media import Media, download_media
+from service.parser import fresh_reference
 from service.storage import Storage, StorageError, StorageUnavailable, object_name
 
 log = logging.getLogger(__name__)
@@ -393,7 +393,7 @@ class MediaProcessor:
             self._queue_download(item, front=True)
             return
         unusable = _as_unusable(error, account)
-        if unusable is not None:
+        if unusable is not None and not _is_transient(unusable):
             await self._account_unusable(item, unusable)
             return
         if _is_transient(error):
@@ -430,10 +430,12 @@ class MediaProcessor:
         if media.msg_id is not None:
             _, messages = await tele.get_messages(ref, [media.msg_id])
             found: list[Any] = [m for m in messages if m is not None]
-        else:
-            entity, full = await tele.get_full(ref)
-            found = [full, entity]
-        reference = find_file_reference(found, media.kind, media.file_id)
+        else:  # a peer's own photo
+            _, full = await tele.get_full(ref)
+            found = [full]
+        reference = next(
+            (r for r in (fresh_reference(o, media) for o in found) if r is not None), None
+        )
         if reference is None:
             raise TelegramError("FILE_REFERENCE_EXPIRED", "the message no longer has this file")
         media.file_reference = reference
@@ -852,9 +854,11 @@ def _as_unusable(error: BaseException, account: str) -> AccountUnusable | None:
 
 def _is_transient(error: BaseException) -> bool:
     # A dropped or timed-out connection, or Telegram's own 500s: the parts written stay.
-    return isinstance(
-        error, ConnectionError | TimeoutError | OSError | tl_errors.ServerError
-    )
+    if isinstance(error, AccountUnusable):
+        return str(error.state) == "disconnected"  # the TeleClient reconnects by itself
+    if isinstance(error, TelegramError):
+        return error.rpc_error == "TIMEOUT"  # TeleClient's "Telegram did not answer"
+    return isinstance(error, ConnectionError | TimeoutError | OSError | tl_errors.ServerError)
 
 
 def _describe(error: BaseException) -> str:
@@ -875,26 +879,3 @@ def _peer_ref(peer_id: int) -> PeerRef:
     if text.startswith("-100"):
         return PeerRef(text, id=int(text[4:]), kind="channel")
     return PeerRef(text, id=-peer_id, kind="chat")
-
-
-def find_file_reference(objects: Iterable[Any], kind: str, file_id: int) -> bytes | None:
-    """The file_reference of the Photo/Document `file_id` anywhere inside `objects` (a
-    message's media, web page preview, a peer's full info), or None."""
-    wanted = types.Photo if kind == "photo" else types.Document
-    stack: list[tuple[Any, int]] = [(o, 0) for o in objects]
-    while stack:
-        obj, depth = stack.pop()
-        if isinstance(obj, wanted) and obj.id == file_id:
-            return bytes(obj.file_reference)
-        if depth >= 6:
-            continue
-        if isinstance(obj, list | tuple):
-            stack.extend((o, depth + 1) for o in obj)
-        elif hasattr(obj, "SUBCLASS_OF_ID"):  # a TL object: look at its public fields
-            stack.extend(
-                (v, depth + 1)
-                for k, v in vars(obj).items()
-                if not k.startswith("_") and v is not None and not isinstance(v, bytes | str | int)
-            )
-    return None
-

@@ -34,7 +34,6 @@ from service.mediaprocessor import (
     MediaProcessor,
     decode_parts,
     encode_parts,
-    find_file_reference,
 )
 from service.storage import HttpStorage, LocalStorage, StorageError
 from tests.fakedc import files
@@ -180,13 +179,15 @@ class FakeTele:
         self.state = "ok"
         self.messages: dict[int, Any] = {}
         self.asked: list[tuple[PeerRef, list[int]]] = []
+        self.full: Any = None
 
     async def get_messages(self, ref: PeerRef, ids: list[int]) -> tuple[Any, list[Any]]:
         self.asked.append((ref, ids))
         return None, [self.messages.get(i) for i in ids]
 
     async def get_full(self, ref: PeerRef) -> tuple[Any, Any]:
-        raise AssertionError("not used here")
+        self.asked.append((ref, []))
+        return None, self.full
 
 
 class GatedStorage:
@@ -277,21 +278,6 @@ def test_parts_round_trip(parts: set[int]) -> None:
 def test_parts_are_ranges() -> None:
     assert encode_parts({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8"
     assert encode_parts(set()) == "" and decode_parts("") == set()
-
-
-def test_find_file_reference_in_a_message_and_a_web_page() -> None:
-    doc = types.Document(7, 1, b"new-doc", None, "application/pdf", 10, 2, [])
-    photo = types.Photo(9, 1, b"new-photo", None, [], 2)
-    msg = types.Message(5, types.PeerChannel(1), media=types.MessageMediaDocument(document=doc))
-    page = types.Message(
-        6, types.PeerChannel(1),
-        media=types.MessageMediaWebPage(webpage=types.WebPage(
-            1, "u", "u", 0, photo=photo)),
-    )
-    assert find_file_reference([msg], "document", 7) == b"new-doc"
-    assert find_file_reference([msg, page], "photo", 9) == b"new-photo"
-    assert find_file_reference([msg], "document", 8) is None
-    assert find_file_reference([msg], "photo", 7) is None
 
 
 # -- the flow ------------------------------------------------------------------------------------
@@ -567,6 +553,37 @@ async def test_file_reference_is_refreshed_from_the_same_message(rig: Rig) -> No
     ref, ids = rig.clients["acc1"].asked[0]
     assert (ref.id, ref.kind, ids) == (1234567890, "channel", [5])
     assert Media.from_json(query_one(rig.db, "SELECT media FROM media")).file_reference == b"ref-new"
+
+
+async def test_a_peer_photo_reference_is_refreshed_from_the_full_peer(rig: Rig) -> None:
+    photo = Media(
+        type="photo", kind="photo", file_id=501, access_hash=1, file_reference=b"ref-old",
+        dc_id=2, size=3000, mime_type="image/jpeg", thumb_size="c", account="acc1",
+        peer_id=-1001234567890, msg_id=None,
+    )  # fmt: skip
+    fresh = types.Photo(501, 1, b"ref-new", None, [], 2)
+    rig.clients["acc1"].full = types.ChannelFull(
+        id=1234567890, about="", read_inbox_max_id=0, read_outbox_max_id=0, unread_count=0,
+        chat_photo=fresh, notify_settings=types.PeerNotifySettings(), exported_invite=None,
+        bot_info=[], pts=1,
+    )  # fmt: skip
+    rig.downloads.refresh_first = True
+    p = rig.processor()
+    await p.start()
+    p.submit(photo)
+    await wait_for(lambda: p.get(photo.key)["state"] == "stored")  # type: ignore[index]
+    assert rig.downloads.refreshed == [b"ref-new"]
+    assert rig.clients["acc1"].asked[0][0].kind == "channel"
+
+
+async def test_a_disconnected_account_is_waited_for_not_failed(rig: Rig) -> None:
+    m = make_media(85, PART * 2)
+    rig.downloads.faults[m.key] = [AccountUnusable("acc1", "disconnected", "connection lost")]
+    p = rig.processor()
+    await p.start()
+    p.submit(m)
+    await wait_for(lambda: p.get(m.key)["state"] == "stored")  # type: ignore[index]
+    assert len(rig.downloads.calls) == 2
 
 
 async def test_a_message_gone_fails_the_refresh(rig: Rig) -> None:
