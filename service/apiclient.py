@@ -18,14 +18,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from service.cryptor import Cipher, DecryptError, Signer
 
 log = logging.getLogger(__name__)
+
+_URI_SAFE = "/?&=:@!$'()*+,;%-._~[]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +108,13 @@ class ApiClient:
         `params` are appended to the query (`urlencode`); `body` is sent as JSON (POST);
         `headers` are extra headers (they may override the signature ones, for tests).
         Raises `ApiError` when the answer can't be decrypted or is not the contract's JSON,
-        and tornado's errors when the connection fails.
+        and an `OSError` when no answer comes: `ConnectionRefusedError` & co, or
+        `TimeoutError` after `timeout` seconds.
         """
         method = method.upper()
-        uri = self._prefix + path_and_query
+        # What is signed must be what is sent: spaces and non-ASCII typed in a shell
+        # (`?q=новости дня`) are percent-encoded here, existing %-escapes kept.
+        uri = quote(self._prefix + path_and_query, safe=_URI_SAFE)
         if params:
             uri += ("&" if "?" in uri else "?") + urlencode(params)
         payload = b"" if body is None else orjson.dumps(body)
@@ -120,21 +125,19 @@ class ApiClient:
             sent.update(headers)
         # GET and DELETE carry no body; tornado refuses a body on GET and None on POST.
         has_body = method not in ("GET", "HEAD", "DELETE") or bool(payload)
-        response = await self._http.fetch(
-            HTTPRequest(
-                self._origin + uri,
-                method=method,
-                headers=sent,
-                body=payload if has_body else None,
-                allow_nonstandard_methods=True,
-                request_timeout=self._timeout,
-                decompress_response=True,
-            ),
-            raise_error=False,
+        request = HTTPRequest(
+            self._origin + uri,
+            method=method,
+            headers=sent,
+            body=payload if has_body else None,
+            allow_nonstandard_methods=True,
+            request_timeout=self._timeout,
+            decompress_response=True,
         )
-        if response.code == 599:  # no HTTP answer at all: connection refused, timeout
-            assert response.error is not None
-            raise response.error
+        try:
+            response = await self._http.fetch(request, raise_error=False)
+        except HTTPClientError as e:  # 599: no HTTP answer at all (tornado's timeout)
+            raise TimeoutError(f"no answer from {self._origin} in {self._timeout} s") from e
         return self._read(response.code, response.headers, response.body or b"", sent["X-Nonce"])
 
     def _read(self, status: int, headers: Mapping[str, str], raw: bytes, nonce: str) -> ApiResponse:

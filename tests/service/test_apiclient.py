@@ -134,6 +134,28 @@ async def test_delete_and_params(echo: Server) -> None:
     assert more.data["uri"] == "/api/v1/messages?peer=x&ids=1%2C2"
 
 
+async def test_shell_typed_uris_are_encoded_before_signing(echo: Server) -> None:
+    async with ApiClient(echo.url, TOKEN, KEY, echo.cipher) as api:
+        answer = await api.request("GET", "/api/v1/search?q=новости дня&x=%41@b")
+    assert answer.ok
+    assert (
+        answer.data["uri"]
+        == "/api/v1/search?q=%D0%BD%D0%BE%D0%B2%D0%BE%D1%81%D1%82%D0%B8%20%D0%B4%D0%BD%D1%8F&x=%41@b"
+    )
+
+
+async def test_no_answer_in_time_is_a_timeout_error() -> None:
+    # A socket that accepts (backlog) but never answers.
+    sockets = bind_sockets(0, "127.0.0.1")
+    port = sockets[0].getsockname()[1]
+    try:
+        async with ApiClient(f"http://127.0.0.1:{port}", TOKEN, KEY, timeout=0.3) as api:
+            with pytest.raises(TimeoutError):
+                await api.request("GET", "/a")
+    finally:
+        sockets[0].close()
+
+
 async def test_prefix_is_part_of_the_signed_uri(echo: Server) -> None:
     async with ApiClient(echo.url + "/tgc/", TOKEN, KEY, echo.cipher) as api:
         answer = await api.request("GET", "/api/v1/accounts")
