@@ -44,6 +44,7 @@ from common.errors import (
     BodyTooLarge,
     InvalidParam,
     NotFound,
+    RateLimited,
     ShuttingDown,
     TgcError,
     Unauthorized,
@@ -409,7 +410,10 @@ class ApiHandler(BaseHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = _exception(kwargs)
-        unsigned = not self._verified and not isinstance(exc, BodyTooLarge)
+        # BodyTooLarge comes before the body (and so the signature) could be checked;
+        # RateLimited from the signer means the signature was right but its nonce can't
+        # be remembered now. Any other failure before the check is just a 401.
+        unsigned = not self._verified and not isinstance(exc, BodyTooLarge | RateLimited)
         if isinstance(exc, Unauthorized) or unsigned or self._nonce is None:
             # The contract's 401 and nothing else: no hint of what was wrong.
             self.set_status(401)

@@ -305,6 +305,16 @@ async def test_answer_is_bound_to_the_request_nonce(api: Api) -> None:
         cipher.decrypt(response.body, b"another-nonce-value")
 
 
+async def test_full_nonce_cache_is_429_not_401(api: Api) -> None:
+    api.app.settings["tgc_signer"] = Signer(TOKEN, max_nonces=1)
+    assert (await api.call("GET", "/api/v1/accounts")).ok
+    answer = await api.call("GET", "/api/v1/accounts")
+    error = assert_error(answer, 429, "RATE_LIMITED")
+    assert error["retry_after"] >= 299 and answer.headers["Retry-After"] == str(
+        error["retry_after"]
+    )
+
+
 def _unauthorized(response: HTTPResponse) -> None:
     assert response.code == 401
     assert orjson.loads(response.body) == UNAUTHORIZED
