@@ -61,7 +61,7 @@ from common.errors import (
 )
 from common.sqlite import open_db, write
 from common.utils import PeerRef
-from model.media import Media, download_media
+from model.media import Media, check_part_size, download_media
 from service.parser import fresh_reference
 from service.storage import Storage, StorageError, StorageUnavailable, object_name
 
@@ -138,8 +138,7 @@ class MediaProcessor:
     ) -> None:
         if min(download_workers, upload_workers, per_account, parts_in_flight) < 1:
             raise ValueError("worker counts, per_account and parts_in_flight must be >= 1")
-        if part_size % 4096 or not 0 < part_size <= 1024 * 1024:
-            raise ValueError("part_size must be a multiple of 4 KB up to 1 MB")
+        check_part_size(part_size)
         self._db = _MediaTable(db_path, clock)
         self._spool_dir = Path(spool_dir)
         self._spool_dir.mkdir(parents=True, exist_ok=True)
