@@ -37,6 +37,7 @@ import orjson
 import tornado.web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from tornado.http1connection import HTTP1Connection
 from tornado.httpserver import HTTPServer
 
 from common.errors import (
@@ -354,6 +355,11 @@ class ApiHandler(BaseHandler):
         # is refused before it costs a read; so is a body announced as too large.
         self.signer.check_headers(self.request.headers)
         self._nonce = self.request.headers["X-Nonce"].encode()
+        # Tornado's own limit for this request's body, whatever the HTTPServer was given:
+        # a chunked body over it is cut by Tornado (400) instead of growing in memory.
+        connection = self.request.connection
+        if isinstance(connection, HTTP1Connection):
+            connection.set_max_body_size(self.max_body_bytes)
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             raise BodyTooLarge(f"the body is larger than {self.max_body_bytes} bytes")

@@ -685,6 +685,36 @@ async def test_chunked_body_over_the_limit_hits_tornados_limit(api: Api) -> None
     assert api.subscriptions.calls == []
 
 
+async def test_the_limit_holds_on_a_server_built_without_make_server(api: Api) -> None:
+    from tornado.httpserver import HTTPServer
+
+    sockets = bind_sockets(0, "127.0.0.1")
+    server = HTTPServer(api.app)  # Tornado's default limit: 100 MB
+    server.add_sockets(sockets)
+    url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+    body = _post_body(MAX_BODY * 3)
+    headers = Signer(TOKEN).sign("POST", "/api/v1/subscriptions", body)
+
+    async def producer(write: Callable[[bytes], Awaitable[None]]) -> None:
+        await write(body)
+
+    try:
+        response = await api.http.fetch(
+            HTTPRequest(
+                url + "/api/v1/subscriptions",
+                method="POST",
+                headers=headers,
+                body_producer=producer,
+            ),
+            raise_error=False,
+        )
+    finally:
+        server.stop()
+        await server.close_all_connections()
+    assert response.code == 400
+    assert api.subscriptions.calls == []
+
+
 # --- health and metrics -----------------------------------------------------------------
 
 
