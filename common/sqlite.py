@@ -27,11 +27,16 @@ def open_db(
     migrations: Sequence[str],
     *,
     synchronous: str = "NORMAL",
+    autocheckpoint: bool = True,
 ) -> sqlite3.Connection:
     """Opens `path` (creating its folder) and brings `component`'s schema up to date.
 
     The connection is in autocommit mode (`isolation_level=None`): transactions are only the
     explicit ones of `write()`, never ones the sqlite3 module opens behind our back.
+
+    `autocheckpoint=False` leaves WAL checkpoints (the one step that fsyncs under
+    synchronous=NORMAL, milliseconds on a busy disk) to `checkpoint()` on another thread, so
+    a connection used on the event loop never waits for the disk.
     """
     if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ValueError(f"synchronous={synchronous!r}")
@@ -40,8 +45,22 @@ def open_db(
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
+    if not autocheckpoint:
+        conn.execute("PRAGMA wal_autocheckpoint=0")
     _migrate(conn, component, migrations)
     return conn
+
+
+def checkpoint(path: str | Path) -> tuple[int, int, int]:
+    """A PASSIVE WAL checkpoint through a connection of its own (blocking: call it in a
+    thread). Returns SQLite's (busy, wal pages, pages checkpointed)."""
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        busy, log_pages, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(busy), int(log_pages), int(done)
+    finally:
+        conn.close()
 
 
 @contextmanager

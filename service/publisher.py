@@ -38,10 +38,12 @@ keeps events for a later start with a broker, and fills up to the bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,7 +57,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection
 from pamqp import commands as spec
 
 from common.errors import ShuttingDown
-from common.sqlite import open_db, write
+from common.sqlite import checkpoint, open_db, write
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,10 @@ ROUTING_KEYS = (
 
 # The outbox warns when it is this full (fraction of max_events).
 NEAR_FULL = 0.8
+# Confirmed rows are deleted in batches at most this late (s).
+_ACK_DELAY = 0.01
+# Rows kept in memory for the drain beside the outbox.
+_TAIL_MAX = 10_000
 
 
 # --- events ---------------------------------------------------------------------------------
@@ -154,13 +160,16 @@ class OutboxRow:
 
 
 _MIGRATIONS = (
-    # AUTOINCREMENT: a seq is never reused, even after the table was emptied, so the drain's
-    # "everything after seq N" cursor can't skip a new row.
+    # Lean on purpose: each publish commits its own row (a sequential producer can't be
+    # batched), and with WAL a commit writes every page it touched. AUTOINCREMENT (its
+    # sqlite_sequence page) and a UNIQUE index on message_id would write ~2.4x the bytes per
+    # event (measured: 16.8 KB vs 6.9 KB of WAL per 1 KB event). Consumers drop duplicates by
+    # message_id anyway (at-least-once), and seq is handed out by the one writer, growing.
     """
     CREATE TABLE outbox (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq INTEGER PRIMARY KEY,
         routing_key TEXT NOT NULL,
-        message_id TEXT NOT NULL UNIQUE,
+        message_id TEXT NOT NULL,
         body BLOB NOT NULL,
         created_at REAL NOT NULL
     )
@@ -171,33 +180,42 @@ _MIGRATIONS = (
 class Outbox:
     """The SQLite outbox: events waiting for the broker's confirm, in the order written.
 
-    `message_id` is unique: the same event written twice while it waits (an update that also
-    came through the gap poll) is kept once.
+    One writer (this object, on the event loop): `seq` comes from an in-memory counter that
+    starts past the file's highest seq and only grows, so the drain's "everything after seq N"
+    cursor never skips a row, even after the table was emptied.
     """
 
     def __init__(self, db_path: str | Path, max_events: int, *, synchronous: str = "NORMAL") -> None:
         if max_events < 1:
             raise ValueError("max_events must be positive")
         self.max_events = max_events
+        self.path = Path(db_path)
+        # Checkpoints happen in checkpoint(), on a thread: see common/sqlite.py.
         self._conn: sqlite3.Connection = open_db(
-            db_path, "outbox", _MIGRATIONS, synchronous=synchronous
+            db_path, "outbox", _MIGRATIONS, synchronous=synchronous, autocheckpoint=False
         )
-        self.size: int = self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        count, last = self._conn.execute("SELECT COUNT(*), MAX(seq) FROM outbox").fetchone()
+        self.size: int = count
+        self._last_seq: int = last or 0
 
-    def append(self, rows: Sequence[tuple[str, str, bytes]]) -> int:
-        """Writes (routing_key, message_id, body) rows in one transaction; returns how many
-        were new (a message_id already waiting is not written again)."""
+    def append(self, rows: Sequence[tuple[str, str, bytes]]) -> list[OutboxRow]:
+        """Writes (routing_key, message_id, body) rows in one transaction, in order; returns
+        them with their seq."""
         now = time.time()
-        with write(self._conn) as c:
-            before = c.total_changes
-            c.executemany(
-                "INSERT OR IGNORE INTO outbox (routing_key, message_id, body, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                [(rk, mid, body, now) for rk, mid, body in rows],
-            )
-            added = c.total_changes - before
-        self.size += added
-        return added
+        first = self._last_seq + 1
+        params = [(first + i, rk, mid, body, now) for i, (rk, mid, body) in enumerate(rows)]
+        insert = (
+            "INSERT INTO outbox (seq, routing_key, message_id, body, created_at)"
+            " VALUES (?, ?, ?, ?, ?)"
+        )
+        if len(params) == 1:
+            self._conn.execute(insert, params[0])  # one statement is its own transaction
+        else:
+            with write(self._conn) as c:
+                c.executemany(insert, params)
+        self._last_seq += len(params)
+        self.size += len(params)
+        return [OutboxRow(seq, rk, mid, body) for seq, rk, mid, body, _ in params]
 
     def read(self, after_seq: int, limit: int) -> list[OutboxRow]:
         """Up to `limit` rows with seq > after_seq, oldest first."""
@@ -220,8 +238,13 @@ class Outbox:
         self.size -= removed
         return removed
 
+    def checkpoint(self) -> tuple[int, int, int]:
+        """Moves the WAL into the database file (blocking, fsyncs: call it in a thread).
+        Returns SQLite's (busy, WAL pages, pages checkpointed)."""
+        return checkpoint(self.path)
+
     def close(self) -> None:
-        self._conn.close()
+        self._conn.close()  # the last connection to close checkpoints the WAL
 
 
 # --- the publisher --------------------------------------------------------------------------
@@ -273,6 +296,10 @@ class Publisher:
 
         self._pending: list[tuple[str, str, bytes, asyncio.Future[None]]] = []
         self._acked: list[int] = []
+        self._ack_timer: asyncio.TimerHandle | None = None
+        # Rows written by publish() that the drain has not read yet (bounded; the outbox
+        # stays the truth: the drain reads it whenever the tail doesn't continue its cursor).
+        self._tail: deque[OutboxRow] = deque()
         self._in_flight: dict[int, OutboxRow] = {}
         self._retry: list[tuple[float, OutboxRow]] = []
         self._max_sent_seq = 0
@@ -281,8 +308,10 @@ class Publisher:
         self._wake = asyncio.Event()  # new rows, a confirm, a failure: the drain looks again
         self._room = asyncio.Event()  # the outbox is below its bound
         self._room.set()
+        self._empty = asyncio.Event()  # nothing waits in the outbox
         self._warned_level = 0
         self._task: asyncio.Task[None] | None = None
+        self._checkpoints: asyncio.Task[None] | None = None
         self._conn: AbstractConnection | None = None
         self._stopping = False
         self._metrics = _Metrics(registry, self) if registry is not None else None
@@ -293,6 +322,7 @@ class Publisher:
         """Starts the drain task (connecting in the background: a broker that is down at start
         must not stop the service). Events already in the outbox go first."""
         self._update_room()
+        self._checkpoints = asyncio.create_task(self._checkpoint_loop(), name="outbox-checkpoint")
         if not self._url:
             log.warning("rabbitmq.url is empty: events stay in the outbox (%d now)", self.outbox.size)
             return
@@ -314,14 +344,26 @@ class Publisher:
                 except TimeoutError:
                     break
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoints
+            self._checkpoints = None
         self._flush_acks()
         await self._close_connection()
         log.info("publisher stopped: %d events left in the outbox", self.outbox.size)
+
+    async def _checkpoint_loop(self, every: float = 1.0) -> None:
+        # The outbox's WAL checkpoints run here, on a thread, never on the loop (they fsync).
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await asyncio.to_thread(self.outbox.checkpoint)
+            except Exception as exc:
+                log.warning("outbox checkpoint failed: %s", _describe(exc))
 
     # --- producing ----------------------------------------------------------------------
 
@@ -345,6 +387,12 @@ class Publisher:
             asyncio.get_running_loop().call_soon(self._flush_pending)
         await future
 
+    async def wait_empty(self) -> None:
+        """Returns when every event written so far is confirmed and out of the outbox."""
+        while self.outbox.size or self._pending or self._acked:
+            self._empty.clear()
+            await self._empty.wait()
+
     async def publish_event(self, event: Event) -> None:
         await self.publish(event.routing_key, event.body, event.message_id)
 
@@ -356,7 +404,7 @@ class Publisher:
         if not batch:
             return
         try:
-            self.outbox.append([(rk, mid, data) for rk, mid, data, _ in batch])
+            written = self.outbox.append([(rk, mid, data) for rk, mid, data, _ in batch])
         except Exception as exc:
             log.exception("outbox write failed")
             for *_, future in batch:
@@ -366,6 +414,8 @@ class Publisher:
         for *_, future in batch:
             if not future.done():
                 future.set_result(None)
+        if self._task is not None and len(self._tail) < _TAIL_MAX:
+            self._tail.extend(written)
         self._update_room()
         self._wake.set()
 
@@ -386,6 +436,8 @@ class Publisher:
             self._room.set()
         else:
             self._room.clear()
+        if size == 0:
+            self._empty.set()
 
     # --- draining -----------------------------------------------------------------------
 
@@ -447,8 +499,8 @@ class Publisher:
             rows: list[OutboxRow] = []
             if room > 0:
                 rows = self._due_retries(room)
-                fresh = self.outbox.read(cursor, room - len(rows)) if len(rows) < room else []
-                rows.extend(r for r in fresh if r.seq not in self._in_flight)
+                fresh = self._next_rows(cursor, room - len(rows)) if len(rows) < room else []
+                rows.extend(fresh)
                 if fresh:
                     cursor = fresh[-1].seq
             for row in rows:
@@ -457,6 +509,16 @@ class Publisher:
                 await asyncio.sleep(0)  # let the sends reach the socket before reading more
                 continue
             await self._wait(self._next_retry_in())
+
+    def _next_rows(self, cursor: int, limit: int) -> list[OutboxRow]:
+        """The next rows after `cursor`: from the in-memory tail of rows this process just
+        wrote when it continues the cursor (no SQLite read), else from the outbox."""
+        tail = self._tail
+        while tail and tail[0].seq <= cursor:
+            tail.popleft()
+        if tail and tail[0].seq == cursor + 1:
+            return [tail.popleft() for _ in range(min(limit, len(tail)))]
+        return self.outbox.read(cursor, limit)
 
     def _due_retries(self, room: int) -> list[OutboxRow]:
         if not self._retry:
@@ -537,9 +599,16 @@ class Publisher:
         self._acked.append(seq)
         self.published += 1
         if len(self._acked) == 1:
-            asyncio.get_running_loop().call_soon(self._flush_acks)
+            # Deletes are batched over a few ms: fewer transactions; a crash in between only
+            # sends those few confirmed events again (consumers drop them by message_id).
+            self._ack_timer = asyncio.get_running_loop().call_later(_ACK_DELAY, self._flush_acks)
+        elif len(self._acked) >= 1024:
+            self._flush_acks()
 
     def _flush_acks(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         acked, self._acked = self._acked, []
         if acked:
             self.outbox.delete(acked)
