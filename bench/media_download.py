@@ -149,7 +149,12 @@ class Run:
         await download
         wall = time.perf_counter() - start
         c1, e1 = cpu_seconds(), cpu_seconds(self.emu.proc.pid)
-        return {"mbps": self.size / MIB / wall, "client_cpu": c1 - c0, "emu_cpu": e1 - e0, "wall": wall}
+        return {
+            "mbps": self.size / MIB / wall,
+            "client_cpu": c1 - c0,
+            "emu_cpu": e1 - e0,
+            "wall": wall,
+        }
 
 
 async def measure(
@@ -178,7 +183,11 @@ async def measure(
         for _ in range(rounds):
             ours = workdir / "ours.bin"
             results["ours"].append(
-                await run(download_media(client, media[0], ours, parts_in_flight=window, part_size=part_size))
+                await run(
+                    download_media(
+                        client, media[0], ours, parts_in_flight=window, part_size=part_size
+                    )
+                )
             )
             if file_digest(ours) != want:
                 raise AssertionError("our download is not byte-exact")
@@ -198,7 +207,9 @@ def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size-mb", type=int, default=200)
     parser.add_argument("--latencies", default="0,50", help="ms, comma-separated")
     parser.add_argument("--window", type=int, default=8, help="parts in flight")
@@ -230,7 +241,9 @@ def main() -> None:
             rounds = args.rounds if latency_ms == 0 else 1
             emu = Emulator(size, latency_ms / 1000, workdir)
             try:
-                r = asyncio.run(measure(emu, workdir, size, args.window, args.part_kb * 1024, rounds))
+                r = asyncio.run(
+                    measure(emu, workdir, size, args.window, args.part_kb * 1024, rounds)
+                )
             finally:
                 emu.stop()
             ours, stock = median_run(r["ours"]), median_run(r["stock"])

@@ -218,7 +218,9 @@ def parse_message(msg: Any, account: str) -> tuple[dict[str, Any], list[Media]]:
     return out, media
 
 
-def parse_messages(msgs: Iterable[Any], account: str) -> tuple[list[dict[str, Any] | None], list[Media]]:
+def parse_messages(
+    msgs: Iterable[Any], account: str
+) -> tuple[list[dict[str, Any] | None], list[Media]]:
     """Keeps the order; a missing message (None or MessageEmpty) is None in its place."""
     out: list[dict[str, Any] | None] = []
     media: list[Media] = []
@@ -339,7 +341,9 @@ def _action(
 # -- peers ----------------------------------------------------------------------------
 
 
-def parse_peer(entity: Any, full: Any = None, account: str = "") -> tuple[dict[str, Any], list[Media]]:
+def parse_peer(
+    entity: Any, full: Any = None, account: str = ""
+) -> tuple[dict[str, Any], list[Media]]:
     """A Channel, Chat or User (plus, when given, its full info: `messages.ChatFull`,
     `users.UserFull` or their inner `ChannelFull`/`ChatFull`/`UserFull`) → the contract's
     peer dict and the peer's photo as Media (only with the full info: its Photo carries the
@@ -494,5 +498,9 @@ def _files_in(obj: Any) -> Iterator[Any]:
         value = getattr(obj, attr, None)
         if isinstance(value, types.Photo | types.Document):
             yield value
-        elif value is not None and isinstance(value, TLObject) and attr in ("webpage", "action", "media"):
+        elif (
+            value is not None
+            and isinstance(value, TLObject)
+            and attr in ("webpage", "action", "media")
+        ):
             yield from _files_in(value)

@@ -99,7 +99,11 @@ def test_same_file_from_two_accounts_has_one_key() -> None:
         ([], None, "document"),
         ([types.DocumentAttributeFilename("a.pdf")], None, "document"),
         ([types.DocumentAttributeVideo(duration=3.5, w=640, h=360)], None, "video"),
-        ([types.DocumentAttributeVideo(duration=3, w=240, h=240, round_message=True)], None, "video_note"),
+        (
+            [types.DocumentAttributeVideo(duration=3, w=240, h=240, round_message=True)],
+            None,
+            "video_note",
+        ),
         ([types.DocumentAttributeVideo(duration=3, w=240, h=240)], "round", "video_note"),
         ([types.DocumentAttributeAudio(duration=30, title="t")], None, "audio"),
         ([types.DocumentAttributeAudio(duration=3, voice=True)], None, "voice"),
@@ -154,7 +158,9 @@ def test_descriptor_has_contract_fields() -> None:
 
 def test_json_round_trip_keeps_bytes() -> None:
     media = media_from_document(
-        make_document(reference=bytes(range(256)), attrs=[types.DocumentAttributeFilename("x.zip")]),
+        make_document(
+            reference=bytes(range(256)), attrs=[types.DocumentAttributeFilename("x.zip")]
+        ),
         account="acc",
         peer_id=-5,
         msg_id=3,

@@ -31,6 +31,9 @@ def fakedc_dispatcher() -> Any:
 @pytest.fixture
 async def client(fake_telegram: Any, telegram_session: Any) -> AsyncIterator[TelegramClient]:
     path = telegram_session(ACCOUNT_A, dc_id=1)
+    # Telethon caches help.getConfig (the DCs' addresses) on the class, process-wide: a
+    # cluster of an earlier test would leave its DC 2 port there.
+    TelegramClient._config = None
     tg = TelegramClient(str(path), FAKEDC_API_ID, FAKEDC_API_HASH, receive_updates=False)
     tg.flood_sleep_threshold = 0
     await tg.connect()
@@ -85,7 +88,9 @@ async def test_media_channel_parses_and_every_file_downloads(
         assert path.read_bytes() == emulated(item), f"{item.type} {item.file_id} differs"
 
 
-async def test_channel_photo_from_full_info_downloads(client: TelegramClient, tmp_path: Path) -> None:
+async def test_channel_photo_from_full_info_downloads(
+    client: TelegramClient, tmp_path: Path
+) -> None:
     entity = await client.get_entity("tgc_media")
     full = await client(functions.channels.GetFullChannelRequest(entity))
     peer, media = parse_peer(entity, full, "acc-a")

@@ -129,13 +129,17 @@ async def test_byte_exact_with_parts_in_flight(tmp_path: Path) -> None:
     assert oct(out.stat().st_mode & 0o777) == "0o600"
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     size=st.integers(1, 3 * MIB + 5000),
     part_size=st.sampled_from([4096, 8192, 64 * 1024, 128 * 1024, 512 * 1024, MIB]),
     window=st.integers(1, 12),
 )
-def test_any_size_part_size_and_window(tmp_path: Path, size: int, part_size: int, window: int) -> None:
+def test_any_size_part_size_and_window(
+    tmp_path: Path, size: int, part_size: int, window: int
+) -> None:
     client = FakeClient(size)
     out = tmp_path / f"{size}-{part_size}-{window}.bin"
     asyncio.run(
@@ -195,7 +199,9 @@ async def test_reference_expired_mid_file_refreshes_once(tmp_path: Path) -> None
 
     client.fault = expire_after_three
     media = make_media(size)
-    await download_media(client, media, tmp_path / "f", parts_in_flight=8, refresh_reference=refresh)
+    await download_media(
+        client, media, tmp_path / "f", parts_in_flight=8, refresh_reference=refresh
+    )
     assert (tmp_path / "f").read_bytes() == expected(size)
     assert refreshed == 1 and media.file_reference == b"ref-1"
 
@@ -270,7 +276,9 @@ async def test_connection_error_is_retried(tmp_path: Path, monkeypatch: pytest.M
     assert [o for _, o, _ in client.requests].count(MIB) == 3
 
 
-async def test_connection_that_stays_down_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_connection_that_stays_down_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(media_mod, "_RETRY_DELAY", 0.0)
     client = FakeClient(MIB)
 
@@ -404,6 +412,9 @@ async def make_client(telegram_session: Any) -> AsyncIterator[Any]:
     from tests.fixtures.fakedc import FAKEDC_API_HASH, FAKEDC_API_ID
 
     path = telegram_session(ACCOUNT, dc_id=1)
+    # Telethon caches help.getConfig (the DCs' addresses) on the class, process-wide: a
+    # cluster of an earlier test would leave its DC 2 port there.
+    TelegramClient._config = None
     clients: list[TelegramClient] = []
 
     async def make() -> TelegramClient:
@@ -436,7 +447,9 @@ def emulated_bytes(doc_id: int, size: int) -> bytes:
     return files.read(document_file_key(doc_id), size)
 
 
-async def test_emulator_home_dc_byte_exact(make_client: Any, fake_telegram: Any, tmp_path: Path) -> None:
+async def test_emulator_home_dc_byte_exact(
+    make_client: Any, fake_telegram: Any, tmp_path: Path
+) -> None:
     home = fake_telegram.dcs[1]
     client = await make_client()
     try:
@@ -476,7 +489,9 @@ async def test_emulator_home_dc_on_main_connection(
     assert (tmp_path / "f.bin").read_bytes() == emulated_bytes(DOC_HOME, HOME_SIZE)
 
 
-async def test_emulator_other_dc_byte_exact(make_client: Any, fake_telegram: Any, tmp_path: Path) -> None:
+async def test_emulator_other_dc_byte_exact(
+    make_client: Any, fake_telegram: Any, tmp_path: Path
+) -> None:
     client = await make_client()
     try:
         media = await fetch_media(client, 2)

@@ -200,7 +200,11 @@ def test_photo_message() -> None:
     [
         ([types.DocumentAttributeFilename("a.pdf")], {}, "document"),
         ([types.DocumentAttributeVideo(duration=9.5, w=1280, h=720)], {"video": True}, "video"),
-        ([types.DocumentAttributeVideo(duration=9, w=240, h=240, round_message=True)], {"round": True}, "video_note"),
+        (
+            [types.DocumentAttributeVideo(duration=9, w=240, h=240, round_message=True)],
+            {"round": True},
+            "video_note",
+        ),
         ([types.DocumentAttributeAudio(duration=180, title="song", performer="me")], {}, "audio"),
         ([types.DocumentAttributeAudio(duration=4, voice=True)], {"voice": True}, "voice"),
         (
@@ -208,7 +212,11 @@ def test_photo_message() -> None:
             {},
             "sticker",
         ),
-        ([types.DocumentAttributeAnimated(), types.DocumentAttributeVideo(duration=2, w=4, h=4)], {}, "animation"),
+        (
+            [types.DocumentAttributeAnimated(), types.DocumentAttributeVideo(duration=2, w=4, h=4)],
+            {},
+            "animation",
+        ),
     ],
 )
 def test_document_kinds(attrs: list[Any], flags: dict[str, bool], mtype: str) -> None:
@@ -285,7 +293,11 @@ def test_webpage_with_document_and_pending_page() -> None:
         (
             types.MessageMediaVenue(
                 geo=types.GeoPoint(long=1, lat=2, access_hash=3),
-                title="t", address="a", provider="p", venue_id="v", venue_type="x",
+                title="t",
+                address="a",
+                provider="p",
+                venue_id="v",
+                venue_type="x",
             ),
             "venue",
         ),
@@ -305,8 +317,9 @@ def test_webpage_with_document_and_pending_page() -> None:
         (types.MessageMediaStory(peer=types.PeerUser(5), id=3), "story"),
         (
             types.MessageMediaGame(
-                game=types.Game(id=1, access_hash=2, short_name="g", title="G",
-                                description="d", photo=photo())
+                game=types.Game(
+                    id=1, access_hash=2, short_name="g", title="G", description="d", photo=photo()
+                )
             ),
             "game",
         ),
@@ -359,7 +372,12 @@ def test_expired_photo_is_no_media() -> None:
             types.MessageActionGeoProximityReached(
                 from_id=types.PeerUser(1), to_id=types.PeerChannel(2), distance=10
             ),
-            {"type": "geo_proximity_reached", "from_id": 1, "to_id": -1000000000002, "distance": 10},
+            {
+                "type": "geo_proximity_reached",
+                "from_id": 1,
+                "to_id": -1000000000002,
+                "distance": 10,
+            },
         ),
     ],
 )
@@ -550,7 +568,9 @@ def test_fresh_reference_finds_the_same_file() -> None:
     assert fresh_reference(channel_full(chat_photo=photo(61, ref=b"n2")), pmedia[0]) == b"n2"
     page = types.WebPage(id=1, url="u", display_url="u", hash=0, photo=photo(31, ref=b"w"))
     _, wmedia = parse(message(media=types.MessageMediaWebPage(webpage=page)))
-    assert fresh_reference(message(media=types.MessageMediaWebPage(webpage=page)), wmedia[0]) == b"w"
+    assert (
+        fresh_reference(message(media=types.MessageMediaWebPage(webpage=page)), wmedia[0]) == b"w"
+    )
 
 
 # -- property tests -------------------------------------------------------------------
@@ -563,7 +583,11 @@ longs = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 dates = st.datetimes(
     min_value=dt.datetime(2013, 1, 1), max_value=dt.datetime(2100, 1, 1), timezones=st.just(dt.UTC)
 )
-peers = st.one_of(st.builds(types.PeerUser, ids), st.builds(types.PeerChat, ids), st.builds(types.PeerChannel, ids))
+peers = st.one_of(
+    st.builds(types.PeerUser, ids),
+    st.builds(types.PeerChat, ids),
+    st.builds(types.PeerChannel, ids),
+)
 entities = st.lists(
     st.one_of(
         st.builds(types.MessageEntityBold, ids, ids),
@@ -577,7 +601,13 @@ entities = st.lists(
 photo_sizes = st.lists(
     st.one_of(
         st.builds(types.PhotoSize, st.sampled_from("smxyw"), ids, ids, ids),
-        st.builds(types.PhotoSizeProgressive, st.sampled_from("smxyw"), ids, ids, st.lists(ids, min_size=1, max_size=3)),
+        st.builds(
+            types.PhotoSizeProgressive,
+            st.sampled_from("smxyw"),
+            ids,
+            ids,
+            st.lists(ids, min_size=1, max_size=3),
+        ),
         st.builds(types.PhotoStrippedSize, st.just("i"), st.binary(max_size=8)),
     ),
     max_size=4,
@@ -589,7 +619,9 @@ photos = st.builds(
 attributes = st.lists(
     st.one_of(
         st.builds(types.DocumentAttributeFilename, texts),
-        st.builds(types.DocumentAttributeVideo, st.floats(0, 1e5), ids, ids, round_message=st.booleans()),
+        st.builds(
+            types.DocumentAttributeVideo, st.floats(0, 1e5), ids, ids, round_message=st.booleans()
+        ),
         st.builds(types.DocumentAttributeAudio, ids, voice=st.booleans(), title=st.none() | texts),
         st.builds(types.DocumentAttributeImageSize, ids, ids),
         st.builds(types.DocumentAttributeAnimated),
@@ -610,9 +642,14 @@ webpages = st.builds(
 medias = st.one_of(
     st.none(),
     st.builds(types.MessageMediaPhoto, photo=photos),
-    st.builds(types.MessageMediaDocument, document=documents, voice=st.booleans(), round=st.booleans()),
+    st.builds(
+        types.MessageMediaDocument, document=documents, voice=st.booleans(), round=st.booleans()
+    ),
     st.builds(types.MessageMediaWebPage, webpage=webpages),
-    st.builds(types.MessageMediaGeo, st.builds(types.GeoPoint, st.floats(-180, 180), st.floats(-90, 90), longs)),
+    st.builds(
+        types.MessageMediaGeo,
+        st.builds(types.GeoPoint, st.floats(-180, 180), st.floats(-90, 90), longs),
+    ),
     st.builds(types.MessageMediaDice, ids, texts),
 )
 messages = st.builds(
@@ -630,7 +667,10 @@ messages = st.builds(
     grouped_id=st.none() | longs,
     pinned=st.none() | st.booleans(),
     media=medias,
-    fwd_from=st.none() | st.builds(types.MessageFwdHeader, date=dates, from_id=st.none() | peers, from_name=st.none() | texts),
+    fwd_from=st.none()
+    | st.builds(
+        types.MessageFwdHeader, date=dates, from_id=st.none() | peers, from_name=st.none() | texts
+    ),
     reply_to=st.none() | st.builds(types.MessageReplyHeader, reply_to_msg_id=st.none() | ids),
     replies=st.none() | st.builds(types.MessageReplies, ids, ids),
 )
