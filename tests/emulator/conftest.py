@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -20,7 +19,6 @@ def mini() -> MiniWorld:
 
 @pytest.fixture
 async def mini_tg(mini: MiniWorld) -> AsyncIterator[FakeTelegram]:
-    logging.getLogger("telethon").setLevel(logging.WARNING)
     tg = FakeTelegram(mini, dc_ids=(1, 2))
     await tg.start()
     try:

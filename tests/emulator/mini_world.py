@@ -66,7 +66,7 @@ def user(user_id: int, is_self: bool) -> types.User:
 class MiniWorld:
     """Answers help.getConfig, users.getUsers, updates.getState/getDifference,
     auth.exportAuthorization/importAuthorization, upload.getFile (deterministic bytes),
-    help.getNearestDc; knobs: `delay` (seconds before each answer), `drop_on` (a method
+    help.getNearestDc; knobs: `file_size`,: `delay` (seconds before each answer), `drop_on` (a method
     name that raises DropConnection once)."""
 
     def __init__(self) -> None:
@@ -75,6 +75,7 @@ class MiniWorld:
         self.drop_on: str | None = None
         self.exports: dict[int, int] = {}  # export id -> user id
         self.contexts: list[CallContext] = []
+        self.file_size = 300 * 1024 + 17  # the size of the one file upload.getFile serves
 
     async def __call__(self, ctx: CallContext, request: Any) -> Any:
         self.calls[ctx.method] += 1
@@ -115,7 +116,9 @@ class MiniWorld:
             return types.upload.File(
                 type=types.storage.FileUnknown(),
                 mtime=0,
-                bytes=file_bytes(request.offset, request.limit),
+                bytes=file_bytes(
+                    request.offset, max(0, min(request.limit, self.file_size - request.offset))
+                ),
             )
         raise RpcError(400, "METHOD_NOT_IN_MINI_WORLD")
 

@@ -2,26 +2,245 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from telethon import TelegramClient
+import pytest
+from telethon import TelegramClient, events
+from telethon.errors import AuthKeyNotFound, RPCError
+from telethon.network import ConnectionTcpAbridged, ConnectionTcpIntermediate
+from telethon.tl import functions, types
 
 from tests.emulator.conftest import API_HASH, API_ID
-from tests.emulator.mini_world import MiniWorld
+from tests.emulator.mini_world import MiniWorld, file_bytes
+from tests.fakedc.authkeys import AuthKeyRegistry
 from tests.fakedc.cluster import FakeTelegram
+from tests.fakedc.session import make_session
+
+ClientFactory = Callable[..., TelegramClient]
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[TelegramClient]]:
+    made: list[TelegramClient] = []
+    yield made
+    for client in made:
+        await client.disconnect()
+
+
+@pytest.fixture
+def connect(
+    mini_tg: FakeTelegram, tmp_path: Path, clients: list[TelegramClient]
+) -> Callable[..., TelegramClient]:
+    """Makes a logged-in client (not yet connected) on a fresh session file."""
+
+    def make(user_id: int = 1000, **kwargs: object) -> TelegramClient:
+        path = mini_tg.make_session(tmp_path / f"u{user_id}-{len(clients)}", user_id=user_id)
+        client = TelegramClient(str(path), API_ID, API_HASH, **kwargs)  # type: ignore[arg-type]
+        clients.append(client)
+        return client
+
+    return make
+
+
+async def wait_for(cond: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
 
 
 async def test_made_session_connects_and_get_me(
-    mini_tg: FakeTelegram, mini: MiniWorld, tmp_path: Path
+    mini_tg: FakeTelegram, mini: MiniWorld, connect: ClientFactory
 ) -> None:
-    path = mini_tg.make_session(tmp_path / "a", user_id=1000)
-    client = TelegramClient(str(path), API_ID, API_HASH)
+    client = connect(1000)
     await client.connect()
-    try:
-        me = await client.get_me()
-        assert me.id == 1000 and me.is_self
-        assert await client.is_user_authorized()
-    finally:
-        await client.disconnect()
+    me = await client.get_me()
+    assert me.id == 1000 and me.is_self
+    assert await client.is_user_authorized()
     assert mini.calls["help.getConfig"] == 1
     assert mini.calls["updates.getState"] == 1
+    # The first request went out with salt 0 and was answered bad_server_salt, then resent.
+    assert mini_tg.stats["BadServerSalt"] >= 1
+    assert mini_tg.stats["NewSessionCreated"] == 1
+    assert mini.contexts[0].user_id == 1000 and mini.contexts[0].dc_id == 1
+
+
+async def test_many_concurrent_requests_are_answered_in_parallel(
+    mini: MiniWorld, connect: ClientFactory
+) -> None:
+    client = connect(1000)
+    await client.connect()
+    mini.delay = 0.2
+    started = time.monotonic()
+    results = await asyncio.gather(
+        *(client(functions.users.GetUsersRequest([types.InputUserSelf()])) for _ in range(50))
+    )
+    elapsed = time.monotonic() - started
+    assert all(r[0].id == 1000 for r in results)
+    # 50 answers each delayed 0.2 s: sequential would take 10 s.
+    assert elapsed < 2.0
+
+
+async def test_requests_in_one_container(
+    mini_tg: FakeTelegram, connect: ClientFactory
+) -> None:
+    client = connect(1000)
+    await client.connect()
+    before = mini_tg.stats["container"]
+    a, b = await client(
+        [
+            functions.users.GetUsersRequest([types.InputUserSelf()]),
+            functions.help.GetConfigRequest(),
+        ]
+    )
+    assert a[0].id == 1000
+    assert isinstance(b, types.Config) and b.this_dc == 1
+    assert mini_tg.stats["container"] > before
+
+
+async def test_salt_change_is_answered_bad_server_salt_and_resent(
+    mini_tg: FakeTelegram, connect: ClientFactory
+) -> None:
+    client = connect(1000)
+    await client.connect()
+    before = mini_tg.stats["BadServerSalt"]
+    for rec in mini_tg.registry.records():
+        rec.salt ^= 0x5A5A
+    me = await client.get_me()
+    assert me.id == 1000
+    assert mini_tg.stats["BadServerSalt"] > before  # (its pending acks get one too)
+
+
+async def test_ping_and_ping_delay_disconnect(connect: ClientFactory) -> None:
+    client = connect(1000)
+    await client.connect()
+    pong = await client(functions.PingRequest(ping_id=424242))
+    assert isinstance(pong, types.Pong) and pong.ping_id == 424242
+    pong = await client(functions.PingDelayDisconnectRequest(ping_id=7, disconnect_delay=75))
+    assert pong.ping_id == 7
+
+
+async def test_future_salts_and_destroy_session(connect: ClientFactory) -> None:
+    client = connect(1000)
+    await client.connect()
+    salts = await client(functions.GetFutureSaltsRequest(num=1))
+    assert isinstance(salts, types.FutureSalts) and len(salts.salts) == 1
+    answer = await client(functions.DestroySessionRequest(session_id=123456789))
+    assert isinstance(answer, types.DestroySessionNone) and answer.session_id == 123456789
+
+
+async def test_rpc_error_reaches_telethon(connect: ClientFactory) -> None:
+    client = connect(1000)
+    await client.connect()
+    with pytest.raises(RPCError, match="METHOD_NOT_IN_MINI_WORLD"):
+        await client(functions.help.GetSupportRequest())
+
+
+@pytest.mark.parametrize("connection", [ConnectionTcpIntermediate, ConnectionTcpAbridged])
+async def test_other_transports(connect: ClientFactory, connection: type) -> None:
+    client = connect(1000, connection=connection)
+    await client.connect()
+    assert (await client.get_me()).id == 1000
+    results = await asyncio.gather(*(client.get_me() for _ in range(10)))
+    assert {u.id for u in results} == {1000}
+
+
+async def test_pushed_updates_fire_handlers(mini_tg: FakeTelegram, connect: ClientFactory) -> None:
+    client = connect(1000)
+    raw: list[object] = []
+    new_messages: list[str] = []
+    client.add_event_handler(lambda u: raw.append(u), events.Raw)
+
+    async def on_new(event: events.NewMessage.Event) -> None:
+        new_messages.append(event.raw_text)
+
+    client.add_event_handler(on_new, events.NewMessage)
+    await client.connect()
+    now = dt.datetime.now(dt.UTC)
+    typing = types.UpdateUserTyping(user_id=2000, action=types.SendMessageTypingAction())
+    assert mini_tg.push(1000, types.UpdateShort(update=typing, date=now)) == 1
+    await wait_for(lambda: any(isinstance(u, types.UpdateUserTyping) for u in raw))
+    msg = types.UpdateShortMessage(
+        id=1, user_id=2000, message="hello", pts=2, pts_count=1, date=now
+    )
+    assert mini_tg.push(1000, msg) == 1
+    await wait_for(lambda: new_messages == ["hello"])
+    # Another user's connections get nothing.
+    assert mini_tg.push(3000, types.UpdateShort(update=typing, date=now)) == 0
+
+
+async def test_drop_connection_and_telethon_reconnects(
+    mini_tg: FakeTelegram, mini: MiniWorld, connect: ClientFactory
+) -> None:
+    client = connect(1000)
+    await client.connect()
+    connections = mini_tg.stats["connection"]
+    calls = mini.calls["users.getUsers"]
+    mini.drop_on = "users.getUsers"
+    me = await client.get_me()  # dropped once, resent by Telethon on a new connection
+    assert me.id == 1000
+    assert mini.calls["users.getUsers"] >= calls + 2  # Telethon also calls get_me on reconnect
+    assert mini_tg.stats["connection"] == connections + 1
+
+
+async def test_unknown_auth_key_gets_404(mini_tg: FakeTelegram, tmp_path: Path) -> None:
+    dc = mini_tg.dcs[1]
+    path = make_session(
+        tmp_path / "stranger", 1, dc.host, dc.port, 1000, registry=AuthKeyRegistry()
+    )
+    client = TelegramClient(str(path), API_ID, API_HASH, connection_retries=0)
+    try:
+        with pytest.raises(AuthKeyNotFound):
+            await client.connect()
+        assert mini_tg.stats["-404"] == 1
+        with contextlib.suppress(AuthKeyNotFound):  # Telethon's own copy of the error
+            await client.disconnected
+    finally:
+        await client.disconnect()
+
+
+async def test_file_on_second_dc_via_dh_and_imported_authorization(
+    mini_tg: FakeTelegram, mini: MiniWorld, connect: ClientFactory, fakedc_rsa_key: int
+) -> None:
+    client = connect(1000)
+    await client.connect()
+    keys_before = len(mini_tg.registry.records())
+    size = mini.file_size
+    doc = types.Document(
+        id=77,
+        access_hash=88,
+        file_reference=b"ref",
+        date=dt.datetime.now(dt.UTC),
+        mime_type="application/octet-stream",
+        size=size,
+        dc_id=2,
+        attributes=[types.DocumentAttributeFilename("x.bin")],
+    )
+    # download_file takes the dc_id from the Document (download_media in 1.45 asks the
+    # main DC and relies on FILE_MIGRATE_X from the world).
+    data = await client.download_file(doc, bytes)
+    assert data == file_bytes(0, size)
+    # DC 2 got a fresh key by DH, bound to the user by auth.importAuthorization.
+    assert len(mini_tg.registry.records()) == keys_before + 1
+    on_dc2 = [c for c in mini.contexts if c.dc_id == 2 and c.method == "upload.getFile"]
+    assert on_dc2 and all(c.user_id == 1000 for c in on_dc2)
+
+
+async def test_session_file_is_telethons_own(mini_tg: FakeTelegram, tmp_path: Path) -> None:
+    from telethon.sessions import SQLiteSession
+
+    path = mini_tg.make_session(tmp_path / "s", user_id=5)
+    assert path.name == "s.session"
+    session = SQLiteSession(str(path))
+    try:
+        assert session.dc_id == 1 and session.port == mini_tg.port(1)
+        assert session.auth_key is not None and len(session.auth_key.key) == 256
+        assert mini_tg.registry.get(session.auth_key.key_id) is not None
+    finally:
+        session.close()

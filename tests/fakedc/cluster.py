@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,14 @@ class FakeTelegram:
     @property
     def dc_options(self) -> list[DcOption]:
         return [DcOption(dc.dc_id, dc.host, dc.port) for dc in self.dcs.values()]
+
+    @property
+    def stats(self) -> Counter[str]:
+        """The protocol layer's counters (see DcServer.stats), summed over all DCs."""
+        total: Counter[str] = Counter()
+        for dc in self.dcs.values():
+            total.update(dc.stats)
+        return total
 
     def port(self, dc_id: int | None = None) -> int:
         return self.dcs[self.main_dc_id if dc_id is None else dc_id].port

@@ -87,7 +87,8 @@ LbA370KWxNdmDVTh4BzAJhv612VJJGaYdh/sjd5Rmk8OSX6bTyNo
 -----END RSA PRIVATE KEY-----
 """
 _PRIVATE = RSA.import_key(EMULATOR_RSA_PRIVATE_PEM)
-EMULATOR_RSA_PUBLIC_PEM: bytes = _PRIVATE.public_key().export_key("PEM", pkcs=1)
+# PKCS#1 "RSA PUBLIC KEY" PEM, the form telethon.crypto.rsa.add_key loads.
+EMULATOR_RSA_PUBLIC_PEM: bytes = telethon_rsa.rsa.PublicKey(_PRIVATE.n, _PRIVATE.e).save_pkcs1()
 
 
 def add_emulator_key() -> int:

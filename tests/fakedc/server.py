@@ -47,6 +47,7 @@ import logging
 import os
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -183,6 +184,9 @@ class DcServer:
         self.connections: set[ClientConnection] = set()
         # (auth_key_id, session_id) -> session state, so a session survives a reconnect.
         self.sessions: dict[tuple[int, int], _Session] = {}
+        # What the protocol layer did, by kind ("BadServerSalt", "container", "request",
+        # "push", "connection", "-404", ...), so tests can assert on the paths taken.
+        self.stats: Counter[str] = Counter()
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -228,6 +232,7 @@ class DcServer:
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = ClientConnection(self, reader, writer)
         self.connections.add(conn)
+        self.stats["connection"] += 1
         try:
             await conn.run()
         finally:
@@ -266,6 +271,8 @@ class ClientConnection:
             log.warning("DC %d: closing a connection: %s", self.dc.dc_id, e)
         except asyncio.CancelledError:
             pass
+        except Exception:
+            log.exception("DC %d: closing a connection after an internal error", self.dc.dc_id)
         finally:
             with contextlib.suppress(Exception):
                 await self.writer.drain()
@@ -280,6 +287,7 @@ class ClientConnection:
         rec = self.dc.registry.get(key_id & 0xFFFFFFFFFFFFFFFF)
         if rec is None:
             log.info("DC %d: unknown auth key, answering -404", self.dc.dc_id)
+            self.dc.stats["-404"] += 1
             self._write([transport_error(404)])
             return False
         dec = decrypt_client_message(rec.key, packet)
@@ -308,7 +316,10 @@ class ClientConnection:
             self._send(types.BadServerSalt(msg_id, seq_no, 48, rec.salt), content=False)
             return
         acks: list[int] = []
-        for m_id, m_seq, m_body in _unpack(msg_id, seq_no, body):
+        messages = _unpack(msg_id, seq_no, body)
+        if len(messages) > 1:
+            self.dc.stats["container"] += 1
+        for m_id, m_seq, m_body in messages:
             if m_seq & 1:
                 acks.append(m_id)
             self._on_message(rec, session, m_id, m_body)
@@ -339,8 +350,8 @@ class ClientConnection:
             return
         if cid == _FUTURE_SALTS:
             now = int(time.time())
-            salt = types.FutureSalt(_date(now - 60), _date(now + 3600), rec.salt)
-            self._send(types.FutureSalts(msg_id, _date(now), [salt]), content=True)
+            salt = types.FutureSalt(now - 60, now + 3600, rec.salt)  # plain ints in TL
+            self._send(types.FutureSalts(msg_id, now, [salt]), content=True)
             return
         if cid == _DESTROY_SESSION:
             (sid,) = struct.unpack_from("<q", body, 4)
@@ -357,6 +368,7 @@ class ClientConnection:
             self.dc.registry.forget(rec.key_id)
             self._send(types.DestroyAuthKeyOk(), content=True)
             return
+        self.dc.stats["request"] += 1
         task = asyncio.get_running_loop().create_task(self._call(rec, session, msg_id, body))
         self.inflight[msg_id] = task
         task.add_done_callback(lambda _t, m=msg_id: self.inflight.pop(m, None))
@@ -430,6 +442,7 @@ class ClientConnection:
             await asyncio.wait(tasks)
 
     def _answer_error(self, session: _Session, msg_id: int, code: int, message: str) -> None:
+        self.dc.stats["rpc_error"] += 1
         err = types.RpcError(code, message)._bytes()
         self._send_in(session, [_RPC_RESULT.pack(_RPC_RESULT_ID, msg_id), err], True, ANSWER)
 
@@ -438,10 +451,12 @@ class ClientConnection:
     def push(self, parts: list[bytes]) -> bool:
         if self._closed or self.session is None:
             return False
+        self.dc.stats["push"] += 1
         return self._send_in(self.session, parts, True, PUSH)
 
     def _send(self, obj: TLObject, *, content: bool) -> None:
         assert self.session is not None
+        self.dc.stats[type(obj).__name__] += 1
         self._send_in(self.session, [obj._bytes()], content, ANSWER)
 
     def _send_in(self, session: _Session, parts: list[bytes], content: bool, residue: int) -> bool:
