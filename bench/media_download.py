@@ -231,6 +231,8 @@ def main() -> None:
     size = args.size_mb * MIB
     print(f"document {args.size_mb} MB; ours: {args.window} parts of {args.part_kb} KB in flight;"
           f" stock: Telethon {_telethon_version()} download_media")  # fmt: skip
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"machine: {os.cpu_count()} CPUs, load average {load} (figures drift with other load)")
     print(
         f"{'latency':>8} {'ours MB/s':>10} {'stock MB/s':>11} {'ratio':>6}"
         f" {'ours MB/cpu-s client|emulator':>30} {'stock MB/cpu-s client|emulator':>31}"
