@@ -177,7 +177,13 @@ class MediaProcessor:
             return
         self._running = True
         for row in self._db.unfinished():
-            self._resume(row)
+            try:
+                self._resume(row)
+            except (ValueError, TypeError, KeyError) as e:
+                # A record this code can't read (a corrupted row, a changed key scheme)
+                # must not keep the server from starting.
+                log.error("media %s: unreadable record, marked failed: %s", row["key"], e)
+                self._db.fail_unreadable(row["key"], f"unreadable record: {e}"[:500])
         self._remove_orphan_spool_files()
         for i in range(self._download_workers):
             self._spawn(self._download_worker(), f"media-download-{i}")
@@ -316,9 +322,11 @@ class MediaProcessor:
                     await self._download_one(item)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                # A bug, not a Telegram answer (those are handled below): keep the worker.
+            except Exception as e:
+                # A bug, not a Telegram answer (those are handled below): fail the item
+                # rather than leave it "downloading" forever, and keep the worker.
                 log.exception("media %s: download worker error", key)
+                self._fail_on_bug(key, e)
             finally:
                 self._downloads.release(account)
 
@@ -454,8 +462,9 @@ class MediaProcessor:
                 await self._upload_one(item)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as e:
                 log.exception("media %s: upload worker error", key)
+                self._fail_on_bug(key, e)
 
     async def _upload_one(self, item: _Item) -> None:
         path = self._spool_path(item.key)
@@ -534,6 +543,12 @@ class MediaProcessor:
         self._spool_path(item.key).unlink(missing_ok=True)
         self._release_spool(item)
         self._items.pop(item.key, None)
+
+    def _fail_on_bug(self, key: str, error: Exception) -> None:
+        item = self._items.get(key)
+        if item is not None:
+            with contextlib.suppress(Exception):
+                self._fail(item, f"internal error: {_describe(error)}")
 
     def _release_spool(self, item: _Item) -> None:
         self._spool.release(item.reserved)
@@ -688,6 +703,13 @@ class _MediaTable:
         with write(self._conn) as c:
             c.execute(
                 "UPDATE media SET media = ? WHERE key = ?", (item.media.to_json(), item.key)
+            )
+
+    def fail_unreadable(self, key: str, error: str) -> None:
+        with write(self._conn) as c:
+            c.execute(
+                "UPDATE media SET state = 'failed', error = ?, updated_at = ? WHERE key = ?",
+                (error, self._clock(), key),
             )
 
     def mark_notified(self, key: str) -> None:

@@ -124,7 +124,7 @@ class HttpStorage:
         *,
         max_clients: int = 4,
         headers: dict[str, str] | None = None,
-        upload_buffer: int = 1 << 20,
+        upload_buffer: int | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"storage url must be http(s)://…, not {base_url!r}")
@@ -195,7 +195,9 @@ class HttpStorage:
         curl.setopt(pycurl.READFUNCTION, read)
         curl.setopt(pycurl.SEEKFUNCTION, seek)
         curl.setopt(pycurl.INFILESIZE_LARGE, size)
-        curl.setopt(pycurl.UPLOAD_BUFFERSIZE, self.upload_buffer)
+        if self.upload_buffer:
+            # libcurl's default (64 KB) measured faster to nginx here than 256 KB or 1 MB.
+            curl.setopt(pycurl.UPLOAD_BUFFERSIZE, self.upload_buffer)
         curl.setopt(pycurl.LOW_SPEED_LIMIT, 1024)
         curl.setopt(pycurl.LOW_SPEED_TIME, max(1, int(self.timeout)))
 

@@ -682,6 +682,34 @@ async def test_stop_while_uploading_resumes_the_upload_without_downloading(
     assert stored_on(nginx_dav, m).read_bytes() == content(m)
 
 
+async def test_an_unreadable_record_is_failed_not_fatal(rig: Rig) -> None:
+    good, bad = make_media(93, 1000), make_media(94, 1000)
+    p = rig.processor()
+    p.submit(good)
+    p.submit(bad)
+    await p.stop()
+    with contextlib.closing(sqlite3.connect(rig.db)) as conn, conn:
+        conn.execute("UPDATE media SET media = '{\"kind\": 1}' WHERE key = ?", (bad.key,))
+    p2 = rig.processor()
+    await p2.start()
+    await wait_for(lambda: p2.get(good.key)["state"] == "stored")  # type: ignore[index]
+    record = p2.get(bad.key)
+    assert record is not None and record["state"] == "failed"
+    assert record["error"].startswith("unreadable record")
+
+
+async def test_a_bug_in_the_downloader_fails_the_item_and_keeps_the_worker(rig: Rig) -> None:
+    m, after = make_media(95, 1000), make_media(96, 1000)
+    rig.downloads.faults[m.key] = [ZeroDivisionError("oops")]
+    p = rig.processor(download_workers=1)
+    await p.start()
+    p.submit(m)
+    await wait_for(lambda: p.get(m.key)["state"] == "failed")  # type: ignore[index]
+    assert p.get(m.key)["error"] == "ZeroDivisionError: oops"  # type: ignore[index]
+    p.submit(after)
+    await wait_for(lambda: p.get(after.key)["state"] == "stored")  # type: ignore[index]
+
+
 async def test_orphan_spool_files_are_removed_at_start(rig: Rig) -> None:
     rig.spool.mkdir(parents=True)
     (rig.spool / f"{'ab' * 16}.part").write_bytes(b"left over")
