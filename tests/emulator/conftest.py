@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from telethon import TelegramClient
 
 from tests.emulator.mini_world import MiniWorld
 from tests.fakedc.cluster import FakeTelegram
@@ -20,8 +21,10 @@ def mini() -> MiniWorld:
 @pytest.fixture
 async def mini_tg(mini: MiniWorld) -> AsyncIterator[FakeTelegram]:
     tg = FakeTelegram(mini, dc_ids=(1, 2))
+    TelegramClient._config = None  # Telethon caches the DC addresses on the class
     await tg.start()
     try:
         yield tg
     finally:
         await tg.stop()
+        TelegramClient._config = None
