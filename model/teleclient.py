@@ -594,10 +594,15 @@ class TeleClient:
     ) -> tuple[Entity, list[Any]]:
         """messages.getHistory: newest first; offset_id, min_id, max_id exclusive (0: none)."""
         cached, entity = await self._input_peer(ref)
+        # Telegram takes `limit` messages from offset_id (0: the newest) and only then drops
+        # those outside min_id..max_id: a max_id far below the newest would give an empty
+        # page. Start the window at the lower of offset_id and max_id instead, as Telethon's
+        # iter_messages does.
+        top = min(i for i in (offset_id, max_id) if i) if offset_id or max_id else 0
         res = await self._invoke(
             functions.messages.GetHistoryRequest(
                 peer=cached.input_peer,
-                offset_id=offset_id,
+                offset_id=top,
                 offset_date=None,
                 add_offset=0,
                 limit=limit,
