@@ -1,0 +1,63 @@
+"""`python -m tests.fakedc serve` and `make-session` as separate processes, with a stock
+Telethon client in the test process."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from pathlib import Path
+
+from telethon import TelegramClient
+
+from tests.fakedc.demo_world import ACCOUNT_A, ACCOUNT_B
+from tests.fixtures.fakedc import FAKEDC_API_HASH, FAKEDC_API_ID
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def run_cli(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.fakedc", *args, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode().strip()
+
+
+async def test_serve_and_make_session_processes(tmp_path: Path) -> None:
+    port = free_port()
+    keys = tmp_path / "keys"
+    # One session made before the server starts, one while it runs.
+    before = await run_cli("make-session", "--port", str(port), "--out", str(tmp_path / "a"),
+                           "--keys", str(keys))
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.fakedc", "serve", "--port", str(port), "--keys", str(keys),
+        "--log-level", "WARNING", cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert server.stdout is not None
+        line = await asyncio.wait_for(server.stdout.readline(), 30)
+        assert f"DC 1 127.0.0.1:{port}" in line.decode()
+        during = await run_cli("make-session", "--port", str(port), "--out",
+                               str(tmp_path / "b"), "--user-id", str(ACCOUNT_B),
+                               "--keys", str(keys))
+        for path, user_id in ((before, ACCOUNT_A), (during, ACCOUNT_B)):
+            TelegramClient._config = None
+            client = TelegramClient(path, FAKEDC_API_ID, FAKEDC_API_HASH)
+            await client.connect()
+            try:
+                assert (await client.get_me()).id == user_id
+            finally:
+                await client.disconnect()
+    finally:
+        server.terminate()
+        assert await asyncio.wait_for(server.wait(), 30) == 0
+        TelegramClient._config = None

@@ -1,0 +1,115 @@
+"""The emulator as a process.
+
+    python -m tests.fakedc serve --port PORT [--world FILE.json] [--dc2-port P] [--latency S]
+                                 [--keys FILE]
+    python -m tests.fakedc make-session --port PORT --out PATH [--user-id N] [--dc-id N]
+                                        [--keys FILE]
+
+`serve` runs DC 1 on 127.0.0.1:PORT and DC 2 on --dc2-port (a free port by default; clients
+learn it from help.getConfig), answering from the world in FILE (JSON, see
+tests/fakedc/world.py) or the demo world (tests/fakedc/demo_world.py), until SIGINT/SIGTERM.
+
+`make-session` writes a Telethon session file logged in as --user-id (default: the demo
+world's first account) on DC --dc-id at 127.0.0.1:PORT, and registers its key with the
+server through the keys file. The keys file is how the two processes meet: by default
+`<tmpdir>/tgc-fakedc-<PORT>.keys`, JSON lines appended by make-session (and by the
+server's DH handshakes), read by the server at start and again whenever a client shows an
+auth key it does not know yet (see authkeys.py), so make-session may run before or while
+the server runs, and the sessions stay valid across server restarts on the same port.
+Delete the file to forget every key.
+
+For the DH handshake from another process, the client calls
+`tests.fakedc.handshake.add_emulator_key()` (the emulator's RSA key is fixed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from .cluster import FakeTelegram
+from .session import make_session
+
+DEFAULT_HOST = "127.0.0.1"
+
+
+def default_keys_file(port: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"tgc-fakedc-{port}.keys"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tests.fakedc", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the emulator (DC 1 and DC 2)")
+    serve.add_argument("--port", type=int, required=True, help="DC 1's port on 127.0.0.1")
+    serve.add_argument("--dc2-port", type=int, default=0, help="DC 2's port (default: free)")
+    serve.add_argument("--world", type=Path, help="world JSON file (default: the demo world)")
+    serve.add_argument("--latency", type=float, default=0.0, help="seconds added to each answer")
+    serve.add_argument("--keys", type=Path, help="keys file (default: per port, in tmpdir)")
+    serve.add_argument("--log-level", default="INFO")
+
+    make = sub.add_parser("make-session", help="write a logged-in Telethon session file")
+    make.add_argument("--port", type=int, required=True, help="the port of the DC")
+    make.add_argument("--out", type=Path, required=True, help="session file to write")
+    make.add_argument("--user-id", type=int, default=None, help="account (default: demo's first)")
+    make.add_argument("--dc-id", type=int, default=1)
+    make.add_argument("--host", default=DEFAULT_HOST)
+    make.add_argument("--keys", type=Path, help="keys file (default: per port, in tmpdir)")
+    return parser
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from .demo_world import demo_world
+    from .rpc import TelegramRpc
+    from .world import World
+
+    world = World.from_json_file(args.world) if args.world else demo_world()
+    rpc = TelegramRpc(world)
+    rpc.latency["*"] = args.latency
+    keys = args.keys or default_keys_file(args.port)
+    tg = FakeTelegram(rpc, dc_ids=(1, 2), ports={1: args.port, 2: args.dc2_port}, keys_file=keys)
+    rpc.set_pusher(tg.push)
+    await tg.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    dcs = ", ".join(f"DC {o.id} {o.host}:{o.port}" for o in tg.dc_options)
+    print(f"fakedc: serving {dcs}; keys file {keys}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await tg.stop()
+    return 0
+
+
+def _make_session(args: argparse.Namespace) -> int:
+    user_id = args.user_id
+    if user_id is None:
+        from .demo_world import ACCOUNT_A
+
+        user_id = ACCOUNT_A
+    keys = args.keys or default_keys_file(args.port)
+    path = make_session(args.out, args.dc_id, args.host, args.port, user_id, keys_file=keys)
+    print(path, flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        logging.basicConfig(
+            level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        return asyncio.run(_serve(args))
+    return _make_session(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
