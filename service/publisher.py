@@ -196,6 +196,7 @@ class Outbox:
         )
         count, last = self._conn.execute("SELECT COUNT(*), MAX(seq) FROM outbox").fetchone()
         self.size: int = count
+        self.writes = 0  # transactions so far (the checkpointer skips an idle outbox)
         self._last_seq: int = last or 0
 
     def append(self, rows: Sequence[tuple[str, str, bytes]]) -> list[OutboxRow]:
@@ -215,7 +216,13 @@ class Outbox:
                 c.executemany(insert, params)
         self._last_seq += len(params)
         self.size += len(params)
+        self.writes += 1
         return [OutboxRow(seq, rk, mid, body) for seq, rk, mid, body, _ in params]
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq ever written through this object (or found in the file)."""
+        return self._last_seq
 
     def read(self, after_seq: int, limit: int) -> list[OutboxRow]:
         """Up to `limit` rows with seq > after_seq, oldest first."""
@@ -236,6 +243,7 @@ class Outbox:
             c.executemany("DELETE FROM outbox WHERE seq = ?", params)
             removed = c.total_changes - before
         self.size -= removed
+        self.writes += 1
         return removed
 
     def checkpoint(self) -> tuple[int, int, int]:
@@ -358,8 +366,12 @@ class Publisher:
 
     async def _checkpoint_loop(self, every: float = 1.0) -> None:
         # The outbox's WAL checkpoints run here, on a thread, never on the loop (they fsync).
+        done = self.outbox.writes
         while True:
             await asyncio.sleep(every)
+            if self.outbox.writes == done:
+                continue  # nothing new in the WAL
+            done = self.outbox.writes
             try:
                 await asyncio.to_thread(self.outbox.checkpoint)
             except Exception as exc:
@@ -518,6 +530,8 @@ class Publisher:
             tail.popleft()
         if tail and tail[0].seq == cursor + 1:
             return [tail.popleft() for _ in range(min(limit, len(tail)))]
+        if cursor >= self.outbox.last_seq:
+            return []  # caught up: nothing was written after the cursor
         return self.outbox.read(cursor, limit)
 
     def _due_retries(self, room: int) -> list[OutboxRow]:
@@ -536,6 +550,9 @@ class Publisher:
         return max(0.0, min(t for t, _ in self._retry) - self._clock())
 
     async def _wait(self, at_most: float | None) -> None:
+        if at_most is None:
+            await self._wake.wait()  # no wait_for: it costs a task per wait
+            return
         try:
             await asyncio.wait_for(self._wake.wait(), at_most)
         except TimeoutError:
