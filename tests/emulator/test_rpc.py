@@ -777,3 +777,44 @@ def test_method_names_and_the_supported_list() -> None:
     assert method_name(F.InvokeWithLayerRequest(1, F.help.GetConfigRequest())) == "invokeWithLayer"
     methods = TelegramRpc(demo_world()).supported_methods
     assert "upload.getFile" in methods and "updates.getChannelDifference" in methods
+
+
+# --- invite links and basic groups ----------------------------------------------------
+
+
+async def test_check_and_import_chat_invite(rpc: TelegramRpc, world: World) -> None:
+    from tests.fakedc.demo_world import INVITE_REQUESTS, INVITE_SECRET, INVITE_SMALL
+
+    assert await fails(rpc, F.messages.CheckChatInviteRequest("nope")) == "INVITE_HASH_INVALID"
+    already = await call(rpc, F.messages.CheckChatInviteRequest(INVITE_SECRET))
+    assert isinstance(already, T.ChatInviteAlready) and already.chat.id == SECRET
+    preview = await call(rpc, F.messages.CheckChatInviteRequest(INVITE_SECRET), user=ACCOUNT_C)
+    assert isinstance(preview, T.ChatInvite) and preview.broadcast and not preview.public
+    joined = await call(rpc, F.messages.ImportChatInviteRequest(INVITE_SECRET), user=ACCOUNT_C)
+    assert joined.chats[0].id == SECRET and joined.chats[0].left is False
+    assert await fails(rpc, F.messages.ImportChatInviteRequest(INVITE_SECRET), user=ACCOUNT_C) == (
+        "USER_ALREADY_PARTICIPANT"
+    )
+    assert await fails(rpc, F.messages.ImportChatInviteRequest(INVITE_REQUESTS), user=ACCOUNT_C) == (
+        "INVITE_REQUEST_SENT"
+    )
+    state = await call(rpc, F.updates.GetStateRequest(), user=ACCOUNT_C)
+    small = await call(rpc, F.messages.ImportChatInviteRequest(INVITE_SMALL), user=ACCOUNT_C)
+    (upd,) = small.updates
+    assert isinstance(upd, T.UpdateNewMessage) and upd.pts == state.pts + 1
+    assert isinstance(upd.message.action, T.MessageActionChatJoinedByLink)
+    assert ACCOUNT_C in world.chats[SMALL].members
+
+
+async def test_leave_a_basic_group(
+    rpc: TelegramRpc, world: World, pushed: list[tuple[int, Any]]
+) -> None:
+    left = await call(rpc, F.messages.DeleteChatUserRequest(SMALL, T.InputUserSelf()), user=ACCOUNT_B)
+    assert isinstance(left.updates[0].message.action, T.MessageActionChatDeleteUser)
+    assert left.chats[0].left is True and ACCOUNT_B not in world.chats[SMALL].members
+    assert [uid for uid, _ in pushed] == [ACCOUNT_A]  # the remaining member is told
+    again = F.messages.DeleteChatUserRequest(SMALL, T.InputUserSelf())
+    assert await fails(rpc, again, user=ACCOUNT_B) == "USER_NOT_PARTICIPANT"
+    other = T.InputUser(USER_ALICE, world.access_hash("user", ACCOUNT_A, USER_ALICE))
+    req = F.messages.DeleteChatUserRequest(SMALL, other)
+    assert await fails(rpc, req) == "CHAT_ADMIN_REQUIRED"

@@ -351,3 +351,23 @@ async def test_a_pts_gap_is_filled_by_get_channel_difference(
     await wait_for(lambda: len(texts) == 4)
     assert sorted(texts) == sorted(["one", "two (lost)", "three (lost)", "four"])
     assert rpc.count("updates.getChannelDifference", user_id=ACCOUNT_C) >= 1
+
+
+async def test_invite_links_and_basic_groups(connect: Any, world: World) -> None:
+    from tests.fakedc.demo_world import INVITE_PRIVATE_GROUP, PRIVATE_GROUP, SMALL
+
+    client = await connect(ACCOUNT_C)
+    preview = await client(F.messages.CheckChatInviteRequest(INVITE_PRIVATE_GROUP))
+    assert isinstance(preview, T.ChatInvite) and preview.megagroup
+    updates = await client(F.messages.ImportChatInviteRequest(INVITE_PRIVATE_GROUP))
+    group = updates.chats[0]
+    assert group.id == PRIVATE_GROUP and not group.left
+    assert [m.message async for m in client.iter_messages(group)] == ["psst"]
+    a = await connect(ACCOUNT_A)
+    await a.get_dialogs()  # the basic group comes into A's entity cache
+    small = await a.get_entity(-SMALL)
+    assert small.title == "Small Group"
+    members = await a.get_participants(small)
+    assert {u.id for u in members} == set(world.chats[SMALL].members)
+    await a(F.messages.DeleteChatUserRequest(SMALL, T.InputUserSelf()))
+    assert ACCOUNT_A not in world.chats[SMALL].members

@@ -38,6 +38,12 @@ CHAT = 2101  # public megagroup with the crowd (participants paging)
 PRIVATE_GROUP = 2102  # private megagroup, ACCOUNT_A and ACCOUNT_B are members
 SMALL = 2201  # basic group of ACCOUNT_A, ACCOUNT_B, USER_ALICE
 
+# Invite link hashes (t.me/+HASH).
+INVITE_SECRET = "SeCrEtInViTe01"
+INVITE_PRIVATE_GROUP = "HiDdEnGrOuP002"
+INVITE_REQUESTS = "AsKtOjOiN00003"
+INVITE_SMALL = "SmAlLgRoUp0004"
+
 # Files.
 PHOTO_DC1 = 5001
 PHOTO_DC2 = 5002
@@ -140,18 +146,21 @@ def _chats() -> list[dict[str, Any]]:
                                                str(USER_ALICE): DEFAULT_DATE},
          "photo": PHOTO_DC1},
         {"id": SECRET, "kind": "broadcast", "title": "Secret Channel", "creator_id": USER_BOB,
+         "invite": INVITE_SECRET,
          "members": {str(ACCOUNT_A): DEFAULT_DATE, str(USER_BOB): DEFAULT_DATE}},
         {"id": REQUESTS, "kind": "broadcast", "title": "Ask To Join", "username": "tgc_ask",
-         "join_request": True, "creator_id": USER_BOB, "members": {str(USER_BOB): DEFAULT_DATE}},
+         "join_request": True, "creator_id": USER_BOB, "invite": INVITE_REQUESTS,
+         "members": {str(USER_BOB): DEFAULT_DATE}},
         {"id": CHAT, "kind": "megagroup", "title": "TGC Chat", "username": "tgc_chat",
          "creator_id": USER_ALICE, "admins": [USER_BOB],
          "members": {**crowd, str(USER_ALICE): DEFAULT_DATE - 10, str(USER_BOB): DEFAULT_DATE - 5,
                      str(BOT): DEFAULT_DATE - 1, str(ACCOUNT_A): DEFAULT_DATE + 1000},
          "linked_chat_id": None},
         {"id": PRIVATE_GROUP, "kind": "megagroup", "title": "Hidden Group",
-         "creator_id": ACCOUNT_A,
+         "creator_id": ACCOUNT_A, "invite": INVITE_PRIVATE_GROUP,
          "members": {str(ACCOUNT_A): DEFAULT_DATE, str(ACCOUNT_B): DEFAULT_DATE}},
         {"id": SMALL, "kind": "group", "title": "Small Group", "creator_id": ACCOUNT_A,
+         "invite": INVITE_SMALL,
          "members": {str(ACCOUNT_A): DEFAULT_DATE, str(ACCOUNT_B): DEFAULT_DATE,
                      str(USER_ALICE): DEFAULT_DATE}},
     ]

@@ -79,7 +79,7 @@ def chat(world: World, spec: ChatSpec, viewer: int | None, forbidden: bool = Fal
     """A Channel (left reflects the viewer), ChannelForbidden (banned / private to them),
     Chat or ChatForbidden."""
     if not spec.is_channel:
-        if viewer is not None and viewer not in spec.members:
+        if forbidden:
             return types.ChatForbidden(id=spec.id, title=spec.title)
         return types.Chat(
             id=spec.id,
@@ -89,6 +89,7 @@ def chat(world: World, spec: ChatSpec, viewer: int | None, forbidden: bool = Fal
             date=spec.date,
             version=1,
             creator=viewer == spec.creator_id,
+            left=viewer is not None and viewer not in spec.members,
         )
     access_hash = world.access_hash("channel", viewer, spec.id)
     if forbidden:

@@ -207,6 +207,9 @@ class TelegramRpc:
             f.messages.GetFullChatRequest: self._get_full_chat,
             f.messages.GetDialogsRequest: self._get_dialogs,
             f.channels.JoinChannelRequest: self._join_channel,
+            f.messages.CheckChatInviteRequest: self._check_chat_invite,
+            f.messages.ImportChatInviteRequest: self._import_chat_invite,
+            f.messages.DeleteChatUserRequest: self._delete_chat_user,
             f.channels.LeaveChannelRequest: self._leave_channel,
             f.upload.GetFileRequest: self._get_file,
             f.auth.ExportAuthorizationRequest: self._export_authorization,
@@ -745,6 +748,85 @@ class TelegramRpc:
             chats=[self._chat_view(chat, viewer)],
             date=self._now(),
             seq=0,
+        )
+
+    def _invited(self, invite_hash: str) -> ChatSpec:
+        chat = self.world.by_invite(invite_hash)
+        if chat is None:
+            raise RpcError(400, "INVITE_HASH_INVALID")
+        return chat
+
+    async def _check_chat_invite(self, ctx: CallContext, req: Any) -> Any:
+        """ChatInviteAlready for a member, else ChatInvite (a preview of the chat)."""
+        chat = self._invited(req.hash)
+        viewer = self._me(ctx).id
+        if self._forbidden(chat, viewer):
+            raise RpcError(400, "CHANNEL_PRIVATE")
+        if viewer in chat.members:
+            return types.ChatInviteAlready(chat=self._chat_view(chat, viewer))
+        return types.ChatInvite(
+            title=chat.title,
+            photo=types.PhotoEmpty(id=0),
+            participants_count=chat.participants_count,
+            color=0,
+            channel=chat.is_channel or None,
+            broadcast=chat.kind == BROADCAST or None,
+            public=chat.is_public or None,
+            megagroup=chat.kind == MEGAGROUP or None,
+            request_needed=chat.join_request or None,
+            about=chat.about or None,
+        )
+
+    async def _import_chat_invite(self, ctx: CallContext, req: Any) -> Any:
+        """Joins through an invite link: private chats too; Updates as joinChannel answers
+        (for a basic group: the service message 'joined by link' with the account's pts)."""
+        chat = self._invited(req.hash)
+        viewer = self._me(ctx).id
+        if self._forbidden(chat, viewer):
+            raise RpcError(400, "CHANNEL_PRIVATE")
+        if viewer in chat.members:
+            raise RpcError(400, "USER_ALREADY_PARTICIPANT")
+        if chat.is_channel and len(self.world.joined_channels(viewer)) >= self.world.channel_limit:
+            raise RpcError(400, "CHANNELS_TOO_MUCH")
+        if chat.join_request:
+            if viewer not in chat.requests:
+                chat.requests.append(viewer)
+            raise RpcError(400, "INVITE_REQUEST_SENT")
+        chat.members[viewer] = self._now()
+        if chat.is_channel:
+            return self._channel_updates(chat, viewer)
+        action = {"type": "joined_by_link", "inviter_id": chat.creator_id or viewer}
+        return await self._basic_group_service(chat, viewer, action)
+
+    async def _delete_chat_user(self, ctx: CallContext, req: Any) -> Any:
+        """Leaves a basic group (only the account itself may be removed here)."""
+        chat = self.world.chats.get(req.chat_id)
+        if chat is None or chat.is_channel:
+            raise RpcError(400, "CHAT_ID_INVALID")
+        viewer = self._me(ctx).id
+        if self._user_from_input(ctx, req.user_id).id != viewer:
+            raise RpcError(400, "CHAT_ADMIN_REQUIRED")
+        if viewer not in chat.members:
+            raise RpcError(400, "USER_NOT_PARTICIPANT")
+        del chat.members[viewer]
+        return await self._basic_group_service(chat, viewer, {"type": "delete_user", "user_id": viewer})
+
+    async def _basic_group_service(
+        self, chat: ChatSpec, viewer: int, action: dict[str, Any]
+    ) -> types.Updates:
+        """Adds a service message to a basic group, pushes it to the other members and
+        answers the caller with it (updateNewMessage at the caller's next pts)."""
+        msg = MessageSpec(chat=chat.id, from_id=viewer, date=self._now(), action=action)
+        self.world.add_message(msg)
+        others = [u for u in self.world.common_viewers(msg) if u != viewer]
+        await self._push_common(msg, "new", viewers=others)
+        pts = self.world.account_event(viewer, msg.id, "new")
+        users, chats = self._entities_for([msg], viewer)
+        update = types.UpdateNewMessage(
+            message=render.message(self.world, msg, viewer), pts=pts, pts_count=1
+        )
+        return types.Updates(
+            updates=[update], users=users, chats=chats, date=self._now(), seq=0
         )
 
     # === messages =========================================================================
@@ -1312,8 +1394,10 @@ class TelegramRpc:
             )
             await self._push(viewer, updates)
 
-    async def _push_common(self, msg: MessageSpec, kind: str) -> None:
-        for viewer in self.world.common_viewers(msg):
+    async def _push_common(
+        self, msg: MessageSpec, kind: str, viewers: list[int] | None = None
+    ) -> None:
+        for viewer in self.world.common_viewers(msg) if viewers is None else viewers:
             pts = self.world.account_event(viewer, msg.id, kind)
             update: Any
             if kind == "new":

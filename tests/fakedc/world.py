@@ -237,6 +237,7 @@ class ChatSpec:
     members: dict[int, int] = field(default_factory=dict)
     banned: list[int] = field(default_factory=list)
     join_request: bool = False  # joinChannel → INVITE_REQUEST_SENT
+    invite: str | None = None  # the hash of its invite link (t.me/+HASH)
     verified: bool = False
     scam: bool = False
     fake: bool = False
@@ -434,6 +435,9 @@ class World:
             if c.username and c.username.lower() == name:
                 return c
         return None
+
+    def by_invite(self, invite_hash: str) -> ChatSpec | None:
+        return next((c for c in self.chats.values() if c.invite == invite_hash), None)
 
     def is_member(self, chat: ChatSpec, user_id: int) -> bool:
         return user_id in chat.members
