@@ -283,7 +283,8 @@ class JoinMap:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat()
+    # The service's one date format (service/parser.py): UTC, whole seconds, a Z suffix.
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _to_dict(row: sqlite3.Row) -> dict[str, Any]:

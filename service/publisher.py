@@ -143,9 +143,10 @@ def _unix(value: float | int | str | datetime) -> int:
 
 
 def _iso(value: float | datetime) -> str:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat()
-    return datetime.fromtimestamp(value, UTC).isoformat()
+    # The service's one date format (service/parser.py): UTC, whole seconds, a Z suffix.
+    if not isinstance(value, datetime):
+        value = datetime.fromtimestamp(value, UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- the outbox -----------------------------------------------------------------------------

@@ -42,8 +42,8 @@ def test_join_returns_the_subscription(jm: JoinMap) -> None:
         "peer": {"id": CHAN, "type": "channel", "title": "News", "username": "news"},
         "account": "acc1",
         "state": "joined",
-        "joined_at": "2023-11-14T22:13:20+00:00",
-        "updated_at": "2023-11-14T22:13:20+00:00",
+        "joined_at": "2023-11-14T22:13:20Z",
+        "updated_at": "2023-11-14T22:13:20Z",
         "last_message_id": 0,
     }
     assert jm.get(CHAN) == sub
@@ -64,7 +64,7 @@ def test_leave_and_kick_change_state_not_rows(jm: JoinMap, clock: Clock) -> None
     kicked = jm.record_kick(CHAN2, "acc1")
     assert left is not None and left["state"] == "left"
     assert kicked is not None and kicked["state"] == "kicked"
-    assert kicked["updated_at"] == "2023-11-14T22:14:20+00:00"
+    assert kicked["updated_at"] == "2023-11-14T22:14:20Z"
     assert jm.list() == []
     assert {s["state"] for s in jm.list(state=None)} == {"left", "kicked"}
     assert [s["peer"]["id"] for s in jm.list(State.KICKED)] == [CHAN2]
@@ -79,7 +79,7 @@ def test_rejoin_resets_joined_at_but_a_repeated_join_keeps_it(jm: JoinMap, clock
     jm.record_leave(CHAN, "acc1")
     clock.now += 10
     back = jm.record_join(CHAN, "acc1", type="channel")
-    assert back["joined_at"] == "2023-11-14T22:13:40+00:00"
+    assert back["joined_at"] == "2023-11-14T22:13:40Z"
 
 
 def test_two_accounts_in_one_chat(jm: JoinMap, clock: Clock) -> None:

@@ -76,14 +76,14 @@ def test_make_event_ids_and_body() -> None:
         "event": "message.new",
         "peer": PEER,
         "account": "a1",
-        "at": "1970-01-01T00:00:00+00:00",
+        "at": "1970-01-01T00:00:00Z",
         "message": {"id": 5},
     }
     edited = make_event(
         "message.edited",
         PEER,
         account="a1",
-        message={"id": 5, "edit_date": "2023-11-14T22:13:20+00:00"},
+        message={"id": 5, "edit_date": "2023-11-14T22:13:20Z"},
     )
     assert edited.message_id == "-1001234567890:5:message.edited:1700000000"
     same = make_event(
