@@ -22,6 +22,7 @@ from tests.fakedc.demo_world import (
     ACCOUNT_A,
     ACCOUNT_B,
     ACCOUNT_C,
+    ALBUM_IDS,
     AVATAR,
     BOT,
     CHAT,
@@ -323,7 +324,7 @@ async def test_history_renders_every_message_kind(rpc: TelegramRpc, world: World
     photo = by_id[MEDIA_IDS["photo_dc2"]].media.photo
     assert photo.dc_id == 2 and isinstance(photo.sizes[0], T.PhotoStrippedSize)
     assert isinstance(photo.sizes[-1], T.PhotoSizeProgressive)
-    album = [by_id[i].grouped_id for i in MEDIA_IDS["album"]]
+    album = [by_id[i].grouped_id for i in ALBUM_IDS]
     assert len(set(album)) == 1 and album[0]
     video = by_id[MEDIA_IDS["video"]].media
     assert video.video and video.document.size == VIDEO_SIZE

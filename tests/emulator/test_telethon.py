@@ -23,6 +23,7 @@ from tests.fakedc.demo_world import (
     ACCOUNT_A,
     ACCOUNT_B,
     ACCOUNT_C,
+    ALBUM_IDS,
     CHAT,
     MEDIA_IDS,
     NEWS,
@@ -153,7 +154,7 @@ async def test_every_kind_of_media_reaches_telethon(connect: Any) -> None:
     assert msgs[MEDIA_IDS["round"]].video_note is not None
     assert msgs[MEDIA_IDS["file"]].file.name == "report.pdf"
     assert msgs[MEDIA_IDS["webpage"]].web_preview.photo is not None
-    assert len({msgs[i].grouped_id for i in MEDIA_IDS["album"]}) == 1
+    assert len({msgs[i].grouped_id for i in ALBUM_IDS}) == 1
 
 
 async def test_participants_search_and_dialogs(connect: Any) -> None:

@@ -65,10 +65,10 @@ VIDEO_SIZE = 20 * 1024 * 1024 + 12_345  # not a multiple of any part size: a sho
 NEWS_POSTS = 150
 
 # Message ids in MEDIA, in the order they are added.
+ALBUM_IDS = (4, 5, 6)
 MEDIA_IDS = {
     "photo_dc1": 2,
     "photo_dc2": 3,
-    "album": (4, 5, 6),
     "video": 7,
     "audio": 8,
     "voice": 9,
@@ -203,7 +203,7 @@ def _media_messages() -> list[dict[str, Any]]:
         {**base, "id": ids["photo_dc1"], "text": "a photo", "media": {"photo": PHOTO_DC1}},
         {**base, "id": ids["photo_dc2"], "text": "a photo on dc 2", "media": {"photo": PHOTO_DC2}},
     ]
-    for n, (mid, pid) in enumerate(zip(ids["album"], ALBUM_PHOTOS, strict=True)):
+    for n, (mid, pid) in enumerate(zip(ALBUM_IDS, ALBUM_PHOTOS, strict=True)):
         msgs.append({**base, "id": mid, "text": "album" if n == 0 else "",
                      "media": {"photo": pid}, "grouped_id": ALBUM_GROUP})
     for key, doc in (("video", VIDEO_20MB), ("audio", AUDIO), ("voice", VOICE),

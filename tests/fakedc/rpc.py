@@ -225,7 +225,7 @@ class TelegramRpc:
 
     @property
     def supported_methods(self) -> list[str]:
-        return sorted(method_name(cls.__new__(cls)) for cls in self._handlers)
+        return sorted(method_name(object.__new__(cls)) for cls in self._handlers)
 
     # === knobs ============================================================================
 
