@@ -17,6 +17,7 @@ from telethon.tl import functions, types
 
 from tests.emulator.conftest import API_HASH, API_ID
 from tests.emulator.mini_world import MiniWorld, file_bytes
+from tests.fakedc.api import CallContext
 from tests.fakedc.authkeys import AuthKeyRegistry
 from tests.fakedc.cluster import FakeTelegram
 from tests.fakedc.session import make_session
@@ -102,6 +103,54 @@ async def test_requests_in_one_container(
     assert a[0].id == 1000
     assert isinstance(b, types.Config) and b.this_dc == 1
     assert mini_tg.stats["container"] > before
+
+
+async def test_gzip_packed_request_is_unpacked(
+    mini_tg: FakeTelegram, connect: ClientFactory
+) -> None:
+    client = connect(1000)
+    await client.connect()
+    # Telethon gzips a content request over 512 bytes when that makes it smaller.
+    many = [types.InputUser(user_id=2000 + i % 3, access_hash=0) for i in range(60)]
+    users = await client(functions.users.GetUsersRequest(many))
+    assert [u.id for u in users] == [2000 + i % 3 for i in range(60)]
+    assert mini_tg.stats["gzip_packed"] >= 1
+
+
+async def test_ordered_requests_use_invoke_after_msg(
+    mini_tg: FakeTelegram, mini: MiniWorld, connect: ClientFactory
+) -> None:
+    client = connect(1000)
+    await client.connect()
+    seen: list[str] = []
+    inner = mini_tg.dispatcher
+
+    async def recording(ctx: CallContext, request: object) -> object:
+        if ctx.method in ("help.getNearestDc", "help.getConfig"):
+            # The first one is slow: the second must still wait for it.
+            await asyncio.sleep(0.3 if ctx.method == "help.getNearestDc" else 0)
+            seen.append(ctx.method)
+        return await inner(ctx, request)
+
+    mini_tg.dispatcher = recording
+    nearest, config = await client(
+        [functions.help.GetNearestDcRequest(), functions.help.GetConfigRequest()], ordered=True
+    )
+    assert nearest.this_dc == 1 and isinstance(config, types.Config)
+    assert seen == ["help.getNearestDc", "help.getConfig"]
+    assert mini_tg.stats["invokeAfterMsg"] == 1
+
+
+async def test_ping_delay_disconnect_closes_an_idle_connection(
+    mini_tg: FakeTelegram, connect: ClientFactory
+) -> None:
+    client = connect(1000)
+    await client.connect()
+    connections = mini_tg.stats["connection"]
+    await client(functions.PingDelayDisconnectRequest(ping_id=1, disconnect_delay=1))
+    # No further ping: the server closes it after a second, and Telethon reconnects.
+    await wait_for(lambda: mini_tg.stats["connection"] > connections)
+    assert (await client.get_me()).id == 1000
 
 
 async def test_salt_change_is_answered_bad_server_salt_and_resent(

@@ -316,7 +316,7 @@ class ClientConnection:
             self._send(types.BadServerSalt(msg_id, seq_no, 48, rec.salt), content=False)
             return
         acks: list[int] = []
-        messages = _unpack(msg_id, seq_no, body)
+        messages = _unpack(msg_id, seq_no, body, self.dc.stats)
         if len(messages) > 1:
             self.dc.stats["container"] += 1
         for m_id, m_seq, m_body in messages:
@@ -428,6 +428,7 @@ class ClientConnection:
                 no_updates = True
                 request = request.query
             elif isinstance(request, functions.InvokeAfterMsgRequest):
+                self.dc.stats["invokeAfterMsg"] += 1
                 await self._wait_for([request.msg_id])
                 request = request.query
             elif isinstance(request, functions.InvokeAfterMsgsRequest):
@@ -512,11 +513,14 @@ class ClientConnection:
         self.writer.close()
 
 
-def _unpack(msg_id: int, seq_no: int, body: bytes) -> list[tuple[int, int, bytes]]:
+def _unpack(
+    msg_id: int, seq_no: int, body: bytes, stats: Counter[str]
+) -> list[tuple[int, int, bytes]]:
     """Flattens containers and gzip_packed into (msg_id, seq_no, body) messages."""
     (cid,) = struct.unpack_from("<I", body, 0)
     if cid == _GZIP:
-        return _unpack(msg_id, seq_no, GzipPacked.read(BinaryReader(body)))
+        stats["gzip_packed"] += 1
+        return _unpack(msg_id, seq_no, GzipPacked.read(BinaryReader(body)), stats)
     if cid != _CONTAINER:
         return [(msg_id, seq_no, body)]
     out: list[tuple[int, int, bytes]] = []
@@ -525,7 +529,7 @@ def _unpack(msg_id: int, seq_no: int, body: bytes) -> list[tuple[int, int, bytes
     for _ in range(count):
         m_id, m_seq, length = struct.unpack_from("<qii", body, pos)
         pos += 16
-        out.extend(_unpack(m_id, m_seq, body[pos : pos + length]))
+        out.extend(_unpack(m_id, m_seq, body[pos : pos + length], stats))
         pos += length
     return out
 
