@@ -819,3 +819,75 @@ async def test_leave_a_basic_group(
     other = T.InputUser(USER_ALICE, world.access_hash("user", ACCOUNT_A, USER_ALICE))
     req = F.messages.DeleteChatUserRequest(SMALL, other)
     assert await fails(rpc, req) == "CHAT_ADMIN_REQUIRED"
+
+
+# --- search, single participant, log out, generic failures ----------------------------
+
+
+def search(peer: Any, q: str = "", flt: Any = None, limit: int = 100, from_id: Any = None) -> Any:
+    return F.messages.SearchRequest(
+        peer=peer, q=q, filter=flt or T.InputMessagesFilterEmpty(), min_date=None, max_date=None,
+        offset_id=0, add_offset=0, limit=limit, max_id=0, min_id=0, hash=0, from_id=from_id,
+    )
+
+
+async def test_search_messages_by_text_and_filter(rpc: TelegramRpc, world: World) -> None:
+    news = ipeer(world, ACCOUNT_A, NEWS)
+    bold = await call(rpc, search(news, "bold news", limit=3))
+    assert bold.count == 15 and [m.id for m in bold.messages] == [150, 140, 130]
+    media = ipeer(world, ACCOUNT_A, MEDIA)
+
+    async def ids(flt: Any) -> list[int]:
+        return [m.id for m in (await call(rpc, search(media, flt=flt))).messages]
+
+    assert await ids(T.InputMessagesFilterPhotos()) == [6, 5, 4, 3, 2]
+    assert await ids(T.InputMessagesFilterVoice()) == [MEDIA_IDS["voice"]]
+    assert await ids(T.InputMessagesFilterGif()) == [MEDIA_IDS["animation"]]
+    assert await ids(T.InputMessagesFilterUrl()) == [MEDIA_IDS["webpage"]]
+    chat = ipeer(world, ACCOUNT_A, CHAT)
+    alice = T.InputPeerUser(USER_ALICE, world.access_hash("user", ACCOUNT_A, USER_ALICE))
+    assert [m.id for m in (await call(rpc, search(chat, from_id=alice))).messages] == [40]
+    small = await call(rpc, search(T.InputPeerChat(SMALL), "hi", limit=1))
+    assert isinstance(small, T.messages.Messages) and len(small.messages) == 1
+
+
+async def test_get_participant(rpc: TelegramRpc, world: World) -> None:
+    chat = ichan(world, ACCOUNT_A, CHAT)
+    bob = T.InputPeerUser(USER_BOB, world.access_hash("user", ACCOUNT_A, USER_BOB))
+    got = await call(rpc, F.channels.GetParticipantRequest(chat, bob))
+    assert isinstance(got.participant, T.ChannelParticipantAdmin)
+    me = await call(rpc, F.channels.GetParticipantRequest(chat, T.InputPeerSelf()))
+    assert isinstance(me.participant, T.ChannelParticipantSelf)
+    req = F.channels.GetParticipantRequest(ichan(world, ACCOUNT_C, CHAT), T.InputPeerSelf())
+    assert await fails(rpc, req, user=ACCOUNT_C) == "USER_NOT_PARTICIPANT"
+
+
+async def test_log_out_unregisters_that_key_only(rpc: TelegramRpc) -> None:
+    key = Bound(ACCOUNT_A, key=11)
+    assert isinstance(await rpc(key.ctx, F.auth.LogOutRequest()), T.auth.LoggedOut)
+    with pytest.raises(RpcError, match="AUTH_KEY_UNREGISTERED"):
+        await rpc(key.ctx, F.updates.GetStateRequest())
+    await rpc(Bound(ACCOUNT_A, key=12).ctx, F.updates.GetStateRequest())
+
+
+@pytest.mark.parametrize(
+    ("knob", "code", "error"),
+    [("session_revoked", 401, "SESSION_REVOKED"), ("auth_key_duplicated", 406, "AUTH_KEY_DUPLICATED")],
+)
+async def test_more_account_fates(rpc: TelegramRpc, knob: str, code: int, error: str) -> None:
+    getattr(rpc, knob)(ACCOUNT_C)
+    with pytest.raises(RpcError) as info:
+        await rpc(Bound(ACCOUNT_C).ctx, F.help.GetNearestDcRequest())
+    assert (info.value.code, info.value.message) == (code, error)
+    rpc.clear_faults()
+    await rpc(Bound(ACCOUNT_C).ctx, F.help.GetNearestDcRequest())
+
+
+async def test_fail_knob_answers_any_error_n_times(rpc: TelegramRpc) -> None:
+    rpc.fail("updates.getState", 500, "INTERNAL", times=2, user_id=ACCOUNT_A)
+    await call(rpc, F.updates.GetStateRequest(), user=ACCOUNT_B)
+    for _ in range(2):
+        with pytest.raises(RpcError) as info:
+            await rpc(Bound(ACCOUNT_A).ctx, F.updates.GetStateRequest())
+        assert (info.value.code, info.value.message) == (500, "INTERNAL")
+    await call(rpc, F.updates.GetStateRequest())

@@ -372,3 +372,26 @@ async def test_invite_links_and_basic_groups(connect: Any, world: World) -> None
     assert {u.id for u in members} == set(world.chats[SMALL].members)
     await a(F.messages.DeleteChatUserRequest(SMALL, T.InputUserSelf()))
     assert ACCOUNT_A not in world.chats[SMALL].members
+
+
+async def test_iter_messages_search_and_filters(connect: Any) -> None:
+    client = await connect(ACCOUNT_A)
+    news = await client.get_entity("tgc_news")
+    found = [m.id async for m in client.iter_messages(news, search="bold news", limit=None)]
+    assert found == list(range(150, 0, -10))[:15]
+    media = await client.get_entity("tgc_media")
+    photos = [m.id async for m in client.iter_messages(media, filter=T.InputMessagesFilterPhotos)]
+    assert photos == [6, 5, 4, 3, 2]
+
+
+async def test_log_out_and_more_account_fates(connect: Any, rpc: TelegramRpc) -> None:
+    client = await connect(ACCOUNT_C)
+    assert await client.log_out()
+    other = await connect(ACCOUNT_B)
+    rpc.session_revoked(ACCOUNT_B)
+    with pytest.raises(errors.SessionRevokedError):
+        await other.get_entity("tgc_news")
+    rpc.clear_faults()
+    rpc.auth_key_duplicated(ACCOUNT_B)
+    with pytest.raises(errors.AuthKeyDuplicatedError):
+        await other.get_entity("tgc_chat")

@@ -23,20 +23,35 @@ tests/emulator/test_rpc.py):
   deleted id); they are pushed only to member accounts; getChannelDifference replays the
   log (ChannelDifferenceTooLong when it reaches further back than the log).
 
+Requests answered (everything else: 400 METHOD_INVALID, logged and listed in rpc.unknown):
+    help.getConfig, help.getNearestDc, users.getUsers, users.getFullUser,
+    contacts.resolveUsername, contacts.search, channels.getChannels, channels.getFullChannel,
+    channels.getParticipants, channels.getParticipant, channels.getMessages,
+    channels.joinChannel, channels.leaveChannel, messages.getMessages, messages.getHistory,
+    messages.search, messages.getChats, messages.getFullChat, messages.getDialogs,
+    messages.checkChatInvite, messages.importChatInvite, messages.deleteChatUser,
+    upload.getFile, auth.exportAuthorization, auth.importAuthorization, auth.sendCode,
+    auth.signIn, auth.checkPassword, auth.logOut, account.getPassword, updates.getState,
+    updates.getDifference, updates.getChannelDifference   (rpc.supported_methods)
+
 Knobs (all take effect immediately; see each method's docstring):
     rpc.set_latency({"upload.getFile": 0.05, "*": 0.0})   # seconds before each answer
     rpc.slow("messages.getHistory", 2.0, times=1)          # one-off slow answers
     rpc.flood_wait("contacts.resolveUsername", 30, every=None, times=1, user_id=None)
-    rpc.username_not_occupied("durov")                     # ... and clear_faults()
+    rpc.fail("channels.getMessages", 500, "INTERNAL", times=1, user_id=None)
+    rpc.username_not_occupied("durov")
     rpc.channel_private(channel_id)
     rpc.auth_key_unregistered(user_id); rpc.deactivated_ban(user_id)
+    rpc.session_revoked(user_id); rpc.auth_key_duplicated(user_id)
     rpc.expire_file_references()
     rpc.drop_connection_in_file(file_id=None, nth=2, user_id=None)
     rpc.drop_next_posts(channel_id, n)
+    rpc.clear_faults()                                     # undoes the fault knobs
     rpc.world.channel_limit = 500                          # CHANNELS_TOO_MUCH beyond it
-Pushes: post_message, edit_message, delete_messages, kick, add_member.
-Counters: rpc.count(method=None, user_id=None), rpc.reset_counts(), rpc.unknown (methods
-answered METHOD_INVALID).
+    rpc.login_code = "12345"                               # the code auth.signIn accepts
+Pushes (async, to member accounts through the cluster's pusher): post_message,
+edit_message, delete_messages, kick; add_member (no push).
+Counters: rpc.count(method=None, user_id=None), rpc.reset_counts(), rpc.unknown.
 """
 
 from __future__ import annotations
@@ -100,6 +115,15 @@ class _Slow:
 
 
 @dataclass
+class _Fail:
+    method: str
+    code: int
+    message: str
+    times: int
+    user_id: int | None
+
+
+@dataclass
 class _Drop:
     file_id: int | None
     nth: int
@@ -159,8 +183,10 @@ class TelegramRpc:
         self._floods: list[_Flood] = []
         self._unoccupied: set[str] = set()
         self._private: set[int] = set()
-        self._unregistered: set[int] = set()
-        self._banned_accounts: set[int] = set()
+        # Account fates: user id → (code, message) every call of that account fails with.
+        self._fates: dict[int, tuple[int, str]] = {}
+        self._logged_out_keys: set[int] = set()
+        self._fails: list[_Fail] = []
         self._drops: list[_Drop] = []
         self._drop_posts: Counter[int] = Counter()
         self.login_code = LOGIN_CODE
@@ -183,6 +209,7 @@ class TelegramRpc:
             raise RpcError(400, "METHOD_INVALID")
         self._check_account(ctx, method)
         self._check_flood(method, ctx.user_id)
+        self._check_fail(method, ctx.user_id)
         return await handler(ctx, request)
 
     def set_pusher(self, pusher: Pusher) -> None:
@@ -203,6 +230,9 @@ class TelegramRpc:
             f.channels.GetMessagesRequest: self._channel_messages,
             f.messages.GetMessagesRequest: self._common_messages,
             f.messages.GetHistoryRequest: self._get_history,
+            f.messages.SearchRequest: self._search_messages,
+            f.channels.GetParticipantRequest: self._get_participant,
+            f.auth.LogOutRequest: self._log_out,
             f.messages.GetChatsRequest: self._get_chats,
             f.messages.GetFullChatRequest: self._get_full_chat,
             f.messages.GetDialogsRequest: self._get_dialogs,
@@ -262,11 +292,26 @@ class TelegramRpc:
 
     def auth_key_unregistered(self, user_id: int) -> None:
         """Every call of this account answers 401 AUTH_KEY_UNREGISTERED (logged out)."""
-        self._unregistered.add(user_id)
+        self._fates[user_id] = (401, "AUTH_KEY_UNREGISTERED")
 
     def deactivated_ban(self, user_id: int) -> None:
         """Every call of this account answers 401 USER_DEACTIVATED_BAN (banned)."""
-        self._banned_accounts.add(user_id)
+        self._fates[user_id] = (401, "USER_DEACTIVATED_BAN")
+
+    def session_revoked(self, user_id: int) -> None:
+        """Every call of this account answers 401 SESSION_REVOKED."""
+        self._fates[user_id] = (401, "SESSION_REVOKED")
+
+    def auth_key_duplicated(self, user_id: int) -> None:
+        """Every call of this account answers 406 AUTH_KEY_DUPLICATED (unusable for good)."""
+        self._fates[user_id] = (406, "AUTH_KEY_DUPLICATED")
+
+    def fail(
+        self, method: str, code: int, message: str, *, times: int = 1, user_id: int | None = None
+    ) -> None:
+        """The next `times` calls of `method` ("*": any) answer rpc_error code/message, e.g.
+        fail("channels.getMessages", 500, "INTERNAL") or (400, "CHANNEL_INVALID")."""
+        self._fails.append(_Fail(method, code, message, times, user_id))
 
     def expire_file_references(self) -> None:
         """Every file reference issued so far answers FILE_REFERENCE_EXPIRED; fetching the
@@ -291,8 +336,8 @@ class TelegramRpc:
         self._floods.clear()
         self._unoccupied.clear()
         self._private.clear()
-        self._unregistered.clear()
-        self._banned_accounts.clear()
+        self._fates.clear()
+        self._fails.clear()
         self._drops.clear()
         self._drop_posts.clear()
 
@@ -329,10 +374,18 @@ class TelegramRpc:
             if method == "account.getPassword" and ctx.auth_key_id in self._awaiting_password:
                 return
             raise RpcError(401, "AUTH_KEY_UNREGISTERED")
-        if uid in self._unregistered:
+        if ctx.auth_key_id in self._logged_out_keys:
             raise RpcError(401, "AUTH_KEY_UNREGISTERED")
-        if uid in self._banned_accounts:
-            raise RpcError(401, "USER_DEACTIVATED_BAN")
+        if uid in self._fates:
+            raise RpcError(*self._fates[uid])
+
+    def _check_fail(self, method: str, user_id: int | None) -> None:
+        for rule in self._fails:
+            if rule.method in (method, "*") and rule.user_id in (None, user_id):
+                rule.times -= 1
+                if rule.times <= 0:
+                    self._fails.remove(rule)
+                raise RpcError(rule.code, rule.message)
 
     def _check_flood(self, method: str, user_id: int | None) -> None:
         for rule in self._floods:
@@ -624,6 +677,22 @@ class TelegramRpc:
             users=self._users(page, viewer),
         )
 
+    async def _get_participant(self, ctx: CallContext, req: Any) -> Any:
+        chat = self._channel_from_input(ctx, req.channel)
+        self._check_readable(ctx, chat)
+        viewer = self._me(ctx).id
+        user = self._user_from_input(ctx, req.participant, "PARTICIPANT_ID_INVALID")
+        if user.id not in chat.members and user.id not in chat.banned:
+            raise RpcError(400, "USER_NOT_PARTICIPANT")
+        is_admin = viewer in chat.admins or viewer == chat.creator_id
+        if chat.kind == BROADCAST and not is_admin and user.id != viewer:
+            raise RpcError(400, "CHAT_ADMIN_REQUIRED")
+        return types.channels.ChannelParticipant(
+            participant=self._participant(chat, user.id, viewer),
+            chats=[],
+            users=self._users([user.id], viewer),
+        )
+
     def _participant_matches(self, chat: ChatSpec, uid: int, flt: Any) -> bool:
         user = self.world.users.get(uid)
         if user is None:
@@ -902,7 +971,17 @@ class TelegramRpc:
 
     async def _get_history(self, ctx: CallContext, req: Any) -> Any:
         viewer = self._me(ctx).id
-        peer = self._peer_from_input(ctx, req.peer)
+        chat, box = self._history_box(ctx, viewer, req.peer)
+        window = history_window(
+            box, req.offset_id, _ts(req.offset_date), req.add_offset, req.limit, req.min_id, req.max_id
+        )
+        return self._messages_answer(chat, list(window), viewer, count=len(box))
+
+    def _history_box(
+        self, ctx: CallContext, viewer: int, input_peer: Any
+    ) -> tuple[ChatSpec | None, list[MessageSpec]]:
+        """The chat (None for a private chat) and its messages, newest first."""
+        peer = self._peer_from_input(ctx, input_peer)
         chat: ChatSpec | None = None
         if isinstance(peer, ChatSpec):
             chat = peer
@@ -921,10 +1000,49 @@ class TelegramRpc:
                 if m.chat is None and {m.from_id, m.to_user} == {viewer, other}
             ]
         box.sort(key=lambda m: m.id, reverse=True)
+        return chat, box
+
+    async def _search_messages(self, ctx: CallContext, req: Any) -> Any:
+        """messages.search in one chat: text contains q (case-folded) and the media filter
+        matches; then getHistory's window rules (max_date stands for offset_date)."""
+        viewer = self._me(ctx).id
+        chat, box = self._history_box(ctx, viewer, req.peer)
+        q = req.q.casefold()
+        hits = [
+            m
+            for m in box
+            if q in m.text.casefold() and self._filter_matches(m, req.filter)
+            and (req.from_id is None or m.from_id == getattr(req.from_id, "user_id", viewer))
+        ]
         window = history_window(
-            box, req.offset_id, _ts(req.offset_date), req.add_offset, req.limit, req.min_id, req.max_id
+            hits, req.offset_id, _ts(req.max_date), req.add_offset, req.limit, req.min_id, req.max_id
         )
-        return self._messages_answer(chat, list(window), viewer, count=len(box))
+        return self._messages_answer(chat, list(window), viewer, count=len(hits))
+
+    def _filter_matches(self, msg: MessageSpec, flt: Any) -> bool:
+        if isinstance(flt, types.InputMessagesFilterEmpty):
+            return True
+        if isinstance(flt, types.InputMessagesFilterPinned):
+            return msg.pinned
+        if isinstance(flt, types.InputMessagesFilterUrl):
+            return any(e["type"] in ("url", "text_url") for e in msg.entities) or bool(
+                msg.media and "webpage" in msg.media
+            )
+        media = msg.media or {}
+        kind = self.world.documents[media["document"]].kind if "document" in media else None
+        wanted: dict[type, set[str | None]] = {
+            types.InputMessagesFilterPhotos: {"photo"},
+            types.InputMessagesFilterVideo: {"video"},
+            types.InputMessagesFilterPhotoVideo: {"photo", "video"},
+            types.InputMessagesFilterDocument: {"file", "audio", "video", "animation", "sticker"},
+            types.InputMessagesFilterMusic: {"audio"},
+            types.InputMessagesFilterVoice: {"voice"},
+            types.InputMessagesFilterRoundVideo: {"round"},
+            types.InputMessagesFilterRoundVoice: {"round", "voice"},
+            types.InputMessagesFilterGif: {"animation"},
+        }
+        label = "photo" if "photo" in media else kind
+        return label is not None and label in wanted.get(type(flt), set())
 
     async def _get_dialogs(self, ctx: CallContext, req: Any) -> Any:
         """The account's channels, megagroups and basic groups that have messages, newest
@@ -1051,6 +1169,13 @@ class TelegramRpc:
         ctx.user_id = user_id
         self._awaiting_password.pop(ctx.auth_key_id, None)
         return types.auth.Authorization(user=render.user(self.world, self.world.users[user_id], user_id))
+
+    async def _log_out(self, ctx: CallContext, req: Any) -> Any:
+        """Logs this auth key out: its later calls answer AUTH_KEY_UNREGISTERED."""
+        if ctx.user_id is None:
+            raise RpcError(401, "AUTH_KEY_UNREGISTERED")
+        self._logged_out_keys.add(ctx.auth_key_id)
+        return types.auth.LoggedOut()
 
     async def _send_code(self, ctx: CallContext, req: Any) -> Any:
         if self.world.account_by_phone(req.phone_number) is None:
