@@ -492,8 +492,12 @@ async def _borrow_home_sender(client: TelegramClient) -> Any:
         if state is None:
             sender = MTProtoSender(client.session.auth_key, loggers=client._log)
             await sender.connect(_home_connection(client))
-            client._init_request.query = functions.help.GetConfigRequest()
-            await sender.send(functions.InvokeWithLayerRequest(LAYER, client._init_request))
+            try:
+                client._init_request.query = functions.help.GetConfigRequest()
+                await sender.send(functions.InvokeWithLayerRequest(LAYER, client._init_request))
+            except BaseException:
+                await sender.disconnect()  # not among the borrowed yet: nothing else closes it
+                raise
             sender.dc_id = dc_id
             state = _ExportState()
             client._borrowed_senders[dc_id] = (state, sender)
