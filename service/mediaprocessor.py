@@ -62,7 +62,7 @@ from common.errors import (
 from common.sqlite import open_db, write
 from common.utils import PeerRef
 from model.media import Media, check_part_size, download_media
-from service.parser import fresh_reference
+from service.parser import fresh_reference, parse_message
 from service.storage import Storage, StorageError, StorageUnavailable, object_name
 
 log = logging.getLogger(__name__)
@@ -850,6 +850,54 @@ class _SpoolBudget:
     def release(self, size: int) -> None:
         self.used -= size
         self._freed.set()
+
+
+# --- another account for a file ---------------------------------------------------------------
+
+
+class Pool(Protocol):
+    """What `rebind_through` needs of `model.teleclient.TeleClients`."""
+
+    async def run(self, op: Callable[[Any], Awaitable[Any]], peer: PeerRef | None = None) -> Any: ...
+
+
+def rebind_through(pool: Pool) -> Rebind:
+    """The `rebind` hook over the pool: when the account a file is bound to is banned or
+    logged out, another account fetches the same message, and its own copy of the file (its
+    access hash and reference, the same key) continues the download.
+
+    Only accounts that can reach the peer by id are asked (the Media does not keep the
+    username); a file whose message is gone, or seen by no other account, fails as before.
+    """
+
+    async def rebind(media: Media, error: TgcError) -> Media | None:
+        if media.peer_id is None or media.msg_id is None:
+            return None
+        ref = _peer_ref(media.peer_id)
+        msg_id = media.msg_id
+
+        async def fetch(tele: Any) -> tuple[Any, list[Any]]:
+            if tele.name == media.account:
+                # The pool does not know yet; this makes it try the next account.
+                raise AccountUnusable(tele.name, "unusable", "it can't download this file")
+            result: tuple[Any, list[Any]] = await tele.get_messages(ref, [msg_id])
+            return result
+
+        try:
+            (_, messages), tele = await pool.run(fetch, ref)
+        except TgcError as e:
+            log.info("media %s: no other account can fetch it (%s)", media.key, e.code)
+            return None
+        for message in messages:
+            if message is None:
+                continue
+            _, found = parse_message(message, tele.name)
+            for other in found:
+                if other.key == media.key:
+                    return other
+        return None
+
+    return rebind
 
 
 # --- errors and Telegram objects -----------------------------------------------------------------

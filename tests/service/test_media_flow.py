@@ -26,7 +26,7 @@ import pytest
 from common.utils import parse_peer
 from model.media import Media, part_count
 from model.teleclient import TeleClients
-from service.mediaprocessor import MediaProcessor, decode_parts
+from service.mediaprocessor import MediaProcessor, decode_parts, rebind_through
 from service.parser import parse_messages
 from service.storage import HttpStorage
 from tests.fakedc import files, render
@@ -58,15 +58,6 @@ def fakedc_dispatcher() -> Any:
         for i in REPOSTS
     ]
     return TelegramRpc(World.from_dict(data))
-
-
-@pytest.fixture(autouse=True)
-def fresh_dc_config() -> None:
-    """Telethon caches help.getConfig on the TelegramClient class, for the process: a second
-    emulator (new ports) would be reached at the first one's DC 2 address."""
-    from telethon import TelegramClient
-
-    TelegramClient._config = None
 
 
 @pytest.fixture
@@ -257,6 +248,28 @@ async def test_nginx_away_for_a_while(flow: Flow) -> None:
     await wait_for(lambda: all_in(p, media, "stored"))
     for m in media:
         assert on_nginx(flow.nginx, m) == emulated(m)
+
+
+async def test_a_banned_account_fails_its_files_with_the_reason(flow: Flow) -> None:
+    pdf = next(m for m in await flow.page("acc-a") if m.file_id == FILE_PDF)
+    flow.rpc.deactivated_ban(ACCOUNT_A)
+    p = flow.processor()
+    await p.start()
+    p.submit(pdf)
+    await wait_for(lambda: all_in(p, [pdf], "failed"))
+    assert "USER_DEACTIVATED_BAN" in p.get(pdf.key)["error"]  # type: ignore[index]
+
+
+async def test_a_banned_account_hands_its_files_to_another(flow: Flow) -> None:
+    video = next(m for m in await flow.page("acc-a") if m.file_id == VIDEO_20MB)
+    await flow.page("acc-b")  # acc-b has seen the channel: it can reach it by id
+    flow.rpc.deactivated_ban(ACCOUNT_A)
+    p = flow.processor(rebind=rebind_through(flow.pool))
+    await p.start()
+    p.submit(video)
+    await wait_for(lambda: all_in(p, [video], "stored"))
+    assert on_nginx(flow.nginx, video) == emulated(video)
+    assert [r["account"] for r in flow.stored] == ["acc-b"]
 
 
 def child_main(sessions: str, db: str, spool: str, base_url: str, media_json: str) -> None:
