@@ -891,3 +891,22 @@ async def test_fail_knob_answers_any_error_n_times(rpc: TelegramRpc) -> None:
             await rpc(Bound(ACCOUNT_A).ctx, F.updates.GetStateRequest())
         assert (info.value.code, info.value.message) == (500, "INTERNAL")
     await call(rpc, F.updates.GetStateRequest())
+
+
+async def test_rate_limit_escalates_per_account(world: World) -> None:
+    now = [1000.0]
+    rpc = TelegramRpc(world, clock=lambda: now[0])
+    req = F.contacts.ResolveUsernameRequest("tgc_news")
+    rpc.rate_limit("contacts.resolveUsername", calls=2, per=60, wait=30)
+    await call(rpc, req)
+    await call(rpc, req)
+    assert await fails(rpc, req) == "FLOOD_WAIT_30"
+    await call(rpc, req, user=ACCOUNT_B)  # another account has its own budget
+    now[0] += 10
+    assert await fails(rpc, req) == "FLOOD_WAIT_20"  # still waiting: the remainder
+    now[0] += 21
+    await call(rpc, req)
+    await call(rpc, req)
+    assert await fails(rpc, req) == "FLOOD_WAIT_60"  # second strike: doubled
+    now[0] += 61
+    await call(rpc, req)

@@ -95,6 +95,7 @@ def test_demo_world_round_trips_through_json(tmp_path: Path) -> None:
         ({"chats": [{"id": 1, "kind": "supergroup"}]}, "kind"),
         ({"documents": [{"id": 1, "kind": "movie"}]}, "kind"),
         ({"users": [{"id": 1}], "chats": [{"id": 1}]}, "twice"),
+        ({"chats": [{"id": 1, "pts": 5}]}, "world's own"),
         ({"chats": [{"id": 1}], "messages": [{"chat": 1, "media": {"photo": 9}}]}, "media"),
     ],
 )

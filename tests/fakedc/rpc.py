@@ -39,6 +39,7 @@ Knobs (all take effect immediately; see each method's docstring):
     rpc.slow("messages.getHistory", 2.0, times=1)          # one-off slow answers
     rpc.flood_wait("contacts.resolveUsername", 30, every=None, times=1, user_id=None)
     rpc.fail("channels.getMessages", 500, "INTERNAL", times=1, user_id=None)
+    rpc.rate_limit("contacts.resolveUsername", calls=5, per=60, wait=30, escalate=2.0)
     rpc.username_not_occupied("durov")
     rpc.channel_private(channel_id)
     rpc.auth_key_unregistered(user_id); rpc.deactivated_ban(user_id)
@@ -65,7 +66,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from telethon import password as tpassword
@@ -112,6 +113,19 @@ class _Slow:
     method: str
     seconds: float
     times: int
+
+
+@dataclass
+class _RateLimit:
+    method: str
+    calls: int
+    per: float
+    wait: int
+    escalate: float
+    # Per account: recent call times, strikes so far, and the end of the current wait.
+    seen: dict[int | None, list[float]] = field(default_factory=dict)
+    strikes: Counter[int | None] = field(default_factory=Counter)
+    until: dict[int | None, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -187,6 +201,7 @@ class TelegramRpc:
         self._fates: dict[int, tuple[int, str]] = {}
         self._logged_out_keys: set[int] = set()
         self._fails: list[_Fail] = []
+        self._rate_limits: list[_RateLimit] = []
         self._drops: list[_Drop] = []
         self._drop_posts: Counter[int] = Counter()
         self.login_code = LOGIN_CODE
@@ -209,6 +224,7 @@ class TelegramRpc:
             raise RpcError(400, "METHOD_INVALID")
         self._check_account(ctx, method)
         self._check_flood(method, ctx.user_id)
+        self._check_rate(method, ctx.user_id)
         self._check_fail(method, ctx.user_id)
         return await handler(ctx, request)
 
@@ -282,6 +298,15 @@ class TelegramRpc:
         every n-th call counted from now."""
         self._floods.append(_Flood(method, seconds, every, times, user_id))
 
+    def rate_limit(
+        self, method: str, calls: int, per: float, wait: int, escalate: float = 2.0
+    ) -> None:
+        """Telegram's escalating flood control, per account: more than `calls` calls of
+        `method` within `per` seconds answer FLOOD_WAIT_<wait>, and each further strike
+        multiplies the wait by `escalate`; calls during a wait get FLOOD_WAIT_<remaining>.
+        E.g. rate_limit("contacts.resolveUsername", calls=5, per=60, wait=30)."""
+        self._rate_limits.append(_RateLimit(method, calls, per, wait, escalate))
+
     def username_not_occupied(self, username: str) -> None:
         """contacts.resolveUsername of this username answers USERNAME_NOT_OCCUPIED."""
         self._unoccupied.add(username.lower())
@@ -338,6 +363,7 @@ class TelegramRpc:
         self._private.clear()
         self._fates.clear()
         self._fails.clear()
+        self._rate_limits.clear()
         self._drops.clear()
         self._drop_posts.clear()
 
@@ -378,6 +404,24 @@ class TelegramRpc:
             raise RpcError(401, "AUTH_KEY_UNREGISTERED")
         if uid in self._fates:
             raise RpcError(*self._fates[uid])
+
+    def _check_rate(self, method: str, user_id: int | None) -> None:
+        now = self._clock()
+        for rule in self._rate_limits:
+            if rule.method != method:
+                continue
+            until = rule.until.get(user_id, 0.0)
+            if now < until:
+                raise RpcError(420, f"FLOOD_WAIT_{max(1, round(until - now))}")
+            recent = [t for t in rule.seen.get(user_id, []) if now - t < rule.per]
+            recent.append(now)
+            rule.seen[user_id] = recent
+            if len(recent) > rule.calls:
+                wait = round(rule.wait * rule.escalate ** rule.strikes[user_id])
+                rule.strikes[user_id] += 1
+                rule.until[user_id] = now + wait
+                rule.seen[user_id] = []
+                raise RpcError(420, f"FLOOD_WAIT_{wait}")
 
     def _check_fail(self, method: str, user_id: int | None) -> None:
         for rule in self._fails:

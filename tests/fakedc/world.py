@@ -254,6 +254,10 @@ class ChatSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ChatSpec:
         d = dict(d)
+        internal = {"pts", "next_id", "messages", "log"} & set(d)
+        if internal:
+            # The world derives these from the messages; a file can't set them.
+            raise ValueError(f"chat {d.get('id')}: keys {sorted(internal)} are the world's own")
         members = {int(k): int(v) for k, v in d.pop("members", {}).items()}
         spec: ChatSpec = _build(cls, {**d, "members": members})
         if spec.kind not in CHAT_KINDS:
