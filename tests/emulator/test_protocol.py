@@ -224,6 +224,18 @@ async def test_pushed_updates_fire_handlers(mini_tg: FakeTelegram, connect: Clie
     assert mini_tg.push(3000, types.UpdateShort(update=typing, date=now)) == 0
 
 
+async def test_no_pushes_to_a_client_without_updates(
+    mini_tg: FakeTelegram, mini: MiniWorld, connect: ClientFactory
+) -> None:
+    client = connect(1000, receive_updates=False, device_model="probe")
+    await client.connect()
+    assert (await client.get_me()).id == 1000
+    now = dt.datetime.now(dt.UTC)
+    typing = types.UpdateUserTyping(user_id=2000, action=types.SendMessageTypingAction())
+    assert mini_tg.push(1000, types.UpdateShort(update=typing, date=now)) == 0
+    assert mini.contexts[-1].extra["init"]["device_model"] == "probe"
+
+
 async def test_drop_connection_and_telethon_reconnects(
     mini_tg: FakeTelegram, mini: MiniWorld, connect: ClientFactory
 ) -> None:

@@ -35,7 +35,10 @@ Per connection (rules Telethon relies on; see mtproto.py for the wire format):
   they complete.
 - Pushed content (`push`) goes to the connections whose key is bound to the user and
   subscribed to updates (see authkeys.py), in the last session seen on that connection,
-  with a msg_id that is 3 mod 4.
+  with a msg_id that is 3 mod 4; never to a connection that has sent a request wrapped in
+  `invokeWithoutUpdates` (Telethon's `receive_updates=False` wraps its first request so).
+- The `initConnection` fields of a connection (api_id, device_model, system_version,
+  app_version, lang_code) reach the world as `CallContext.extra["init"]`.
 """
 
 from __future__ import annotations
@@ -253,6 +256,8 @@ class ClientConnection:
         self.key: KeyRecord | None = None
         self.session: _Session | None = None  # the last one seen, for pushes
         self.inflight: dict[int, asyncio.Task[None]] = {}
+        self.no_updates = False  # a request came wrapped in invokeWithoutUpdates
+        self.init: dict[str, Any] = {}  # the initConnection fields, once seen
         self._closed = False
         self._ping_timer: asyncio.TimerHandle | None = None
 
@@ -384,7 +389,9 @@ class ClientConnection:
             return
         request, no_updates = await self._unwrap(request)
         method = method_name(request)
-        if method.startswith("updates.") and not no_updates:
+        if no_updates:
+            self.no_updates = True
+        elif method.startswith("updates."):
             rec.subscribed = True
         ctx = CallContext(
             dc_id=self.dc.dc_id,
@@ -394,6 +401,7 @@ class ClientConnection:
             dc_options=self.dc.dc_options(),
             bind_user=lambda user_id: self.dc.registry.bind(rec.key_id, user_id),
             method=method,
+            extra={"init": self.init},
         )
         try:
             result = await self.dc.dispatcher(ctx, request)
@@ -417,11 +425,17 @@ class ClientConnection:
     async def _unwrap(self, request: Any) -> tuple[Any, bool]:
         no_updates = False
         while True:
-            if isinstance(
-                request,
-                functions.InvokeWithLayerRequest
-                | functions.InitConnectionRequest
-                | functions.InvokeWithTakeoutRequest,
+            if isinstance(request, functions.InitConnectionRequest):
+                self.init = {
+                    "api_id": request.api_id,
+                    "device_model": request.device_model,
+                    "system_version": request.system_version,
+                    "app_version": request.app_version,
+                    "lang_code": request.lang_code,
+                }
+                request = request.query
+            elif isinstance(
+                request, functions.InvokeWithLayerRequest | functions.InvokeWithTakeoutRequest
             ):
                 request = request.query
             elif isinstance(request, functions.InvokeWithoutUpdatesRequest):
@@ -450,7 +464,7 @@ class ClientConnection:
     # -- writing ------------------------------------------------------------------------
 
     def push(self, parts: list[bytes]) -> bool:
-        if self._closed or self.session is None:
+        if self._closed or self.session is None or self.no_updates:
             return False
         self.dc.stats["push"] += 1
         return self._send_in(self.session, parts, True, PUSH)
