@@ -931,7 +931,7 @@ def _is_transient(error: BaseException) -> bool:
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, TgcError):
+    if isinstance(error, TgcError | StorageError):
         text = error.message
     elif isinstance(error, tl_errors.RPCError):
         text = f"Telegram answered {error.message}"

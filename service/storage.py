@@ -4,7 +4,7 @@ Both storages name an object `{key[:2]}/{key}{ext}`: the key is the media's mmh3
 and the extension one of a short safe set, so nothing a Telegram user chose (a file name)
 ever becomes part of a path or a URL.
 
-    StorageError                 (TgcError) the server refused the file: don't retry
+    StorageError                 the server refused the file: don't retry
     └── StorageUnavailable       the server is down, timed out or answered 5xx: retry later
 
 `HttpStorage` streams the spool file to the server with pycurl through Tornado's
@@ -28,8 +28,6 @@ import pycurl
 from tornado.curl_httpclient import CurlAsyncHTTPClient
 from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 
-from common.errors import TgcError
-
 log = logging.getLogger(__name__)
 
 _KEY = re.compile(r"^[0-9a-f]{32}$")
@@ -38,17 +36,20 @@ _EXT = re.compile(r"^\.[a-z0-9]{1,10}$")
 _RETRYABLE_STATUS = {408, 425, 429}
 
 
-class StorageError(TgcError):
-    """The storage refused the file for good (a 4xx, a file that is not what it should be)."""
+class StorageError(Exception):
+    """The storage refused the file for good (a 4xx, a file that is not what it should be).
 
-    code = "STORAGE_ERROR"
+    Not a TgcError: it never reaches an HTTP answer, the processor turns it into the
+    item's `failed` state (or, for StorageUnavailable, a retry)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class StorageUnavailable(StorageError):
     """The storage can't take the file now (down, timed out, 5xx); the same put may succeed
     later."""
-
-    code = "STORAGE_UNAVAILABLE"
 
 
 class Storage(Protocol):
