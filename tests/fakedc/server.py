@@ -11,7 +11,9 @@ Per connection (rules Telethon relies on; see mtproto.py for the wire format):
 - msg_id: a client msg_id not divisible by 4 is answered `bad_msg_notification` 18, one outside the
   time window (300 s old, 30 s ahead) 16/17; neither is processed.
 - Session: the first valid message of a session_id not seen on this server gets
-  `new_session_created` (first_msg_id, random unique_id, salt) before anything else.
+  `new_session_created` (first_msg_id, random unique_id, salt) before anything else. A
+  session's state (msg_id, seq_no counters) lives until the last connection that used it
+  closes.
 - Containers (`msg_container`) are unpacked and each inner message handled on its own;
   `gzip_packed` is unpacked wherever it appears. Answers are never gzipped.
 - Service messages: `msgs_ack` is accepted and ignored; `ping` and `ping_delay_disconnect`
@@ -185,7 +187,8 @@ class DcServer:
         self.dc_options = dc_options
         self.plain_handler = plain_handler
         self.connections: set[ClientConnection] = set()
-        # (auth_key_id, session_id) -> session state, so a session survives a reconnect.
+        # (auth_key_id, session_id) -> session state; a session ends with the last
+        # connection that used it (Telethon starts a new session on each reconnect).
         self.sessions: dict[tuple[int, int], _Session] = {}
         # What the protocol layer did, by kind ("BadServerSalt", "container", "request",
         # "push", "connection", "-404", ...), so tests can assert on the paths taken.
@@ -255,6 +258,7 @@ class ClientConnection:
         self.codec: Codec | None = None
         self.key: KeyRecord | None = None
         self.session: _Session | None = None  # the last one seen, for pushes
+        self._session_keys: set[tuple[int, int]] = set()
         self.inflight: dict[int, asyncio.Task[None]] = {}
         self.no_updates = False  # a request came wrapped in invokeWithoutUpdates
         self.init: dict[str, Any] = {}  # the initConnection fields, once seen
@@ -339,6 +343,7 @@ class ClientConnection:
             self.session = session
             unique_id = int.from_bytes(os.urandom(8), "little", signed=True)
             self._send(types.NewSessionCreated(first_msg_id, unique_id, rec.salt), content=True)
+        self._session_keys.add(key)
         self.session = session
         return session
 
@@ -524,6 +529,9 @@ class ClientConnection:
             self._ping_timer.cancel()
         for task in list(self.inflight.values()):
             task.cancel()
+        still_used = set().union(*(c._session_keys for c in self.dc.connections if c is not self))
+        for key in self._session_keys - still_used:
+            self.dc.sessions.pop(key, None)
         self.writer.close()
 
 
