@@ -198,6 +198,13 @@ class JoinMap:
         ).fetchone()
         return _to_dict(row) if row else None
 
+    def find_username(self, username: str) -> dict[str, Any] | None:
+        """Like get(), by the chat's username (case-insensitive, as Telegram's are)."""
+        row = self._conn.execute(
+            "SELECT peer_id FROM peers WHERE username = ? COLLATE NOCASE", (username,)
+        ).fetchone()
+        return self.get(int(row[0])) if row else None
+
     def memberships(self, peer_id: int) -> list[dict[str, Any]]:
         """Every account's membership of the chat, joined first."""
         rows = self._conn.execute(

@@ -50,6 +50,13 @@ def test_join_returns_the_subscription(jm: JoinMap) -> None:
     assert jm.list() == [sub]
 
 
+def test_find_by_username(jm: JoinMap) -> None:
+    jm.record_join(CHAN, "acc1", type="channel", title="News", username="News_Daily")
+    sub = jm.find_username("news_daily")
+    assert sub is not None and sub["peer"]["id"] == CHAN
+    assert jm.find_username("other") is None
+
+
 def test_get_unknown_peer_is_none(jm: JoinMap) -> None:
     assert jm.get(CHAN) is None
     assert jm.record_leave(CHAN, "acc1") is None

@@ -1,0 +1,497 @@
+"""The subscription flow: joins and leaves, Telegram's updates → events, and the gap poll.
+
+    pool.on_update ──▶ Subscriber._on_update ──▶ parser ──▶ Publisher (outbox first)
+                                        └──────▶ JoinMap (kicked, last message id)
+    poll loop (every poll_interval, after an account reconnects, on a gap)
+        └─ messages.getHistory(min_id=last_message_id) ──▶ the same path, once
+
+Once: an event reaches the publisher once even when several accounts sit in the chat and
+when both the push and the poll bring it. Two guards, both cheap:
+
+- `_Recent`, a bounded set of the last event ids (`CHAT:MSG:EVENT[:EDIT_DATE]`) handed to
+  the publisher: an id is claimed before the first await, so concurrent callbacks of two
+  accounts can't both publish it (Telethon dispatches each update in its own task);
+- the join map's `last_message_id` per chat, a watermark meaning "every message up to here
+  was published": a new message at or below it is old news, also after a restart (when
+  the recent set is empty and Telethon replays updates). It moves only when it stays true:
+  by one for the message right after it, or past a window the poll read whole. A message
+  beyond a gap is published at once but leaves the watermark where it is and asks for a
+  poll of the chat, which reads the gap from Telegram.
+
+The watermark moves after the publisher has the event in its outbox, so a crash in between
+publishes the message again (a duplicate with the same message_id), never loses it.
+
+Scope: channels and megagroups (Telegram's per-chat message ids). Basic groups give
+events from their updates too, but their message ids are per account, so they are
+deduplicated by content and not polled. updateDeleteMessages outside channels names no
+chat and is ignored.
+
+Accounts: an account at its channel limit (model.joinmap.CHANNELS_PER_ACCOUNT) is skipped
+when joining; a banned or logged-out account's chats are joined again by other accounts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from telethon.tl import types
+
+from common.errors import (
+    AccountUnusable,
+    AlreadySubscribed,
+    NotSubscribed,
+    PeerNotFound,
+    TgcError,
+)
+from common.utils import PeerRef, parse_peer
+from model.joinmap import CHANNELS_PER_ACCOUNT, JoinMap, State
+from model.media import Media
+from model.teleclient import AccountState, TeleClient, TeleClients
+from service import parser
+from service.publisher import Event, Publisher, make_event
+
+log = logging.getLogger(__name__)
+
+HISTORY_PAGE = 100  # messages.getHistory's own cap
+MAX_PAGES_PER_POLL = 20  # per chat and poll: a long outage drains over several polls
+
+MediaSink = Callable[[Media], Any]
+
+
+class _Recent:
+    """A bounded set remembering the most recent keys (oldest forgotten first)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._keys: OrderedDict[str, None] = OrderedDict()
+
+    def claim(self, key: str) -> bool:
+        """True the first time a key is seen (and remembers it), False after."""
+        if key in self._keys:
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self._size:
+            self._keys.popitem(last=False)
+        return True
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+
+class Subscriber:
+    """Joins/leaves for the API, Telegram updates to events, and the gap poll.
+
+    `subscribe`/`unsubscribe` are what POST/DELETE /api/v1/subscriptions call.
+    """
+
+    def __init__(
+        self,
+        pool: TeleClients,
+        joinmap: JoinMap,
+        publisher: Publisher,
+        *,
+        poll_interval: float = 60.0,
+        check_interval: float = 5.0,
+        channel_limit: int = CHANNELS_PER_ACCOUNT,
+        recent_size: int = 100_000,
+        media_sink: MediaSink | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._pool = pool
+        self._joinmap = joinmap
+        self._publisher = publisher
+        self._poll_interval = poll_interval
+        self._check_interval = check_interval
+        self._channel_limit = channel_limit
+        self._recent = _Recent(recent_size)
+        self._media_sink = media_sink
+        self._clock = clock
+        self._poll_now: set[int] = set()  # chats to poll at once (a gap, a reconnect)
+        self._poll_all = True  # the first poll covers every chat (missed while down)
+        self._wake = asyncio.Event()
+        self._states: dict[str, AccountState] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.published = 0  # events handed to the publisher
+        self.duplicates = 0  # events dropped as already published
+        self.polls = 0  # chats polled
+
+    # --- life ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._states = {tc.name: tc.state for tc in self._pool}
+        self._pool.on_update(self._on_update)
+        self._tasks = [
+            asyncio.create_task(self._poll_loop(), name="subscriber-poll"),
+            asyncio.create_task(self._watch_accounts(), name="subscriber-accounts"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def poll_soon(self, peer_id: int | None = None) -> None:
+        """Polls one chat (or, with None, every chat) at once instead of at the interval."""
+        if peer_id is None:
+            self._poll_all = True
+        else:
+            self._poll_now.add(peer_id)
+        self._wake.set()
+
+    # --- the API's joins and leaves -----------------------------------------------------
+
+    async def subscribe(self, ref: PeerRef) -> dict[str, Any]:
+        """Joins the chat with one account (the pool's pick among those below the channel
+        limit), records it, publishes subscription.changed. AlreadySubscribed (409) when an
+        account is in it already."""
+        known = self._known(ref)
+        if known is not None and known["state"] == State.JOINED:
+            raise AlreadySubscribed(str(ref), known)
+
+        async def join(tc: TeleClient) -> Any:
+            if self._joinmap.count(tc.name) >= self._channel_limit:
+                # The pool moves on to the next account (this one is full, not broken).
+                raise AccountUnusable(tc.name, "full", f"in {self._channel_limit} chats")
+            return await tc.join(ref)
+
+        entity, account = await self._pool.run(join, ref)
+        peer = _peer_of(entity)
+        existing = self._joinmap.get(peer["id"])
+        start = await self._newest_id(account, peer["id"])
+        sub = await self._record_join(peer, account.name, start)
+        if existing is not None and existing["state"] == State.JOINED:
+            # Known under another name (an invite link of a chat joined by username): one
+            # subscription per chat; this account's membership is recorded all the same.
+            raise AlreadySubscribed(str(ref), existing)
+        return sub
+
+    async def unsubscribe(self, ref: PeerRef) -> dict[str, Any]:
+        """Every account in the chat leaves it; NotSubscribed (409) if none is in it."""
+        known = self._known(ref)
+        if known is None or known["state"] != State.JOINED:
+            raise NotSubscribed(str(ref))
+        peer_id = known["peer"]["id"]
+        target = parse_peer(str(peer_id))
+        last = known
+        for member in self._joinmap.memberships(peer_id):
+            if member["state"] != State.JOINED:
+                continue
+            tc = self._pool.get(member["account"])
+            try:
+                await tc.leave(target)
+            except AccountUnusable:
+                pass  # a banned account is out of the chat for our purposes anyway
+            last = await self._change(peer_id, member["account"], State.LEFT) or last
+        return last
+
+    def _known(self, ref: PeerRef) -> dict[str, Any] | None:
+        if ref.username is not None:
+            return self._joinmap.find_username(ref.username)
+        for marked in ref.marked_ids():
+            sub = self._joinmap.get(marked)
+            if sub is not None:
+                return sub
+        return None
+
+    async def _newest_id(self, tc: TeleClient, peer_id: int) -> int:
+        """The chat's newest message id now (0 if unknown): what was posted before a join is
+        history, not news, so the watermark starts there."""
+        if peer_id > -(10**12):
+            return 0  # basic groups are not polled
+        try:
+            _, newest = await tc.get_history(parse_peer(str(peer_id)), limit=1)
+        except TgcError as e:
+            log.info("newest message of %s unknown (%s): the poll starts it", peer_id, e.code)
+            return 0
+        return int(newest[0].id) if newest else 0
+
+    async def _record_join(self, peer: dict[str, Any], account: str, start: int = 0) -> dict[str, Any]:
+        sub = self._joinmap.record_join(
+            peer["id"], account, type=peer["type"], title=peer.get("title") or "",
+            username=peer.get("username"),
+        )
+        if start and self._joinmap.set_last_message_id(peer["id"], start):
+            sub["last_message_id"] = start
+        await self._publish_subscription(sub)
+        return sub
+
+    async def _change(self, peer_id: int, account: str, state: State) -> dict[str, Any] | None:
+        sub = self._joinmap.set_state(peer_id, account, state)
+        if sub is not None:
+            await self._publish_subscription(sub)
+        return sub
+
+    async def _publish_subscription(self, sub: dict[str, Any]) -> None:
+        now = self._clock()
+        event = make_event(
+            "subscription.changed",
+            _event_peer(sub["peer"]),
+            account=sub["account"],
+            at=now,
+            extra={"state": sub["state"], "subscription": sub},
+            id_suffix=f"{sub['account']}:{sub['state']}:{int(now * 1000)}",
+        )
+        await self._publisher.publish_event(event)
+        self.published += 1
+
+    # --- updates ------------------------------------------------------------------------
+
+    async def _on_update(self, tc: TeleClient, update: Any) -> None:
+        if isinstance(update, types.UpdateNewChannelMessage | types.UpdateNewMessage):
+            await self._on_message(tc, update.message, "message.new")
+        elif isinstance(update, types.UpdateEditChannelMessage | types.UpdateEditMessage):
+            await self._on_message(tc, update.message, "message.edited")
+        elif isinstance(update, types.UpdateDeleteChannelMessages):
+            await self._on_deleted(tc, parser.marked_id(types.PeerChannel(update.channel_id)), update.messages)
+        elif isinstance(update, types.UpdateChannel):
+            await self._on_channel(tc, update)
+
+    async def _on_message(self, tc: TeleClient, msg: Any, event: str) -> None:
+        if not isinstance(msg, types.Message | types.MessageService):
+            return
+        peer_id = parser.marked_id(msg.peer_id)
+        if peer_id is None:
+            return
+        sub = self._joinmap.get(peer_id)
+        if sub is None or sub["state"] != State.JOINED:
+            return  # a chat the account is in but nobody subscribed to
+        if isinstance(msg.peer_id, types.PeerChannel):
+            await self._channel_message(tc, sub, msg, event)
+        elif isinstance(msg.peer_id, types.PeerChat):
+            await self._group_message(tc, sub, msg, event)
+
+    async def _channel_message(self, tc: TeleClient, sub: dict[str, Any], msg: Any, event: str) -> None:
+        peer_id = sub["peer"]["id"]
+        last = self._joinmap.last_message_id(peer_id)
+        if event == "message.new" and msg.id <= last:
+            self.duplicates += 1
+            return
+        published = await self._publish_message(tc, sub, msg, event)
+        if event != "message.new":
+            return
+        if msg.id == last + 1:
+            self._joinmap.set_last_message_id(peer_id, msg.id)
+        elif published:
+            # A gap before it: maybe a lost push. The poll reads it from Telegram.
+            self.poll_soon(peer_id)
+
+    async def _group_message(self, tc: TeleClient, sub: dict[str, Any], msg: Any, event: str) -> None:
+        # Basic groups number messages per account: the same message has another id for
+        # each account. Claim it by what it is (date, sender, text) across accounts.
+        text = (getattr(msg, "message", "") or "").encode()
+        what = f"{sub['peer']['id']}:{msg.date}:{parser.marked_id(msg.from_id)}:{getattr(msg, 'edit_date', None)}:{event}"
+        key = "group:" + hashlib.blake2b(what.encode() + text, digest_size=16).hexdigest()
+        if not self._recent.claim(key):
+            self.duplicates += 1
+            return
+        await self._publish_message(tc, sub, msg, event)
+
+    async def _publish_message(self, tc: TeleClient, sub: dict[str, Any], msg: Any, event: str) -> bool:
+        """Parses and publishes once; False when it was already published."""
+        message, media = parser.parse_message(msg, tc.name)
+        ev = make_event(event, _event_peer(sub["peer"]), account=tc.name, message=message,
+                        at=_message_time(msg, event, self._clock))
+        return await self._publish_once(ev, media)
+
+    async def _publish_once(self, ev: Event, media: Iterable[Media] = ()) -> bool:
+        if not self._recent.claim(ev.message_id):
+            self.duplicates += 1
+            return False
+        await self._publisher.publish_event(ev)
+        self.published += 1
+        if self._media_sink is not None:
+            for item in media:
+                try:
+                    self._media_sink(item)
+                except Exception:
+                    log.exception("media sink failed for %s", item.key)
+        return True
+
+    async def _on_deleted(self, tc: TeleClient, peer_id: int | None, ids: Iterable[int]) -> None:
+        sub = self._joinmap.get(peer_id) if peer_id is not None else None
+        if sub is None or sub["state"] != State.JOINED:
+            return
+        for msg_id in ids:
+            ev = make_event("message.deleted", _event_peer(sub["peer"]), account=tc.name,
+                            message={"id": msg_id, "peer_id": peer_id}, clock=self._clock)
+            await self._publish_once(ev)
+
+    async def _on_channel(self, tc: TeleClient, update: types.UpdateChannel) -> None:
+        """updateChannel: something about the channel changed for this account; it may
+        have been removed (kicked or banned: ChannelForbidden, or left=True)."""
+        peer_id = parser.marked_id(types.PeerChannel(update.channel_id))
+        if peer_id is None:
+            return
+        member = next(
+            (m for m in self._joinmap.memberships(peer_id) if m["account"] == tc.name), None
+        )
+        if member is None or member["state"] != State.JOINED:
+            return
+        entity = getattr(update, "_entities", {}).get(peer_id)
+        if entity is None:
+            try:
+                entity = await tc.get_entity(parse_peer(str(peer_id)))
+            except TgcError as e:
+                log.info("account %s lost %s (%s)", tc.name, peer_id, e.code)
+                entity = None
+        gone = entity is None or isinstance(entity, types.ChannelForbidden) or bool(
+            getattr(entity, "left", False)
+        )
+        if isinstance(entity, types.Channel):
+            peer = _peer_of(entity)
+            self._joinmap.update_peer(peer_id, title=peer.get("title"), username=peer.get("username"))
+        if gone:
+            log.warning("account %s was removed from %s", tc.name, peer_id)
+            await self._change(peer_id, tc.name, State.KICKED)
+
+    # --- the gap poll -------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        while True:
+            if self._poll_all:
+                self._poll_all = False
+                chats = set(self._joinmap.joined_peers()) | self._poll_now
+            else:
+                chats = set(self._poll_now)
+            self._poll_now.clear()
+            for peer_id in sorted(chats):
+                try:
+                    await self.poll_chat(peer_id)
+                except asyncio.CancelledError:
+                    raise
+                except TgcError as e:
+                    log.info("poll of %s failed: %s", peer_id, e.code)
+                except Exception:
+                    log.exception("poll of %s failed", peer_id)
+            if self._poll_now or self._poll_all:
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            except TimeoutError:
+                self._poll_all = True
+
+    async def poll_chat(self, peer_id: int) -> int:
+        """Reads what is newer than the chat's watermark, oldest first, publishes what was
+        not published yet, moves the watermark. Returns how many events it published."""
+        sub = self._joinmap.get(peer_id)
+        if sub is None or sub["state"] != State.JOINED or peer_id > -(10**12):
+            return 0  # only channels and megagroups have per-chat ids to poll by
+        self.polls += 1
+        ref = parse_peer(str(peer_id))
+        low = self._joinmap.last_message_id(peer_id)
+        if low == 0:
+            # No watermark (joined outside the API?): start at the newest, publish nothing.
+            (_, newest), _ = await self._pool.run(_history(ref, 0, 0, limit=1), ref)
+            if newest:
+                self._joinmap.set_last_message_id(peer_id, newest[0].id)
+            return 0
+        count = 0
+        for _ in range(MAX_PAGES_PER_POLL):
+            # The window (low, low + 101): the oldest messages after the watermark first, so
+            # the watermark can move past what was read, however long the backlog.
+            (_, page), tc = await self._pool.run(_history(ref, low, low + HISTORY_PAGE + 1), ref)
+            if not page:
+                (_, newer), _ = await self._pool.run(_history(ref, low, 0, limit=1), ref)
+                if not newer:
+                    break  # caught up
+                low = min(low + HISTORY_PAGE, newer[0].id - 1)  # a run of deleted ids: skip it
+                self._joinmap.set_last_message_id(peer_id, low)
+                continue
+            for msg in sorted(page, key=lambda m: m.id):
+                if await self._publish_message(tc, sub, msg, "message.new"):
+                    count += 1
+            low = max(m.id for m in page)
+            self._joinmap.set_last_message_id(peer_id, low)
+        if count:
+            log.info("poll of %s found %d messages the updates missed", peer_id, count)
+        return count
+
+    # --- accounts -----------------------------------------------------------------------
+
+    async def _watch_accounts(self) -> None:
+        """Follows each account's state: after a reconnect its chats are polled (updates
+        may have been lost meanwhile); a banned or logged-out account's chats move."""
+        while True:
+            await asyncio.sleep(self._check_interval)
+            await self.check_accounts()
+
+    async def check_accounts(self) -> None:
+        for tc in list(self._pool):
+            before = self._states.get(tc.name)
+            now = tc.state
+            self._states[tc.name] = now
+            if now == before:
+                continue
+            if before == AccountState.DISCONNECTED and now in (AccountState.OK, AccountState.FLOOD_WAIT):
+                for sub in self._joinmap.by_account(tc.name):
+                    self.poll_soon(sub["peer"]["id"])
+            if now in (AccountState.BANNED, AccountState.UNAUTHORIZED):
+                await self._move_away(tc.name)
+
+    async def _move_away(self, account: str) -> None:
+        lost = self._joinmap.record_account_banned(account)
+        for sub in lost:
+            await self._publish_subscription(sub)
+        for sub in lost:
+            peer_id = sub["peer"]["id"]
+            still = [m for m in self._joinmap.memberships(peer_id) if m["state"] == State.JOINED]
+            if still:
+                continue  # another account is in the chat already
+            ref = parse_peer(str(peer_id))
+            if sub["peer"].get("username"):
+                ref = parse_peer("@" + sub["peer"]["username"])
+            try:
+                await self._rejoin(ref, sub)
+            except TgcError as e:
+                log.error("could not move %s away from %s: %s", peer_id, account, e)
+
+    async def _rejoin(self, ref: PeerRef, old: dict[str, Any]) -> None:
+        async def join(tc: TeleClient) -> Any:
+            if self._joinmap.count(tc.name) >= self._channel_limit:
+                raise AccountUnusable(tc.name, "full", f"in {self._channel_limit} chats")
+            return await tc.join(ref)
+
+        entity, account = await self._pool.run(join, ref)
+        peer = _peer_of(entity)
+        if peer["id"] != old["peer"]["id"]:
+            raise PeerNotFound(str(ref), f"{ref} is another chat now")
+        await self._record_join(peer, account.name)
+        log.warning("%s moved to account %s", peer["id"], account.name)
+        self.poll_soon(peer["id"])  # what came while nobody listened
+
+
+def _history(
+    ref: PeerRef, min_id: int, max_id: int, limit: int = HISTORY_PAGE
+) -> Callable[[TeleClient], Awaitable[tuple[Any, list[Any]]]]:
+    async def op(tc: TeleClient) -> tuple[Any, list[Any]]:
+        return await tc.get_history(ref, limit=limit, min_id=min_id, max_id=max_id)
+
+    return op
+
+
+def _peer_of(entity: Any) -> dict[str, Any]:
+    peer, _ = parser.parse_peer(entity)
+    return peer
+
+
+def _event_peer(peer: dict[str, Any]) -> dict[str, Any]:
+    return {k: peer.get(k) for k in ("id", "type", "title", "username")}
+
+
+def _message_time(msg: Any, event: str, clock: Callable[[], float]) -> Any:
+    if event == "message.edited" and getattr(msg, "edit_date", None) is not None:
+        return msg.edit_date
+    if event == "message.new" and getattr(msg, "date", None) is not None:
+        return msg.date
+    return clock()

@@ -1,0 +1,276 @@
+"""The subscription flow end to end: the DC emulator (three accounts, stock Telethon over
+MTProto) pushes posts, edits, deletions and kicks; the Subscriber turns them into events;
+the Publisher puts them on the real broker; a consumer in the test reads the queue."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common.errors import AccountUnusable, AlreadySubscribed, NotSubscribed
+from common.utils import parse_peer
+from model.joinmap import JoinMap
+from model.teleclient import AccountState, TeleClients
+from service.publisher import Outbox, Publisher
+from service.subscriber import Subscriber, _Recent
+from tests.fixtures.fakedc import FAKEDC_API_HASH, FAKEDC_API_ID
+from tests.fixtures.rabbitmq import Consumer, Rabbit
+
+ACCOUNTS = (1001, 1002, 1003)
+NEWS = 2001  # public broadcast channel, 5 posts, no account in it
+TALK = 2002  # public megagroup, every account in it already
+NEWS_ID = -(10**12) - NEWS
+TALK_ID = -(10**12) - TALK
+
+
+@pytest.fixture
+def fakedc_dispatcher() -> Any:
+    from tests.fakedc.rpc import TelegramRpc
+    from tests.fakedc.world import World
+
+    world = World.from_dict(
+        {
+            "users": [
+                *({"id": u, "first_name": f"Acc{u}", "phone": f"1555000{u}"} for u in ACCOUNTS),
+                {"id": 3001, "first_name": "Member"},
+            ],
+            "chats": [
+                {"id": NEWS, "kind": "broadcast", "title": "News daily", "username": "news"},
+                {"id": TALK, "kind": "megagroup", "title": "News talk", "username": "talk",
+                 "members": {**{str(u): 0 for u in ACCOUNTS}, "3001": 0}},
+            ],
+            "messages": [
+                *({"chat": NEWS, "text": f"post {i}"} for i in range(1, 6)),
+                {"chat": TALK, "text": "hello", "from_id": 3001},
+            ],
+        }
+    )  # fmt: skip
+    return TelegramRpc(world)
+
+
+class Flow:
+    """The pieces of one test: pool, join map, outbox, publisher, subscriber, the emulator."""
+
+    def __init__(self, pool: TeleClients, joinmap: JoinMap, publisher: Publisher,
+                 subscriber: Subscriber, rpc: Any) -> None:
+        self.pool, self.joinmap, self.publisher = pool, joinmap, publisher
+        self.subscriber, self.rpc = subscriber, rpc
+
+
+@pytest.fixture
+async def flow(
+    fake_telegram: Any, telegram_session: Callable[..., Path], tmp_path: Path, rabbit: Rabbit
+) -> AsyncIterator[Flow]:
+    paths = [telegram_session(u, name=f"acc{u}") for u in ACCOUNTS]
+    pool = TeleClients.from_sessions_dir(
+        paths[0].parent, FAKEDC_API_ID, FAKEDC_API_HASH, flood_sleep_threshold=0,
+        request_timeout=10,
+    )
+    await pool.start()
+    joinmap = JoinMap(tmp_path / "joinmap.db")
+    outbox = Outbox(tmp_path / "outbox.db", max_events=100_000)
+    publisher = Publisher(outbox, rabbit.url, rabbit.exchange, rabbit.queue,
+                          reconnect_max_delay=0.5)
+    await publisher.start()
+    subscriber = Subscriber(pool, joinmap, publisher, poll_interval=3600, check_interval=3600)
+    await subscriber.start()
+    try:
+        yield Flow(pool, joinmap, publisher, subscriber, fake_telegram.dispatcher)
+    finally:
+        await subscriber.stop()
+        await pool.stop()
+        await publisher.stop(grace=1)
+        outbox.close()
+        joinmap.close()
+
+
+def of(consumer: Consumer, event: str) -> list[Any]:
+    return [m for m in consumer.messages if m.routing_key == event]
+
+
+async def settle(flow: Flow) -> None:
+    """Waits until every event handed to the publisher is confirmed by the broker."""
+    await asyncio.wait_for(flow.publisher.wait_empty(), 20)
+
+
+# --- the bounded recent set -----------------------------------------------------------------
+
+
+def test_recent_claims_once_and_forgets_the_oldest() -> None:
+    recent = _Recent(3)
+    assert recent.claim("a") and not recent.claim("a")
+    for key in "bcd":
+        assert recent.claim(key)
+    assert "a" not in recent and "d" in recent
+    assert recent.claim("a")  # forgotten, so new again
+
+
+# --- joins and leaves -------------------------------------------------------------------------
+
+
+async def test_subscribe_then_posts_edits_deletes_become_events(
+    flow: Flow, rabbit: Rabbit
+) -> None:
+    async with rabbit.consumer() as consumer:
+        sub = await flow.subscriber.subscribe(parse_peer("@news"))
+        assert sub["peer"] == {"id": NEWS_ID, "type": "channel", "title": "News daily",
+                               "username": "news"}
+        assert sub["state"] == "joined" and sub["last_message_id"] == 5  # history is not news
+        assert flow.joinmap.list() == [sub]
+        with pytest.raises(AlreadySubscribed):
+            await flow.subscriber.subscribe(parse_peer(str(NEWS_ID)))
+
+        post = await flow.rpc.post_message(NEWS, "breaking")
+        await consumer.wait_for_ids([f"{NEWS_ID}:{post.id}:message.new"])
+        edited = await flow.rpc.edit_message(NEWS, post.id, "breaking, corrected")
+        await consumer.wait_for_ids([f"{NEWS_ID}:{post.id}:message.edited:{edited.edit_date}"])
+        await flow.rpc.delete_messages(NEWS, [post.id])
+        await consumer.wait_for_ids([f"{NEWS_ID}:{post.id}:message.deleted"])
+        await settle(flow)
+
+    changed = of(consumer, "subscription.changed")
+    assert len(changed) == 1 and changed[0].body["state"] == "joined"
+    assert changed[0].body["peer"]["id"] == NEWS_ID
+    new = of(consumer, "message.new")
+    assert len(new) == 1
+    body = new[0].body
+    assert body["event"] == "message.new" and body["account"] == sub["account"]
+    assert body["message"]["id"] == post.id and body["message"]["text"] == "breaking"
+    assert body["message"]["peer_id"] == NEWS_ID and body["at"].endswith("Z")
+    assert of(consumer, "message.edited")[0].body["message"]["text"] == "breaking, corrected"
+    assert of(consumer, "message.deleted")[0].body["message"] == {"id": post.id,
+                                                                  "peer_id": NEWS_ID}
+    assert all(m.delivery_mode == 2 for m in consumer.messages)
+    assert flow.joinmap.last_message_id(NEWS_ID) == post.id
+
+
+async def test_unsubscribe_leaves_and_says_so(flow: Flow, rabbit: Rabbit) -> None:
+    with pytest.raises(NotSubscribed):
+        await flow.subscriber.unsubscribe(parse_peer("@news"))
+    await flow.subscriber.subscribe(parse_peer("@news"))
+    async with rabbit.consumer() as consumer:
+        left = await flow.subscriber.unsubscribe(parse_peer("@news"))
+        assert left["state"] == "left"
+        await flow.rpc.post_message(NEWS, "nobody listens")
+        await consumer.wait_until(lambda c: len(of(c, "subscription.changed")) == 2)
+        await settle(flow)
+    assert [m.body["state"] for m in of(consumer, "subscription.changed")] == ["joined", "left"]
+    assert of(consumer, "message.new") == []
+    assert flow.joinmap.list() == []
+    assert flow.rpc.world.is_member(flow.rpc.world.chats[NEWS], 0) is False
+
+
+async def test_three_accounts_in_one_chat_publish_each_event_once(
+    flow: Flow, rabbit: Rabbit
+) -> None:
+    await flow.subscriber.subscribe(parse_peer("@talk"))  # every account is in it
+    async with rabbit.consumer() as consumer:
+        posts = [await flow.rpc.post_message(TALK, f"msg {i}", from_id=3001) for i in range(5)]
+        ids = [f"{TALK_ID}:{p.id}:message.new" for p in posts]
+        await consumer.wait_for_ids(ids)
+        # every account got every push: wait until the last one was handled too
+        await asyncio.wait_for(_until(lambda: flow.subscriber.duplicates >= 2 * len(posts)), 20)
+        await settle(flow)
+    counts = consumer.counts()
+    assert [counts[i] for i in ids] == [1] * len(posts)
+    assert flow.subscriber.duplicates >= 2 * len(posts)
+
+
+async def test_a_kick_marks_the_join_map_and_says_so(flow: Flow, rabbit: Rabbit) -> None:
+    sub = await flow.subscriber.subscribe(parse_peer("@news"))
+    user_id = int(sub["account"].removeprefix("acc"))
+    async with rabbit.consumer() as consumer:
+        await flow.rpc.kick(user_id, NEWS)
+        await consumer.wait_until(
+            lambda c: any(m.body["state"] == "kicked" for m in of(c, "subscription.changed"))
+        )
+    kicked = flow.joinmap.get(NEWS_ID)
+    assert kicked is not None and kicked["state"] == "kicked"
+    assert flow.joinmap.list() == []
+
+
+async def test_missed_pushes_are_found_by_the_poll_once(flow: Flow, rabbit: Rabbit) -> None:
+    await flow.subscriber.subscribe(parse_peer("@news"))
+    async with rabbit.consumer() as consumer:
+        flow.rpc.drop_next_posts(NEWS, 3)
+        lost = [await flow.rpc.post_message(NEWS, f"lost {i}") for i in range(3)]
+        assert await flow.subscriber.poll_chat(NEWS_ID) == 3
+        assert await flow.subscriber.poll_chat(NEWS_ID) == 0  # nothing twice
+        # the next push follows a pts gap: Telethon may fetch the lost ones again too
+        pushed = await flow.rpc.post_message(NEWS, "pushed")
+        ids = [f"{NEWS_ID}:{p.id}:message.new" for p in [*lost, pushed]]
+        await consumer.wait_for_ids(ids)
+        assert await flow.subscriber.poll_chat(NEWS_ID) == 0
+        await settle(flow)
+    counts = consumer.counts()
+    assert [counts[i] for i in ids] == [1, 1, 1, 1]
+    assert [m.body["message"]["text"] for m in of(consumer, "message.new")] == [
+        "lost 0", "lost 1", "lost 2", "pushed"
+    ]
+    assert flow.joinmap.last_message_id(NEWS_ID) == pushed.id
+
+
+async def test_the_poll_walks_a_long_backlog_in_order(flow: Flow, rabbit: Rabbit) -> None:
+    await flow.subscriber.subscribe(parse_peer("@news"))
+    async with rabbit.consumer() as consumer:
+        flow.rpc.drop_next_posts(NEWS, 250)
+        posts = [await flow.rpc.post_message(NEWS, f"p{i}") for i in range(250)]
+        flow.subscriber.poll_soon()  # what the interval or a reconnect does
+        ids = [f"{NEWS_ID}:{p.id}:message.new" for p in posts]
+        await consumer.wait_for_ids(ids)
+        await settle(flow)
+    assert [m.message_id for m in of(consumer, "message.new")] == ids
+
+
+async def test_a_banned_accounts_chats_move_to_another(flow: Flow, rabbit: Rabbit) -> None:
+    sub = await flow.subscriber.subscribe(parse_peer("@news"))
+    banned = flow.pool.get(sub["account"])
+    flow.rpc.deactivated_ban(int(banned.name.removeprefix("acc")))
+    with pytest.raises(AccountUnusable):
+        await banned.get_entity(parse_peer("@talk"))  # the account learns it is banned
+    assert banned.state == AccountState.BANNED
+    async with rabbit.consumer() as consumer:
+        await flow.subscriber.check_accounts()
+        moved = flow.joinmap.get(NEWS_ID)
+        assert moved is not None and moved["state"] == "joined"
+        assert moved["account"] != banned.name
+        post = await flow.rpc.post_message(NEWS, "after the move")
+        await consumer.wait_for_ids([f"{NEWS_ID}:{post.id}:message.new"])
+        await settle(flow)
+    states = [(m.body["account"], m.body["state"]) for m in of(consumer, "subscription.changed")]
+    assert states == [
+        (banned.name, "joined"),  # the subscribe, waiting in the durable queue
+        (banned.name, "banned_account"),
+        (moved["account"], "joined"),
+    ]
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    while not predicate():  # noqa: ASYNC110 - the subscriber has no event for this
+        await asyncio.sleep(0.01)
+
+
+async def test_after_a_restart_replayed_updates_are_not_news(flow: Flow, rabbit: Rabbit) -> None:
+    """A new Subscriber (empty recent set, as after a restart) meets updates Telethon
+    replays from before: the join map's watermark says they were published."""
+    from datetime import UTC, datetime
+
+    from telethon.tl import types
+
+    await flow.subscriber.subscribe(parse_peer("@news"))
+    post = await flow.rpc.post_message(NEWS, "before the restart")
+    await asyncio.wait_for(_until(lambda: flow.joinmap.last_message_id(NEWS_ID) == post.id), 20)
+    fresh = Subscriber(flow.pool, flow.joinmap, flow.publisher, poll_interval=3600)
+    replayed = types.UpdateNewChannelMessage(
+        message=types.Message(
+            id=post.id, peer_id=types.PeerChannel(NEWS), date=datetime.now(UTC),
+            message="before the restart",
+        ),
+        pts=0, pts_count=1,
+    )
+    await fresh._on_update(flow.pool.get("acc1001"), replayed)
+    assert fresh.published == 0 and fresh.duplicates == 1
