@@ -74,7 +74,7 @@ async def _serve(args: argparse.Namespace) -> int:
     rpc.latency["*"] = args.latency
     keys = args.keys or default_keys_file(args.port)
     tg = FakeTelegram(rpc, dc_ids=(1, 2), ports={1: args.port, 2: args.dc2_port}, keys_file=keys)
-    rpc.set_pusher(tg.push)
+    rpc.set_pusher(tg.pusher)
     await tg.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -113,6 +113,10 @@ class FakeTelegram:
         user on any DC, at once; returns how many connections it was sent to."""
         return sum(dc.push(user_id, updates) for dc in self.dcs.values())
 
+    def pusher(self, user_id: int, updates: Any) -> None:
+        """`push` shaped as the seam's `Pusher` (returns None), to hand to the world."""
+        self.push(user_id, updates)
+
     def drop_connections(self, user_id: int | None = None) -> int:
         """Aborts every connection (of one user, if given) on every DC; returns how many."""
         return sum(dc.drop_connections(user_id) for dc in self.dcs.values())

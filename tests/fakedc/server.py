@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
+import functools
 import logging
 import os
 import struct
@@ -381,7 +381,10 @@ class ClientConnection:
         self.dc.stats["request"] += 1
         task = asyncio.get_running_loop().create_task(self._call(rec, session, msg_id, body))
         self.inflight[msg_id] = task
-        task.add_done_callback(lambda _t, m=msg_id: self.inflight.pop(m, None))
+        task.add_done_callback(functools.partial(self._forget_request, msg_id))
+
+    def _forget_request(self, msg_id: int, _task: asyncio.Task[None]) -> None:
+        self.inflight.pop(msg_id, None)
 
     # -- requests -----------------------------------------------------------------------
 
@@ -404,7 +407,7 @@ class ClientConnection:
             session_id=session.session_id,
             user_id=rec.user_id,
             dc_options=self.dc.dc_options(),
-            bind_user=lambda user_id: self.dc.registry.bind(rec.key_id, user_id),
+            bind_user=functools.partial(self.dc.registry.bind, rec.key_id),
             method=method,
             extra={"init": self.init},
         )
@@ -554,10 +557,6 @@ def _unpack(
         out.extend(_unpack(m_id, m_seq, body[pos : pos + length], stats))
         pos += length
     return out
-
-
-def _date(ts: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ts, dt.UTC)
 
 
 def tune_malloc() -> bool:
