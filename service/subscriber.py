@@ -54,15 +54,13 @@ from common.utils import PeerRef, parse_peer
 from model.joinmap import CHANNELS_PER_ACCOUNT, JoinMap, State
 from model.media import Media
 from model.teleclient import AccountState, TeleClient, TeleClients
-from service import parser
+from service import parser, queries
 from service.publisher import Event, Publisher, make_event
 
 log = logging.getLogger(__name__)
 
 HISTORY_PAGE = 100  # messages.getHistory's own cap
 MAX_PAGES_PER_POLL = 20  # per chat and poll: a long outage drains over several polls
-
-MediaSink = Callable[[Media], Any]
 
 
 class _Recent:
@@ -101,7 +99,7 @@ class Subscriber:
         check_interval: float = 5.0,
         channel_limit: int = CHANNELS_PER_ACCOUNT,
         recent_size: int = 100_000,
-        media_sink: MediaSink | None = None,
+        media_queue: queries.MediaQueue | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._pool = pool
@@ -111,7 +109,7 @@ class Subscriber:
         self._check_interval = check_interval
         self._channel_limit = channel_limit
         self._recent = _Recent(recent_size)
-        self._media_sink = media_sink
+        self._media_queue = media_queue
         self._clock = clock
         self._poll_now: set[int] = set()  # chats to poll at once (a gap, a reconnect)
         self._poll_all = True  # the first poll covers every chat (missed while down)
@@ -303,18 +301,19 @@ class Subscriber:
                         at=_message_time(msg, event, self._clock))
         return await self._publish_once(ev, media)
 
-    async def _publish_once(self, ev: Event, media: Iterable[Media] = ()) -> bool:
+    async def _publish_once(self, ev: Event, media: list[Media] | None = None) -> bool:
         if not self._recent.claim(ev.message_id):
             self.duplicates += 1
             return False
+        if media and self._media_queue is not None:
+            # The files go to the media queue like the API's (a media.stored event follows
+            # when stored); the event's descriptors show the state they have now.
+            try:
+                queries.attach_media([ev.body["message"]], media, self._media_queue)
+            except TgcError as e:
+                log.warning("media of %s not queued: %s", ev.message_id, e.code)
         await self._publisher.publish_event(ev)
         self.published += 1
-        if self._media_sink is not None:
-            for item in media:
-                try:
-                    self._media_sink(item)
-                except Exception:
-                    log.exception("media sink failed for %s", item.key)
         return True
 
     async def _on_deleted(self, tc: TeleClient, peer_id: int | None, ids: Iterable[int]) -> None:

@@ -23,6 +23,7 @@ from tests.fixtures.rabbitmq import Consumer, Rabbit
 ACCOUNTS = (1001, 1002, 1003)
 NEWS = 2001  # public broadcast channel, 5 posts, no account in it
 TALK = 2002  # public megagroup, every account in it already
+PHOTO = 7001
 NEWS_ID = -(10**12) - NEWS
 TALK_ID = -(10**12) - TALK
 
@@ -38,6 +39,7 @@ def fakedc_dispatcher() -> Any:
                 *({"id": u, "first_name": f"Acc{u}", "phone": f"1555000{u}"} for u in ACCOUNTS),
                 {"id": 3001, "first_name": "Member"},
             ],
+            "photos": [{"id": PHOTO}],
             "chats": [
                 {"id": NEWS, "kind": "broadcast", "title": "News daily", "username": "news"},
                 {"id": TALK, "kind": "megagroup", "title": "News talk", "username": "talk",
@@ -61,9 +63,29 @@ class Flow:
         self.subscriber, self.rpc = subscriber, rpc
 
 
+class FakeMediaQueue:
+    """Stands in for the media processor: records what it is given."""
+
+    def __init__(self) -> None:
+        self.submitted: list[Any] = []
+
+    def submit(self, media: Any) -> dict[str, Any]:
+        self.submitted.append(media)
+        return {"key": media.key, "state": "downloading", "url": None}
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return None
+
+
+@pytest.fixture
+def media_queue() -> FakeMediaQueue:
+    return FakeMediaQueue()
+
+
 @pytest.fixture
 async def flow(
-    fake_telegram: Any, telegram_session: Callable[..., Path], tmp_path: Path, rabbit: Rabbit
+    fake_telegram: Any, telegram_session: Callable[..., Path], tmp_path: Path, rabbit: Rabbit,
+    media_queue: FakeMediaQueue,
 ) -> AsyncIterator[Flow]:
     paths = [telegram_session(u, name=f"acc{u}") for u in ACCOUNTS]
     pool = TeleClients.from_sessions_dir(
@@ -76,7 +98,8 @@ async def flow(
     publisher = Publisher(outbox, rabbit.url, rabbit.exchange, rabbit.queue,
                           reconnect_max_delay=0.5)
     await publisher.start()
-    subscriber = Subscriber(pool, joinmap, publisher, poll_interval=3600, check_interval=3600)
+    subscriber = Subscriber(pool, joinmap, publisher, poll_interval=3600, check_interval=3600,
+                            media_queue=media_queue)
     await subscriber.start()
     try:
         yield Flow(pool, joinmap, publisher, subscriber, fake_telegram.dispatcher)
@@ -148,10 +171,26 @@ async def test_subscribe_then_posts_edits_deletes_become_events(
     assert flow.joinmap.last_message_id(NEWS_ID) == post.id
 
 
+async def test_files_of_new_posts_go_to_the_media_queue(
+    flow: Flow, rabbit: Rabbit, media_queue: FakeMediaQueue
+) -> None:
+    await flow.subscriber.subscribe(parse_peer("@news"))
+    async with rabbit.consumer() as consumer:
+        post = await flow.rpc.post_message(NEWS, "a picture", media={"photo": PHOTO})
+        await consumer.wait_for_ids([f"{NEWS_ID}:{post.id}:message.new"])
+    descriptor = of(consumer, "message.new")[0].body["message"]["media"]
+    assert descriptor["type"] == "photo" and descriptor["state"] == "downloading"
+    assert [m.key for m in media_queue.submitted] == [descriptor["key"]]
+    assert media_queue.submitted[0].account == of(consumer, "message.new")[0].body["account"]
+
+
 async def test_unsubscribe_leaves_and_says_so(flow: Flow, rabbit: Rabbit) -> None:
     with pytest.raises(NotSubscribed):
         await flow.subscriber.unsubscribe(parse_peer("@news"))
-    await flow.subscriber.subscribe(parse_peer("@news"))
+    sub = await flow.subscriber.subscribe(parse_peer("@news"))
+    user_id = int(sub["account"].removeprefix("acc"))
+    news = flow.rpc.world.chats[NEWS]
+    assert flow.rpc.world.is_member(news, user_id)
     async with rabbit.consumer() as consumer:
         left = await flow.subscriber.unsubscribe(parse_peer("@news"))
         assert left["state"] == "left"
@@ -161,7 +200,7 @@ async def test_unsubscribe_leaves_and_says_so(flow: Flow, rabbit: Rabbit) -> Non
     assert [m.body["state"] for m in of(consumer, "subscription.changed")] == ["joined", "left"]
     assert of(consumer, "message.new") == []
     assert flow.joinmap.list() == []
-    assert flow.rpc.world.is_member(flow.rpc.world.chats[NEWS], 0) is False
+    assert not flow.rpc.world.is_member(news, user_id)  # it really left
 
 
 async def test_three_accounts_in_one_chat_publish_each_event_once(
