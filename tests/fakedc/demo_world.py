@@ -66,9 +66,10 @@ NEWS_POSTS = 150
 
 # Message ids in MEDIA, in the order they are added.
 ALBUM_IDS = (4, 5, 6)
-MEDIA_IDS = {
+MEDIA_IDS: dict[str, Any] = {
     "photo_dc1": 2,
     "photo_dc2": 3,
+    "album": ALBUM_IDS,
     "video": 7,
     "audio": 8,
     "voice": 9,
