@@ -116,6 +116,8 @@ class Subscriber:
         self._wake = asyncio.Event()
         self._states: dict[str, AccountState] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._api_lock = asyncio.Lock()
+        self._leaving: set[tuple[int, str]] = set()
         self.published = 0  # events handed to the publisher
         self.duplicates = 0  # events dropped as already published
         self.polls = 0  # chats polled
@@ -152,17 +154,16 @@ class Subscriber:
         """Joins the chat with one account (the pool's pick among those below the channel
         limit), records it, publishes subscription.changed. AlreadySubscribed (409) when an
         account is in it already."""
+        # One join or leave at a time: two POSTs for one chat must not join two accounts.
+        # They are rare, and a flood wait answers at once (the pool doesn't sleep on it).
+        async with self._api_lock:
+            return await self._subscribe(ref)
+
+    async def _subscribe(self, ref: PeerRef) -> dict[str, Any]:
         known = self._known(ref)
         if known is not None and known["state"] == State.JOINED:
             raise AlreadySubscribed(str(ref), known)
-
-        async def join(tc: TeleClient) -> Any:
-            if self._joinmap.count(tc.name) >= self._channel_limit:
-                # The pool moves on to the next account (this one is full, not broken).
-                raise AccountUnusable(tc.name, "full", f"in {self._channel_limit} chats")
-            return await tc.join(ref)
-
-        entity, account = await self._pool.run(join, ref)
+        entity, account = await self._pool.run(self._joiner(ref), ref)
         peer = _peer_of(entity)
         existing = self._joinmap.get(peer["id"])
         start = await self._newest_id(account, peer["id"])
@@ -173,8 +174,21 @@ class Subscriber:
             raise AlreadySubscribed(str(ref), existing)
         return sub
 
+    def _joiner(self, ref: PeerRef) -> Callable[[TeleClient], Awaitable[Any]]:
+        async def join(tc: TeleClient) -> Any:
+            if self._joinmap.count(tc.name) >= self._channel_limit:
+                # The pool moves on to the next account (this one is full, not broken).
+                raise AccountUnusable(tc.name, "full", f"in {self._channel_limit} chats")
+            return await tc.join(ref)
+
+        return join
+
     async def unsubscribe(self, ref: PeerRef) -> dict[str, Any]:
         """Every account in the chat leaves it; NotSubscribed (409) if none is in it."""
+        async with self._api_lock:
+            return await self._unsubscribe(ref)
+
+    async def _unsubscribe(self, ref: PeerRef) -> dict[str, Any]:
         known = self._known(ref)
         if known is None or known["state"] != State.JOINED:
             raise NotSubscribed(str(ref))
@@ -185,10 +199,16 @@ class Subscriber:
             if member["state"] != State.JOINED:
                 continue
             tc = self._pool.get(member["account"])
+            # Telegram's updateChannel for our own leave is not a kick.
+            self._leaving.add((peer_id, tc.name))
             try:
                 await tc.leave(target)
             except AccountUnusable:
-                pass  # a banned account is out of the chat for our purposes anyway
+                if tc.usable:
+                    raise  # disconnected: still in the chat; the caller may try again
+                # banned or logged out: out of the chat for our purposes
+            finally:
+                self._leaving.discard((peer_id, tc.name))
             last = await self._change(peer_id, member["account"], State.LEFT) or last
         return last
 
@@ -334,7 +354,7 @@ class Subscriber:
         member = next(
             (m for m in self._joinmap.memberships(peer_id) if m["account"] == tc.name), None
         )
-        if member is None or member["state"] != State.JOINED:
+        if member is None or member["state"] != State.JOINED or (peer_id, tc.name) in self._leaving:
             return
         entity = getattr(update, "_entities", {}).get(peer_id)
         if entity is None:
@@ -439,6 +459,10 @@ class Subscriber:
                 await self._move_away(tc.name)
 
     async def _move_away(self, account: str) -> None:
+        async with self._api_lock:  # not beside an API join of the same chat
+            await self._move_away_locked(account)
+
+    async def _move_away_locked(self, account: str) -> None:
         lost = self._joinmap.record_account_banned(account)
         for sub in lost:
             await self._publish_subscription(sub)
@@ -456,11 +480,7 @@ class Subscriber:
                 log.error("could not move %s away from %s: %s", peer_id, account, e)
 
     async def _rejoin(self, ref: PeerRef, old: dict[str, Any]) -> None:
-        async def join(tc: TeleClient) -> Any:
-            if self._joinmap.count(tc.name) >= self._channel_limit:
-                raise AccountUnusable(tc.name, "full", f"in {self._channel_limit} chats")
-            return await tc.join(ref)
-
+        join = self._joiner(ref)
         entity, account = await self._pool.run(join, ref)
         peer = _peer_of(entity)
         if peer["id"] != old["peer"]["id"]:
