@@ -29,7 +29,7 @@ class RpcError(Exception):
         self.message = message
 
 
-class DropConnection(Exception):  # noqa: N818 - it is an instruction, not an error
+class DropConnection(Exception):
     """Raised by the dispatcher to make the protocol layer close the TCP connection without
     answering (a fault knob: 'the connection drops in the middle of a file')."""
 
