@@ -910,3 +910,24 @@ async def test_rate_limit_escalates_per_account(world: World) -> None:
     assert await fails(rpc, req) == "FLOOD_WAIT_60"  # second strike: doubled
     now[0] += 61
     await call(rpc, req)
+
+
+async def test_get_difference_names_channels_that_changed_since_date(
+    world: World,
+) -> None:
+    now = [2_000_000_000.0]
+    rpc = TelegramRpc(world, clock=lambda: now[0])
+    state = await call(rpc, F.updates.GetStateRequest())
+    empty = await call(rpc, F.updates.GetDifferenceRequest(pts=state.pts, date=state.date, qts=0))
+    assert isinstance(empty, T.updates.DifferenceEmpty)
+    now[0] += 5
+    await rpc.post_message(NEWS, "while you were away")
+    diff = await call(rpc, F.updates.GetDifferenceRequest(pts=state.pts, date=state.date, qts=0))
+    assert isinstance(diff, T.updates.Difference)
+    assert diff.other_updates == [T.UpdateChannelTooLong(NEWS, pts=world.chats[NEWS].pts)]
+    assert diff.state.pts == state.pts and NEWS in {c.id for c in diff.chats}
+    later = await call(rpc, F.updates.GetDifferenceRequest(pts=state.pts, date=int(now[0]) + 1, qts=0))
+    assert isinstance(later, T.updates.DifferenceEmpty)
+    # Not a member: not named.
+    other = await call(rpc, F.updates.GetDifferenceRequest(pts=1, date=state.date, qts=0), user=ACCOUNT_2FA)
+    assert isinstance(other, T.updates.DifferenceEmpty)

@@ -90,6 +90,15 @@ def connect(
     return make
 
 
+def collect(into: list[Any], pick: Callable[[Any], Any] = lambda e: e) -> Callable[[Any], Any]:
+    """An event handler (Telethon awaits handlers) appending pick(event) to `into`."""
+
+    async def handler(event: Any) -> None:
+        into.append(pick(event))
+
+    return handler
+
+
 async def wait_for(cond: Callable[[], bool], within: float = 10.0) -> None:
     deadline = time.monotonic() + within
     while not cond():
@@ -315,12 +324,10 @@ async def test_sign_in_with_code_and_with_2fa(connect: Any, rpc: TelegramRpc) ->
 async def test_pushed_updates_fire_telethons_events(connect: Any, rpc: TelegramRpc) -> None:
     client = await connect(ACCOUNT_B)
     got: dict[str, list[Any]] = {"new": [], "edit": [], "del": [], "raw": []}
-    client.add_event_handler(lambda e: got["new"].append(e), events.NewMessage(chats=[NEWS]))
-    client.add_event_handler(lambda e: got["edit"].append(e), events.MessageEdited(chats=[NEWS]))
-    client.add_event_handler(lambda e: got["del"].append(e), events.MessageDeleted())
-    client.add_event_handler(
-        lambda u: got["raw"].append(u) if isinstance(u, T.UpdateChannel) else None, events.Raw()
-    )
+    client.add_event_handler(collect(got["new"]), events.NewMessage(chats=[NEWS]))
+    client.add_event_handler(collect(got["edit"]), events.MessageEdited(chats=[NEWS]))
+    client.add_event_handler(collect(got["del"]), events.MessageDeleted())
+    client.add_event_handler(collect(got["raw"]), events.Raw(types=T.UpdateChannel))
     await client.get_entity("tgc_news")  # a request after connect: the key gets updates
     msg = await rpc.post_message(NEWS, "hot news")
     await wait_for(lambda: len(got["new"]) == 1)
@@ -341,7 +348,7 @@ async def test_a_pts_gap_is_filled_by_get_channel_difference(
 ) -> None:
     client = await connect(ACCOUNT_C)
     texts: list[str] = []
-    client.add_event_handler(lambda e: texts.append(e.raw_text), events.NewMessage(chats=[NEWS]))
+    client.add_event_handler(collect(texts, lambda e: e.raw_text), events.NewMessage(chats=[NEWS]))
     await client.get_entity("tgc_news")
     await rpc.post_message(NEWS, "one")
     await wait_for(lambda: texts == ["one"])
@@ -395,3 +402,30 @@ async def test_log_out_and_more_account_fates(connect: Any, rpc: TelegramRpc) ->
     rpc.auth_key_duplicated(ACCOUNT_B)
     with pytest.raises(errors.AuthKeyDuplicatedError):
         await other.get_entity("tgc_chat")
+
+
+async def test_catch_up_after_being_offline(
+    fake_telegram: FakeTelegram, rpc: TelegramRpc, tmp_path: Path, clients: list[TelegramClient]
+) -> None:
+    path = str(fake_telegram.make_session(tmp_path / "offline", ACCOUNT_A))
+    first = TelegramClient(path, FAKEDC_API_ID, FAKEDC_API_HASH)
+    seen: list[str] = []
+    first.add_event_handler(collect(seen, lambda e: e.raw_text), events.NewMessage(chats=[NEWS]))
+    try:
+        await first.connect()
+        await first.get_entity("tgc_news")
+        await rpc.post_message(NEWS, "online")
+        await wait_for(lambda: seen == ["online"])  # the client now tracks NEWS's pts
+    finally:
+        await first.disconnect()  # saves the update state in the session file
+    await rpc.post_message(NEWS, "missed 1")
+    await rpc.post_message(NEWS, "missed 2")
+    again = TelegramClient(path, FAKEDC_API_ID, FAKEDC_API_HASH, catch_up=True)
+    clients.append(again)
+    caught: list[str] = []
+    again.add_event_handler(collect(caught, lambda e: e.raw_text), events.NewMessage(chats=[NEWS]))
+    await again.connect()
+    await wait_for(lambda: len(caught) == 2)
+    assert caught == ["missed 1", "missed 2"]
+    assert rpc.count("updates.getDifference", user_id=ACCOUNT_A) >= 1
+    assert rpc.count("updates.getChannelDifference", user_id=ACCOUNT_A) >= 1

@@ -1328,20 +1328,30 @@ class TelegramRpc:
 
     async def _get_difference(self, ctx: CallContext, req: Any) -> Any:
         """Replays the account's common-box events after pts (new messages of basic groups
-        and private chats). Channel posts are not replayed here (getChannelDifference)."""
+        and private chats) and, as Telegram does, names every joined channel that changed
+        since `date` with updateChannelTooLong, so the client asks getChannelDifference."""
         me = self._me(ctx)
         pts = self.world.account_pts.get(me.id, 1)
-        if req.pts >= pts:
+        since = _ts(req.date) or 0
+        stale = [
+            types.UpdateChannelTooLong(channel_id=c.id, pts=c.pts)
+            for c in self.world.joined_channels(me.id)
+            if not self._forbidden(c, me.id) and c.log and c.log[-1].date >= since
+        ]
+        if req.pts >= pts and not stale:
             return types.updates.DifferenceEmpty(date=self._now(), seq=0)
         events = [e for e in self.world.account_log.get(me.id, []) if e[0] > req.pts]
         new_ids = [i for _, i, kind in events if kind == "new"]
         msgs = [self.world.common[i] for i in dict.fromkeys(new_ids) if i in self.world.common]
         users, chats = self._entities_for(msgs, me.id)
+        for update in stale:
+            if not any(c.id == update.channel_id for c in chats):
+                chats.append(self._chat_view(self.world.chats[update.channel_id], me.id))
         state = types.updates.State(pts=pts, qts=0, date=self._now(), seq=0, unread_count=0)
         return types.updates.Difference(
             new_messages=[render.message(self.world, m, me.id) for m in msgs],
             new_encrypted_messages=[],
-            other_updates=[],
+            other_updates=list(stale),
             chats=chats,
             users=users,
             state=state,
@@ -1464,7 +1474,7 @@ class TelegramRpc:
         msg.id = chat.next_id
         chat.next_id += 1
         chat.messages[msg.id] = msg
-        event = self.world.channel_event(chat, "new", [msg.id])
+        event = self.world.channel_event(chat, "new", [msg.id], self._now())
         msg.pts = event.pts
         if self._drop_posts[chat_id] > 0:
             self._drop_posts[chat_id] -= 1
@@ -1499,7 +1509,7 @@ class TelegramRpc:
         if not chat.is_channel:
             await self._push_common(msg, "edit")
             return msg
-        event = self.world.channel_event(chat, "edit", [msg_id])
+        event = self.world.channel_event(chat, "edit", [msg_id], self._now())
         await self._push_channel(
             chat,
             lambda viewer: types.UpdateEditChannelMessage(
@@ -1522,7 +1532,7 @@ class TelegramRpc:
             return
         for i in ids:
             chat.messages.pop(i, None)
-        event = self.world.channel_event(chat, "delete", ids)
+        event = self.world.channel_event(chat, "delete", ids, self._now())
         await self._push_channel(
             chat,
             lambda viewer: types.UpdateDeleteChannelMessages(

@@ -221,6 +221,7 @@ class ChannelEvent:
     pts_count: int
     kind: str  # "new", "edit", "delete"
     ids: list[int]
+    date: int = DEFAULT_DATE
 
 
 @dataclass
@@ -405,10 +406,12 @@ class World:
 
     # --- channel sequence (used by the pushes in rpc.py) ---------------------------------
 
-    def channel_event(self, chat: ChatSpec, kind: str, ids: list[int]) -> ChannelEvent:
+    def channel_event(
+        self, chat: ChatSpec, kind: str, ids: list[int], date: int = DEFAULT_DATE
+    ) -> ChannelEvent:
         count = len(ids) if kind == "delete" else 1
         chat.pts += count
-        event = ChannelEvent(chat.pts, count, kind, list(ids))
+        event = ChannelEvent(chat.pts, count, kind, list(ids), date)
         chat.log.append(event)
         return event
 
