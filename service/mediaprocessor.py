@@ -166,6 +166,9 @@ class MediaProcessor:
         self._timers: set[asyncio.TimerHandle] = set()
         self._running = False
         self._closed = False
+        # Totals for /metrics and the status page, read at scrape time.
+        self.downloaded_bytes = 0
+        self.uploaded_bytes = 0
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -352,7 +355,7 @@ class MediaProcessor:
                 part_size=item.part_size,
                 done_parts=set(item.done_parts),
                 refresh_reference=lambda: self._refresh_reference(item, tele),
-                on_part=lambda index, _size: self._on_part(item, index),
+                on_part=lambda index, size: self._on_part(item, index, size),
             )
         except asyncio.CancelledError:
             self._db.save_parts(item)
@@ -382,7 +385,8 @@ class MediaProcessor:
         except (KeyError, LookupError, TgcError):
             return None
 
-    def _on_part(self, item: _Item, index: int) -> None:
+    def _on_part(self, item: _Item, index: int, size: int) -> None:
+        self.downloaded_bytes += size
         item.done_parts.add(index)
         now = time.monotonic()
         if now - item.parts_saved_at >= self._parts_flush_interval:
@@ -493,6 +497,7 @@ class MediaProcessor:
             except (StorageError, OSError) as e:
                 self._fail(item, _describe(e))
                 return
+        self.uploaded_bytes += media.size
         self._finish(item, url)
         await self._notify(item.key)
 
