@@ -57,23 +57,20 @@ Counters: rpc.count(method=None, user_id=None), rpc.reset_counts(), rpc.unknown.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import inspect
 import logging
 import os
 import re
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from telethon import password as tpassword
 from telethon.tl import functions, types
 
 from tests.fakedc import files, render
-from tests.fakedc.api import CallContext, DropConnection, Pusher, RpcError
+from tests.fakedc.api import CallContext, Pusher, RpcError
+from tests.fakedc.faults import FaultKnobs
+from tests.fakedc.srp import SrpServer
 from tests.fakedc.world import BROADCAST, MEGAGROUP, ChatSpec, MessageSpec, UserSpec, World
 
 log = logging.getLogger(__name__)
@@ -98,88 +95,10 @@ def method_name(request: Any) -> str:
     return name if namespace == "functions" else f"{namespace}.{name}"
 
 
-@dataclass
-class _Flood:
-    method: str
-    seconds: int
-    every: int | None
-    times: int | None
-    user_id: int | None
-    calls: int = 0
-
-
-@dataclass
-class _Slow:
-    method: str
-    seconds: float
-    times: int
-
-
-@dataclass
-class _RateLimit:
-    method: str
-    calls: int
-    per: float
-    wait: int
-    escalate: float
-    # Per account: recent call times, strikes so far, and the end of the current wait.
-    seen: dict[int | None, list[float]] = field(default_factory=dict)
-    strikes: Counter[int | None] = field(default_factory=Counter)
-    until: dict[int | None, float] = field(default_factory=dict)
-
-
-@dataclass
-class _Fail:
-    method: str
-    code: int
-    message: str
-    times: int
-    user_id: int | None
-
-
-@dataclass
-class _Drop:
-    file_id: int | None
-    nth: int
-    user_id: int | None
-    calls: int = 0
-
-
-# --- SRP (Telegram's 2FA, the server side of telethon/password.py) ------------------------
-
-_SRP_G = 3
-_SRP_P_BYTES = bytes.fromhex(
-    "c71caeb9c6b1c9048e6c522f70f13f73980d40238e3e21c14934d037563d930f"
-    "48198a0aa7c14058229493d22530f4dbfa336f6e0ac925139543aed44cce7c37"
-    "20fd51f69458705ac68cd4fe6b6b13abdc9746512969328454f18faf8c595f64"
-    "2477fe96bb2a941d5bcd1d4ac8cc49880708fa9b378e3c4f3a9060bee67cf9a4"
-    "a4a695811051907e162753b56b0f6b410dba74d8a84b2a14b3144e0ef1284754"
-    "fd17ed950d5965b4b9dd46582db1178d169c6bc465b0d6ff9ca3928fef5b9ae4"
-    "e418fc15e83ebea0f87fa9ff5eed70050ded2849f47bf959d956850ce929851f"
-    "0d8115f635b105ee2e4e15d04b2454bf6f4fadf034b10403119cd8e3b92fcc5b"
-)
-_SRP_P = int.from_bytes(_SRP_P_BYTES, "big")
-
-
-def _srp_algo(user: UserSpec, secret: bytes) -> types.PasswordKdfAlgoSHA256SHA256PBKDF2HMACSHA512iter100000SHA256ModPow:
-    salt = hashlib.sha256(secret + b"salt" + str(user.id).encode()).digest()
-    return types.PasswordKdfAlgoSHA256SHA256PBKDF2HMACSHA512iter100000SHA256ModPow(
-        salt1=salt[:16], salt2=salt[16:], g=_SRP_G, p=_SRP_P_BYTES
-    )
-
-
-@dataclass
-class _SrpSession:
-    user_id: int
-    b: int
-    B: int  # the protocol's name
-    v: int
-    algo: Any
-
-
-class TelegramRpc:
+class TelegramRpc(FaultKnobs):
     """Answers requests from a World. Construct with the world and (or later `set_pusher`)
-    the cluster's pusher; hand it to FakeTelegram as its dispatcher."""
+    the cluster's pusher; hand it to FakeTelegram as its dispatcher. The knobs and counters
+    come from FaultKnobs (faults.py)."""
 
     def __init__(
         self,
@@ -190,24 +109,12 @@ class TelegramRpc:
         self.world = world
         self._pusher = pusher
         self._clock = clock
-        self._counts: Counter[tuple[str, int | None]] = Counter()
-        self.unknown: list[str] = []
-        self.latency: dict[str, float] = {"*": 0.0}
-        self._slow: list[_Slow] = []
-        self._floods: list[_Flood] = []
-        self._unoccupied: set[str] = set()
-        self._private: set[int] = set()
-        # Account fates: user id → (code, message) every call of that account fails with.
-        self._fates: dict[int, tuple[int, str]] = {}
-        self._logged_out_keys: set[int] = set()
-        self._fails: list[_Fail] = []
-        self._rate_limits: list[_RateLimit] = []
-        self._drops: list[_Drop] = []
-        self._drop_posts: Counter[int] = Counter()
+        self._init_faults()
         self.login_code = LOGIN_CODE
         self._code_hashes: dict[str, str] = {}  # phone_code_hash → phone
         self._awaiting_password: dict[int, int] = {}  # auth_key_id → user id
-        self._srp: dict[int, _SrpSession] = {}  # srp_id → session
+        self._logged_out_keys: set[int] = set()
+        self._srp = SrpServer()
         self._exported: dict[bytes, int] = {}  # exported authorization bytes → user id
         self._handlers: dict[type, Handler] = self._handler_table()
 
@@ -273,126 +180,8 @@ class TelegramRpc:
     def supported_methods(self) -> list[str]:
         return sorted(method_name(object.__new__(cls)) for cls in self._handlers)
 
-    # === knobs ============================================================================
-
-    def set_latency(self, latency: dict[str, float]) -> None:
-        """Seconds added before answering, per method name; "*" is every other method.
-        E.g. {"upload.getFile": 0.05, "*": 0.0}. Replaces the previous table."""
-        self.latency = {"*": 0.0, **latency}
-
-    def slow(self, method: str, seconds: float, times: int = 1) -> None:
-        """The next `times` calls of `method` ("*": any) wait `seconds` more before answering."""
-        self._slow.append(_Slow(method, seconds, times))
-
-    def flood_wait(
-        self,
-        method: str,
-        seconds: int,
-        *,
-        every: int | None = None,
-        times: int | None = 1,
-        user_id: int | None = None,
-    ) -> None:
-        """Answers 420 FLOOD_WAIT_<seconds> to `method` (optionally only for one account):
-        the next `times` calls (None: every call until clear_faults), or, with `every=n`,
-        every n-th call counted from now."""
-        self._floods.append(_Flood(method, seconds, every, times, user_id))
-
-    def rate_limit(
-        self, method: str, calls: int, per: float, wait: int, escalate: float = 2.0
-    ) -> None:
-        """Telegram's escalating flood control, per account: more than `calls` calls of
-        `method` within `per` seconds answer FLOOD_WAIT_<wait>, and each further strike
-        multiplies the wait by `escalate`; calls during a wait get FLOOD_WAIT_<remaining>.
-        E.g. rate_limit("contacts.resolveUsername", calls=5, per=60, wait=30)."""
-        self._rate_limits.append(_RateLimit(method, calls, per, wait, escalate))
-
-    def username_not_occupied(self, username: str) -> None:
-        """contacts.resolveUsername of this username answers USERNAME_NOT_OCCUPIED."""
-        self._unoccupied.add(username.lower())
-
-    def channel_private(self, channel_id: int) -> None:
-        """The channel becomes CHANNEL_PRIVATE (ChannelForbidden in lists) to every account."""
-        self._private.add(channel_id)
-
-    def auth_key_unregistered(self, user_id: int) -> None:
-        """Every call of this account answers 401 AUTH_KEY_UNREGISTERED (logged out)."""
-        self._fates[user_id] = (401, "AUTH_KEY_UNREGISTERED")
-
-    def deactivated_ban(self, user_id: int) -> None:
-        """Every call of this account answers 401 USER_DEACTIVATED_BAN (banned)."""
-        self._fates[user_id] = (401, "USER_DEACTIVATED_BAN")
-
-    def session_revoked(self, user_id: int) -> None:
-        """Every call of this account answers 401 SESSION_REVOKED."""
-        self._fates[user_id] = (401, "SESSION_REVOKED")
-
-    def auth_key_duplicated(self, user_id: int) -> None:
-        """Every call of this account answers 406 AUTH_KEY_DUPLICATED (unusable for good)."""
-        self._fates[user_id] = (406, "AUTH_KEY_DUPLICATED")
-
-    def fail(
-        self, method: str, code: int, message: str, *, times: int = 1, user_id: int | None = None
-    ) -> None:
-        """The next `times` calls of `method` ("*": any) answer rpc_error code/message, e.g.
-        fail("channels.getMessages", 500, "INTERNAL") or (400, "CHANNEL_INVALID")."""
-        self._fails.append(_Fail(method, code, message, times, user_id))
-
-    def expire_file_references(self) -> None:
-        """Every file reference issued so far answers FILE_REFERENCE_EXPIRED; fetching the
-        message again gives a fresh one."""
-        self.world.expire_file_references()
-
-    def drop_connection_in_file(
-        self, file_id: int | None = None, nth: int = 2, user_id: int | None = None
-    ) -> None:
-        """The nth upload.getFile (counted from now) of that photo/document id (None: any
-        file) closes the connection without answering (api.DropConnection), once."""
-        self._drops.append(_Drop(file_id, nth, user_id))
-
-    def drop_next_posts(self, channel_id: int, n: int) -> None:
-        """The next n post_message() of the channel are stored but not pushed (a lost
-        update: the next push shows a pts gap, getChannelDifference reveals them)."""
-        self._drop_posts[channel_id] += n
-
-    def clear_faults(self) -> None:
-        """Undoes every fault knob (not latency, not expired references)."""
-        self._slow.clear()
-        self._floods.clear()
-        self._unoccupied.clear()
-        self._private.clear()
-        self._fates.clear()
-        self._fails.clear()
-        self._rate_limits.clear()
-        self._drops.clear()
-        self._drop_posts.clear()
-
-    # === counters =========================================================================
-
-    def count(self, method: str | None = None, user_id: int | None = None) -> int:
-        """Requests served, optionally of one method and/or of one account."""
-        return sum(
-            n
-            for (m, u), n in self._counts.items()
-            if (method is None or m == method) and (user_id is None or u == user_id)
-        )
-
-    def reset_counts(self) -> None:
-        self._counts.clear()
-
-    # === fault plumbing ===================================================================
-
-    async def _delay(self, method: str) -> None:
-        delay = self.latency.get(method, self.latency.get("*", 0.0))
-        for rule in self._slow:
-            if rule.times > 0 and rule.method in (method, "*"):
-                rule.times -= 1
-                delay += rule.seconds
-        self._slow = [r for r in self._slow if r.times > 0]
-        if delay > 0:
-            await asyncio.sleep(delay)
-
     def _check_account(self, ctx: CallContext, method: str) -> None:
+        """The auth gate: unbound keys may only log in; then the account's fate knobs."""
         uid = ctx.user_id
         if uid is None:
             if method.startswith(_OPEN_METHODS):
@@ -402,59 +191,7 @@ class TelegramRpc:
             raise RpcError(401, "AUTH_KEY_UNREGISTERED")
         if ctx.auth_key_id in self._logged_out_keys:
             raise RpcError(401, "AUTH_KEY_UNREGISTERED")
-        if uid in self._fates:
-            raise RpcError(*self._fates[uid])
-
-    def _check_rate(self, method: str, user_id: int | None) -> None:
-        now = self._clock()
-        for rule in self._rate_limits:
-            if rule.method != method:
-                continue
-            until = rule.until.get(user_id, 0.0)
-            if now < until:
-                raise RpcError(420, f"FLOOD_WAIT_{max(1, round(until - now))}")
-            recent = [t for t in rule.seen.get(user_id, []) if now - t < rule.per]
-            recent.append(now)
-            rule.seen[user_id] = recent
-            if len(recent) > rule.calls:
-                wait = round(rule.wait * rule.escalate ** rule.strikes[user_id])
-                rule.strikes[user_id] += 1
-                rule.until[user_id] = now + wait
-                rule.seen[user_id] = []
-                raise RpcError(420, f"FLOOD_WAIT_{wait}")
-
-    def _check_fail(self, method: str, user_id: int | None) -> None:
-        for rule in self._fails:
-            if rule.method in (method, "*") and rule.user_id in (None, user_id):
-                rule.times -= 1
-                if rule.times <= 0:
-                    self._fails.remove(rule)
-                raise RpcError(rule.code, rule.message)
-
-    def _check_flood(self, method: str, user_id: int | None) -> None:
-        for rule in self._floods:
-            if rule.method != method or (rule.user_id is not None and rule.user_id != user_id):
-                continue
-            rule.calls += 1
-            if rule.every is not None:
-                fire = rule.calls % rule.every == 0
-            else:
-                fire = rule.times is None or rule.times > 0
-                if rule.times is not None and fire:
-                    rule.times -= 1
-            if fire:
-                raise RpcError(420, f"FLOOD_WAIT_{rule.seconds}")
-
-    def _check_drop(self, file_id: int, user_id: int | None) -> None:
-        for rule in self._drops:
-            if rule.file_id not in (None, file_id):
-                continue
-            if rule.user_id not in (None, user_id):
-                continue
-            rule.calls += 1
-            if rule.calls == rule.nth:
-                self._drops.remove(rule)
-                raise DropConnection()
+        self._check_fate(uid)
 
     # === identity helpers =================================================================
 
@@ -1256,30 +993,20 @@ class TelegramRpc:
 
     async def _get_password(self, ctx: CallContext, req: Any) -> Any:
         user = self._password_user(ctx)
-        new_algo = _srp_algo(user, self.world.secret)
+        algo = SrpServer.algo(user.id, self.world.secret)
         secure = types.SecurePasswordKdfAlgoPBKDF2HMACSHA512iter100000(salt=os.urandom(8))
         if not user.password:
             return types.account.Password(
-                new_algo=new_algo, new_secure_algo=secure, secure_random=os.urandom(32)
+                new_algo=algo, new_secure_algo=secure, secure_random=os.urandom(32)
             )
-        # SRP-6a as Telegram defines it: v = g^x, B = k·v + g^b (mod p).
-        algo = new_algo
-        x = int.from_bytes(tpassword.compute_hash(algo, user.password), "big")
-        v = pow(_SRP_G, x, _SRP_P)
-        k = int.from_bytes(
-            tpassword.sha256(_SRP_P_BYTES, tpassword.big_num_for_hash(_SRP_G)), "big"
-        )
-        b = int.from_bytes(os.urandom(256), "big")
-        big_b = (k * v + pow(_SRP_G, b, _SRP_P)) % _SRP_P
-        srp_id = int.from_bytes(os.urandom(8), "big", signed=True)
-        self._srp[srp_id] = _SrpSession(user.id, b, big_b, v, algo)
+        srp_id, srp_b = self._srp.start(user.id, user.password, algo)
         return types.account.Password(
-            new_algo=new_algo,
+            new_algo=algo,
             new_secure_algo=secure,
             secure_random=os.urandom(32),
             has_password=True,
             current_algo=algo,
-            srp_B=tpassword.big_num_for_hash(big_b),
+            srp_B=srp_b,
             srp_id=srp_id,
             hint=user.hint or None,
         )
@@ -1287,30 +1014,10 @@ class TelegramRpc:
     async def _check_password(self, ctx: CallContext, req: Any) -> Any:
         user = self._password_user(ctx)
         check = req.password
-        session = self._srp.pop(getattr(check, "srp_id", 0), None)
-        if session is None or session.user_id != user.id:
+        srp_id = getattr(check, "srp_id", 0)
+        if self._srp.user_of(srp_id) != user.id:
             raise RpcError(400, "SRP_ID_INVALID")
-        a_for_hash = check.A
-        big_a = int.from_bytes(a_for_hash, "big")
-        if not 0 < big_a < _SRP_P:
-            raise RpcError(400, "SRP_A_INVALID")
-        b_for_hash = tpassword.big_num_for_hash(session.B)
-        u = int.from_bytes(tpassword.sha256(a_for_hash, b_for_hash), "big")
-        s = pow(big_a * pow(session.v, u, _SRP_P) % _SRP_P, session.b, _SRP_P)
-        k = tpassword.sha256(tpassword.big_num_for_hash(s))
-        algo = session.algo
-        m1 = tpassword.sha256(
-            tpassword.xor(
-                tpassword.sha256(_SRP_P_BYTES),
-                tpassword.sha256(tpassword.big_num_for_hash(_SRP_G)),
-            ),
-            tpassword.sha256(algo.salt1),
-            tpassword.sha256(algo.salt2),
-            a_for_hash,
-            b_for_hash,
-            k,
-        )
-        if m1 != check.M1:
+        if self._srp.check(srp_id, check.A, check.M1) != user.id:
             raise RpcError(400, "PASSWORD_HASH_INVALID")
         return self._authorize(ctx, user.id)
 
