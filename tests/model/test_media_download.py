@@ -457,8 +457,10 @@ async def test_emulator_home_dc_byte_exact(
         assert (media.dc_id, media.size) == (1, HOME_SIZE)
         assert len(home.connections) == 1
         await download_media(client, media, tmp_path / "home.bin", parts_in_flight=8)
-        # The parts came over a media connection of their own, kept for the next file.
+        # The parts came over a media connection of their own (intermediate transport: no
+        # CRC32 per packet), kept for the next file.
         assert len(home.connections) == 2
+        assert sorted(c.codec.name for c in home.connections) == ["full", "intermediate"]
         opened = home.stats["connection"]
         await download_media(client, media, tmp_path / "again.bin", parts_in_flight=8)
         assert home.stats["connection"] == opened
