@@ -57,6 +57,8 @@ T = TypeVar("T")
 Entity = Any  # types.User | types.Chat | types.Channel (Telethon ships no type stubs)
 Clock = Callable[[], float]
 UpdateCallback = Callable[["TeleClient", Any], Awaitable[None]]
+# (method, error name or None, seconds): told of every request `_invoke` sends (for /metrics).
+CallObserver = Callable[[str, str | None, float], None]
 
 # Flood waits are kept per request kind: a wait on contacts.resolveUsername (the sensitive
 # one, hours long after bursts) must not stop the account from reading peers it knows.
@@ -222,6 +224,14 @@ def _request_kind(request: Any) -> str:
     return RESOLVE if isinstance(request, functions.contacts.ResolveUsernameRequest) else OTHER
 
 
+def request_name(request: Any) -> str:
+    """`channels.GetFullChannelRequest(...)` → "channels.GetFullChannel" (a bounded label)."""
+    while hasattr(request, "query"):
+        request = request.query
+    module = type(request).__module__.rpartition(".")[2]
+    return f"{module}.{type(request).__name__.removesuffix('Request')}"
+
+
 def _iso(wall: float | None) -> str | None:
     if wall is None:
         return None
@@ -244,8 +254,11 @@ class TeleClient:
 
     `pending_downloads` is kept by the media processor (incremented when it queues a
     download bound to this account, decremented when it ends); the pool gives busy accounts
-    less new work.
+    less new work. `flood_waits` and `flood_wait_seconds` count the flood waits met, and
+    `call_observer` (set by `TeleClients.observe_calls`) is told of every request sent.
     """
+
+    call_observer: CallObserver | None = None
 
     def __init__(
         self,
@@ -275,6 +288,8 @@ class TeleClient:
         self.session_path = path
         self._state = AccountState.OK  # never FLOOD_WAIT: that one is computed, see `state`
         self.pending_downloads = 0
+        self.flood_waits = 0
+        self.flood_wait_seconds = 0
         self.user_id: int | None = None
         self.phone: str | None = None
         self.display_name: str | None = None
@@ -753,21 +768,34 @@ class TeleClient:
         """Sends one request; Telethon's errors become the service's, the state follows."""
         if not self.usable:
             raise AccountUnusable(self.name, self._state, self.reason or "out of rotation")
+        t0 = time.perf_counter()
         try:
-            return await asyncio.wait_for(self.client(request), self._timeout)
+            result = await asyncio.wait_for(self.client(request), self._timeout)
         except (errors.FloodWaitError, errors.FloodPremiumWaitError) as e:
+            self._observe(request, "FLOOD_WAIT", t0)
             raise self._flood(e) from None
         except errors.RPCError as e:
+            self._observe(request, rpc_error_name(e), t0)
             raise self._rpc_error(e, peer) from None
         except ConnectionError as e:
+            self._observe(request, "CONNECTION", t0)
             self._set_disconnected(str(e))
             raise AccountUnusable(self.name, AccountState.DISCONNECTED, str(e)) from None
         except TimeoutError:
+            self._observe(request, "TIMEOUT", t0)
             raise TelegramError("TIMEOUT", f"Telegram did not answer in {self._timeout:.0f} s") from None
+        self._observe(request, None, t0)
+        return result
+
+    def _observe(self, request: Any, error: str | None, t0: float) -> None:
+        if self.call_observer is not None:
+            self.call_observer(request_name(request), error, time.perf_counter() - t0)
 
     def _flood(self, e: errors.FloodWaitError) -> FloodWait:
         kind = _request_kind(e.request)
         seconds = max(1, e.seconds)
+        self.flood_waits += 1
+        self.flood_wait_seconds += seconds
         self._flood_until[kind] = max(self._flood_until.get(kind, 0.0), self._clock() + seconds)
         log.warning("account %s: flood wait of %d s on %s requests", self.name, seconds, kind)
         return FloodWait(seconds, self.name)
@@ -886,6 +914,11 @@ class TeleClients:
     def usable(self) -> bool:
         """Whether any account could serve a call now or after a flood wait (for /healthz)."""
         return any(c.ready_in(None) is not None for c in self._clients.values())
+
+    def observe_calls(self, observer: CallObserver | None) -> None:
+        """Tells `observer(method, error, seconds)` of every request any account sends."""
+        for c in self._clients.values():
+            c.call_observer = observer
 
     # --- updates ---
 
