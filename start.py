@@ -486,9 +486,18 @@ class Server:
         await self.publisher.publish_event(media_stored_event(record))
 
     async def _start_subscriber(self) -> None:
-        # service/subscriber.py (issue 5) is wired here once it exists: Subscriber(self.pool,
-        # self.joinmap, self.publisher, poll_interval=...); start(); stop on the stack.
-        self.subscriber = None
+        from service.subscriber import Subscriber
+
+        self.subscriber = Subscriber(
+            self.pool,
+            self.joinmap,
+            self.publisher,
+            poll_interval=self.settings.subscriptions.poll_interval,
+            channel_limit=self.settings.telegram.join_limit,
+            media_queue=self.processor if self.settings.media.auto_download else None,
+        )
+        self._stack.push_async_callback(self.subscriber.stop)
+        await self.subscriber.start()
 
     def _listen(self) -> None:
         from service.handler import make_server
@@ -549,6 +558,14 @@ def cmd_paths(args: argparse.Namespace) -> int:
 _PHONE = re.compile(r"^\+?[0-9]{5,15}$")
 
 
+def phone_digits(phone: str) -> str:
+    """'+1 555 123 4567' → '15551234567' (the session file's name); UsageError otherwise."""
+    compact = re.sub(r"[\s-]", "", phone)
+    if not _PHONE.match(compact):
+        raise UsageError(f"--phone must be an international number like +15551234567, not {phone!r}")
+    return compact.lstrip("+")
+
+
 async def login(
     settings: Settings,
     phone: str,
@@ -570,9 +587,7 @@ async def login(
 
     from model.teleclient import SessionLock, proxy_to_telethon
 
-    if not _PHONE.match(phone.replace(" ", "")):
-        raise UsageError(f"--phone must be an international number like +15551234567, not {phone!r}")
-    digits = phone.replace(" ", "").lstrip("+")
+    digits = phone_digits(phone)
     ask = ask or _ask
     ask_secret = ask_secret or _ask_secret
     t = settings.telegram
@@ -680,6 +695,7 @@ def _client_identity(settings: Settings) -> dict[str, Any]:
 
 
 def cmd_login(args: argparse.Namespace) -> int:
+    phone_digits(args.phone)  # a usage error before anything else
     settings = load_settings(args.config, require=TELEGRAM_REQUIRED)
     setup_logging(settings.log, console=False)
     path = asyncio.run(login(settings, args.phone))

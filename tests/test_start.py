@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
@@ -647,6 +648,9 @@ async def test_a_stop_persists_the_media_queue_and_a_restart_resumes_it(
         for key, size in keys.items():
             stored = [p for p in media_dir.rglob(f"{key}*") if p.is_file()]
             assert len(stored) == 1 and stored[0].stat().st_size == size, (key, stored)
+        # Each stored file left a media.stored event in the outbox (no broker configured).
+        await wait_for(lambda: len(_stored_events(again)) >= len(keys))
+        assert {e["media"]["key"] for e in _stored_events(again)} >= set(keys)
     finally:
         again.request_stop()
         assert await asyncio.wait_for(task, 30) == 0
@@ -672,4 +676,30 @@ async def test_a_session_held_by_another_server_stops_the_start(
             assert (await api.request("GET", "/api/v1/accounts")).ok
     finally:
         first.request_stop()
+        assert await task == 0
+
+
+def _stored_events(server: Server) -> list[dict[str, Any]]:
+    rows = server.outbox.read(0, 10_000)
+    return [orjson.loads(r.body) for r in rows if r.routing_key == "media.stored"]
+
+
+async def test_subscriptions_through_the_server(accounts_config: Path) -> None:
+    settings = load_settings(accounts_config, env={})
+    server = Server(settings)
+    task = await run_server(server)
+    try:
+        async with ApiClient(server.url, TOKEN, AES_KEY) as api:
+            joined = await api.request("POST", "/api/v1/subscriptions", {"peer": "@tgc_chat"})
+            assert joined.ok, joined
+            listed = await api.request("GET", "/api/v1/subscriptions")
+            assert [s["peer"]["id"] for s in listed.data["subscriptions"]] == [-1000000000000 - dw.CHAT]
+            again = await api.request("POST", "/api/v1/subscriptions", {"peer": "@tgc_chat"})
+            assert again.status == 409 and again.code == "ALREADY_SUBSCRIBED"
+            left = await api.request("DELETE", "/api/v1/subscriptions?peer=@tgc_chat")
+            assert left.ok, left
+        events = [orjson.loads(r.body)["event"] for r in server.outbox.read(0, 100)]
+        assert events.count("subscription.changed") == 2
+    finally:
+        server.request_stop()
         assert await task == 0
