@@ -169,7 +169,7 @@ async def test_a_history_page_ends_stored_byte_exact_each_file_once(flow: Flow) 
     assert flow.rpc.count(GET_FILE) == sum(part_count(m.size) for m in distinct)
     assert sorted(r["key"] for r in flow.stored) == sorted(m.key for m in distinct)
     assert len(flow.nginx.files()) == len(distinct)
-    assert list((flow.tmp / "spool").iterdir()) == []
+    await wait_for(lambda: list((flow.tmp / "spool").iterdir()) == [])
     assert all(t.pending_downloads == 0 for t in flow.pool)
 
 

@@ -298,7 +298,7 @@ async def test_stored_byte_exact_on_nginx(rig: Rig, nginx_dav: Nginx) -> None:
         assert record["size"] == m.size and record["mime_type"] == "application/pdf"
         assert record["error"] is None and record["updated_at"].endswith("Z")
         assert sha(stored_on(nginx_dav, m).read_bytes()) == sha(content(m))
-    assert rig.spool_files() == []  # deleted once nginx confirmed
+    await wait_for(lambda: rig.spool_files() == [])  # deleted once nginx confirmed
     assert sorted(e["key"] for e in rig.stored) == sorted(m.key for m in items)
     assert {e["account"] for e in rig.stored} == {"acc1"}
     assert {e["msg_id"] for e in rig.stored} == {5}
@@ -362,7 +362,7 @@ async def test_nginx_down_items_wait_and_are_stored_when_it_returns(
     await wait_for(lambda: all(p.get(m.key)["state"] == "stored" for m in items))  # type: ignore[index]
     for m in items:
         assert stored_on(nginx_dav, m).read_bytes() == content(m)
-    assert rig.spool_files() == []
+    await wait_for(lambda: rig.spool_files() == [])
     assert len(rig.downloads.calls) == 4
 
 
@@ -375,7 +375,8 @@ async def test_a_refused_upload_fails_the_item(rig: Rig) -> None:
     p.submit(m)
     await wait_for(lambda: p.get(m.key)["state"] == "failed")  # type: ignore[index]
     assert p.get(m.key)["error"] == "PUT http://x/…: 403 Forbidden"  # type: ignore[index]
-    assert rig.spool_files() == [] and rig.stored == []
+    await wait_for(lambda: rig.spool_files() == [])
+    assert rig.stored == []
     assert p.stats()["spool_bytes"] == 0
     # A failed key brought again is tried again.
     storage.fail_with = None
@@ -503,7 +504,7 @@ async def test_banned_account_fails_with_the_reason(rig: Rig) -> None:
     p.submit(m)
     await wait_for(lambda: p.get(m.key)["state"] == "failed")  # type: ignore[index]
     assert "USER_DEACTIVATED_BAN" in p.get(m.key)["error"]  # type: ignore[index]
-    assert rig.spool_files() == []
+    await wait_for(lambda: rig.spool_files() == [])
 
 
 async def test_banned_account_is_replaced_through_the_rebind_hook(rig: Rig) -> None:
@@ -713,6 +714,7 @@ async def test_a_bug_in_the_downloader_fails_the_item_and_keeps_the_worker(rig: 
 async def test_orphan_spool_files_are_removed_at_start(rig: Rig) -> None:
     rig.spool.mkdir(parents=True)
     (rig.spool / f"{'ab' * 16}.part").write_bytes(b"left over")
+    (rig.spool / f"{'cd' * 16}.3.del").write_bytes(b"a deletion a crash cut short")
     p = rig.processor()
     await p.start()
     assert rig.spool_files() == []
@@ -764,4 +766,4 @@ async def test_sigkill_mid_download_resumes_in_a_new_process(rig: Rig, nginx_dav
     assert rig.downloads.calls[0][2] >= at_kill  # resumed from its parts
     assert set(k[1] for k in rig.downloads.fetched) == set(range(40)) - rig.downloads.calls[0][2]
     assert sha(stored_on(nginx_dav, m).read_bytes()) == sha(content(m))
-    assert rig.spool_files() == []
+    await wait_for(lambda: rig.spool_files() == [])
