@@ -931,3 +931,12 @@ async def test_get_difference_names_channels_that_changed_since_date(
     # Not a member: not named.
     other = await call(rpc, F.updates.GetDifferenceRequest(pts=1, date=state.date, qts=0), user=ACCOUNT_2FA)
     assert isinstance(other, T.updates.DifferenceEmpty)
+
+
+async def test_a_group_post_without_sender_comes_from_the_creator(
+    rpc: TelegramRpc, pushed: list[tuple[int, Any]]
+) -> None:
+    msg = await rpc.post_message(CHAT, "hello group")
+    assert msg.from_id == USER_ALICE
+    upd = dict(pushed)[ACCOUNT_A].updates[0]
+    assert upd.message.from_id == T.PeerUser(USER_ALICE) and not upd.message.post

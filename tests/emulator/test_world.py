@@ -165,3 +165,19 @@ def test_channel_ids_are_their_own_sequence_and_common_ids_are_shared() -> None:
     assert (a.id, b.id) == (1, 1)
     assert (c.id, d.id) == (1, 2)
     assert world.common_viewers(d) == [1, 2]
+
+
+def test_the_demo_world_dumps_as_json_a_world_file_can_start_from(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.fakedc.demo_world"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout
+    path = tmp_path / "w.json"
+    path.write_text(out, encoding="utf-8")
+    assert set(World.from_json_file(path).chats) == set(demo_world().chats)

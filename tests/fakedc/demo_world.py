@@ -6,11 +6,15 @@ preview with a photo, a 20 MB video).
     world = demo_world()            # a fresh World (tests mutate it freely)
     data = demo_dict()              # the same as plain JSON-able data
 
+    python -m tests.fakedc.demo_world > world.json   # a starting point for your own world
+
 The ids below are the names tests use. Phones are digits only (Telethon strips the '+').
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import Any
 
 from tests.fakedc.world import DEFAULT_DATE, World
@@ -262,3 +266,8 @@ def demo_dict() -> dict[str, Any]:
 
 def demo_world() -> World:
     return World.from_dict(demo_dict())
+
+
+if __name__ == "__main__":
+    json.dump(demo_dict(), sys.stdout, indent=1, ensure_ascii=False)
+    sys.stdout.write("\n")

@@ -1158,6 +1158,8 @@ class TelegramRpc(FaultKnobs):
         updateNewChannelMessage / updateNewMessage to every member account (unless
         drop_next_posts holds it back). Returns the stored message (its id, its pts)."""
         chat = self.world.chats[chat_id]
+        if from_id is None and chat.kind != BROADCAST:
+            from_id = chat.creator_id  # a group message always has a sender
         msg = MessageSpec(
             chat=chat_id,
             from_id=from_id,
