@@ -57,6 +57,7 @@ Counters: rpc.count(method=None, user_id=None), rpc.reset_counts(), rpc.unknown.
 
 from __future__ import annotations
 
+import bisect
 import inspect
 import logging
 import os
@@ -761,14 +762,15 @@ class TelegramRpc(FaultKnobs):
     def _history_box(
         self, ctx: CallContext, viewer: int, input_peer: Any
     ) -> tuple[ChatSpec | None, list[MessageSpec]]:
-        """The chat (None for a private chat) and its messages, newest first."""
+        """The chat (None for a private chat) and its messages, newest first (a channel's
+        list is the world's cached one: read it, don't change it)."""
         peer = self._peer_from_input(ctx, input_peer)
         chat: ChatSpec | None = None
         if isinstance(peer, ChatSpec):
             chat = peer
             if chat.is_channel:
                 self._check_readable(ctx, chat)
-                box = list(chat.messages.values())
+                return chat, self.world.newest_first(chat)
             else:
                 if viewer not in chat.members:
                     raise RpcError(400, "CHAT_ID_INVALID")
@@ -1344,7 +1346,8 @@ def history_window(
     (≤ 100), then keep only min_id < id < max_id."""
     limit = max(0, min(limit, MAX_HISTORY))
     if offset_id:
-        start = next((i for i, m in enumerate(box) if m.id < offset_id), len(box))
+        # The first message older than offset_id; box is sorted by id, descending.
+        start = bisect.bisect_right(box, -offset_id, key=lambda m: -m.id)
     elif offset_date:
         start = next((i for i, m in enumerate(box) if m.date < offset_date), len(box))
     else:

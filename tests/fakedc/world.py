@@ -303,6 +303,8 @@ class World:
         self.channel_limit = CHANNEL_LIMIT
         # Bumped by expire_file_references(): every reference issued before is stale.
         self.file_ref_epoch = 1
+        # chat id → ((pts, count) it was built at, its messages newest first).
+        self._newest_first: dict[int, tuple[tuple[int, int], list[MessageSpec]]] = {}
 
     # --- loading -------------------------------------------------------------------------
 
@@ -414,6 +416,18 @@ class World:
         event = ChannelEvent(chat.pts, count, kind, list(ids), date)
         chat.log.append(event)
         return event
+
+    def newest_first(self, chat: ChatSpec) -> list[MessageSpec]:
+        """A channel's messages sorted by id, descending; cached until its pts moves (every
+        new, edited or deleted message moves it), so paging a 100k-message channel doesn't
+        sort it per request."""
+        key = (chat.pts, len(chat.messages))
+        cached = self._newest_first.get(chat.id)
+        if cached is None or cached[0] != key:
+            ordered = sorted(chat.messages.values(), key=lambda m: m.id, reverse=True)
+            cached = (key, ordered)
+            self._newest_first[chat.id] = cached
+        return cached[1]
 
     def events_since(self, chat: ChatSpec, pts: int) -> list[ChannelEvent] | None:
         """The events after `pts`; None when the log doesn't reach back that far."""
