@@ -27,13 +27,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from telethon.tl import types
 
-from common.errors import AccountUnusable, FloodWait, TgcError
+from common.errors import AccountUnusable, FloodWait, NoAccountAvailable, TgcError
 from common.utils import PeerRef
 from model.media import Media
 from service.mediaprocessor import (
     MediaProcessor,
     decode_parts,
     encode_parts,
+    rebind_through,
 )
 from service.storage import HttpStorage, LocalStorage, StorageError
 from tests.fakedc import files
@@ -523,6 +524,50 @@ async def test_banned_account_is_replaced_through_the_rebind_hook(rig: Rig) -> N
     assert asked == [("acc1", "NO_ACCOUNT_AVAILABLE")]
     assert [c[1] for c in rig.downloads.calls] == ["acc1", "acc2"]
     assert rig.stored[0]["account"] == "acc2" and rig.stored[0]["msg_id"] == 99
+
+
+class FakePool:
+    """TeleClients.run as the hook sees it: accounts in order, the next one on
+    AccountUnusable."""
+
+    def __init__(self, accounts: list[FakeTele]) -> None:
+        self.accounts = accounts
+
+    async def run(self, op: Callable[[Any], Awaitable[Any]], peer: PeerRef | None = None) -> Any:
+        for tele in self.accounts:
+            try:
+                return await op(tele), tele
+            except AccountUnusable:
+                continue
+        raise NoAccountAvailable("nobody")
+
+
+async def test_rebind_through_the_pool_takes_another_accounts_copy(rig: Rig) -> None:
+    m = make_media(97, PART * 2, account="acc1", msg_id=5)
+    doc = types.Document(97, 555, b"acc2-ref", None, "application/pdf", PART * 2, 2, [])
+    rig.clients["acc2"].messages[5] = types.Message(
+        5, types.PeerChannel(1234567890), media=types.MessageMediaDocument(document=doc)
+    )
+    rig.downloads.faults[m.key] = [AccountUnusable("acc1", "banned", "USER_DEACTIVATED_BAN")]
+    pool = FakePool([rig.clients["acc1"], rig.clients["acc2"]])
+    p = rig.processor(rebind=rebind_through(pool))
+    await p.start()
+    p.submit(m)
+    await wait_for(lambda: p.get(m.key)["state"] == "stored")  # type: ignore[index]
+    assert [c[1] for c in rig.downloads.calls] == ["acc1", "acc2"]
+    assert rig.clients["acc1"].asked == []  # the banned account is not asked
+    stored = Media.from_json(query_one(rig.db, "SELECT media FROM media"))
+    assert (stored.account, stored.access_hash, stored.file_reference) == ("acc2", 555, b"acc2-ref")
+
+
+async def test_rebind_through_the_pool_fails_when_no_one_has_the_file(rig: Rig) -> None:
+    m = make_media(98, 1000, account="acc1", msg_id=5)
+    rig.downloads.faults[m.key] = [AccountUnusable("acc1", "banned", "USER_DEACTIVATED_BAN")]
+    p = rig.processor(rebind=rebind_through(FakePool([rig.clients["acc1"], rig.clients["acc2"]])))
+    await p.start()
+    p.submit(m)  # acc2's message 5 does not exist
+    await wait_for(lambda: p.get(m.key)["state"] == "failed")  # type: ignore[index]
+    assert "USER_DEACTIVATED_BAN" in p.get(m.key)["error"]  # type: ignore[index]
 
 
 async def test_unknown_or_banned_account_in_the_pool(rig: Rig) -> None:
