@@ -773,6 +773,17 @@ async def test_an_unknown_method_is_logged_and_refused(rpc: TelegramRpc) -> None
     assert rpc.unknown == ["messages.sendMessage"]
 
 
+def test_the_docstring_lists_exactly_the_supported_methods() -> None:
+    import re
+
+    from tests.fakedc import rpc as rpc_module
+
+    doc = rpc_module.__doc__ or ""
+    block = doc.split("Requests answered", 1)[1].split("Knobs", 1)[0]
+    listed = set(re.findall(r"[a-z]+\.[a-zA-Z]+", block)) - {"rpc.unknown", "rpc.supported"}
+    assert listed == set(TelegramRpc(demo_world()).supported_methods)
+
+
 def test_method_names_and_the_supported_list() -> None:
     assert method_name(F.channels.GetFullChannelRequest(T.InputChannelEmpty())) == "channels.getFullChannel"
     assert method_name(F.InvokeWithLayerRequest(1, F.help.GetConfigRequest())) == "invokeWithLayer"
