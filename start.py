@@ -453,7 +453,7 @@ class Server:
         await self.pool.start()
 
     async def _start_processor(self) -> None:
-        from service.mediaprocessor import MediaProcessor
+        from service.mediaprocessor import MediaProcessor, rebind_through
         from service.storage import HttpStorage, LocalStorage
 
         m, st, d = self.settings.media, self.settings.storage, self.settings.data.dir
@@ -474,6 +474,8 @@ class Server:
                 part_size=m.part_size,
                 spool_max_bytes=m.spool_max_bytes,
                 on_stored=self._publish_media_stored,
+                # A banned account's files continue with another account that sees them.
+                rebind=rebind_through(self.pool),
             )
         except BaseException:
             await self.storage.close()
@@ -877,7 +879,7 @@ async def _demo_first_answer(
     say(f"  log    {server.settings.log.file}")
     say("")
     say("a signed request, ready to run from another shell:")
-    say(f"  {shlex.quote(sys.executable)} start.py call --config {shlex.quote(str(config))} GET '{uri}'")
+    say(f"  {_self_command()} call --config {shlex.quote(str(config))} GET '{uri}'")
     say("")
     say(f"its decrypted answer ({elapsed:.1f} s after the demo started):")
     say(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
@@ -886,6 +888,16 @@ async def _demo_first_answer(
         "GET '/api/v1/search?q=tgc'")
     if code != 0:
         log.warning("the demo's first request failed: %s", shown)
+
+
+def _self_command() -> str:
+    """How to run this start.py again from the current directory, shortest form first."""
+    here = Path(__file__).resolve()
+    python = Path(sys.executable)
+    script = here.name if Path.cwd() == here.parent else str(here)
+    with contextlib.suppress(ValueError):
+        python = python.relative_to(Path.cwd())  # .venv/bin/python
+    return f"{shlex.quote(str(python))} {shlex.quote(script)}"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
