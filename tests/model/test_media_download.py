@@ -478,6 +478,31 @@ async def test_emulator_home_dc_byte_exact(
     assert not home.connections
 
 
+async def test_emulator_idle_media_connection_closes_and_reopens(
+    make_client: Any, fake_telegram: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from telethon.client import telegrambaseclient
+
+    home = fake_telegram.dcs[1]
+    client = await make_client()
+    try:
+        media = await fetch_media(client, 1)
+        await download_media(client, media, tmp_path / "a.bin")
+        # What Telethon's update loop does with senders idle for a minute, now.
+        monkeypatch.setattr(telegrambaseclient, "_DISCONNECT_EXPORTED_AFTER", -1)
+        await client._clean_exported_senders()
+        for _ in range(200):
+            if len(home.connections) == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert len(home.connections) == 1
+        await download_media(client, media, tmp_path / "b.bin")
+        assert len(home.connections) == 2
+    finally:
+        await client.disconnect()
+    assert (tmp_path / "b.bin").read_bytes() == emulated_bytes(DOC_HOME, HOME_SIZE)
+
+
 async def test_emulator_home_dc_on_main_connection(
     make_client: Any, fake_telegram: Any, tmp_path: Path
 ) -> None:
