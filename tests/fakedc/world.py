@@ -13,6 +13,25 @@ network (`rpc.py` answers requests and pushes updates). A world is written in Py
         "messages": [{"chat": 2001, "id": 1, "text": "hi", "media": {"photo": 5001}}],
     })
 
+Keys (every one optional but `id`; an unknown key is refused, naming it):
+    users      id, first_name, last_name, username, phone (digits: an account), password
+               (2FA), hint, bot, verified, scam, fake, about, photo (a photo id)
+    chats      id, kind (broadcast | megagroup | group), title, username (none: private),
+               about, date, creator_id, admins [ids], members {user id: join date},
+               banned [ids], join_request, invite (link hash), verified, scam, fake,
+               signatures, photo, linked_chat_id, extra_participants
+    photos     id, dc_id, date, sizes [{type, w, h, size, progressive}] (default: s/m/x/y),
+               stripped
+    documents  id, kind (video | audio | voice | file | sticker | animation | round), size,
+               dc_id, date, mime_type, file_name, duration, w, h, title, performer, alt,
+               thumb
+    webpages   id, url, site_name, title, description, photo
+    messages   chat (or to_user for a private chat), id (0: next), from_id, date, text,
+               entities [{type, offset, length, url?, user_id?, language?}], reply_to,
+               fwd, grouped_id, views, forwards, edit_date, post_author, pinned,
+               media {photo|document|webpage: id}, action {type, ...}
+    `python -m tests.fakedc.demo_world` prints a complete example.
+
 Rules kept here (see ../../shared/design/TELEGRAM.md):
 - An *account* is a user with a phone; bots and plain users have none.
 - kind is "broadcast" (channel), "megagroup" (supergroup) or "group" (a basic group).
