@@ -1,4 +1,4 @@
-"""The HTTP API of CONTRACT.md section 1 on Tornado, plus /healthz and /metrics.
+"""The HTTP API of CONTRACT.md section 1 on Tornado, plus /healthz, /metrics and /status.
 
 Built once by `make_app(...)` with every long-lived service handed in (start.py builds
 them inside the running loop); handlers reach them through typed properties of one
@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Protocol
 
 import orjson
 import tornado.web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from tornado.http1connection import HTTP1Connection
 from tornado.httpserver import HTTPServer
@@ -54,7 +54,9 @@ from common.errors import (
 from common.utils import PeerRef, parse_peer
 from service import queries
 from service.cryptor import Cipher, Signer
+from service.metrics import ServiceMetrics
 from service.queries import MediaQueue, Pool
+from service.status import ErrorLog, StatusPage
 
 log = logging.getLogger(__name__)
 
@@ -83,60 +85,18 @@ class MethodNotAllowed(TgcError):
     status, code = 405, "METHOD_NOT_ALLOWED"
 
 
+class Forbidden(TgcError):
+    """An ops page asked from an address outside server.status_allow (HTTP-only)."""
+
+    status, code = 403, "FORBIDDEN"
+
+
 @dataclass
 class Lifecycle:
     """Mutable state the Server flips: `draining` makes /api/v1 answer 503 SHUTTING_DOWN
     and /healthz 503, while in-flight requests finish."""
 
     draining: bool = False
-
-
-class HttpMetrics:
-    """Requests by route, method and status, and their latency; in the given registry."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
-        self.requests = Counter(
-            "tgc_http_requests",
-            "HTTP requests answered, by route, method and status",
-            ["route", "method", "status"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "tgc_http_request_duration_seconds",
-            "Time from the request's arrival to its answer",
-            ["route", "method"],
-            registry=registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-        )
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-    def observe(self, handler: tornado.web.RequestHandler) -> None:
-        route = getattr(handler, "route", "unmatched")
-        method = handler.request.method or ""
-        if method not in handler.SUPPORTED_METHODS:
-            method = "OTHER"  # a client must not mint new label values
-        status = handler.get_status()
-        key = (route, method, status)
-        children = self._children.get(key)
-        if children is None:  # labels() costs ~8 µs a request; the pairs are few
-            children = self._children[key] = (
-                self.requests.labels(route, method, str(status)),
-                self.latency.labels(route, method),
-            )
-        children[0].inc()
-        children[1].observe(handler.request.request_time())
-        level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.WARNING
-        if log.isEnabledFor(level):
-            log.log(
-                level,
-                "%s %s %d %.1f ms from %s",
-                method,
-                route,
-                status,
-                1000 * handler.request.request_time(),
-                handler.request.remote_ip,
-            )
 
 
 def make_app(
@@ -152,11 +112,23 @@ def make_app(
     lifecycle: Lifecycle | None = None,
     status_allow: Callable[[str], bool] | None = None,
     extra_handlers: Sequence[Any] = (),
+    publisher: Any = None,
+    error_log: ErrorLog | None = None,
 ) -> tornado.web.Application:
-    """The Tornado application. `metrics` is the registry /metrics serves (the other
-    modules register theirs in it); `status_allow(ip)` says who may see pages that are
-    for ops only (e.g. the /status page start.py adds through `extra_handlers`)."""
-    http_metrics = HttpMetrics(metrics)
+    """The Tornado application. `metrics` is the registry /metrics serves: every family of
+    service/metrics.py is registered in it here (the publisher registers its own);
+    `status_allow(ip)` says who may see the /status page (nobody when not given), which
+    shows the pool, the processor, the `publisher`'s outbox and the `error_log`."""
+    service_metrics = ServiceMetrics(
+        metrics, pool=pool, processor=processor, publisher=publisher
+    )
+    status_page = StatusPage(
+        pool=pool,
+        processor=processor,
+        publisher=publisher,
+        metrics=service_metrics,
+        errors=error_log,
+    )
     routes: list[Any] = [
         (API + "/peer", PeerHandler),
         (API + "/messages", MessagesHandler),
@@ -167,13 +139,14 @@ def make_app(
         (API + "/accounts", AccountsHandler),
         ("/healthz", HealthHandler),
         ("/metrics", MetricsHandler),
+        ("/status", StatusHandler),
         *extra_handlers,
         (API + "/.*", ApiNotFoundHandler),
     ]
     return tornado.web.Application(
         routes,
         default_handler_class=NotFoundHandler,
-        log_function=http_metrics.observe,
+        log_function=service_metrics.observe_request,
         compress_response=False,  # answers are base64 ciphertext: nothing to gain
         tgc_pool=pool,
         tgc_processor=processor,
@@ -182,6 +155,7 @@ def make_app(
         tgc_signer=signer,
         tgc_cipher=cipher,
         tgc_registry=metrics,
+        tgc_status_page=status_page,
         tgc_max_body_bytes=max_body_bytes,
         tgc_lifecycle=lifecycle or Lifecycle(),
         tgc_status_allow=status_allow or (lambda ip: False),
@@ -642,6 +616,25 @@ class MetricsHandler(BaseHandler):
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest(self.registry))
+
+
+class StatusHandler(BaseHandler):
+    """The ops page (service/status.py): HTML, only to the addresses server.status_allow
+    lists; 403 FORBIDDEN to anyone else."""
+
+    route = "/status"
+
+    def get(self) -> None:
+        if not self.status_allowed():
+            raise Forbidden("the status page is not served to this address")
+        page: StatusPage = self.settings["tgc_status_page"]
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        # Nothing on the page runs or loads anything: say so to the browser too.
+        self.set_header(
+            "Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"
+        )
+        self.set_header("X-Frame-Options", "DENY")
+        self.finish(page.render(draining=self.draining))
 
 
 class NotFoundHandler(BaseHandler):

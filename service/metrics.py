@@ -1,0 +1,304 @@
+"""The service's metrics, defined in one place, on the registry the caller passes in.
+
+`ServiceMetrics(registry, pool=, processor=, publisher=)` registers every family /metrics
+serves (the publisher registers its own `tgc_events_*` and `tgc_outbox_*` collector in the
+same registry, see service/publisher.py):
+
+    tgc_http_requests_total{route,method,status}        counted as each answer is sent
+    tgc_http_request_duration_seconds{route,method}     histogram
+    tgc_telegram_calls_total{method,error}              every request a TeleClient sends;
+    tgc_telegram_call_duration_seconds{method}          error="" when it succeeded
+    tgc_telegram_flood_waits_total{method}              FLOOD_WAIT answers
+    tgc_telegram_flood_wait_seconds_total               seconds of flood wait met, all accounts
+    tgc_accounts{state}                                 accounts by state (read at scrape time)
+    tgc_media_queue{queue}                              download / upload queue lengths
+    tgc_media_in_progress, tgc_media_spool_bytes, tgc_media_spool_max_bytes
+    tgc_media_downloaded_bytes_total, tgc_media_uploaded_bytes_total
+
+Gauges and the totals other modules keep (the processor's bytes, the accounts' flood
+waits) are read at scrape time by a custom collector: nothing has to remember to update a
+metric, and a scrape costs a few attribute reads. A separate registry per server (never
+the process-global one) keeps tests isolated.
+
+`Throughput` keeps per-minute counts of the last minutes for the /status page.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import tornado.web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+ACCOUNT_STATES = ("ok", "flood_wait", "banned", "unauthorized", "disconnected")
+_TELEGRAM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class HttpMetrics:
+    """Requests by route, method and status, and their latency; in the given registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.total = 0  # every request answered (for the status page's throughput)
+        self.server_errors = 0  # answers with a 5xx status
+        self.requests = Counter(
+            "tgc_http_requests",
+            "HTTP requests answered, by route, method and status",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "tgc_http_request_duration_seconds",
+            "Time from the request's arrival to its answer",
+            ["route", "method"],
+            registry=registry,
+            buckets=_HTTP_BUCKETS,
+        )
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, handler: tornado.web.RequestHandler) -> None:
+        route = getattr(handler, "route", "unmatched")
+        method = handler.request.method or ""
+        if method not in handler.SUPPORTED_METHODS:
+            method = "OTHER"  # a client must not mint new label values
+        status = handler.get_status()
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:  # labels() costs ~8 µs a request; the pairs are few
+            children = self._children[key] = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route, method),
+            )
+        children[0].inc()
+        children[1].observe(handler.request.request_time())
+        self.total += 1
+        if status >= 500:
+            self.server_errors += 1
+        level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.WARNING
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "%s %s %d %.1f ms from %s",
+                method,
+                route,
+                status,
+                1000 * handler.request.request_time(),
+                handler.request.remote_ip,
+            )
+
+
+class TelegramMetrics:
+    """Telegram requests by method and error: the pool's call observer
+    (`TeleClients.observe_calls(metrics.observe)`)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.total = 0
+        self.errors = 0
+        self.calls = Counter(
+            "tgc_telegram_calls",
+            "Telegram requests sent, by method and error (empty: it succeeded)",
+            ["method", "error"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "tgc_telegram_call_duration_seconds",
+            "Time a Telegram request took, answered or not",
+            ["method"],
+            registry=registry,
+            buckets=_TELEGRAM_BUCKETS,
+        )
+        self.flood_waits = Counter(
+            "tgc_telegram_flood_waits",
+            "FLOOD_WAIT answers, by method",
+            ["method"],
+            registry=registry,
+        )
+
+    def observe(self, method: str, error: str | None, seconds: float) -> None:
+        self.total += 1
+        self.calls.labels(method, error or "").inc()
+        self.latency.labels(method).observe(seconds)
+        if error is not None:
+            self.errors += 1
+            if error == "FLOOD_WAIT":
+                self.flood_waits.labels(method).inc()
+
+
+class StateCollector(Collector):
+    """Accounts by state and the media queues, read at scrape time.
+
+    `pool` needs `accounts()` (and is iterated for the accounts' `flood_wait_seconds` when
+    it can be); `processor` needs `stats()` and its `downloaded_bytes`/`uploaded_bytes`.
+    Either may be None (a server without them): their families are left out.
+    """
+
+    def __init__(self, pool: Any = None, processor: Any = None) -> None:
+        self.pool = pool
+        self.processor = processor
+
+    def collect(self) -> Iterator[Metric]:
+        if self.pool is not None:
+            yield from self._accounts()
+        if self.processor is not None:
+            yield from self._media()
+
+    def _accounts(self) -> Iterator[Metric]:
+        states = account_states(self.pool.accounts())
+        accounts = GaugeMetricFamily("tgc_accounts", "Accounts by state", labels=["state"])
+        for state, n in states.items():
+            accounts.add_metric([state], n)
+        yield accounts
+        if isinstance(self.pool, Iterable):
+            seconds = sum(getattr(c, "flood_wait_seconds", 0) for c in self.pool)
+            yield CounterMetricFamily(
+                "tgc_telegram_flood_wait_seconds",
+                "Seconds of flood wait Telegram imposed, all accounts together",
+                value=seconds,
+            )
+
+    def _media(self) -> Iterator[Metric]:
+        p = self.processor
+        stats: Mapping[str, int] = p.stats()
+        queue = GaugeMetricFamily("tgc_media_queue", "Media waiting, by queue", labels=["queue"])
+        queue.add_metric(["download"], stats.get("downloads_queued", 0))
+        queue.add_metric(["upload"], stats.get("uploads_queued", 0))
+        yield queue
+        for name, key, doc in (
+            ("tgc_media_in_progress", "in_progress", "Media items not finished"),
+            ("tgc_media_spool_bytes", "spool_bytes", "Spool bytes reserved"),
+            ("tgc_media_spool_max_bytes", "spool_max_bytes", "The spool's bound"),
+        ):
+            yield GaugeMetricFamily(name, doc, value=stats.get(key, 0))
+        yield CounterMetricFamily(
+            "tgc_media_downloaded_bytes", "Bytes downloaded from Telegram", value=p.downloaded_bytes
+        )
+        yield CounterMetricFamily(
+            "tgc_media_uploaded_bytes", "Bytes stored in the storage", value=p.uploaded_bytes
+        )
+
+
+def observable_processor(processor: Any) -> Any:
+    """The processor if it shows its queues (`stats()`) and byte totals, else None (a
+    fake in a test of something else, or a server without media)."""
+    surface = ("stats", "downloaded_bytes", "uploaded_bytes")
+    if processor is not None and all(hasattr(processor, a) for a in surface):
+        return processor
+    return None
+
+
+def account_states(accounts: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """How many accounts are in each state (every known state present, 0 or more)."""
+    out = dict.fromkeys(ACCOUNT_STATES, 0)
+    for account in accounts:
+        state = str(account.get("state", ""))
+        out[state] = out.get(state, 0) + 1
+    return out
+
+
+class Throughput:
+    """Per-minute counts of the last `minutes` minutes, from running totals.
+
+    `sources` maps a name to a function returning a running total (requests answered, bytes
+    downloaded, ...). `sample()` adds what each total grew by since the last sample to the
+    current minute; it is called on every HTTP answer (at most once a second) and whenever
+    the status page is drawn, so a quiet minute shows as 0 and nothing runs in between.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, Callable[[], float]],
+        *,
+        minutes: int = 15,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.sources = dict(sources)
+        self.minutes = minutes
+        self._clock = clock
+        self._last = {name: float(read()) for name, read in self.sources.items()}
+        self._sampled_at = clock()
+        self._ring: deque[tuple[int, dict[str, float]]] = deque(maxlen=minutes)
+
+    def maybe_sample(self) -> None:
+        """`sample()` unless one ran within the last second (cheap on a hot path)."""
+        if self._clock() - self._sampled_at >= 1.0:
+            self.sample()
+
+    def sample(self) -> None:
+        now = self._clock()
+        self._sampled_at = now
+        minute = int(now // 60)
+        if not self._ring or self._ring[-1][0] != minute:
+            self._ring.append((minute, dict.fromkeys(self.sources, 0.0)))
+        counts = self._ring[-1][1]
+        for name, read in self.sources.items():
+            value = float(read())
+            # A total that went down was reset (a new processor): count from there.
+            counts[name] += max(0.0, value - self._last[name])
+            self._last[name] = value
+
+    def rows(self) -> list[tuple[int, dict[str, float]]]:
+        """(minute start as unix seconds, counts) for each of the last minutes, newest
+        first, quiet minutes included as zeros."""
+        self.sample()
+        current = int(self._clock() // 60)
+        by_minute = dict(self._ring)
+        zero = dict.fromkeys(self.sources, 0.0)
+        return [
+            (m * 60, by_minute.get(m, zero))
+            for m in range(current, current - self.minutes, -1)
+        ]
+
+
+class ServiceMetrics:
+    """Every metric of the service on one registry, and the status page's throughput.
+
+        metrics = ServiceMetrics(registry, pool=pool, processor=processor, publisher=pub)
+        app = make_app(..., metrics=registry, service_metrics=metrics)
+
+    Installs itself as the pool's call observer when the pool offers `observe_calls`.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        pool: Any = None,
+        processor: Any = None,
+        publisher: Any = None,
+        minutes: int = 15,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        processor = observable_processor(processor)
+        self.http = HttpMetrics(registry)
+        self.telegram = TelegramMetrics(registry)
+        registry.register(StateCollector(pool, processor))
+        observe_calls = getattr(pool, "observe_calls", None)
+        if observe_calls is not None:
+            observe_calls(self.telegram.observe)
+        sources: dict[str, Callable[[], float]] = {
+            "requests": lambda: self.http.total,
+            "server errors": lambda: self.http.server_errors,
+            "telegram calls": lambda: self.telegram.total,
+            "telegram errors": lambda: self.telegram.errors,
+        }
+        if processor is not None:
+            sources["downloaded bytes"] = lambda: processor.downloaded_bytes
+            sources["uploaded bytes"] = lambda: processor.uploaded_bytes
+        if publisher is not None:
+            sources["events published"] = lambda: publisher.published
+        self.throughput = Throughput(sources, minutes=minutes, clock=clock)
+
+    def observe_request(self, handler: tornado.web.RequestHandler) -> None:
+        """Tornado's `log_function`: called once per answer."""
+        self.http.observe(handler)
+        self.throughput.maybe_sample()
