@@ -1,0 +1,191 @@
+"""service/metrics.py: the Throughput ring on a fake clock, the collector on fakes, and every
+family of GET /metrics after real activity (emulator, pool, processor, broker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.metrics import ServiceMetrics, Throughput, account_states
+from service.publisher import make_event
+from tests.fixtures.ops import OpsStack, wait_for
+
+# --- the minute ring ------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_throughput_puts_growth_in_the_minute_it_was_seen() -> None:
+    clock, total = Clock(60 * 30_000_000), {"n": 0}
+    ring = Throughput({"requests": lambda: total["n"]}, minutes=3, clock=clock)
+    total["n"] = 5
+    clock.now += 10
+    ring.sample()
+    clock.now += 60  # the next minute
+    total["n"] = 12
+    rows = ring.rows()
+    assert [counts["requests"] for _, counts in rows] == [7, 5, 0]
+    assert rows[0][0] == int(clock.now // 60) * 60  # newest first
+
+
+def test_throughput_shows_quiet_minutes_as_zero_and_forgets_old_ones() -> None:
+    clock, total = Clock(60 * 30_000_000), {"n": 0}
+    ring = Throughput({"x": lambda: total["n"]}, minutes=3, clock=clock)
+    total["n"] = 4
+    ring.sample()
+    clock.now += 5 * 60
+    assert [c["x"] for _, c in ring.rows()] == [0, 0, 0]
+
+
+def test_throughput_takes_a_reset_total_as_a_new_start() -> None:
+    clock, total = Clock(60 * 30_000_000), {"n": 10}
+    ring = Throughput({"x": lambda: total["n"]}, clock=clock)
+    total["n"] = 3  # a new processor counts from 0 again
+    ring.sample()
+    total["n"] = 5
+    assert ring.rows()[0][1]["x"] == 2
+
+
+def test_maybe_sample_runs_at_most_once_a_second() -> None:
+    clock, total = Clock(60 * 30_000_000 + 1), {"n": 0}
+    ring = Throughput({"x": lambda: total["n"]}, clock=clock)
+    total["n"] = 1
+    ring.maybe_sample()  # within the second of the construction: skipped
+    assert ring._ring == type(ring._ring)(maxlen=ring.minutes)
+    clock.now += 1
+    ring.maybe_sample()
+    assert ring._ring[-1][1]["x"] == 1
+
+
+def test_account_states_counts_every_state() -> None:
+    states = account_states([{"state": "ok"}, {"state": "ok"}, {"state": "banned"}])
+    assert states == {"ok": 2, "flood_wait": 0, "banned": 1, "unauthorized": 0, "disconnected": 0}
+
+
+# --- the collector on fakes -----------------------------------------------------------------
+
+
+class FakePool:
+    def __init__(self, states: list[str]) -> None:
+        self.states = states
+        self.observer: Any = None
+
+    def accounts(self) -> list[dict[str, Any]]:
+        return [{"name": f"a{i}", "state": s} for i, s in enumerate(self.states)]
+
+    def observe_calls(self, observer: Any) -> None:
+        self.observer = observer
+
+
+def families(registry: CollectorRegistry) -> dict[str, Any]:
+    text = generate_latest(registry).decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def value(fams: dict[str, Any], family: str, sample: str | None = None, **labels: str) -> float:
+    for s in fams[family].samples:
+        if (sample is None or s.name == sample) and all(s.labels.get(k) == v for k, v in labels.items()):
+            return float(s.value)
+    raise AssertionError(f"no sample {family} {labels}")
+
+
+def test_service_metrics_observe_the_pool_and_read_its_states() -> None:
+    registry, pool = CollectorRegistry(), FakePool(["ok", "flood_wait", "ok"])
+    metrics = ServiceMetrics(registry, pool=pool)
+    assert pool.observer == metrics.telegram.observe
+    pool.observer("messages.GetHistory", None, 0.02)
+    pool.observer("messages.GetHistory", "FLOOD_WAIT", 0.01)
+    pool.observer("contacts.ResolveUsername", "USERNAME_NOT_OCCUPIED", 0.03)
+    fams = families(registry)
+    assert value(fams, "tgc_accounts", state="ok") == 2
+    assert value(fams, "tgc_accounts", state="flood_wait") == 1
+    assert value(fams, "tgc_accounts", state="banned") == 0
+    calls = "tgc_telegram_calls_total"
+    assert value(fams, "tgc_telegram_calls", calls, method="messages.GetHistory", error="") == 1
+    assert value(fams, "tgc_telegram_calls", calls, method="messages.GetHistory", error="FLOOD_WAIT") == 1
+    assert value(fams, "tgc_telegram_flood_waits", method="messages.GetHistory") == 1
+    assert value(
+        fams, "tgc_telegram_call_duration_seconds", "tgc_telegram_call_duration_seconds_count",
+        method="messages.GetHistory",
+    ) == 2
+    assert (metrics.telegram.total, metrics.telegram.errors) == (3, 2)
+    assert "tgc_media_queue" not in fams  # no processor on this server
+
+
+def test_a_processor_without_the_observable_surface_is_left_out() -> None:
+    class Bare:
+        def submit(self, media: Any) -> dict[str, Any]:
+            return {}
+
+    registry = CollectorRegistry()
+    ServiceMetrics(registry, pool=FakePool([]), processor=Bare())
+    assert "tgc_media_queue" not in families(registry)
+
+
+# --- every family after real activity -------------------------------------------------------
+
+
+async def test_every_family_after_real_activity(ops_stack: OpsStack) -> None:
+    s = ops_stack
+    peer = await s.api("/api/v1/peer?peer=@tgc_news")
+    assert peer.status == 200, peer.error
+    page = await s.api("/api/v1/messages?peer=@tgc_media&limit=20")
+    assert page.status == 200, page.error
+    missing = await s.api("/api/v1/peer?peer=@nobody_here_at_all")
+    assert missing.status == 404
+    # One flood wait: the pool moves the search to the other account.
+    s.rpc.flood_wait("contacts.search", 30, times=1)
+    found = await s.api("/api/v1/search?q=tgc")
+    assert found.status == 200, found.error
+    await wait_for(lambda: s.processor.stats()["in_progress"] == 0 and s.processor.uploaded_bytes > 0)
+    event = make_event("message.new", {"id": -1002001}, account="acc", message={"id": 1})
+    await s.publisher.publish_event(event)
+    await wait_for(lambda: s.publisher.published >= 1 and s.publisher.outbox.size == 0)
+
+    response = await s.fetch("/metrics")
+    assert response.code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    fams = {f.name: f for f in text_string_to_metric_families(response.body.decode())}
+
+    # HTTP: the routes asked, by status, with latencies.
+    req = "tgc_http_requests_total"
+    assert value(fams, "tgc_http_requests", req, route="/api/v1/peer", status="200") == 1
+    assert value(fams, "tgc_http_requests", req, route="/api/v1/peer", status="404") == 1
+    assert value(fams, "tgc_http_requests", req, route="/api/v1/search", status="200") == 1
+    count = value(
+        fams, "tgc_http_request_duration_seconds", "tgc_http_request_duration_seconds_count",
+        route="/api/v1/messages", method="GET",
+    )
+    assert count == 1
+    # Telegram: calls by method and error, the flood wait and its seconds.
+    calls = "tgc_telegram_calls_total"
+    assert value(fams, "tgc_telegram_calls", calls, method="channels.GetFullChannel", error="") >= 1
+    assert value(fams, "tgc_telegram_calls", calls, method="messages.GetHistory", error="") >= 1
+    assert value(
+        fams, "tgc_telegram_calls", calls,
+        method="contacts.ResolveUsername", error="USERNAME_NOT_OCCUPIED",
+    ) == 1
+    assert value(fams, "tgc_telegram_calls", calls, method="contacts.Search", error="FLOOD_WAIT") == 1
+    assert value(fams, "tgc_telegram_flood_waits", method="contacts.Search") == 1
+    assert value(fams, "tgc_telegram_flood_wait_seconds") == 30
+    # Accounts: one of the two waits out its flood.
+    assert value(fams, "tgc_accounts", state="ok") == 1
+    assert value(fams, "tgc_accounts", state="flood_wait") == 1
+    # Media: queues drained, bytes down = bytes up = what the storage holds.
+    assert value(fams, "tgc_media_queue", queue="download") == 0
+    assert value(fams, "tgc_media_queue", queue="upload") == 0
+    down = value(fams, "tgc_media_downloaded_bytes")
+    up = value(fams, "tgc_media_uploaded_bytes")
+    assert down == up == s.processor.uploaded_bytes > 0
+    assert value(fams, "tgc_media_spool_max_bytes") > 0
+    # Events: published and the outbox empty.
+    assert value(fams, "tgc_events_published") == 1
+    assert value(fams, "tgc_outbox_events") == 0
