@@ -429,3 +429,22 @@ async def test_catch_up_after_being_offline(
     assert caught == ["missed 1", "missed 2"]
     assert rpc.count("updates.getDifference", user_id=ACCOUNT_A) >= 1
     assert rpc.count("updates.getChannelDifference", user_id=ACCOUNT_A) >= 1
+
+
+async def test_a_gap_in_a_basic_group_is_filled_by_get_difference(
+    connect: Any, rpc: TelegramRpc
+) -> None:
+    from tests.fakedc.demo_world import SMALL, USER_ALICE
+
+    client = await connect(ACCOUNT_B)
+    texts: list[str] = []
+    client.add_event_handler(collect(texts, lambda e: e.raw_text), events.NewMessage(chats=[-SMALL]))
+    await client.get_dialogs()
+    await rpc.post_message(SMALL, "first", from_id=USER_ALICE)
+    await wait_for(lambda: texts == ["first"])
+    rpc.drop_next_posts(SMALL, 1)
+    await rpc.post_message(SMALL, "lost", from_id=USER_ALICE)
+    await rpc.post_message(SMALL, "last", from_id=USER_ALICE)
+    await wait_for(lambda: len(texts) == 3)
+    assert sorted(texts) == ["first", "last", "lost"]
+    assert rpc.count("updates.getDifference", user_id=ACCOUNT_B) >= 1

@@ -161,10 +161,17 @@ class FaultKnobs:
         file) closes the connection without answering (api.DropConnection), once."""
         self._drops.append(_Drop(file_id, nth, user_id))
 
-    def drop_next_posts(self, channel_id: int, n: int) -> None:
-        """The next n post_message() of the channel are stored but not pushed (a lost
-        update: the next push shows a pts gap, getChannelDifference reveals them)."""
-        self._drop_posts[channel_id] += n
+    def drop_next_posts(self, chat_id: int, n: int) -> None:
+        """The next n post_message() of the chat are stored but not pushed (a lost update:
+        the next push shows a pts gap; getChannelDifference, or getDifference for a basic
+        group, reveals them)."""
+        self._drop_posts[chat_id] += n
+
+    def _take_dropped_post(self, chat_id: int) -> bool:
+        if self._drop_posts[chat_id] > 0:
+            self._drop_posts[chat_id] -= 1
+            return True
+        return False
 
     def clear_faults(self) -> None:
         """Undoes every fault knob (not latency, not expired references)."""

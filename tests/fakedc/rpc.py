@@ -1179,7 +1179,8 @@ class TelegramRpc(FaultKnobs):
         )
         if not chat.is_channel:
             self.world.add_message(msg)
-            await self._push_common(msg, "new")
+            dropped = self._take_dropped_post(chat_id)
+            await self._push_common(msg, "new", push=not dropped)
             return msg
         self.world._check_media(msg)
         msg.id = chat.next_id
@@ -1187,8 +1188,7 @@ class TelegramRpc(FaultKnobs):
         chat.messages[msg.id] = msg
         event = self.world.channel_event(chat, "new", [msg.id], self._now())
         msg.pts = event.pts
-        if self._drop_posts[chat_id] > 0:
-            self._drop_posts[chat_id] -= 1
+        if self._take_dropped_post(chat_id):
             return msg
         await self._push_channel(
             chat,
@@ -1285,10 +1285,14 @@ class TelegramRpc(FaultKnobs):
             await self._push(viewer, updates)
 
     async def _push_common(
-        self, msg: MessageSpec, kind: str, viewers: list[int] | None = None
+        self, msg: MessageSpec, kind: str, viewers: list[int] | None = None, push: bool = True
     ) -> None:
+        """Moves each viewing account's pts and (unless push=False: a lost update) pushes
+        updateNewMessage / updateEditMessage / updateDeleteMessages to it."""
         for viewer in self.world.common_viewers(msg) if viewers is None else viewers:
             pts = self.world.account_event(viewer, msg.id, kind)
+            if not push:
+                continue
             update: Any
             if kind == "new":
                 m = render.message(self.world, msg, viewer)
