@@ -346,7 +346,10 @@ class Server:
         self._listen()
 
         self.started_at = time.time()
-        self.url_file.write_text(self.url + "\n")
+        # Written whole, then renamed: whoever sees the file (startup.sh) reads a complete URL.
+        partial = self.url_file.with_suffix(".tmp")
+        partial.write_text(self.url + "\n")
+        partial.replace(self.url_file)
         self._stack.callback(self._remove_url_file)
         log.info(
             "serving on %s with %d accounts (%.1f s to start)",
@@ -758,21 +761,48 @@ async def call(
     body: dict[str, Any] | None = None,
     base_url: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """The reference client: signs, sends, decrypts. Returns (exit code, what to print)."""
-    from service.apiclient import ApiClient
+    """The reference client: signs, sends, decrypts. Returns (exit code, what to print).
+
+    Paths outside /api/ (/healthz, /metrics) are neither signed nor encrypted: they are
+    fetched as they are and their body shown as is."""
+    from service.apiclient import ApiClient, ApiError
 
     url = base_url or _server_url(settings)
+    if not uri.startswith("/api/"):
+        return await _plain(method, url + uri)
     async with ApiClient(url, settings.api.token, settings.api.aes_key, settings.api.cipher) as api:
         try:
             answer = await api.request(method, uri, body)
         except OSError as e:
             return 1, {"error": f"can't reach the server at {url}: {e}"}
+        except ApiError as e:
+            return 1, {"error": str(e)}
     shown: dict[str, Any] = {"status": answer.status, "ok": answer.ok}
     if answer.ok:
         shown["data"] = answer.data
     else:
         shown["error"] = answer.error
     return (0 if answer.ok else 1), shown
+
+
+async def _plain(method: str, url: str) -> tuple[int, dict[str, Any]]:
+    from tornado.httpclient import AsyncHTTPClient
+
+    http = AsyncHTTPClient(force_instance=True)
+    try:
+        response = await http.fetch(url, method=method, raise_error=False)
+    except OSError as e:
+        return 1, {"error": f"can't reach the server at {url}: {e}"}
+    finally:
+        http.close()
+    if response.code == 599:
+        return 1, {"error": f"can't reach the server at {url}: {response.error}"}
+    text = (response.body or b"").decode("utf-8", errors="replace")
+    try:
+        shown_body: Any = json.loads(text)
+    except json.JSONDecodeError:
+        shown_body = text
+    return (0 if response.code < 400 else 1), {"status": response.code, "body": shown_body}
 
 
 def _server_url(settings: Settings) -> str:
@@ -967,6 +997,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        # The traceback goes to the log file (when logging is up); the terminal gets one line.
+        log.exception("start.py %s failed", args.command or "serve")
+        print(f"start.py: {e.__class__.__name__}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -287,6 +287,8 @@ async def test_server_serves_the_api_and_drains_with_503(accounts_config: Path) 
             # The CLI's own call() does the same through the url file.
             code, shown = await start.call(settings, "GET", "/api/v1/accounts")
             assert code == 0 and shown["ok"] is True
+            code, shown = await start.call(settings, "GET", "/healthz")
+            assert code == 0 and shown["status"] == 200 and isinstance(shown["body"], dict)
             # Draining: new API work is refused with the contract's 503.
             assert server.lifecycle is not None
             server.lifecycle.draining = True
@@ -322,8 +324,9 @@ async def test_call_reports_an_unreachable_server(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nobody listens there
     settings = load_settings(write_config(tmp_path), env={})
-    code, shown = await start.call(settings, "GET", "/healthz", base_url=f"http://127.0.0.1:{port}")
-    assert code == 1 and "can't reach the server" in shown["error"]
+    for uri in ("/healthz", "/api/v1/accounts"):
+        code, shown = await start.call(settings, "GET", uri, base_url=f"http://127.0.0.1:{port}")
+        assert code == 1 and "can't reach the server" in shown["error"]
 
 
 # --- login against the emulator's auth flow ------------------------------------------------
