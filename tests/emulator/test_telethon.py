@@ -384,7 +384,7 @@ async def test_invite_links_and_basic_groups(connect: Any, world: World) -> None
 async def test_iter_messages_search_and_filters(connect: Any) -> None:
     client = await connect(ACCOUNT_A)
     news = await client.get_entity("tgc_news")
-    found = [m.id async for m in client.iter_messages(news, search="bold news", limit=None)]
+    found = [m.id async for m in client.iter_messages(news, search="bold news", limit=100)]
     assert found == list(range(150, 0, -10))[:15]
     media = await client.get_entity("tgc_media")
     photos = [m.id async for m in client.iter_messages(media, filter=T.InputMessagesFilterPhotos)]
