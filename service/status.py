@@ -1,8 +1,8 @@
 """The /status page for ops: one server-rendered HTML page, no scripts, no front-end build.
 
-It shows the accounts and their state, the media queues and the outbox, the throughput of
-the last minutes (`service.metrics.Throughput`) and the recent warnings and errors of the
-log (`ErrorLog`, a bounded ring fed by a logging handler). It is for humans on the box:
+It shows the accounts and their state, the media queues and the outbox, the recent
+warnings and errors of the log (`ErrorLog`, a bounded ring fed by a logging handler) and
+the throughput of the last minutes (`service.metrics.Throughput`). It is for humans on the box:
 not signed, not encrypted, and answered only to the addresses in server.status_allow
 (the handler in service/handler.py checks that). Every value goes through Tornado's
 template autoescape: account names, log messages and the like are never trusted as HTML.
@@ -206,18 +206,18 @@ td.msg { font-family: ui-monospace, monospace; font-size: 12px; max-width: 70em;
 {% end %}{% if not queues %}<tr><td colspan="2">no media processor or publisher on this server</td></tr>{% end %}
 </table>
 
-<h2>Throughput per minute</h2>
-<table id="throughput">
-<tr><th>minute (UTC)</th>{% for c in columns %}<th>{{ c }}</th>{% end %}</tr>
-{% for minute, counts in throughput %}<tr><td>{{ minute }}</td>{% for c in columns %}<td class="n">{{ amount(c, counts.get(c, 0)) }}</td>{% end %}</tr>
-{% end %}
-</table>
-
 <h2>Recent warnings and errors ({{ errors_total }} since start)</h2>
 <table id="errors">
 <tr><th>time (UTC)</th><th>level</th><th>logger</th><th>message</th></tr>
 {% for at, level, logger, message in errors %}<tr><td>{{ at }}</td><td class="lvl-{{ level }}">{{ level }}</td><td>{{ logger }}</td><td class="msg">{{ message }}</td></tr>
 {% end %}{% if not errors %}<tr><td colspan="4">none</td></tr>{% end %}
+</table>
+
+<h2>Throughput per minute</h2>
+<table id="throughput">
+<tr><th>minute (UTC)</th>{% for c in columns %}<th>{{ c }}</th>{% end %}</tr>
+{% for minute, counts in throughput %}<tr><td>{{ minute }}</td>{% for c in columns %}<td class="n">{{ amount(c, counts.get(c, 0)) }}</td>{% end %}</tr>
+{% end %}
 </table>
 </body></html>
 """,
