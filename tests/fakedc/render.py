@@ -119,12 +119,12 @@ def chat(world: World, spec: ChatSpec, viewer: int | None, forbidden: bool = Fal
         join_to_send=(spec.join_request and spec.kind == MEGAGROUP) or None,
         access_hash=access_hash,
         username=spec.username,
-        admin_rights=_admin_rights() if is_admin else None,
+        admin_rights=admin_rights() if is_admin else None,
         participants_count=spec.participants_count,
     )
 
 
-def _admin_rights() -> types.ChatAdminRights:
+def admin_rights() -> types.ChatAdminRights:
     return types.ChatAdminRights(
         change_info=True,
         post_messages=True,

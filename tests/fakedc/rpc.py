@@ -500,13 +500,13 @@ class TelegramRpc(FaultKnobs):
             )
         date = chat.members.get(uid, chat.date)
         if uid == chat.creator_id:
-            return types.ChannelParticipantCreator(user_id=uid, admin_rights=render._admin_rights())
+            return types.ChannelParticipantCreator(user_id=uid, admin_rights=render.admin_rights())
         if uid in chat.admins:
             return types.ChannelParticipantAdmin(
                 user_id=uid,
                 promoted_by=chat.creator_id or uid,
                 date=date,
-                admin_rights=render._admin_rights(),
+                admin_rights=render.admin_rights(),
                 is_self=uid == viewer or None,
             )
         if uid == viewer:
