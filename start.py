@@ -2,6 +2,7 @@
 
     python start.py [serve] [--config PATH]          run the server in the foreground
     python start.py login --phone +NUMBER            create sessions/NUMBER.session
+        [--dc HOST:PORT --dc-rsa-key PEM]            (through the loopback emulator, in tests)
     python start.py accounts                          list the session files and their state
     python start.py call METHOD URI [--body JSON]    a signed request; prints the answer
     python start.py demo [--once]                     the server against the Telegram emulator
@@ -701,10 +702,36 @@ def _client_identity(settings: Settings) -> dict[str, Any]:
 
 def cmd_login(args: argparse.Namespace) -> int:
     phone_digits(args.phone)  # a usage error before anything else
+    dc = login_dc(args.dc, args.dc_rsa_key)
     settings = load_settings(args.config, require=TELEGRAM_REQUIRED)
     setup_logging(settings.log, console=False)
-    path = asyncio.run(login(settings, args.phone))
+    path = asyncio.run(login(settings, args.phone, dc=dc))
     return 0 if path is not None else 1
+
+
+def login_dc(address: str | None, rsa_key: Path | None) -> tuple[int, str, int] | None:
+    """`login --dc HOST:PORT [--dc-rsa-key PEM]` → login()'s `dc` (as DC 1).
+
+    For the loopback Telegram emulator (tests, the demo): Telethon only runs the DH handshake
+    with a server whose RSA key it knows, so the emulator's public key (PKCS#1 PEM) joins
+    Telethon's list for this process. Real logins need neither option.
+    """
+    if address is None:
+        if rsa_key is not None:
+            raise UsageError("--dc-rsa-key goes with --dc")
+        return None
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--dc must be HOST:PORT (e.g. 127.0.0.1:4430), not {address!r}")
+    if rsa_key is not None:
+        from telethon.crypto import rsa
+
+        try:
+            rsa.add_key(rsa_key.read_bytes(), old=False)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--dc-rsa-key {rsa_key}: not a readable PKCS#1 public key ({e})") from None
+    return 1, host, int(port)
 
 
 async def list_accounts(settings: Settings) -> list[dict[str, Any]]:
@@ -958,6 +985,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     login_p = sub.add_parser("login", parents=[common], help="log an account in: sessions/NUMBER.session")
     login_p.add_argument("--phone", required=True, help="international number, e.g. +15551234567")
+    login_p.add_argument(
+        "--dc", metavar="HOST:PORT", help="log in through this DC instead of Telegram's (the emulator)"
+    )
+    login_p.add_argument(
+        "--dc-rsa-key", metavar="PEM", type=Path, help="that DC's public RSA key (PKCS#1 PEM)"
+    )
     login_p.set_defaults(func=cmd_login)
 
     accounts = sub.add_parser("accounts", parents=[common], help="list session files and their state")
