@@ -233,6 +233,8 @@ def _default_app(server: Server) -> tornado.web.Application:
         lifecycle=server.lifecycle,
         status_allow=s.server.status_allowed,
         extra_handlers=server.extra_handlers,
+        publisher=server.publisher,
+        error_log=server.error_log,
     )
 
 
@@ -286,9 +288,10 @@ class Server:
         self.processor: Any = None
         self.subscriber: Any = None
         self.registry: Any = None
+        self.error_log: Any = None  # service.status.ErrorLog on the root logger
         self.app: tornado.web.Application | None = None
         self.lifecycle: Any = None  # service.handler.Lifecycle: draining → 503 SHUTTING_DOWN
-        self.extra_handlers: list[Any] = []  # more routes for make_app (a /status page)
+        self.extra_handlers: list[Any] = []  # more routes for make_app
         self.inflight: InFlight | None = None
         self._http: HTTPServer | None = None
         self._stack = contextlib.AsyncExitStack()
@@ -337,6 +340,7 @@ class Server:
         s.data.dir.mkdir(parents=True, exist_ok=True)
         log.info("starting: config %s, data %s, pid %d", s.source, s.data.dir, os.getpid())
 
+        self._watch_errors()
         self._build_registry()
         self._build_joinmap()
         self._build_publisher()
@@ -396,6 +400,15 @@ class Server:
         os._exit(code)
 
     # --- the pieces, in build order; each registers its own stop ---
+
+    def _watch_errors(self) -> None:
+        from service.status import ErrorLog
+
+        # The status page's "recent errors": every WARNING+ record of this server's life.
+        self.error_log = ErrorLog()
+        root = logging.getLogger()
+        root.addHandler(self.error_log)
+        self._stack.callback(root.removeHandler, self.error_log)
 
     def _build_registry(self) -> None:
         from prometheus_client import CollectorRegistry

@@ -4,6 +4,7 @@ data.dir), login against the emulator's auth flow, accounts, call, and the demo.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -704,5 +705,39 @@ async def test_subscriptions_through_the_server(accounts_config: Path) -> None:
         events = [orjson.loads(r.body)["event"] for r in server.outbox.read(0, 100)]
         assert events.count("subscription.changed") == 2
     finally:
+        server.request_stop()
+        assert await task == 0
+
+
+async def test_status_page_and_metrics_are_wired(accounts_config: Path, tmp_path: Path) -> None:
+    settings = load_settings(accounts_config, env={})
+    server = Server(settings)
+    task = await run_server(server)
+    http = AsyncHTTPClient(force_instance=True)
+    try:
+        logging.getLogger("tgc.test").warning("a warning for the status page")
+        page = await http.fetch(f"{server.url}/status")
+        html = page.body.decode()
+        assert page.code == 200 and "<table" in html
+        assert f"acc{dw.ACCOUNT_A}" in html and "a warning for the status page" in html
+        metrics = (await http.fetch(f"{server.url}/metrics")).body.decode()
+        assert 'tgc_accounts{state="ok"} 2.0' in metrics
+        assert "tgc_outbox_events" in metrics and "tgc_http_requests_total" in metrics
+    finally:
+        http.close()
+        server.request_stop()
+        assert await task == 0
+    assert server.error_log not in logging.getLogger().handlers
+
+    # Only the addresses of server.status_allow may see it.
+    closed = load_settings(accounts_config, env={"TGC_SERVER_STATUS_ALLOW": "10.0.0.0/8"})
+    server = Server(closed)
+    task = await run_server(server)
+    http = AsyncHTTPClient(force_instance=True)
+    try:
+        page = await http.fetch(f"{server.url}/status", raise_error=False)
+        assert page.code == 403
+    finally:
+        http.close()
         server.request_stop()
         assert await task == 0
