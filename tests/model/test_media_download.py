@@ -503,6 +503,26 @@ async def test_emulator_idle_media_connection_closes_and_reopens(
     assert (tmp_path / "b.bin").read_bytes() == emulated_bytes(DOC_HOME, HOME_SIZE)
 
 
+async def test_emulator_banned_account_is_unusable_and_leaks_no_connection(
+    make_client: Any, fake_telegram: Any, tmp_path: Path
+) -> None:
+    home = fake_telegram.dcs[1]
+    client = await make_client()
+    try:
+        media = await fetch_media(client, 1)
+        fake_telegram.dispatcher.deactivated_ban(ACCOUNT)
+        with pytest.raises(AccountUnusable) as info:
+            await download_media(client, media, tmp_path / "f.bin")
+        assert (info.value.account, info.value.state) == ("acc1", "banned")
+        for _ in range(200):
+            if len(home.connections) == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert len(home.connections) == 1
+    finally:
+        await client.disconnect()
+
+
 async def test_emulator_home_dc_on_main_connection(
     make_client: Any, fake_telegram: Any, tmp_path: Path
 ) -> None:
