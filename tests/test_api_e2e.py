@@ -480,3 +480,19 @@ async def test_the_same_peer_fifty_times_costs_one_resolution_per_account_at_mos
     await ok(api_server, "/api/v1/peer?peer=@tgc_chat")
     assert sum(counts(api_server, RESOLVE).values()) == sum(spread.values()) + 1
 
+
+async def test_resolutions_beyond_every_budget_are_429_rate_limited(api_server: ApiServer) -> None:
+    budget = api_server.pool_options["resolve_per_minute"]  # per account, a token bucket
+    names = [f"member_{i:03d}" for i in range(len(ACCOUNTS) * budget + 1)]
+    for name in names[:-1]:
+        assert (await ok(api_server, f"/api/v1/peer?peer=@{name}"))["username"] == name
+    assert counts(api_server, RESOLVE) == dict.fromkeys(ACCOUNTS, budget)
+
+    answer = await api_server.get(f"/api/v1/peer?peer=@{names[-1]}")
+    assert (answer.status, answer.code) == (429, "RATE_LIMITED"), answer
+    assert answer.error is not None and 0 < answer.error["retry_after"] <= 60
+    assert answer.headers["Retry-After"] == str(answer.error["retry_after"])
+    assert counts(api_server, RESOLVE) == dict.fromkeys(ACCOUNTS, budget)  # nobody overspent
+    # Peers already known cost nothing and are still served.
+    assert (await ok(api_server, f"/api/v1/peer?peer=@{names[0]}"))["username"] == names[0]
+
