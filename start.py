@@ -255,6 +255,24 @@ def media_stored_event(record: dict[str, Any]) -> Any:
     )
 
 
+def teleclient_options(settings: Settings) -> dict[str, Any]:
+    """The telegram.* settings as `model.teleclient.TeleClient` keyword arguments."""
+    t = settings.telegram
+    return {
+        "proxy": t.proxy,
+        "resolve_per_minute": t.resolve_per_minute,
+        "resolve_per_day": t.resolve_per_day,
+        "flood_sleep_threshold": t.flood_sleep_threshold,
+        "request_retries": t.request_retries,
+        "request_timeout": t.timeout,
+        "reconnect_max_delay": t.reconnect_max_delay,
+        "device_model": t.device_model,
+        "app_version": t.app_version,
+        "system_version": t.system_version,
+        "lang_code": t.lang_code,
+    }
+
+
 class Server:
     """Builds every service from the settings inside the running loop, serves, stops.
 
@@ -448,16 +466,7 @@ class Server:
         t = self.settings.telegram
         t.sessions_dir.mkdir(parents=True, exist_ok=True)
         self.pool = TeleClients.from_sessions_dir(
-            t.sessions_dir,
-            t.api_id,
-            t.api_hash,
-            proxy=t.proxy,
-            resolve_per_minute=t.resolve_per_minute,
-            resolve_per_day=t.resolve_per_day,
-            flood_sleep_threshold=t.flood_sleep_threshold,
-            request_retries=t.request_retries,
-            request_timeout=t.timeout,
-            reconnect_max_delay=t.reconnect_max_delay,
+            t.sessions_dir, t.api_id, t.api_hash, **teleclient_options(self.settings)
         )
         if not len(self.pool):
             log.warning(
@@ -756,12 +765,7 @@ async def list_accounts(settings: Settings) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for path in sorted(t.sessions_dir.glob("*.session")):
         client = TeleClient(
-            path,
-            t.api_id,
-            t.api_hash,
-            proxy=t.proxy,
-            request_timeout=t.timeout,
-            receive_updates=False,
+            path, t.api_id, t.api_hash, **teleclient_options(settings), receive_updates=False
         )
         try:
             await client.start()

@@ -741,3 +741,25 @@ async def test_status_page_and_metrics_are_wired(accounts_config: Path, tmp_path
         http.close()
         server.request_stop()
         assert await task == 0
+
+
+async def test_telegram_settings_reach_the_accounts(accounts_config: Path) -> None:
+    settings = load_settings(
+        accounts_config,
+        env={
+            "TGC_TELEGRAM_DEVICE_MODEL": "tgc-box",
+            "TGC_TELEGRAM_APP_VERSION": "9.9",
+            "TGC_TELEGRAM_LANG_CODE": "pt-br",
+            "TGC_TELEGRAM_FLOOD_SLEEP_THRESHOLD": "3",
+        },
+    )
+    server = Server(settings)
+    task = await run_server(server)
+    try:
+        client = server.pool.get(f"acc{dw.ACCOUNT_A}").client
+        init = client._init_request  # what Telethon sends in initConnection
+        assert (init.device_model, init.app_version, init.lang_code) == ("tgc-box", "9.9", "pt-br")
+        assert client.flood_sleep_threshold == 3
+    finally:
+        server.request_stop()
+        assert await task == 0
