@@ -502,6 +502,7 @@ class Server:
                 on_stored=self._publish_media_stored,
                 # A banned account's files continue with another account that sees them.
                 rebind=rebind_through(self.pool),
+                retry_max=st.retry_max_delay,
             )
         except BaseException:
             await self.storage.close()
