@@ -448,3 +448,17 @@ async def test_a_gap_in_a_basic_group_is_filled_by_get_difference(
     await wait_for(lambda: len(texts) == 3)
     assert sorted(texts) == ["first", "last", "lost"]
     assert rpc.count("updates.getDifference", user_id=ACCOUNT_B) >= 1
+
+
+async def test_download_profile_photos(connect: Any, world: World) -> None:
+    from tests.fakedc.demo_world import AVATAR
+
+    client = await connect(ACCOUNT_A)
+    alice = await client.get_entity("alice_w")
+    data = await client.download_profile_photo(alice, file=bytes)
+    big = world.photos[AVATAR].largest()
+    assert data == files.read(render.photo_file_key(AVATAR, big.type), big.size)
+    media = await client.get_entity("tgc_media")
+    small = await client.download_profile_photo(media, file=bytes, download_big=False)
+    smallest = min(world.photos[PHOTO_DC1].sizes, key=lambda s: s.size)
+    assert small == files.read(render.photo_file_key(PHOTO_DC1, smallest.type), smallest.size)
