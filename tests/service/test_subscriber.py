@@ -104,9 +104,9 @@ async def flow(
     try:
         yield Flow(pool, joinmap, publisher, subscriber, fake_telegram.dispatcher)
     finally:
-        await subscriber.stop()
-        await pool.stop()
-        await publisher.stop(grace=1)
+        # Bounded: a stop that hangs fails the test loudly instead of stalling the run.
+        for stop in (subscriber.stop(), pool.stop(), publisher.stop(grace=1)):
+            await asyncio.wait_for(stop, 15)
         outbox.close()
         joinmap.close()
 
@@ -313,3 +313,18 @@ async def test_after_a_restart_replayed_updates_are_not_news(flow: Flow, rabbit:
     )
     await fresh._on_update(flow.pool.get("acc1001"), replayed)
     assert fresh.published == 0 and fresh.duplicates == 1
+
+
+async def test_after_an_account_reconnects_its_chats_are_polled(
+    flow: Flow, rabbit: Rabbit
+) -> None:
+    sub = await flow.subscriber.subscribe(parse_peer("@news"))
+    flow.rpc.drop_next_posts(NEWS, 2)
+    lost = [await flow.rpc.post_message(NEWS, f"while away {i}") for i in range(2)]
+    account = flow.pool.get(sub["account"])
+    # The account was seen disconnected by the last check; now it is back.
+    flow.subscriber._states[account.name] = AccountState.DISCONNECTED
+    assert account.state == AccountState.OK
+    async with rabbit.consumer() as consumer:
+        await flow.subscriber.check_accounts()
+        await consumer.wait_for_ids([f"{NEWS_ID}:{p.id}:message.new" for p in lost])
