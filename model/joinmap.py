@@ -14,7 +14,10 @@ Ids only: this module knows nothing of Telethon; callers pass marked ids and pla
 Every statement here is a single-row or indexed one over a table of at most a few thousand
 rows (accounts × 500), a few tens of microseconds with WAL and synchronous=NORMAL (no fsync at
 commit), so the map is used directly on the event loop: a thread hop would cost more than the
-statement.
+statement. The two questions asked for every message of every subscribed chat, `get()` and
+`last_message_id()`, are answered from memory (the map is small and this object is its one
+writer), and the cursor may be written in batches (`set_last_message_id(persist=False)`,
+then `flush()`): losing the last second of it in a crash only publishes those messages again.
 """
 
 from __future__ import annotations
@@ -83,8 +86,12 @@ class JoinMap:
         self._conn: sqlite3.Connection = open_db(db_path, "joinmap", _MIGRATIONS)
         self._conn.row_factory = sqlite3.Row
         self._clock = clock
+        self._subs: dict[int, dict[str, Any] | None] = {}  # get()'s answers, per chat
+        self._last: dict[int, int] = {}  # last_message_id of known chats
+        self._dirty: set[int] = set()  # chats whose last_message_id is not on disk yet
 
     def close(self) -> None:
+        self.flush()
         self._conn.close()
 
     # --- changes -------------------------------------------------------------------------
@@ -110,6 +117,7 @@ class JoinMap:
                 " updated_at = excluded.updated_at",
                 (peer_id, account, now, now),
             )
+        self._subs.pop(peer_id, None)
         log.info("join map: %s joined %s", account, peer_id)
         return self._one(peer_id, account)
 
@@ -129,6 +137,7 @@ class JoinMap:
                 "UPDATE memberships SET state = ?, updated_at = ? WHERE peer_id = ? AND account = ?",
                 (state.value, self._clock(), peer_id, account),
             )
+        self._subs.pop(peer_id, None)
         if cur.rowcount == 0:
             return None
         log.info("join map: %s in %s is now %s", account, peer_id, state.value)
@@ -153,6 +162,8 @@ class JoinMap:
                 " WHERE account = ? AND state = 'joined'",
                 (now, account),
             )
+        for p in peers:
+            self._subs.pop(p, None)
         if peers:
             log.warning("join map: account %s unusable, %d chats to move", account, len(peers))
         return [self._one(p, account) for p in peers]
@@ -167,36 +178,63 @@ class JoinMap:
                 " updated_at = ? WHERE peer_id = ?",
                 (title, username, self._clock(), peer_id),
             )
+        self._subs.pop(peer_id, None)
 
-    def set_last_message_id(self, peer_id: int, message_id: int) -> bool:
+    def set_last_message_id(self, peer_id: int, message_id: int, *, persist: bool = True) -> bool:
         """Remembers the newest message id published for the chat; never goes back.
 
-        Returns True when it moved forward.
+        Returns True when it moved forward. With `persist=False` it is written by the next
+        `flush()` (or `close()`), in one transaction with the others.
         """
+        if message_id <= self.last_message_id(peer_id) or peer_id not in self._last:
+            return False  # not newer, or a chat the map does not know
+        self._last[peer_id] = message_id
+        self._dirty.add(peer_id)
+        if persist:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Writes the last_message_id values not on disk yet."""
+        if not self._dirty:
+            return
+        rows = [(self._last[p], p, self._last[p]) for p in self._dirty]
         with write(self._conn) as c:
-            cur = c.execute(
+            c.executemany(
                 "UPDATE peers SET last_message_id = ? WHERE peer_id = ? AND last_message_id < ?",
-                (message_id, peer_id, message_id),
+                rows,
             )
-        return cur.rowcount > 0
+        self._dirty.clear()
 
     # --- questions -----------------------------------------------------------------------
 
     def last_message_id(self, peer_id: int) -> int:
+        last = self._last.get(peer_id)
+        if last is not None:
+            return last
         row = self._conn.execute(
             "SELECT last_message_id FROM peers WHERE peer_id = ?", (peer_id,)
         ).fetchone()
-        return int(row[0]) if row else 0
+        if row is None:
+            return 0
+        self._last[peer_id] = int(row[0])
+        return self._last[peer_id]
 
     def get(self, peer_id: int) -> dict[str, Any] | None:
         """The chat's subscription: a joined membership (the oldest) if any, else the latest."""
-        row = self._conn.execute(
-            _SELECT + " WHERE m.peer_id = ?"
-            " ORDER BY m.state = 'joined' DESC,"
-            " CASE WHEN m.state = 'joined' THEN m.joined_at ELSE -m.updated_at END LIMIT 1",
-            (peer_id,),
-        ).fetchone()
-        return _to_dict(row) if row else None
+        if peer_id not in self._subs:
+            row = self._conn.execute(
+                _SELECT + " WHERE m.peer_id = ?"
+                " ORDER BY m.state = 'joined' DESC,"
+                " CASE WHEN m.state = 'joined' THEN m.joined_at ELSE -m.updated_at END LIMIT 1",
+                (peer_id,),
+            ).fetchone()
+            self._subs[peer_id] = self._to_dict(row) if row else None
+        sub = self._subs[peer_id]
+        if sub is None:
+            return None
+        # A copy (callers may change theirs) with the cursor as it is now.
+        return {**sub, "peer": dict(sub["peer"]), "last_message_id": self.last_message_id(peer_id)}
 
     def find_username(self, username: str) -> dict[str, Any] | None:
         """Like get(), by the chat's username (case-insensitive, as Telegram's are)."""
@@ -211,7 +249,7 @@ class JoinMap:
             _SELECT + " WHERE m.peer_id = ? ORDER BY m.state = 'joined' DESC, m.joined_at",
             (peer_id,),
         )
-        return [_to_dict(r) for r in rows]
+        return [self._to_dict(r) for r in rows]
 
     def joined_peers(self) -> list[int]:
         """Marked ids of the chats at least one account is in (what the poller walks)."""
@@ -230,7 +268,7 @@ class JoinMap:
                 _SELECT + " WHERE m.account = ? AND m.state = ? ORDER BY m.joined_at",
                 (account, State(state).value),
             )
-        return [_to_dict(r) for r in rows]
+        return [self._to_dict(r) for r in rows]
 
     def count(self, account: str) -> int:
         """Chats the account is in now (to keep it below CHANNELS_PER_ACCOUNT)."""
@@ -262,7 +300,7 @@ class JoinMap:
                 _SELECT + " WHERE m.state = ? ORDER BY m.joined_at, m.peer_id, m.account",
                 (State(state).value,),
             )
-        return [_to_dict(r) for r in rows]
+        return [self._to_dict(r) for r in rows]
 
     # --- inside --------------------------------------------------------------------------
 
@@ -282,11 +320,16 @@ class JoinMap:
             (peer_id, type, title, username, now),
         )
 
+    def _to_dict(self, row: sqlite3.Row) -> dict[str, Any]:
+        out = _to_dict(row)
+        out["last_message_id"] = max(out["last_message_id"], self._last.get(row["peer_id"], 0))
+        return out
+
     def _one(self, peer_id: int, account: str) -> dict[str, Any]:
         row = self._conn.execute(
             _SELECT + " WHERE m.peer_id = ? AND m.account = ?", (peer_id, account)
         ).fetchone()
-        return _to_dict(row)
+        return self._to_dict(row)
 
 
 def _iso(ts: float) -> str:

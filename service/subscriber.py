@@ -130,6 +130,7 @@ class Subscriber:
         self._tasks = [
             asyncio.create_task(self._poll_loop(), name="subscriber-poll"),
             asyncio.create_task(self._watch_accounts(), name="subscriber-accounts"),
+            asyncio.create_task(self._flush_loop(), name="subscriber-flush"),
         ]
 
     async def stop(self) -> None:
@@ -139,6 +140,14 @@ class Subscriber:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        self._joinmap.flush()
+
+    async def _flush_loop(self, every: float = 1.0) -> None:
+        # The per-message cursor moves in memory; it reaches the disk once a second (a crash
+        # in between publishes that second's messages again: duplicates, never a loss).
+        while True:
+            await asyncio.sleep(every)
+            self._joinmap.flush()
 
     def poll_soon(self, peer_id: int | None = None) -> None:
         """Polls one chat (or, with None, every chat) at once instead of at the interval."""
@@ -298,7 +307,7 @@ class Subscriber:
         if event != "message.new":
             return
         if msg.id == last + 1:
-            self._joinmap.set_last_message_id(peer_id, msg.id)
+            self._joinmap.set_last_message_id(peer_id, msg.id, persist=False)
         elif published:
             # A gap before it: maybe a lost push. The poll reads it from Telegram.
             self.poll_soon(peer_id)
@@ -425,13 +434,14 @@ class Subscriber:
                 if not newer:
                     break  # caught up
                 low = min(low + HISTORY_PAGE, newer[0].id - 1)  # a run of deleted ids: skip it
-                self._joinmap.set_last_message_id(peer_id, low)
+                self._joinmap.set_last_message_id(peer_id, low, persist=False)
                 continue
             for msg in sorted(page, key=lambda m: m.id):
                 if await self._publish_message(tc, sub, msg, "message.new"):
                     count += 1
             low = max(m.id for m in page)
-            self._joinmap.set_last_message_id(peer_id, low)
+            self._joinmap.set_last_message_id(peer_id, low, persist=False)
+        self._joinmap.flush()
         if count:
             log.info("poll of %s found %d messages the updates missed", peer_id, count)
         return count

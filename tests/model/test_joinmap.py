@@ -142,6 +142,36 @@ def test_last_message_id_only_moves_forward(jm: JoinMap) -> None:
     assert jm.get(CHAN)["last_message_id"] == 10  # type: ignore[index]
 
 
+def test_a_deferred_cursor_is_written_by_flush(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "j.db"
+    a = JoinMap(path, clock=clock)
+    a.record_join(CHAN, "acc1", type="channel")
+    a.set_last_message_id(CHAN, 5)
+    assert a.set_last_message_id(CHAN, 9, persist=False)
+    assert a.last_message_id(CHAN) == 9 and a.get(CHAN)["last_message_id"] == 9  # type: ignore[index]
+    assert a.list()[0]["last_message_id"] == 9
+    on_disk = sqlite3.connect(path).execute("SELECT last_message_id FROM peers").fetchone()[0]
+    assert on_disk == 5  # not yet
+    a.flush()
+    on_disk = sqlite3.connect(path).execute("SELECT last_message_id FROM peers").fetchone()[0]
+    assert on_disk == 9
+    a.set_last_message_id(CHAN, 12, persist=False)
+    a.close()  # flushes
+    b = JoinMap(path, clock=clock)
+    assert b.last_message_id(CHAN) == 12
+    b.close()
+
+
+def test_get_answers_are_copies(jm: JoinMap) -> None:
+    jm.record_join(CHAN, "acc1", type="channel", title="A")
+    first = jm.get(CHAN)
+    assert first is not None
+    first["peer"]["title"] = "changed by a caller"
+    first["state"] = "left"
+    again = jm.get(CHAN)
+    assert again is not None and again["peer"]["title"] == "A" and again["state"] == "joined"
+
+
 def test_update_peer_keeps_what_is_not_given(jm: JoinMap) -> None:
     jm.record_join(CHAN, "acc1", type="channel", title="Old", username="old")
     jm.update_peer(CHAN, title="New")
