@@ -100,15 +100,27 @@ def iso(value: dt.datetime | None) -> str | None:
     """ISO 8601 UTC with a Z suffix; Telethon's datetimes are aware, naive ones are UTC."""
     if value is None:
         return None
-    if value.tzinfo is not None:
+    if value.tzinfo is not None and value.tzinfo is not dt.UTC:
         value = value.astimezone(dt.UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Formatted by hand: strftime is ~3x slower, and a page has hundreds of dates.
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
+        f"T{value.hour:02d}:{value.minute:02d}:{value.second:02d}Z"
+    )
 
 
 def marked_id(peer: Any) -> int | None:
     """The Bot-API marked id of a Peer (or a User, Chat, Channel), None for None."""
     if peer is None:
         return None
+    # The three Peer kinds directly (several per message); the rest by Telethon's rule.
+    kind = type(peer)
+    if kind is types.PeerChannel:
+        return -(10**12) - peer.channel_id
+    if kind is types.PeerUser:
+        return int(peer.user_id)
+    if kind is types.PeerChat:
+        return -int(peer.chat_id)
     return int(get_peer_id(peer, add_mark=True))
 
 
