@@ -199,9 +199,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def push_flow(args: Any, exchange: str, queue: str, workdir: Path) -> tuple[Rate, list[Event], float]:
+async def push_flow(
+    args: Any, exchange: str, queue: str, workdir: Path, stage: str = "broker"
+) -> tuple[Rate, list[Event], float]:
     """One round of the push flow; returns its rate, the events it published, the
-    emulator's CPU seconds."""
+    emulator's CPU seconds. `stage` says how far the flow goes: "telethon" (the pool's
+    update callback only counts), "outbox" (Subscriber + Publisher without a broker), or
+    "broker" (the whole flow, to the broker's confirm)."""
     import json
     import signal
     import subprocess
@@ -239,24 +243,43 @@ async def push_flow(args: Any, exchange: str, queue: str, workdir: Path) -> tupl
                 captured.append(Event(routing_key, body, message_id))
                 await super().publish(routing_key, body, message_id)
 
-        pub = Capturing(box, args.url, exchange, queue, max_in_flight=args.in_flight)
+        url = args.url if stage == "broker" else ""
+        pub = Capturing(box, url, exchange, queue, max_in_flight=args.in_flight)
         await pub.start()
-        await pub.connected.wait()
+        if url:
+            await pub.connected.wait()
         sub = Subscriber(pool, joinmap, pub, poll_interval=3600, check_interval=3600)
-        await sub.start()
+        seen = 0
+
+        async def count(tc: Any, update: Any) -> None:
+            nonlocal seen
+            seen += 1
+            if seen == args.push:
+                done.set()
+
+        done = asyncio.Event()
+        if stage == "telethon":
+            pool.on_update(count)
+        else:
+            await sub.start()
         # The account must know the channel before its pushes are its updates.
         from common.utils import parse_peer
 
         await pool.get("bench").get_entity(parse_peer("@benchnews"))
         cpu0, emu0, start = time.process_time(), cpu_seconds(child.pid), time.perf_counter()
         child.send_signal(signal.SIGUSR1)
-        while sub.published < args.push:  # noqa: ASYNC110 - the flow has no event for it
-            await asyncio.sleep(0.005)
-        await pub.wait_empty()
+        if stage == "telethon":
+            await done.wait()
+        else:
+            while sub.published < args.push:  # noqa: ASYNC110 - the flow has no event for it
+                await asyncio.sleep(0.005)
+        if stage == "broker":
+            await pub.wait_empty()
         elapsed = time.perf_counter() - start
         rate = Rate(args.push / elapsed, args.push / (time.process_time() - cpu0))
         emu_cpu = cpu_seconds(child.pid) - emu0
-        await sub.stop()
+        if stage != "telethon":
+            await sub.stop()
         await pool.stop()
         await pub.stop()
         box.close()
@@ -284,6 +307,17 @@ async def push_bench(args: Any) -> None:
                   f"same {len(events)} bodies of {size:.0f} B: {raw_rate.wall:6.0f} ev/s "
                   f"({raw_rate.cpu:6.0f}/cpu-s); ratio {flow.wall / raw_rate.wall:.0%} "
                   f"(cpu {flow.cpu / raw_rate.cpu:.0%})")
+            # Where the client's CPU goes: the same pushes stopped at earlier stages.
+            costs = {}
+            for stage in ("telethon", "outbox"):
+                with tempfile.TemporaryDirectory() as tmp:
+                    rate, _, _ = await push_flow(args, exchange, queue, Path(tmp), stage)
+                costs[stage] = 1e6 / rate.cpu
+            costs["broker"] = 1e6 / flow.cpu
+            print(f"   client CPU per event: Telethon receiving the push {costs['telethon']:.0f} µs"
+                  f" + Subscriber, parser, outbox {costs['outbox'] - costs['telethon']:.0f} µs"
+                  f" + publishing to the broker {costs['broker'] - costs['outbox']:.0f} µs"
+                  f" = {costs['broker']:.0f} µs; raw aiormq alone {1e6 / raw_rate.cpu:.0f} µs")
     finally:
         await cleanup(args.url, exchange, queue)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
