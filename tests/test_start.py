@@ -822,3 +822,38 @@ async def test_sigkill_mid_download_then_a_restart_stores_everything_once(
         assert len(stored) == 1 and stored[0].stat().st_size == size, (key, stored)
     left = {p.stem for p in (settings.data.dir / "spool").glob("*.part")}
     assert not left & set(keys), "spool files of stored items left behind"
+
+
+async def test_the_outbox_persists_across_a_restart_and_drains_to_the_broker(
+    accounts_config: Path, rabbit: Any
+) -> None:
+    # First life without a broker: the event stays in the outbox.
+    settings = load_settings(accounts_config, env={})
+    server = Server(settings)
+    task = await run_server(server)
+    async with ApiClient(server.url, TOKEN, AES_KEY) as api:
+        joined = await api.request("POST", "/api/v1/subscriptions", {"peer": "@tgc_chat"})
+        assert joined.ok, joined
+    kept = [(r.routing_key, r.message_id) for r in server.outbox.read(0, 100)]
+    assert [k for k, _ in kept] == ["subscription.changed"]
+    server.request_stop()
+    assert await task == 0
+
+    # Second life with the broker: what the first one kept arrives, once confirmed.
+    env = {
+        "TGC_RABBITMQ_URL": rabbit.url,
+        "TGC_RABBITMQ_EXCHANGE": rabbit.exchange,
+        "TGC_RABBITMQ_QUEUE": rabbit.queue,
+    }
+    server = Server(load_settings(accounts_config, env=env))
+    async with rabbit.consumer() as consumer:
+        task = await run_server(server)
+        try:
+            await consumer.wait_for_ids([kept[0][1]])
+            got = consumer.messages[0]
+            assert got.routing_key == "subscription.changed" and got.delivery_mode == 2
+            assert got.body["peer"]["id"] == -1000000000000 - dw.CHAT
+            await wait_for(lambda: server.outbox.size == 0)
+        finally:
+            server.request_stop()
+            assert await task == 0
