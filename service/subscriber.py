@@ -79,6 +79,9 @@ class _Recent:
             self._keys.popitem(last=False)
         return True
 
+    def forget(self, key: str) -> None:
+        self._keys.pop(key, None)
+
     def __contains__(self, key: str) -> bool:
         return key in self._keys
 
@@ -118,6 +121,7 @@ class Subscriber:
         self._tasks: list[asyncio.Task[None]] = []
         self._api_lock = asyncio.Lock()
         self._leaving: set[tuple[int, str]] = set()
+        self._running = False
         self.published = 0  # events handed to the publisher
         self.duplicates = 0  # events dropped as already published
         self.polls = 0  # chats polled
@@ -125,6 +129,7 @@ class Subscriber:
     # --- life ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._running = True
         self._states = {tc.name: tc.state for tc in self._pool}
         self._pool.on_update(self._on_update)
         self._tasks = [
@@ -134,6 +139,7 @@ class Subscriber:
         ]
 
     async def stop(self) -> None:
+        self._running = False  # the pool keeps calling back until it stops: ignore it
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -274,6 +280,8 @@ class Subscriber:
     # --- updates ------------------------------------------------------------------------
 
     async def _on_update(self, tc: TeleClient, update: Any) -> None:
+        if not self._running:
+            return
         if isinstance(update, types.UpdateNewChannelMessage | types.UpdateNewMessage):
             await self._on_message(tc, update.message, "message.new")
         elif isinstance(update, types.UpdateEditChannelMessage | types.UpdateEditMessage):
@@ -341,7 +349,12 @@ class Subscriber:
                 queries.attach_media([ev.body["message"]], media, self._media_queue)
             except TgcError as e:
                 log.warning("media of %s not queued: %s", ev.message_id, e.code)
-        await self._publisher.publish_event(ev)
+        try:
+            await self._publisher.publish_event(ev)
+        except BaseException:
+            # Not in the outbox: let the next sight of it (a replay, the poll) publish it.
+            self._recent.forget(ev.message_id)
+            raise
         self.published += 1
         return True
 

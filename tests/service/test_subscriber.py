@@ -130,6 +130,30 @@ def test_recent_claims_once_and_forgets_the_oldest() -> None:
         assert recent.claim(key)
     assert "a" not in recent and "d" in recent
     assert recent.claim("a")  # forgotten, so new again
+    recent.forget("a")
+    assert recent.claim("a")
+
+
+async def test_an_event_the_publisher_refused_is_not_marked_published(tmp_path: Path) -> None:
+    from common.errors import ShuttingDown
+    from service.publisher import make_event
+
+    class Refusing:
+        calls = 0
+
+        async def publish_event(self, event: Any) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                raise ShuttingDown("stopping")
+
+    joinmap = JoinMap(tmp_path / "j.db")
+    subscriber = Subscriber(TeleClients([]), joinmap, Refusing())  # type: ignore[arg-type]
+    event = make_event("message.deleted", {"id": NEWS_ID}, account="a", message={"id": 1})
+    with pytest.raises(ShuttingDown):
+        await subscriber._publish_once(event)
+    assert await subscriber._publish_once(event)  # seen again (a replay): published now
+    assert not await subscriber._publish_once(event)  # and only once
+    joinmap.close()
 
 
 # --- joins and leaves -------------------------------------------------------------------------
@@ -311,7 +335,11 @@ async def test_after_a_restart_replayed_updates_are_not_news(flow: Flow, rabbit:
         ),
         pts=0, pts_count=1,
     )
-    await fresh._on_update(flow.pool.get("acc1001"), replayed)
+    await fresh.start()
+    try:
+        await fresh._on_update(flow.pool.get("acc1001"), replayed)
+    finally:
+        await fresh.stop()
     assert fresh.published == 0 and fresh.duplicates == 1
 
 
