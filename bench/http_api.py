@@ -586,6 +586,10 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict[str, float]]]) ->
     a = statistics.median(per_round)
     print(f"  service / bare requests/s, median of the rounds' ratios = {a:.2f}"
           f" (rounds: {', '.join(f'{x:.2f}' for x in per_round)})")  # fmt: skip
+    # A saturated one-thread server answers about 1 / (its CPU per request) a second; this
+    # ratio does not move with bursts of other load on the machine as much as requests/s.
+    by_cpu = m["a-bare"]["cpu_per_request"] / m["a-service"]["cpu_per_request"]
+    print(f"  the same from CPU per request (bare / service) = {by_cpu:.2f}")
 
     print(f"\n(b) a page of 100 messages of {PEER} through the emulator")
     ratios: dict[int, float] = {}
@@ -608,7 +612,8 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict[str, float]]]) ->
             f" service, {1000 * base['emulator_cpu']:.2f} ms serving bare Telethon"
         )
     cpu = m["b-service-1"]["cpu_per_request"] / m["b-telethon-flat-1"]["cpu_per_request"]
-    print(f"  cpu per page, service process / bare Telethon process: {cpu:.2f}")
+    print(f"  cpu per page, service process / bare Telethon process: {cpu:.2f} (less moved by"
+          " other load on the machine than time per page)")
     print("  (cpu ms/req: the answering side's own CPU per request: the server process, or the"
           " bare Telethon process)")  # fmt: skip
 
