@@ -65,6 +65,10 @@ class UsageError(Exception):
     """A bad command line: printed with the usage hint, exit code 2."""
 
 
+class LoginFailed(Exception):
+    """Telegram refused the login (an unknown number, a banned one...): exit code 1."""
+
+
 # --- one server per data.dir: the pid file is also the lock ------------------------------
 
 
@@ -642,7 +646,10 @@ async def login(
             say(f"{path} is already logged in")
             ok = True
             return path
-        sent = await client.send_code_request("+" + digits)
+        try:
+            sent = await client.send_code_request("+" + digits)
+        except errors.RPCError as e:
+            raise LoginFailed(f"Telegram sends no code to +{digits}: {e}") from None
         ok = await _enter_code(client, errors, digits, sent.phone_code_hash, ask, ask_secret, say, attempts)
         if not ok:
             return None
@@ -1046,6 +1053,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"start.py: config error: {e}", file=sys.stderr)
         return 2
+    except LoginFailed as e:
+        print(f"start.py: login failed: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except Exception as e:
