@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiormq
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -232,6 +233,7 @@ async def test_full_outbox_makes_publish_wait_not_drop(
         await asyncio.wait_for(blocked, 20)
         await consumer.wait_for_count(101)
     assert len(consumer.counts()) == 101
+    await pub.stop()  # before its outbox closes (the owner's order)
     box.close()
 
 
@@ -356,7 +358,7 @@ async def test_sigkill_while_draining_loses_nothing(
     n = 20_000
     events = [event_for(i) for i in range(1, n + 1)]
     box = Outbox(path, max_events=100_000)
-    box.append([(rk, mid, __import__("orjson").dumps(body)) for rk, body, mid in events])
+    box.append([(rk, mid, orjson.dumps(body)) for rk, body, mid in events])
     box.close()
     async with rabbit.consumer() as consumer:
         child = await asyncio.create_subprocess_exec(
@@ -377,4 +379,5 @@ async def test_sigkill_while_draining_loses_nothing(
         await consumer.wait_for_ids([e[2] for e in events], within=50)
     assert set(consumer.counts()) == {e[2] for e in events}
     await asyncio.wait_for(pub.wait_empty(), 20)
+    await pub.stop()  # before its outbox closes (the owner's order)
     box.close()
