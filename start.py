@@ -503,6 +503,7 @@ class Server:
                 parts_in_flight=m.parts_in_flight,
                 part_size=m.part_size,
                 spool_max_bytes=m.spool_max_bytes,
+                max_file_bytes=m.max_file_bytes,
                 on_stored=self._publish_media_stored,
                 # A banned account's files continue with another account that sees them.
                 rebind=rebind_through(self.pool),

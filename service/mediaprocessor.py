@@ -21,6 +21,8 @@ start (at least once, as the events are).
 Flow control:
 - per account at most `per_account` downloads at a time, accounts served round robin; an
   account Telegram asked to wait (FLOOD_WAIT) is paused for that long and its items requeued;
+- files larger than `max_file_bytes` are not downloaded: `submit` records them `failed`
+  with the reason (the limit may be raised and the file brought again);
 - back-pressure: each download reserves the file's size in the spool first; at
   `spool_max_bytes` the download workers wait for uploads to free space (one file larger
   than the whole spool still goes, alone);
@@ -128,6 +130,7 @@ class MediaProcessor:
         parts_in_flight: int = 8,
         part_size: int = 1024 * 1024,
         spool_max_bytes: int = 2 * 1024**3,
+        max_file_bytes: int | None = None,
         on_stored: OnStored | None = None,
         download: DownloadFn | None = None,
         rebind: Rebind | None = None,
@@ -140,6 +143,8 @@ class MediaProcessor:
         if min(download_workers, upload_workers, per_account, parts_in_flight) < 1:
             raise ValueError("worker counts, per_account and parts_in_flight must be >= 1")
         check_part_size(part_size)
+        if max_file_bytes is not None and max_file_bytes < 1:
+            raise ValueError("max_file_bytes must be >= 1")
         self._db = _MediaTable(db_path, clock)
         self._spool_dir = Path(spool_dir)
         self._spool_dir.mkdir(parents=True, exist_ok=True)
@@ -149,6 +154,7 @@ class MediaProcessor:
         self._upload_workers = upload_workers
         self._parts_in_flight = parts_in_flight
         self._part_size = part_size
+        self._max_file_bytes = max_file_bytes
         self._on_stored = on_stored
         self._download = download or download_media
         self._rebind = rebind
@@ -234,7 +240,8 @@ class MediaProcessor:
         """Queues `media` unless its key is stored or already on its way; returns the record.
 
         A failed key is tried again with this (newer) Media: another message or account may
-        serve it now.
+        serve it now. A file over `max_file_bytes` is recorded `failed` with the reason and
+        not downloaded.
         """
         if self._closed:
             raise ShuttingDown("the media processor is stopping")
@@ -248,6 +255,11 @@ class MediaProcessor:
             return _public(row)
         item = _Item(media=media, part_size=self._part_size)
         self._db.insert_pending(item)
+        too_big = self._too_big(media)
+        if too_big is not None:
+            log.info("media %s not downloaded: %s", media.key, too_big)
+            self._set_state(item, State.FAILED, too_big)
+            return self._record(item.key)
         if self._running:
             self._items[item.key] = item
             self._queue_download(item)
@@ -274,8 +286,24 @@ class MediaProcessor:
 
     # --- queueing -----------------------------------------------------------------------------
 
+    def _too_big(self, media: Media) -> str | None:
+        """Why `media` is not downloaded, when it is over the size limit."""
+        limit = self._max_file_bytes
+        if limit is None or media.size <= limit:
+            return None
+        return (
+            f"file is {_size_text(media.size)} ({media.size} bytes),"
+            f" over media.max_file_bytes={_setting_text(limit)}"
+        )
+
     def _resume(self, row: sqlite3.Row) -> None:
         item = _Item.from_row(row)
+        too_big = self._too_big(item.media)
+        if too_big is not None and item.state != State.UPLOADING:
+            # Queued under a larger limit; an item already in the spool may still go.
+            log.info("media %s not downloaded: %s", item.key, too_big)
+            self._set_state(item, State.FAILED, too_big)
+            return
         self._items[item.key] = item
         if item.state == State.UPLOADING:
             # Its spool file is on disk already: count it whatever the budget says.
@@ -764,6 +792,22 @@ def _origin(row: sqlite3.Row) -> dict[str, Any]:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _size_text(n: int) -> str:
+    """5476083302 → "5.1 GB" (binary units, as the settings count them)."""
+    for unit, factor in (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if n >= factor:
+            return f"{n / factor:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _setting_text(n: int) -> str:
+    """4294967296 → "4G": a size the way config.properties writes it."""
+    for unit, factor in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024)):
+        if n % factor == 0:
+            return f"{n // factor}{unit}"
+    return str(n)
 
 
 def _unlink(path: Path) -> None:

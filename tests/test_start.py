@@ -745,6 +745,31 @@ async def test_status_page_and_metrics_are_wired(accounts_config: Path, tmp_path
         assert await task == 0
 
 
+async def test_media_max_file_bytes_reaches_the_processor(accounts_config: Path) -> None:
+    settings = load_settings(accounts_config, env={"TGC_MEDIA_MAX_FILE_BYTES": "1M"})
+    server = Server(settings)
+    task = await run_server(server)
+    video, voice = dw.MEDIA_IDS["video"], dw.MEDIA_IDS["voice"]
+    try:
+        async with ApiClient(server.url, TOKEN, AES_KEY) as api:
+            answer = await api.request("GET", f"/api/v1/messages?peer=@tgc_media&ids={video},{voice}")
+            assert answer.ok, answer
+            big, small = (m["media"] for m in answer.data["messages"])
+            assert big["size"] == dw.VIDEO_SIZE and big["state"] == "failed"
+            record = await api.request("GET", f"/api/v1/media/{big['key']}")
+            assert record.data["error"] == (
+                f"file is 20.0 MB ({dw.VIDEO_SIZE} bytes), over media.max_file_bytes=1M"
+            )
+            states = {small["key"]: small["size"]}
+            deadline = time.monotonic() + 20
+            while await _states(api, states) != {small["key"]: "stored"}:
+                assert time.monotonic() < deadline, "the small file was not stored"
+                await asyncio.sleep(0.05)
+    finally:
+        server.request_stop()
+        assert await task == 0
+
+
 async def test_telegram_settings_reach_the_accounts(accounts_config: Path) -> None:
     settings = load_settings(
         accounts_config,

@@ -421,6 +421,42 @@ async def test_a_file_larger_than_the_spool_still_goes_alone(rig: Rig) -> None:
     await wait_for(lambda: p.get(big.key)["state"] == "stored")  # type: ignore[index]
 
 
+async def test_a_file_over_max_file_bytes_is_failed_not_downloaded(rig: Rig) -> None:
+    p = rig.processor(max_file_bytes=PART * 2)
+    await p.start()
+    big, edge = make_media(200, PART * 2 + 300_000), make_media(201, PART * 2)
+    record = p.submit(big)
+    assert record["state"] == "failed"
+    assert record["error"] == "file is 421.0 KB (431072 bytes), over media.max_file_bytes=128K"
+    assert p.get(big.key) == record  # GET /api/v1/media/KEY says why
+    p.submit(edge)  # exactly the limit goes
+    await wait_for(lambda: p.get(edge.key)["state"] == "stored")  # type: ignore[index]
+    assert [c[0] for c in rig.downloads.calls] == [edge.key]
+    assert rig.clients["acc1"].pending_downloads == 0
+    assert p.stats()["spool_bytes"] == 0
+    # Brought again under a raised limit, the same file is downloaded.
+    await p.stop()
+    p2 = rig.processor(max_file_bytes=PART * 8)
+    await p2.start()
+    assert p2.submit(big)["state"] == "pending"
+    await wait_for(lambda: p2.get(big.key)["state"] == "stored")  # type: ignore[index]
+
+
+async def test_a_queued_file_over_a_lowered_limit_is_failed_at_start(rig: Rig) -> None:
+    queued, small = make_media(202, PART * 4), make_media(203, 1000)
+    p = rig.processor()
+    p.submit(queued)  # before start: pending in the table
+    p.submit(small)
+    await p.stop()
+    p2 = rig.processor(max_file_bytes=PART)
+    await p2.start()
+    await wait_for(lambda: p2.get(small.key)["state"] == "stored")  # type: ignore[index]
+    record = p2.get(queued.key)
+    assert record is not None and record["state"] == "failed"
+    assert record["error"] == "file is 256.0 KB (262144 bytes), over media.max_file_bytes=64K"
+    assert [c[0] for c in rig.downloads.calls] == [small.key]
+
+
 async def test_per_account_concurrency_and_round_robin(rig: Rig) -> None:
     rig.downloads.part_delay = 0.01
     p = rig.processor(per_account=1, download_workers=4)
