@@ -15,6 +15,8 @@ from common.errors import InvalidParam
 _USERNAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{3,31}$")
 _INVITE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _TME_HOSTS = {"t.me", "telegram.me", "telegram.dog", "www.t.me"}
+_DIGITS = re.compile(r"[0-9]{1,20}")  # ASCII only: str.isdigit() also takes "²"
+_MAX_ID = 2**53
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,15 +86,19 @@ def _from_number(raw: str, number: int, param: str) -> PeerRef:
     if number == 0:
         raise InvalidParam(param, "0 is not a Telegram id")
     if number > 0:
-        if number >= 2**53:
-            raise InvalidParam(param, "id out of range")
-        return PeerRef(raw, id=number, kind=None)
+        return PeerRef(raw, id=_bare_id(number, param), kind=None)
     # Telethon's resolve_id rule: below -10**12 is a channel, above it a basic group.
     if -number > 10**12:
-        return PeerRef(raw, id=-number - 10**12, kind="channel")
-    if -number >= 2**53:
+        return PeerRef(raw, id=_bare_id(-number - 10**12, param), kind="channel")
+    return PeerRef(raw, id=_bare_id(-number, param), kind="chat")
+
+
+def _bare_id(value: int, param: str) -> int:
+    # Telegram ids fit 53 bits; a bigger one would reach the session's SQLite lookup and
+    # overflow there (a 500) instead of being the crawler's mistake.
+    if not 0 < value < _MAX_ID:
         raise InvalidParam(param, "id out of range")
-    return PeerRef(raw, id=-number, kind="chat")
+    return value
 
 
 def _from_username(raw: str, name: str, param: str) -> PeerRef:
@@ -118,8 +124,8 @@ def _from_link(raw: str, path: list[str], param: str) -> PeerRef:
     head = path[0]
     if head == "s" and len(path) > 1:
         return _from_username(raw, path[1], param)
-    if head == "c" and len(path) > 1 and path[1].isdigit():
-        return PeerRef(raw, id=int(path[1]), kind="channel")
+    if head == "c" and len(path) > 1 and _DIGITS.fullmatch(path[1]):
+        return PeerRef(raw, id=_bare_id(int(path[1]), param), kind="channel")
     if head == "joinchat" and len(path) > 1 and _INVITE.match(path[1]):
         return PeerRef(raw, invite=path[1])
     if head.startswith("+") and _INVITE.match(head[1:]):

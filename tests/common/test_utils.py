@@ -93,3 +93,31 @@ def test_media_key_is_stable_hex_and_depends_on_identity(kind: str, file_id: int
     assert re.fullmatch(r"[0-9a-f]{32}", key)
     assert key == media_key(kind, file_id, variant)
     assert key != media_key(kind, file_id + 1, variant)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["t.me/c/²", "t.me/c/¹²³/4", "https://t.me/c/0", "t.me/c/" + "9" * 20, "-" + "9" * 20,
+     str(-(10**12) - 2**53)],
+)
+def test_channel_ids_out_of_telegrams_range_are_invalid_param(raw: str) -> None:
+    # Unicode digits once escaped as a ValueError (a 500), and ids past 64 bits as an
+    # OverflowError from the session's SQLite lookup.
+    with pytest.raises(InvalidParam) as err:
+        parse_peer(raw)
+    assert err.value.param == "peer"
+
+
+@given(
+    st.one_of(
+        st.integers(min_value=-(10**21), max_value=10**21).map(str),
+        st.from_regex(r"(https://)?t\.me/c/[0-9]{1,22}(/[0-9]{1,3})?", fullmatch=True),
+    )
+)
+def test_every_parsed_id_fits_telegrams_range(raw: str) -> None:
+    try:
+        ref = parse_peer(raw)
+    except InvalidParam:
+        return
+    assert ref.id is not None and 0 < ref.id < 2**53
+    assert all(-(2**63) <= marked < 2**63 for marked in ref.marked_ids())
