@@ -46,6 +46,7 @@ from telethon.tl import types
 from common.errors import (
     AccountUnusable,
     AlreadySubscribed,
+    FloodWait,
     NotSubscribed,
     PeerNotFound,
     TgcError,
@@ -99,6 +100,7 @@ class Subscriber:
         publisher: Publisher,
         *,
         poll_interval: float = 60.0,
+        poll_pace: float = 0.2,
         check_interval: float = 5.0,
         channel_limit: int = CHANNELS_PER_ACCOUNT,
         recent_size: int = 100_000,
@@ -109,6 +111,7 @@ class Subscriber:
         self._joinmap = joinmap
         self._publisher = publisher
         self._poll_interval = poll_interval
+        self._poll_pace = poll_pace
         self._check_interval = check_interval
         self._channel_limit = channel_limit
         self._recent = _Recent(recent_size)
@@ -399,21 +402,14 @@ class Subscriber:
 
     async def _poll_loop(self) -> None:
         while True:
-            if self._poll_all:
+            full = self._poll_all
+            if full:
                 self._poll_all = False
                 chats = set(self._joinmap.joined_peers()) | self._poll_now
             else:
                 chats = set(self._poll_now)
             self._poll_now.clear()
-            for peer_id in sorted(chats):
-                try:
-                    await self.poll_chat(peer_id)
-                except asyncio.CancelledError:
-                    raise
-                except TgcError as e:
-                    log.info("poll of %s failed: %s", peer_id, e.code)
-                except Exception:
-                    log.exception("poll of %s failed", peer_id)
+            await self._poll_round(sorted(chats), pace=self._poll_pace if full else 0.0)
             if self._poll_now or self._poll_all:
                 continue
             self._wake.clear()
@@ -422,9 +418,30 @@ class Subscriber:
             except TimeoutError:
                 self._poll_all = True
 
+    async def _poll_round(self, chats: list[int], pace: float) -> None:
+        """Polls the chats one after the other, `pace` s apart: a round over hundreds of
+        chats must not turn into a burst of getHistory that earns a flood wait."""
+        for i, peer_id in enumerate(chats):
+            if i and pace:
+                await asyncio.sleep(pace)
+            try:
+                await self.poll_chat(peer_id)
+            except FloodWait as e:
+                # Every able account waits: the rest of the round waits for the next one.
+                log.warning("poll round stopped by a flood wait of %d s", e.retry_after)
+                return
+            except TgcError as e:
+                log.info("poll of %s failed: %s", peer_id, e.code)
+            except Exception:
+                log.exception("poll of %s failed", peer_id)
+
     async def poll_chat(self, peer_id: int) -> int:
         """Reads what is newer than the chat's watermark, oldest first, publishes what was
-        not published yet, moves the watermark. Returns how many events it published."""
+        not published yet, moves the watermark. Returns how many events it published.
+
+        One getHistory when the chat is caught up or fewer than 100 messages behind (the
+        usual case); a longer backlog is walked in windows from the watermark up.
+        """
         sub = self._joinmap.get(peer_id)
         if sub is None or sub["state"] != State.JOINED or peer_id > -(10**12):
             return 0  # only channels and megagroups have per-chat ids to poll by
@@ -437,26 +454,41 @@ class Subscriber:
             if newest:
                 self._joinmap.set_last_message_id(peer_id, newest[0].id)
             return 0
-        count = 0
-        for _ in range(MAX_PAGES_PER_POLL):
-            # The window (low, low + 101): the oldest messages after the watermark first, so
-            # the watermark can move past what was read, however long the backlog.
-            (_, page), tc = await self._pool.run(_history(ref, low, low + HISTORY_PAGE + 1), ref)
-            if not page:
-                (_, newer), _ = await self._pool.run(_history(ref, low, 0, limit=1), ref)
-                if not newer:
-                    break  # caught up
-                low = min(low + HISTORY_PAGE, newer[0].id - 1)  # a run of deleted ids: skip it
-                self._joinmap.set_last_message_id(peer_id, low, persist=False)
-                continue
-            for msg in sorted(page, key=lambda m: m.id):
-                if await self._publish_message(tc, sub, msg, "message.new"):
-                    count += 1
-            low = max(m.id for m in page)
-            self._joinmap.set_last_message_id(peer_id, low, persist=False)
+        (_, page), tc = await self._pool.run(_history(ref, low, 0), ref)
+        if len(page) < HISTORY_PAGE:
+            count = await self._publish_page(tc, sub, page)  # all there is after `low`
+        else:
+            count = await self._walk_backlog(sub, ref, low)
         self._joinmap.flush()
         if count:
             log.info("poll of %s found %d messages the updates missed", peer_id, count)
+        return count
+
+    async def _walk_backlog(self, sub: dict[str, Any], ref: PeerRef, low: int) -> int:
+        # Windows (low, low + 101), the oldest messages after the watermark first, so the
+        # watermark moves past what was read however long the backlog (the rest next poll).
+        peer_id, count = sub["peer"]["id"], 0
+        for _ in range(MAX_PAGES_PER_POLL):
+            (_, page), tc = await self._pool.run(_history(ref, low, low + HISTORY_PAGE + 1), ref)
+            if page:
+                count += await self._publish_page(tc, sub, page)
+                low = max(m.id for m in page)
+                continue
+            (_, newer), _ = await self._pool.run(_history(ref, low, 0, limit=1), ref)
+            if not newer:
+                break  # caught up
+            low = min(low + HISTORY_PAGE, newer[0].id - 1)  # a run of deleted ids: skip it
+            self._joinmap.set_last_message_id(peer_id, low, persist=False)
+        return count
+
+    async def _publish_page(self, tc: TeleClient, sub: dict[str, Any], page: list[Any]) -> int:
+        """Publishes a page of history oldest first; moves the watermark to its newest."""
+        count = 0
+        for msg in sorted(page, key=lambda m: m.id):
+            if await self._publish_message(tc, sub, msg, "message.new"):
+                count += 1
+        if page:
+            self._joinmap.set_last_message_id(sub["peer"]["id"], max(m.id for m in page), persist=False)
         return count
 
     # --- accounts -----------------------------------------------------------------------

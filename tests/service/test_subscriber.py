@@ -356,3 +356,20 @@ async def test_after_an_account_reconnects_its_chats_are_polled(
     async with rabbit.consumer() as consumer:
         await flow.subscriber.check_accounts()
         await consumer.wait_for_ids([f"{NEWS_ID}:{p.id}:message.new" for p in lost])
+
+
+async def test_a_caught_up_poll_costs_one_request(flow: Flow) -> None:
+    await flow.subscriber.subscribe(parse_peer("@news"))
+    flow.rpc.reset_counts()
+    assert await flow.subscriber.poll_chat(NEWS_ID) == 0
+    assert flow.rpc.count("messages.getHistory") == 1
+
+
+async def test_a_flood_wait_ends_the_poll_round(flow: Flow) -> None:
+    await flow.subscriber.subscribe(parse_peer("@news"))
+    await flow.subscriber.subscribe(parse_peer("@talk"))
+    flow.rpc.flood_wait("messages.getHistory", 30, times=None)
+    flow.rpc.reset_counts()
+    await flow.subscriber._poll_round([NEWS_ID, TALK_ID], pace=0)
+    # NEWS met the wait (on the one account that knows it by id); TALK was not asked at all
+    assert flow.rpc.count("messages.getHistory") == 1
