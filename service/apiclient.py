@@ -22,6 +22,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.simple_httpclient import HTTPTimeoutError
 
 from service.cryptor import Cipher, DecryptError, Signer
 
@@ -108,8 +109,9 @@ class ApiClient:
         `params` are appended to the query (`urlencode`); `body` is sent as JSON (POST);
         `headers` are extra headers (they may override the signature ones, for tests).
         Raises `ApiError` when the answer can't be decrypted or is not the contract's JSON,
-        and an `OSError` when no answer comes: `ConnectionRefusedError` & co, or
-        `TimeoutError` after `timeout` seconds.
+        and an `OSError` when no answer comes: `ConnectionRefusedError`,
+        `ConnectionResetError` (closed before answering), or `TimeoutError` after `timeout`
+        seconds.
         """
         method = method.upper()
         # What is signed must be what is sent: spaces and non-ASCII typed in a shell
@@ -136,8 +138,10 @@ class ApiClient:
         )
         try:
             response = await self._http.fetch(request, raise_error=False)
-        except HTTPClientError as e:  # 599: no HTTP answer at all (tornado's timeout)
+        except HTTPTimeoutError as e:  # 599: no HTTP answer in time
             raise TimeoutError(f"no answer from {self._origin} in {self._timeout} s") from e
+        except HTTPClientError as e:  # 599: the connection closed before an answer
+            raise ConnectionResetError(f"no answer from {self._origin}: {e}") from e
         return self._read(response.code, response.headers, response.body or b"", sent["X-Nonce"])
 
     def _read(self, status: int, headers: Mapping[str, str], raw: bytes, nonce: str) -> ApiResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -154,6 +155,24 @@ async def test_no_answer_in_time_is_a_timeout_error() -> None:
                 await api.request("GET", "/a")
     finally:
         sockets[0].close()
+
+
+async def test_a_connection_closed_without_an_answer_is_a_connection_error() -> None:
+    # Not a TimeoutError "no answer in 60 s": the server hung up at once.
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with ApiClient(f"http://127.0.0.1:{port}", TOKEN, KEY, timeout=30) as api:
+            with pytest.raises(ConnectionError) as caught:
+                await api.request("GET", "/a")
+        assert not isinstance(caught.value, TimeoutError)
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_prefix_is_part_of_the_signed_uri(echo: Server) -> None:
