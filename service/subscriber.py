@@ -14,9 +14,10 @@ when both the push and the poll bring it. Two guards, both cheap:
 - the join map's `last_message_id` per chat, a watermark meaning "every message up to here
   was published": a new message at or below it is old news, also after a restart (when
   the recent set is empty and Telethon replays updates). It moves only when it stays true:
-  by one for the message right after it, or past a window the poll read whole. A message
-  beyond a gap is published at once but leaves the watermark where it is and asks for a
-  poll of the chat, which reads the gap from Telegram.
+  over the ids right after it that are published, or past a page the poll read whole. A
+  message beyond a gap is published at once; if the gap is still there a second later
+  (not just an update handled out of order), the chat is polled and the poll reads the
+  gap from Telegram.
 
 The watermark moves after the publisher has the event in its outbox, so a crash in between
 publishes the message again (a duplicate with the same message_id), never loses it.
@@ -61,6 +62,7 @@ from service.publisher import Event, Publisher, make_event
 log = logging.getLogger(__name__)
 
 HISTORY_PAGE = 100  # messages.getHistory's own cap
+GAP_WAIT = 1.0  # s an id published past the watermark may wait before its chat is polled
 MAX_PAGES_PER_POLL = 20  # per chat and poll: a long outage drains over several polls
 
 
@@ -125,6 +127,8 @@ class Subscriber:
         self._api_lock = asyncio.Lock()
         self._leaving: set[tuple[int, str]] = set()
         self._running = False
+        self._ahead: dict[int, set[int]] = {}  # per chat: ids published past the watermark
+        self._gap_timers: dict[int, asyncio.TimerHandle] = {}
         self.published = 0  # events handed to the publisher
         self.duplicates = 0  # events dropped as already published
         self.polls = 0  # chats polled
@@ -143,6 +147,9 @@ class Subscriber:
 
     async def stop(self) -> None:
         self._running = False  # the pool keeps calling back until it stops: ignore it
+        for timer in self._gap_timers.values():
+            timer.cancel()
+        self._gap_timers.clear()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -314,14 +321,42 @@ class Subscriber:
         if event == "message.new" and msg.id <= last:
             self.duplicates += 1
             return
-        published = await self._publish_message(tc, sub, msg, event)
-        if event != "message.new":
+        await self._publish_message(tc, sub, msg, event)
+        if event == "message.new":
+            self._advance(peer_id, msg.id)
+
+    def _advance(self, peer_id: int, msg_id: int) -> None:
+        """Moves the watermark over `msg_id` and the published ids right after it.
+
+        Updates are handled in tasks of their own, so 7 may be done before 6: ids published
+        beyond the watermark wait in `_ahead` until the ones before them are done. One that
+        still waits after GAP_WAIT s sits behind a real gap (a lost push): the chat is polled.
+        """
+        ahead = self._ahead.setdefault(peer_id, set())
+        ahead.add(msg_id)
+        last = new = self._joinmap.last_message_id(peer_id)
+        while new + 1 in ahead:
+            new += 1
+        if new > last:
+            self._joinmap.set_last_message_id(peer_id, new, persist=False)
+        self._prune(peer_id, new)
+        if peer_id in self._ahead and peer_id not in self._gap_timers:
+            self._gap_timers[peer_id] = asyncio.get_running_loop().call_later(
+                GAP_WAIT, self._gap_check, peer_id
+            )
+
+    def _prune(self, peer_id: int, upto: int) -> None:
+        ahead = self._ahead.get(peer_id)
+        if ahead is None:
             return
-        if msg.id == last + 1:
-            self._joinmap.set_last_message_id(peer_id, msg.id, persist=False)
-        elif published:
-            # A gap before it: maybe a lost push. The poll reads it from Telegram.
-            self.poll_soon(peer_id)
+        ahead.difference_update([i for i in ahead if i <= upto])
+        if not ahead:
+            del self._ahead[peer_id]
+
+    def _gap_check(self, peer_id: int) -> None:
+        self._gap_timers.pop(peer_id, None)
+        if peer_id in self._ahead:
+            self.poll_soon(peer_id)  # the poll reads the gap from Telegram
 
     async def _group_message(self, tc: TeleClient, sub: dict[str, Any], msg: Any, event: str) -> None:
         # Basic groups number messages per account: the same message has another id for
@@ -488,7 +523,10 @@ class Subscriber:
             if await self._publish_message(tc, sub, msg, "message.new"):
                 count += 1
         if page:
-            self._joinmap.set_last_message_id(sub["peer"]["id"], max(m.id for m in page), persist=False)
+            newest = max(m.id for m in page)
+            # The page is all there is up to `newest`: gaps below it were deletions.
+            self._joinmap.set_last_message_id(sub["peer"]["id"], newest, persist=False)
+            self._prune(sub["peer"]["id"], newest)
         return count
 
     # --- accounts -----------------------------------------------------------------------

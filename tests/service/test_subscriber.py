@@ -156,6 +156,29 @@ async def test_an_event_the_publisher_refused_is_not_marked_published(tmp_path: 
     joinmap.close()
 
 
+async def test_the_watermark_waits_for_ids_handled_out_of_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service.subscriber as subscriber_module
+
+    monkeypatch.setattr(subscriber_module, "GAP_WAIT", 0.05)
+    joinmap = JoinMap(tmp_path / "j.db")
+    joinmap.record_join(NEWS_ID, "acc1001", type="channel")
+    joinmap.set_last_message_id(NEWS_ID, 5)
+    subscriber = Subscriber(TeleClients([]), joinmap, None)  # type: ignore[arg-type]
+    subscriber._advance(NEWS_ID, 7)  # 6 is still being handled by another task
+    assert joinmap.last_message_id(NEWS_ID) == 5
+    subscriber._advance(NEWS_ID, 6)
+    assert joinmap.last_message_id(NEWS_ID) == 7
+    assert subscriber._ahead == {}
+    await asyncio.sleep(0.1)
+    assert subscriber._poll_now == set()  # no gap: no poll
+    subscriber._advance(NEWS_ID, 9)  # 8 never comes: a lost push
+    assert joinmap.last_message_id(NEWS_ID) == 7
+    await asyncio.wait_for(_until(lambda: NEWS_ID in subscriber._poll_now), 5)
+    joinmap.close()
+
+
 # --- joins and leaves -------------------------------------------------------------------------
 
 
