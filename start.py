@@ -504,6 +504,8 @@ class Server:
                 part_size=m.part_size,
                 spool_max_bytes=m.spool_max_bytes,
                 max_file_bytes=m.max_file_bytes,
+                # false: answers and events describe files, nothing is queued (state null).
+                auto_download=m.auto_download,
                 on_stored=self._publish_media_stored,
                 # A banned account's files continue with another account that sees them.
                 rebind=rebind_through(self.pool),
@@ -528,7 +530,9 @@ class Server:
             self.publisher,
             poll_interval=self.settings.subscriptions.poll_interval,
             channel_limit=self.settings.telegram.join_limit,
-            media_queue=self.processor if self.settings.media.auto_download else None,
+            # Always the processor: with media.auto_download=false it queues nothing and the
+            # events' descriptors say so (state null), rather than a "pending" that never moves.
+            media_queue=self.processor,
         )
         self._stack.push_async_callback(self.subscriber.stop)
         await self.subscriber.start()

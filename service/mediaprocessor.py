@@ -21,6 +21,9 @@ start (at least once, as the events are).
 Flow control:
 - per account at most `per_account` downloads at a time, accounts served round robin; an
   account Telegram asked to wait (FLOOD_WAIT) is paused for that long and its items requeued;
+- `auto_download=False` describes files without queueing them: `submit` answers what the
+  table knows of a key, or a record with state None (nothing will download it, so not
+  "pending"); items queued before still finish;
 - files larger than `max_file_bytes` are not downloaded: `submit` records them `failed`
   with the reason (the limit may be raised and the file brought again);
 - back-pressure: each download reserves the file's size in the spool first; at
@@ -131,6 +134,7 @@ class MediaProcessor:
         part_size: int = 1024 * 1024,
         spool_max_bytes: int = 2 * 1024**3,
         max_file_bytes: int | None = None,
+        auto_download: bool = True,
         on_stored: OnStored | None = None,
         download: DownloadFn | None = None,
         rebind: Rebind | None = None,
@@ -155,6 +159,7 @@ class MediaProcessor:
         self._parts_in_flight = parts_in_flight
         self._part_size = part_size
         self._max_file_bytes = max_file_bytes
+        self._auto_download = auto_download
         self._on_stored = on_stored
         self._download = download or download_media
         self._rebind = rebind
@@ -241,7 +246,8 @@ class MediaProcessor:
 
         A failed key is tried again with this (newer) Media: another message or account may
         serve it now. A file over `max_file_bytes` is recorded `failed` with the reason and
-        not downloaded.
+        not downloaded. Without `auto_download` nothing is queued: the answer is the record
+        the table has, or one with state None and nothing stored for it.
         """
         if self._closed:
             raise ShuttingDown("the media processor is stopping")
@@ -253,6 +259,8 @@ class MediaProcessor:
         if row is not None and row["state"] != State.FAILED:
             # Stored, or unfinished while stopped: `start()` picks the latter up.
             return _public(row)
+        if not self._auto_download:
+            return _public(row) if row is not None else _not_queued(media)
         item = _Item(media=media, part_size=self._part_size)
         self._db.insert_pending(item)
         too_big = self._too_big(media)
@@ -782,6 +790,21 @@ def _public(row: sqlite3.Row) -> dict[str, Any]:
         "url": row["url"],
         "error": row["error"],
         "updated_at": _iso(row["updated_at"]),
+    }
+
+
+def _not_queued(media: Media) -> dict[str, Any]:
+    """`_public`'s shape for a file the processor was not asked to download."""
+    return {
+        "key": media.key,
+        "type": media.type,
+        "state": None,
+        "size": media.size,
+        "mime_type": media.mime_type,
+        "file_name": media.file_name,
+        "url": None,
+        "error": None,
+        "updated_at": None,
     }
 
 

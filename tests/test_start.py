@@ -770,6 +770,42 @@ async def test_media_max_file_bytes_reaches_the_processor(accounts_config: Path)
         assert await task == 0
 
 
+async def test_without_auto_download_answers_and_events_describe_files_only(
+    accounts_config: Path, fake_telegram: FakeTelegram
+) -> None:
+    settings = load_settings(accounts_config, env={"TGC_MEDIA_AUTO_DOWNLOAD": "false"})
+    server = Server(settings)
+    task = await run_server(server)
+    try:
+        async with ApiClient(server.url, TOKEN, AES_KEY) as api:
+            answer = await api.request("GET", "/api/v1/messages?peer=@tgc_media&limit=20")
+            assert answer.ok, answer
+            found = [m["media"] for m in answer.data["messages"] if m.get("media")]
+            assert len(found) >= 8
+            assert all(d["state"] is None and d["url"] is None for d in found), found
+            record = await api.request("GET", f"/api/v1/media/{found[0]['key']}")
+            assert record.status == 404 and record.code == "NOT_FOUND"
+            # The subscription flow too: a new post's event describes its photo, queues nothing.
+            joined = await api.request("POST", "/api/v1/subscriptions", {"peer": "@tgc_chat"})
+            assert joined.ok, joined
+        post = await fake_telegram.dispatcher.post_message(
+            dw.CHAT, "a picture", media={"photo": dw.PHOTO_DC1}
+        )
+        await wait_for(lambda: any(e.get("message", {}).get("id") == post.id for e in _events(server)))
+        event = next(e for e in _events(server) if e.get("message", {}).get("id") == post.id)
+        assert event["message"]["media"]["type"] == "photo"
+        assert event["message"]["media"]["state"] is None
+        assert server.processor.stats()["in_progress"] == 0
+        assert server.processor.downloaded_bytes == 0
+    finally:
+        server.request_stop()
+        assert await task == 0
+
+
+def _events(server: Server) -> list[dict[str, Any]]:
+    return [orjson.loads(r.body) for r in server.outbox.read(0, 10_000)]
+
+
 async def test_telegram_settings_reach_the_accounts(accounts_config: Path) -> None:
     settings = load_settings(
         accounts_config,

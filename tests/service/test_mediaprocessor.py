@@ -457,6 +457,31 @@ async def test_a_queued_file_over_a_lowered_limit_is_failed_at_start(rig: Rig) -
     assert [c[0] for c in rig.downloads.calls] == [small.key]
 
 
+async def test_without_auto_download_files_are_described_not_queued(rig: Rig) -> None:
+    stored, failed, new = make_media(204, 1000), make_media(205, 1000), make_media(206, 1000)
+    rig.downloads.faults[failed.key] = [ZeroDivisionError("oops")]
+    p = rig.processor()
+    await p.start()
+    p.submit(stored)
+    p.submit(failed)
+    await wait_for(lambda: p.get(stored.key)["state"] == "stored")  # type: ignore[index]
+    await wait_for(lambda: p.get(failed.key)["state"] == "failed")  # type: ignore[index]
+    await p.stop()
+    calls = len(rig.downloads.calls)
+
+    p2 = rig.processor(auto_download=False)
+    await p2.start()
+    assert p2.submit(stored) == p2.get(stored.key)  # what the table knows: stored, its url
+    assert p2.submit(stored)["url"] is not None
+    assert p2.submit(failed)["state"] == "failed"  # not tried again
+    record = p2.submit(new)
+    assert record["state"] is None and record["url"] is None and record["size"] == 1000
+    assert p2.get(new.key) is None  # nothing kept: GET /api/v1/media/KEY is 404
+    assert p2.stats()["in_progress"] == 0 and p2.stats()["downloads_queued"] == 0
+    assert len(rig.downloads.calls) == calls
+    assert rig.clients["acc1"].pending_downloads == 0
+
+
 async def test_per_account_concurrency_and_round_robin(rig: Rig) -> None:
     rig.downloads.part_delay = 0.01
     p = rig.processor(per_account=1, download_workers=4)
