@@ -1005,10 +1005,12 @@ class TeleClients:
             if budget:
                 return RateLimited(wait, "every account spent its username resolutions")
             return FloodWait(wait, account.name, f"every account able to serve waits {wait:.0f} s")
-        if peer is not None and peer.id is not None and not any(
-            c.knows(peer) for c in self._clients.values() if c.usable
-        ):
-            return PeerNotFound(str(peer), _unknown_id_message(peer))
+        # "Nobody knows this id" only means something when an account could have known it;
+        # with none usable, the answer is that nothing can be served (503), not 404.
+        usable = [c for c in self._clients.values() if c.usable]
+        if peer is not None and peer.id is not None and usable:
+            if not any(c.knows(peer) for c in usable):
+                return PeerNotFound(str(peer), _unknown_id_message(peer))
         return NoAccountAvailable("no account can serve this call now")
 
 

@@ -232,6 +232,24 @@ async def test_a_banned_account_leaves_the_rotation(
     assert not pool.usable()
 
 
+async def test_an_id_asked_of_no_usable_account_is_503_not_peer_not_found(
+    world: FakeTelegram, make_pool: Callable[..., Any]
+) -> None:
+    # PEER_NOT_FOUND would tell the crawler the peer doesn't exist; the truth is that no
+    # account can serve anything.
+    peer_id = str(-(10**12) - NEWS)
+    with pytest.raises(NoAccountAvailable):
+        await TeleClients([]).run(history(peer_id), parse_peer(peer_id))
+    pool = await make_pool(A)
+    await pool.run(history("@news"), parse_peer("@news"))
+    world.errors[A, "GetHistory"] = "USER_DEACTIVATED_BAN"
+    with pytest.raises(NoAccountAvailable):
+        await pool.run(history(peer_id), parse_peer(peer_id))
+    assert not pool.usable()
+    with pytest.raises(NoAccountAvailable):
+        await pool.run(history(peer_id), parse_peer(peer_id))
+
+
 async def test_accounts_that_fail_at_start_are_reported_not_used(
     world: FakeTelegram, make_pool: Callable[..., Any]
 ) -> None:
