@@ -85,7 +85,11 @@ class PidFile:
         self._fd: int | None = None
 
     def acquire(self, source: Path) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            reason = f"{self.path.parent} can't be created: {e.strerror or e}"
+            raise ConfigError("data.dir", str(source), reason) from None
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -571,9 +575,19 @@ class Server:
 # --- commands ------------------------------------------------------------------------------
 
 
+def start_logging(settings: Settings, *, console: bool = False) -> None:
+    """`setup_logging`, with a log.dir that can't be written reported like any bad value:
+    the key and the file, exit code 2 (not a traceback from a half-set-up logging)."""
+    try:
+        setup_logging(settings.log, console=console)
+    except OSError as e:
+        reason = f"can't write the log file there: {e.strerror or e}"
+        raise ConfigError("log.dir", str(settings.source), reason) from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, require=SERVE_REQUIRED)
-    setup_logging(settings.log, console=not args.no_console)
+    start_logging(settings, console=not args.no_console)
     return asyncio.run(Server(settings).serve())
 
 
@@ -739,7 +753,7 @@ def cmd_login(args: argparse.Namespace) -> int:
     phone_digits(args.phone)  # a usage error before anything else
     dc = login_dc(args.dc, args.dc_rsa_key)
     settings = load_settings(args.config, require=TELEGRAM_REQUIRED)
-    setup_logging(settings.log, console=False)
+    start_logging(settings)
     path = asyncio.run(login(settings, args.phone, dc=dc))
     return 0 if path is not None else 1
 
@@ -794,7 +808,7 @@ async def list_accounts(settings: Settings) -> list[dict[str, Any]]:
 
 def cmd_accounts(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, require=TELEGRAM_REQUIRED)
-    setup_logging(settings.log, console=False)
+    start_logging(settings)
     rows = asyncio.run(list_accounts(settings))
     if not rows:
         print(f"no session files in {settings.telegram.sessions_dir}; add one with "
@@ -923,7 +937,7 @@ async def demo(*, once: bool = False, say: Callable[[str], None] = print) -> int
             tg.make_session(root / "sessions" / str(phone or user_id), user_id)
         config = _write_demo_config(root)
         settings = load_settings(config, env={}, require=SERVE_REQUIRED)
-        setup_logging(settings.log, console=False)
+        start_logging(settings)
         server = Server(settings)
 
         async def ready(server: Server) -> None:
@@ -1064,8 +1078,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:
-        # The traceback goes to the log file (when logging is up); the terminal gets one line.
-        log.exception("start.py %s failed", args.command or "serve")
+        # The traceback goes to the log file when logging is up; the terminal gets one line.
+        # (Without handlers, logging's last resort would print the traceback on stderr.)
+        if logging.getLogger().handlers:
+            log.exception("start.py %s failed", args.command or "serve")
         print(f"start.py: {e.__class__.__name__}: {e}", file=sys.stderr)
         return 1
 

@@ -135,6 +135,33 @@ def test_a_real_process_exits_2_on_a_missing_secret(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_a_log_dir_that_cant_be_made_is_a_config_error_without_traceback(tmp_path: Path) -> None:
+    import subprocess
+
+    (tmp_path / "a-file").write_text("")
+    config = write_config(tmp_path, log__dir="a-file/logs")
+    proc = subprocess.run(
+        [sys.executable, "start.py", "serve", "--config", str(config)],
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "log.dir" in proc.stderr and str(config) in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_data_dir_that_cant_be_made_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    pidfile = PidFile(tmp_path / "a-file" / "run" / "tgc.pid")
+    with pytest.raises(ConfigError) as caught:
+        pidfile.acquire(tmp_path / "config.properties")
+    assert caught.value.key == "data.dir"
+    assert caught.value.file == str(tmp_path / "config.properties")
+
+
 # --- one server per data.dir ---------------------------------------------------------------
 
 
