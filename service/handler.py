@@ -141,7 +141,7 @@ def make_app(
         ("/metrics", MetricsHandler),
         ("/status", StatusHandler),
         *extra_handlers,
-        (API + "/.*", ApiNotFoundHandler),
+        (API + "(?:/.*)?", ApiNotFoundHandler),  # /api/v1 itself too: signed like the rest
     ]
     return tornado.web.Application(
         routes,

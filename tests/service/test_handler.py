@@ -360,6 +360,12 @@ async def test_unknown_api_path(api: Api) -> None:
     assert_error(await api.call("GET", "/api/v1/nope"), 404, "NOT_FOUND")
 
 
+async def test_the_api_root_itself_is_signed_like_the_rest(api: Api) -> None:
+    for uri in ("/api/v1", "/api/v1?x=1"):
+        _unauthorized(await api.raw("GET", uri))
+        assert_error(await api.call("GET", uri), 404, "NOT_FOUND")
+
+
 async def test_methods_not_served(api: Api) -> None:
     assert_error(await api.call("PUT", "/api/v1/accounts", {}), 405, "METHOD_NOT_ALLOWED")
     assert_error(await api.call("POST", "/api/v1/accounts", {}), 405, "METHOD_NOT_ALLOWED")
