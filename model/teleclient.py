@@ -627,7 +627,7 @@ class TeleClient:
             ),
             peer=str(ref),
         )
-        return self._messages_result(res, cached, entity, str(ref))
+        return await self._messages_result(res, cached, entity, str(ref))
 
     async def get_messages(self, ref: PeerRef, ids: list[int]) -> tuple[Entity, list[Any | None]]:
         """Messages by id, in the order asked; None where a message does not exist."""
@@ -639,17 +639,22 @@ class TeleClient:
             res = await self._invoke(functions.channels.GetMessagesRequest(channel, wanted), peer=raw)
         else:
             res = await self._invoke(functions.messages.GetMessagesRequest(wanted), peer=raw)
-        entity, messages = self._messages_result(res, cached, entity, raw)
+        entity, messages = await self._messages_result(res, cached, entity, raw)
         # messages.getMessages is not scoped to a chat: keep only this peer's messages.
         by_id = {m.id: m for m in messages if utils.get_peer_id(m.peer_id) == cached.marked_id}
         return entity, [by_id.get(i) for i in ids]
 
-    def _messages_result(
+    async def _messages_result(
         self, res: Any, cached: _Cached, entity: Entity | None, raw: str
     ) -> tuple[Entity, list[Any]]:
         chats_users = [*getattr(res, "chats", []), *getattr(res, "users", [])]
         if entity is None:
-            entity = _pick_entity(chats_users, cached.marked_id, raw)
+            try:
+                entity = _pick_entity(chats_users, cached.marked_id, raw)
+            except PeerNotFound:
+                # Telegram lists only the peers its messages mention: an empty page of a
+                # private chat or a basic group names none. Ask for the peer itself.
+                entity = await self._fetch_entity(cached, raw)
         # Telethon's own get_messages also runs each message's _finish_init (sender and
         # chat objects, the client reference): ~0.45 ms a page of 100, a seventh of an API
         # answer's CPU, for attributes nobody here reads (the parser and the subscriber

@@ -25,6 +25,7 @@ ACCOUNTS = (1001, 1002, 1003)
 NEWS = 2001  # public broadcast channel, 30 posts
 TALK = 2002  # public megagroup, everyone's in it
 SECRET = 2003  # private channel (no username), 1001 is a member
+LONELY = 3100  # a user no account has exchanged a message with
 RESOLVE = "contacts.resolveUsername"
 
 
@@ -39,6 +40,7 @@ def fakedc_dispatcher() -> Any:
             "users": [
                 *({"id": u, "first_name": f"Acc{u}", "phone": f"1555000{u}"} for u in ACCOUNTS),
                 *({"id": u, "first_name": f"Member{u}"} for u in range(3001, 3011)),
+                {"id": LONELY, "first_name": "Lonely", "username": "lonely"},
             ],
             "chats": [
                 {"id": NEWS, "kind": "broadcast", "title": "News daily", "username": "news"},
@@ -267,6 +269,18 @@ async def test_history_pages_to_the_end(make_pool: Callable[..., Any]) -> None:
     assert seen == list(range(30, 0, -1))
     _, page, _ = await run_history(pool, "@news", limit=100, min_id=10, max_id=14)
     assert [m.id for m in page] == [13, 12, 11]
+
+
+async def test_an_empty_answer_still_names_its_peer(make_pool: Callable[..., Any]) -> None:
+    # Telegram lists only the users and chats its messages mention: an empty page of a
+    # private chat carries none, which must not read as PEER_NOT_FOUND.
+    pool = await make_pool()
+    entity, page, _ = await run_history(pool, "@lonely", limit=10)
+    assert entity.id == LONELY and page == []
+    (entity, found), _ = await pool.run(
+        lambda tc: tc.get_messages(parse_peer("@lonely"), [999]), parse_peer("@lonely")
+    )
+    assert entity.id == LONELY and found == [None]
 
 
 async def test_messages_participants_full_search_join_leave(make_pool: Callable[..., Any]) -> None:
