@@ -21,13 +21,13 @@ import logging
 import os
 import re
 import unicodedata
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import orjson
 from telethon import errors
-from telethon.client.telegrambaseclient import _ExportState
 from telethon.errors import rpcerrorlist
 from telethon.network import ConnectionTcpFull, ConnectionTcpIntermediate, MTProtoSender
 from telethon.tl import functions, types
@@ -477,34 +477,132 @@ def _open_spool(path: str) -> int:
     return os.open(path, flags, 0o600)
 
 
+# The home DC's media connection is ours, not one of Telethon's borrowed senders: Telethon
+# holds `_borrow_sender_lock` while it connects to another DC and exports the authorization
+# there (retries included, ~6 s when that DC is down), and every borrow or return waits on
+# that lock; a home-DC download must not stall behind a foreign DC.
+_MEDIA_IDLE_CLOSE = 60.0  # seconds unused before it closes (Telethon's exported senders: 60)
+_home_senders: weakref.WeakKeyDictionary[Any, _HomeSender] = weakref.WeakKeyDictionary()
+_ours: weakref.WeakSet[Any] = weakref.WeakSet()  # every home media sender ever opened
+
+
 async def _borrow_home_sender(client: TelegramClient) -> Any:
-    """A media connection to the home DC, kept among Telethon's borrowed senders.
+    """A media connection to the home DC, shared by the client's home-DC downloads.
 
     Same auth key as the main connection (so nothing to export or import; Telegram allows
-    several connections, each its own MTProto session, per key). Kept in
-    `client._borrowed_senders` under the home DC id, which Telethon itself never borrows
-    (its downloads use the main sender there): `_return_exported_sender` gives it back,
-    the updates loop closes it when idle, `client.disconnect()` closes it.
+    several connections, each its own MTProto session, per key). Given back with
+    `_return_sender`; closed after `_MEDIA_IDLE_CLOSE` s unused and when the client
+    disconnects.
     """
-    dc_id = client.session.dc_id
-    async with client._borrow_sender_lock:
-        state, sender = client._borrowed_senders.get(dc_id, (None, None))
-        if state is None:
-            sender = MTProtoSender(client.session.auth_key, loggers=client._log)
-            await sender.connect(_home_connection(client))
-            try:
-                client._init_request.query = functions.help.GetConfigRequest()
-                await sender.send(functions.InvokeWithLayerRequest(LAYER, client._init_request))
-            except BaseException:
-                await sender.disconnect()  # not among the borrowed yet: nothing else closes it
-                raise
-            sender.dc_id = dc_id
-            state = _ExportState()
-            client._borrowed_senders[dc_id] = (state, sender)
-        elif state.need_connect():
-            await sender.connect(_home_connection(client))
-        state.add_borrow()
+    home = _home_senders.get(client)
+    if home is None:
+        home = _home_senders[client] = _HomeSender()
+    return await home.borrow(client)
+
+
+async def close_media_connection(client: TelegramClient) -> None:
+    """Closes the client's home-DC media connection now, if it has one. `TeleClient.stop`
+    calls it; otherwise it closes itself when idle or once the client disconnected."""
+    home = _home_senders.pop(client, None)
+    if home is not None:
+        await home.close()
+
+
+async def _return_sender(client: TelegramClient, sender: Any) -> None:
+    """Gives back a sender from `_borrow_home_sender` or Telethon's `_borrow_exported_sender`."""
+    if sender in _ours:
+        home = _home_senders.get(client)
+        if home is not None:
+            home.give_back(sender)
+        return
+    await client._return_exported_sender(sender)
+
+
+class _HomeSender:
+    """One client's home-DC media connection: opened on the first borrow (under a lock of
+    its own), counted, closed when idle or when the client disconnects."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.sender: Any = None
+        self.borrows = 0
+        self.idle: asyncio.TimerHandle | None = None
+        self.watch: asyncio.Task[None] | None = None
+
+    async def borrow(self, client: TelegramClient) -> Any:
+        async with self.lock:
+            if self.sender is None or not self.sender.is_connected():
+                await self.open(client)
+            if self.idle is not None:
+                self.idle.cancel()
+                self.idle = None
+            self.borrows += 1
+            return self.sender
+
+    def give_back(self, sender: Any) -> None:
+        if sender is not self.sender:
+            return  # closed (client disconnected) since it was borrowed
+        self.borrows -= 1
+        if self.borrows == 0:
+            loop = asyncio.get_running_loop()
+            self.idle = loop.call_later(_MEDIA_IDLE_CLOSE, self.close_if_idle)
+
+    async def open(self, client: TelegramClient) -> None:
+        await self.close()  # a sender whose reconnects failed: start afresh
+        dc_id = client.session.dc_id
+        sender = MTProtoSender(client.session.auth_key, loggers=client._log)
+        await sender.connect(_home_connection(client))
+        try:
+            client._init_request.query = functions.help.GetConfigRequest()
+            await sender.send(functions.InvokeWithLayerRequest(LAYER, client._init_request))
+        except BaseException:
+            await sender.disconnect()
+            raise
+        sender.dc_id = dc_id
+        _ours.add(sender)
+        self.sender, self.borrows = sender, 0
+        self.watch = asyncio.ensure_future(self.close_with(client, sender))
+
+    async def close_with(self, client: TelegramClient, sender: Any) -> None:
+        """Closes `sender` when the client disconnects (Telethon's disconnect closes only
+        its own borrowed senders)."""
+        try:
+            await client.disconnected
+        except Exception:
+            pass  # the main connection failed for good: close ours all the same
+        if self.sender is sender:
+            self.detach()
+        await sender.disconnect()
+
+    def close_if_idle(self) -> None:
+        self.idle = None
+        if self.borrows == 0 and self.sender is not None:
+            log.debug("closing the idle media connection to dc %s", self.sender.dc_id)
+            # Detached now, not in the task: a borrow in between gets a new sender.
+            task = asyncio.ensure_future(_disconnect(self.detach()))
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+
+    async def close(self) -> None:
+        await _disconnect(self.detach())
+
+    def detach(self) -> Any:
+        """Drops the current sender and what watches it; returns it for the caller to close."""
+        sender = self.sender
+        if self.watch is not None and self.watch is not asyncio.current_task():
+            self.watch.cancel()
+        if self.idle is not None:
+            self.idle.cancel()
+        self.sender, self.borrows, self.watch, self.idle = None, 0, None, None
         return sender
+
+
+async def _disconnect(sender: Any) -> None:
+    if sender is not None:
+        await sender.disconnect()
+
+
+_closing: set[asyncio.Task[None]] = set()  # idle disconnects under way (keeps them referenced)
 
 
 def _home_connection(client: TelegramClient) -> Any:
@@ -557,7 +655,7 @@ class _Job:
         self.on_part = on_part
         self.media_connection = media_connection
         self.sender: Any = None
-        self.borrowed = False  # from client._borrowed_senders: give it back
+        self.borrowed = False  # from _borrow_home_sender or Telethon's: give it back
         self.refreshes = 0
         self.lock = asyncio.Lock()  # one reference refresh / DC switch at a time
         self.next_index = 0
@@ -596,11 +694,11 @@ class _Job:
                 raise _domain_error(e, self.media.account) from e
             self.sender, self.borrowed = sender, True
         if old_borrowed and old is not None:
-            await self.client._return_exported_sender(old)
+            await _return_sender(self.client, old)
 
     async def release(self) -> None:
         if self.borrowed and self.sender is not None:
-            await self.client._return_exported_sender(self.sender)
+            await _return_sender(self.client, self.sender)
         self.sender, self.borrowed = None, False
 
     async def settle_writes(self) -> None:

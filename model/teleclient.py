@@ -50,6 +50,7 @@ from common.errors import (
     TgcError,
 )
 from common.utils import PeerRef, mask_phone
+from model.media import close_media_connection
 
 log = logging.getLogger(__name__)
 
@@ -362,6 +363,8 @@ class TeleClient:
             self._watcher = None
         try:
             await self.client.disconnect()
+            # Its home-DC media connection (model/media.py) is not Telethon's to close.
+            await close_media_connection(self.client)
         finally:
             self._lock.release()
 

@@ -481,26 +481,81 @@ async def test_emulator_home_dc_byte_exact(
 async def test_emulator_idle_media_connection_closes_and_reopens(
     make_client: Any, fake_telegram: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from telethon.client import telegrambaseclient
-
     home = fake_telegram.dcs[1]
     client = await make_client()
     try:
         media = await fetch_media(client, 1)
+        # Idle for a minute, as soon as the download gave it back.
+        monkeypatch.setattr(media_mod, "_MEDIA_IDLE_CLOSE", 0.0)
         await download_media(client, media, tmp_path / "a.bin")
-        # What Telethon's update loop does with senders idle for a minute, now.
-        monkeypatch.setattr(telegrambaseclient, "_DISCONNECT_EXPORTED_AFTER", -1)
-        await client._clean_exported_senders()
         for _ in range(200):
             if len(home.connections) == 1:
                 break
             await asyncio.sleep(0.01)
         assert len(home.connections) == 1
+        monkeypatch.setattr(media_mod, "_MEDIA_IDLE_CLOSE", 60.0)
         await download_media(client, media, tmp_path / "b.bin")
         assert len(home.connections) == 2
     finally:
         await client.disconnect()
     assert (tmp_path / "b.bin").read_bytes() == emulated_bytes(DOC_HOME, HOME_SIZE)
+
+
+async def test_emulator_close_media_connection_closes_it_now(
+    make_client: Any, fake_telegram: Any, tmp_path: Path
+) -> None:
+    home = fake_telegram.dcs[1]
+    client = await make_client()
+    try:
+        media = await fetch_media(client, 1)
+        await download_media(client, media, tmp_path / "a.bin")
+        assert len(home.connections) == 2
+        await media_mod.close_media_connection(client)  # what TeleClient.stop calls
+        for _ in range(200):
+            if len(home.connections) == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert len(home.connections) == 1 and client.is_connected()
+        await media_mod.close_media_connection(client)  # none left: harmless
+    finally:
+        await client.disconnect()
+
+
+@pytest.mark.parametrize("dc2", ["slow", "down"])
+async def test_emulator_home_download_does_not_wait_for_another_dc(
+    make_client: Any, fake_telegram: Any, tmp_path: Path, dc2: str
+) -> None:
+    """Telethon holds its borrow lock while it connects to another DC and imports the
+    authorization there; a home-DC download meanwhile goes over its own connection."""
+    client = await make_client()
+    foreign: asyncio.Task[None] | None = None
+    try:
+        home_media, dc2_media = await fetch_media(client, 1), await fetch_media(client, 2)
+        if dc2 == "slow":
+            fake_telegram.dispatcher.slow("auth.importAuthorization", 3.0)
+        else:
+            await fake_telegram.dcs[2].stop()  # Telethon retries the connect for ~5 s
+        foreign = asyncio.create_task(download_media(client, dc2_media, tmp_path / "dc2.bin"))
+        for _ in range(500):
+            if client._borrow_sender_lock.locked():
+                break
+            await asyncio.sleep(0.01)
+        assert client._borrow_sender_lock.locked(), "the DC 2 borrow never started"
+        await asyncio.wait_for(download_media(client, home_media, tmp_path / "home.bin"), 10)
+        # Done while Telethon still connects to DC 2.
+        assert client._borrow_sender_lock.locked() and not foreign.done()
+        assert (tmp_path / "home.bin").read_bytes() == emulated_bytes(DOC_HOME, HOME_SIZE)
+        if dc2 == "slow":
+            await asyncio.wait_for(foreign, 20)
+            assert (tmp_path / "dc2.bin").read_bytes() == emulated_bytes(DOC_DC2, DC2_SIZE)
+        else:
+            with pytest.raises(ConnectionError):
+                await asyncio.wait_for(foreign, 20)
+    finally:
+        if foreign is not None and not foreign.done():
+            foreign.cancel()
+            await asyncio.gather(foreign, return_exceptions=True)
+        await client.disconnect()
 
 
 async def test_emulator_banned_account_is_unusable_and_leaks_no_connection(
