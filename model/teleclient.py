@@ -785,13 +785,15 @@ class TeleClient:
         except errors.RPCError as e:
             self._observe(request, rpc_error_name(e), t0)
             raise self._rpc_error(e, peer) from None
-        except ConnectionError as e:
+        except TimeoutError:  # before OSError, of which it is a subclass
+            self._observe(request, "TIMEOUT", t0)
+            raise TelegramError("TIMEOUT", f"Telegram did not answer in {self._timeout:.0f} s") from None
+        except OSError as e:
+            # ConnectionError, or the OSError (ENETUNREACH, ...) of the last connect attempt
+            # that Telethon hands to the requests in flight when it gives up reconnecting.
             self._observe(request, "CONNECTION", t0)
             self._set_disconnected(str(e))
             raise AccountUnusable(self.name, AccountState.DISCONNECTED, str(e)) from None
-        except TimeoutError:
-            self._observe(request, "TIMEOUT", t0)
-            raise TelegramError("TIMEOUT", f"Telegram did not answer in {self._timeout:.0f} s") from None
         self._observe(request, None, t0)
         return result
 

@@ -7,6 +7,7 @@ Real TeleClients on real session files, with Telegram replaced by `FakeTelegram`
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -266,6 +267,24 @@ async def test_a_disconnected_account_is_skipped(make_pool: Callable[..., Any]) 
     fake.connected = False
     assert {await who(pool, "@news") for _ in range(4)} == {"acc102"}
     assert pool.get("acc101").describe()["state"] == "disconnected"
+
+
+async def test_a_network_error_moves_the_call_to_another_account(
+    make_pool: Callable[..., Any],
+) -> None:
+    # Telethon hands its last connect error to the requests in flight when it gives up: an
+    # OSError such as ENETUNREACH, not always a ConnectionError.
+    class Unreachable(FakeClient):
+        async def __call__(self, request: Any) -> Any:
+            raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+    pool = await make_pool(A, B)
+    for account in pool:
+        await account.get_entity(parse_peer("@news"))
+    pool.get("acc101").client.__class__ = Unreachable
+    served = {(await pool.run(history("@news"), parse_peer("@news")))[1].name for _ in range(4)}
+    assert served == {"acc102"}
+    assert pool.get("acc101").state is AccountState.DISCONNECTED
 
 
 # --- private peers ---
