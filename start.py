@@ -592,8 +592,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_paths(args: argparse.Namespace) -> int:
-    """Shell assignments for startup.sh (validates the whole config on the way)."""
-    s = load_settings(args.config, require=SERVE_REQUIRED)
+    """Shell assignments for startup.sh (validates the whole config on the way; the
+    secrets too unless --no-secrets: stop and status run where they may not be set)."""
+    s = load_settings(args.config, require=() if args.no_secrets else SERVE_REQUIRED)
     values = {
         "PID_FILE": s.run_dir / "tgc.pid",
         "URL_FILE": s.run_dir / "tgc.url",
@@ -1052,6 +1053,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo_p.set_defaults(func=cmd_demo)
 
     paths = sub.add_parser("paths", parents=[common], help="(for startup.sh) pid, url, log files")
+    paths.add_argument(
+        "--no-secrets", action="store_true", help="don't require the secrets (stop, status)"
+    )
     paths.set_defaults(func=cmd_paths)
     return parser
 

@@ -47,8 +47,11 @@ ensure_venv() {
   echo "$want" >"$stamp"
 }
 
-# --config PATH (or nothing: config.properties) → CONFIG_ARGS, and the file locations.
+# load_paths strict|lenient [--config PATH]: CONFIG_ARGS, and the file locations. strict
+# (start) also requires the secrets; lenient (stop, status, logs) doesn't: the secrets may
+# have been set only in the environment the server was started from.
 load_paths() {
+  local mode="$1"; shift
   CONFIG_ARGS=()
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -59,9 +62,10 @@ load_paths() {
       *) echo "$0: unknown option $1" >&2; exit 2 ;;
     esac
   done
-  local assignments
+  local assignments extra=()
+  [ "$mode" = strict ] || extra=(--no-secrets)
   # A bad config stops here, with start.py's message naming the key and the file (exit 2).
-  assignments=$("$PY" start.py paths "${CONFIG_ARGS[@]}") || exit $?
+  assignments=$("$PY" start.py paths "${CONFIG_ARGS[@]}" "${extra[@]}") || exit $?
   eval "$assignments"
 }
 
@@ -85,7 +89,7 @@ server_pid() { tr -dc '0-9' <"$PID_FILE"; }
 
 cmd_start() {
   ensure_venv requirements.txt
-  load_paths "$@"
+  load_paths strict "$@"
   if running; then
     echo "tgc is already running (pid $(server_pid)); not starting another" >&2
     exit 1
@@ -115,7 +119,7 @@ cmd_start() {
 
 cmd_stop() {
   ensure_venv requirements.txt
-  load_paths "$@"
+  load_paths lenient "$@"
   if ! running; then
     echo "tgc is not running"
     return 0
@@ -141,7 +145,7 @@ cmd_stop() {
 
 cmd_status() {
   ensure_venv requirements.txt
-  load_paths "$@"
+  load_paths lenient "$@"
   if ! running; then
     echo "tgc is not running"
     exit 3
@@ -162,7 +166,7 @@ cmd_status() {
 
 cmd_logs() {
   ensure_venv requirements.txt
-  load_paths "$@"
+  load_paths lenient "$@"
   exec tail -n "${LINES:-100}" -F "$LOG_FILE"
 }
 

@@ -39,9 +39,15 @@ def config(tmp_path: Path) -> Iterator[Path]:
     sh("stop", "--config", str(path), extra_env={"STOP_WAIT": "5"})
 
 
-def sh(*args: str, extra_env: dict[str, str] | None = None, timeout: float = 50) -> subprocess.CompletedProcess[str]:
+def sh(
+    *args: str,
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 50,
+    secrets: bool = True,
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TGC_")}
-    env.update(SECRETS)
+    if secrets:
+        env.update(SECRETS)
     env.update(extra_env or {})
     return subprocess.run(
         [str(ROOT / "startup.sh"), *args],
@@ -83,6 +89,22 @@ def test_start_status_stop(config: Path, tmp_path: Path) -> None:
     assert status.returncode == 3 and "tgc is not running" in status.stdout
     again = sh("stop", "--config", str(config))
     assert again.returncode == 0 and "tgc is not running" in again.stdout
+
+
+def test_stop_and_status_need_no_secrets_in_their_environment(config: Path) -> None:
+    # The secrets may live only in the environment the server was started from
+    # (config.properties suggests it); stopping it from another shell must still work.
+    started = sh("start", "--config", str(config))
+    assert started.returncode == 0, started.stderr
+    status = sh("status", "--config", str(config), secrets=False)
+    assert status.returncode == 0, status.stderr
+    assert "tgc is running" in status.stdout
+    stopped = sh("stop", "--config", str(config), secrets=False)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "tgc stopped gracefully" in stopped.stdout
+    # start still refuses a config without them, before launching anything.
+    refused = sh("start", "--config", str(config), secrets=False)
+    assert refused.returncode == 2 and "api.token" in refused.stderr
 
 
 def test_restart_gives_a_new_process(config: Path) -> None:
