@@ -262,8 +262,9 @@ class ServiceMetrics:
     """Every metric of the service on one registry, and the status page's throughput.
 
         metrics = ServiceMetrics(registry, pool=pool, processor=processor, publisher=pub)
-        app = make_app(..., metrics=registry, service_metrics=metrics)
+        metrics.observe_request(handler)      # Tornado's log_function, once per answer
 
+    `service.handler.make_app` builds the one a server has, on the registry it is given.
     Installs itself as the pool's call observer when the pool offers `observe_calls`.
     """
 
