@@ -11,6 +11,10 @@ ever becomes part of a path or a URL.
 `CurlAsyncHTTPClient`: that client has no `body_producer`, so the request's curl handle gets
 a READFUNCTION reading the open file in chunks and INFILESIZE_LARGE (MEASURED.md: 1.2 GB/s
 at ~35 MB RSS for 100 MB, where a body in memory costs the whole file).
+
+Credentials in the base URL (`http://user:pass@host/…`) are taken out of it: they go to curl
+as HTTP basic auth (USERPWD), and the URL without them is what stored media's URLs, error
+messages and logs show, so a password never reaches an API answer, an event or the log.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import re
 import shutil
 from pathlib import Path
 from typing import IO, Protocol
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pycurl
 from tornado.curl_httpclient import CurlAsyncHTTPClient
@@ -115,7 +120,8 @@ class HttpStorage:
 
     `timeout` bounds connecting and any stall of the transfer (less than 1 KB/s for that
     long); a big file may take as long as it needs otherwise. `headers` go with every PUT
-    (an Authorization header, for instance).
+    (an Authorization header, for instance). `user:pass@` in `base_url` is sent as HTTP
+    basic auth and dropped from `base_url` (and so from every URL and message).
     """
 
     def __init__(
@@ -128,8 +134,10 @@ class HttpStorage:
         upload_buffer: int | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"storage url must be http(s)://…, not {base_url!r}")
-        self.base_url = base_url.rstrip("/")
+            # Only the scheme: the rest may carry a password.
+            raise ValueError(f"storage url must be http(s)://…, not {base_url.split(':')[0]}:…")
+        clean, self._auth = split_credentials(base_url)
+        self.base_url = clean.rstrip("/")
         self.timeout = timeout
         self.max_clients = max_clients
         self.headers = dict(headers or {})
@@ -151,6 +159,9 @@ class HttpStorage:
                 # Tornado insists on a body for PUT; the real one comes from READFUNCTION.
                 body=b"",
                 headers={**self.headers, "Content-Type": mime or "application/octet-stream"},
+                auth_username=self._auth[0] if self._auth else None,
+                auth_password=self._auth[1] if self._auth else None,
+                auth_mode="basic",
                 connect_timeout=self.timeout,
                 request_timeout=self._request_timeout(actual),
                 prepare_curl_callback=lambda curl: self._stream_from(curl, body, actual),
@@ -201,6 +212,23 @@ class HttpStorage:
             curl.setopt(pycurl.UPLOAD_BUFFERSIZE, self.upload_buffer)
         curl.setopt(pycurl.LOW_SPEED_LIMIT, 1024)
         curl.setopt(pycurl.LOW_SPEED_TIME, max(1, int(self.timeout)))
+        if self._auth:
+            # Tornado turns curl's verbose trace on when its logger is at DEBUG, and that
+            # trace prints the Authorization header.
+            curl.setopt(pycurl.VERBOSE, False)
+
+
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """`http://user:pa%40ss@host/p` → (`http://host/p`, ("user", "pa@ss")); a URL without
+    userinfo comes back as it is, with None."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    host = parts.netloc.rpartition("@")[2]
+    clean = urlunsplit(parts._replace(netloc=host))
+    if not parts.username and not parts.password:
+        return clean, None  # "http://@host": an empty userinfo, nothing to send
+    return clean, (unquote(parts.username or ""), unquote(parts.password or ""))
 
 
 def _open_spool(path: Path, size: int) -> tuple[IO[bytes], int]:

@@ -9,6 +9,7 @@ import os
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from hypothesis import given
@@ -23,8 +24,9 @@ from service.storage import (
     StorageError,
     StorageUnavailable,
     object_name,
+    split_credentials,
 )
-from tests.fixtures.nginx import Nginx, free_port
+from tests.fixtures.nginx import NGINX_AUTH, Nginx, free_port
 
 KEY = media_key("document", 42)
 
@@ -188,8 +190,82 @@ async def test_http_put_streams_without_holding_the_file(
 
 
 def test_http_storage_refuses_other_schemes() -> None:
-    with pytest.raises(ValueError):
-        HttpStorage("ftp://example.invalid")
+    with pytest.raises(ValueError) as e:
+        HttpStorage("ftp://me:hunter2@example.invalid")
+    assert "hunter2" not in str(e.value)
+
+
+# -- credentials in storage.url: basic auth, never shown -----------------------------------
+
+
+def with_credentials(base_url: str, user: str, password: str) -> str:
+    return base_url.replace("://", f"://{quote(user, safe='')}:{quote(password, safe='')}@", 1)
+
+
+@pytest.mark.parametrize(
+    ("url", "clean", "auth"),
+    [
+        ("http://h:8080/base", "http://h:8080/base", None),
+        ("http://u:p@h:8080/base", "http://h:8080/base", ("u", "p")),
+        ("https://u%40x:p%3A%40w@[::1]:443/b?q", "https://[::1]:443/b?q", ("u@x", "p:@w")),
+        ("http://u@h/", "http://h/", ("u", "")),
+        ("http://@h/", "http://h/", None),
+    ],
+)
+def test_split_credentials(url: str, clean: str, auth: tuple[str, str] | None) -> None:
+    assert split_credentials(url) == (clean, auth)
+
+
+async def test_http_put_sends_url_credentials_as_basic_auth_and_never_shows_them(
+    nginx_dav_auth: Nginx, tmp_path: Path
+) -> None:
+    user, password = NGINX_AUTH
+    storage = HttpStorage(with_credentials(nginx_dav_auth.base_url, user, password), timeout=5)
+    src = tmp_path / "f.part"
+    data = write_random(src, 100_000)
+    try:
+        url = await storage.put(src, KEY, ".jpg", len(data), "image/jpeg")
+    finally:
+        await storage.close()
+    assert url == f"{nginx_dav_auth.base_url}/{KEY[:2]}/{KEY}.jpg"
+    assert nginx_dav_auth.path_of(f"{KEY[:2]}/{KEY}.jpg").read_bytes() == data
+    assert storage.base_url == nginx_dav_auth.base_url
+    for shown in (url, storage.base_url, repr(storage)):
+        assert password not in shown and quote(password, safe="") not in shown
+
+
+async def test_http_put_errors_never_show_the_url_credentials(
+    nginx_dav_auth: Nginx, tmp_path: Path
+) -> None:
+    user, password = NGINX_AUTH
+    src = tmp_path / "f.part"
+    write_random(src, 1000)
+    wrong = "wrong:P@ss-0"
+    errors: list[StorageError] = []
+    # Nginx asks for auth: with none or a wrong password the PUT is refused (so the
+    # credentials are what made the upload above work).
+    for base in (nginx_dav_auth.base_url, with_credentials(nginx_dav_auth.base_url, user, wrong)):
+        storage = HttpStorage(base, timeout=5)
+        try:
+            with pytest.raises(StorageError) as refused:
+                await storage.put(src, KEY, ".bin", 1000, "")
+        finally:
+            await storage.close()
+        assert "401" in str(refused.value)
+        errors.append(refused.value)
+    # Down: retryable, and the message names the server without the password.
+    storage = HttpStorage(with_credentials(nginx_dav_auth.base_url, user, password), timeout=5)
+    nginx_dav_auth.stop()
+    try:
+        with pytest.raises(StorageUnavailable) as down:
+            await storage.put(src, KEY, ".bin", 1000, "")
+    finally:
+        await storage.close()
+    errors.append(down.value)
+    assert f"127.0.0.1:{nginx_dav_auth.port}" in str(down.value)
+    for error in errors:
+        for secret in (password, wrong, quote(password, safe=""), quote(wrong, safe="")):
+            assert secret not in str(error) and secret not in error.message
 
 
 # -- status codes, from a server that answers what the test wants --------------------------
