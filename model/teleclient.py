@@ -26,7 +26,7 @@ import heapq
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -89,6 +89,13 @@ _PRIVATE = frozenset(
         "CHANNEL_PUBLIC_GROUP_NA",
     }
 )
+
+
+# Errors that mean a parameter the caller chose is bad (400 INVALID_PARAM naming it), per
+# call: Telegram name -> API parameter. Any other error is Telegram's (502 TELEGRAM_ERROR).
+_SEARCH_BLAME = {"QUERY_TOO_SHORT": "q", "SEARCH_QUERY_EMPTY": "q", "LIMIT_INVALID": "limit"}
+_IDS_BLAME = {"MSG_ID_INVALID": "ids", "MESSAGE_IDS_EMPTY": "ids"}
+_PARTICIPANTS_BLAME = {"LIMIT_INVALID": "limit", "OFFSET_INVALID": "offset"}
 
 
 class AccountState(StrEnum):
@@ -629,6 +636,7 @@ class TeleClient:
                 hash=0,
             ),
             peer=str(ref),
+            blame=_history_blame(offset_id=offset_id, max_id=max_id, min_id=min_id),
         )
         return await self._messages_result(res, cached, entity, str(ref))
 
@@ -639,9 +647,10 @@ class TeleClient:
         wanted = [types.InputMessageID(i) for i in ids]
         if isinstance(p, types.InputPeerChannel):
             channel = types.InputChannel(p.channel_id, p.access_hash)
-            res = await self._invoke(functions.channels.GetMessagesRequest(channel, wanted), peer=raw)
+            request: Any = functions.channels.GetMessagesRequest(channel, wanted)
         else:
-            res = await self._invoke(functions.messages.GetMessagesRequest(wanted), peer=raw)
+            request = functions.messages.GetMessagesRequest(wanted)
+        res = await self._invoke(request, peer=raw, blame=_IDS_BLAME)
         entity, messages = await self._messages_result(res, cached, entity, raw)
         # messages.getMessages is not scoped to a chat: keep only this peer's messages.
         by_id = {m.id: m for m in messages if utils.get_peer_id(m.peer_id) == cached.marked_id}
@@ -683,6 +692,7 @@ class TeleClient:
                     hash=0,
                 ),
                 peer=raw,
+                blame=_PARTICIPANTS_BLAME,
             )
             # res.chats holds chats that are members, not the channel itself.
             entity = entity or await self._fetch_entity(cached, raw)
@@ -701,8 +711,11 @@ class TeleClient:
         raise InvalidParam("peer", f"{raw} is a user: users have no participants")
 
     async def search(self, q: str, limit: int = 20) -> list[Entity]:
-        """contacts.search: the chats (channels and groups) found, public results first."""
-        res = await self._invoke(functions.contacts.SearchRequest(q, limit))
+        """contacts.search: the chats (channels and groups) found, public results first.
+
+        How short a query may be is Telegram's call (its limit is undocumented and spares
+        short usernames), so a query it finds too short is 400 INVALID_PARAM on `q`."""
+        res = await self._invoke(functions.contacts.SearchRequest(q, limit), blame=_SEARCH_BLAME)
         chats = {utils.get_peer_id(c): c for c in res.chats}
         order = [utils.get_peer_id(p) for p in [*res.results, *res.my_results]]
         seen: set[int] = set()
@@ -772,8 +785,13 @@ class TeleClient:
 
     # --- every request goes through here ---
 
-    async def _invoke(self, request: Any, *, peer: str = "") -> Any:
-        """Sends one request; Telethon's errors become the service's, the state follows."""
+    async def _invoke(
+        self, request: Any, *, peer: str = "", blame: Mapping[str, str] | None = None
+    ) -> Any:
+        """Sends one request; Telethon's errors become the service's, the state follows.
+
+        `blame` maps the RPC errors that mean a caller's parameter is bad to that
+        parameter: they become InvalidParam (400) instead of TelegramError (502)."""
         if not self.usable:
             raise AccountUnusable(self.name, self._state, self.reason or "out of rotation")
         t0 = time.perf_counter()
@@ -784,7 +802,7 @@ class TeleClient:
             raise self._flood(e) from None
         except errors.RPCError as e:
             self._observe(request, rpc_error_name(e), t0)
-            raise self._rpc_error(e, peer) from None
+            raise self._rpc_error(e, peer, blame or {}) from None
         except TimeoutError:  # before OSError, of which it is a subclass
             self._observe(request, "TIMEOUT", t0)
             raise TelegramError("TIMEOUT", f"Telegram did not answer in {self._timeout:.0f} s") from None
@@ -810,8 +828,10 @@ class TeleClient:
         log.warning("account %s: flood wait of %d s on %s requests", self.name, seconds, kind)
         return FloodWait(seconds, self.name)
 
-    def _rpc_error(self, e: errors.RPCError, peer: str) -> Exception:
+    def _rpc_error(self, e: errors.RPCError, peer: str, blame: Mapping[str, str]) -> Exception:
         name = rpc_error_name(e)
+        if name in blame:
+            return InvalidParam(blame[name], f"Telegram refused it ({name})")
         if name in _BANNED:
             self._set_unusable(AccountState.BANNED, name)
             return AccountUnusable(self.name, AccountState.BANNED, name)
@@ -845,6 +865,12 @@ def _pick_entity(found: Iterable[Any], marked_id: int, raw: str) -> Entity:
                 break
             return entity
     raise PeerNotFound(raw)
+
+
+def _history_blame(**ids: int) -> dict[str, str]:
+    """A bad message id in messages.getHistory is the first one the caller gave."""
+    given = [name for name, value in ids.items() if value]
+    return {"LIMIT_INVALID": "limit"} | ({"MSG_ID_INVALID": given[0]} if given else {})
 
 
 def _participant_user_id(participant: Any) -> int:

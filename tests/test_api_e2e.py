@@ -192,7 +192,7 @@ async def test_participants_paging(api_server: ApiServer) -> None:
 
 
 async def test_search_accounts_subscriptions(api_server: ApiServer) -> None:
-    found = await ok(api_server, "/api/v1/search?q=tgc&limit=10")
+    found = await ok(api_server, "/api/v1/search?q=tgc_&limit=10")
     ids = {r["id"]: r["type"] for r in found["results"]}
     assert ids[marked(dw.NEWS)] == "channel" and ids[marked(dw.CHAT)] == "megagroup"
     assert marked(dw.SECRET) not in ids  # private: not in public search
@@ -306,14 +306,14 @@ async def test_a_banned_account_leaves_the_rotation(api_server: ApiServer) -> No
     banned = dw.ACCOUNT_B
     api_server.rpc.deactivated_ban(banned)
     for _ in range(6):  # no peer: the pool rotates over every account
-        found = await ok(api_server, "/api/v1/search?q=tgc")
+        found = await ok(api_server, "/api/v1/search?q=tgc_")
         assert found["results"]
     accounts = {a["user_id"]: a["state"] for a in (await ok(api_server, "/api/v1/accounts"))["accounts"]}
     assert accounts == {dw.ACCOUNT_A: "ok", banned: "banned", dw.ACCOUNT_C: "ok"}
 
     calls = api_server.rpc.count(user_id=banned)
     for _ in range(6):
-        await ok(api_server, "/api/v1/search?q=tgc")
+        await ok(api_server, "/api/v1/search?q=tgc_")
         await ok(api_server, "/api/v1/messages?peer=@tgc_news&limit=1")
     assert api_server.rpc.count(user_id=banned) == calls  # never asked again
 
@@ -426,6 +426,15 @@ async def test_each_malformed_parameter_is_400_naming_it(api_server: ApiServer) 
         assert (answer.status, answer.code) == (400, "INVALID_PARAM"), (uri, answer)
         assert answer.error is not None and answer.error["param"] == param, (uri, answer.error)
     assert api_server.rpc.count() == calls  # refused before any account was asked
+
+
+async def test_a_query_telegram_finds_too_short_is_400_on_q(api_server: ApiServer) -> None:
+    before = api_server.rpc.count("contacts.search")
+    answer = await api_server.get("/api/v1/search?q=tgc")
+    assert (answer.status, answer.code) == (400, "INVALID_PARAM"), answer
+    assert answer.error is not None and answer.error["param"] == "q"
+    assert "QUERY_TOO_SHORT" in answer.error["message"]
+    assert api_server.rpc.count("contacts.search") == before + 1  # Telegram's call, once
 
 
 async def test_an_oversized_body_is_413(api_server: ApiServer) -> None:

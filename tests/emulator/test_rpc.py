@@ -193,7 +193,7 @@ async def test_resolve_username_errors(rpc: TelegramRpc, name: str, error: str) 
 
 
 async def test_contacts_search_splits_my_results_by_membership(rpc: TelegramRpc) -> None:
-    found = await call(rpc, F.contacts.SearchRequest("tgc", 50))
+    found = await call(rpc, F.contacts.SearchRequest("tgc_", 50))
     mine = {p.channel_id for p in found.my_results}
     others = {p.channel_id for p in found.results if isinstance(p, T.PeerChannel)}
     assert mine == {NEWS, MEDIA, CHAT}
@@ -203,8 +203,16 @@ async def test_contacts_search_splits_my_results_by_membership(rpc: TelegramRpc)
     secret_c = await call(rpc, F.contacts.SearchRequest("secret", 10), user=ACCOUNT_C)
     assert [p.channel_id for p in secret_a.my_results] == [SECRET]
     assert secret_c.my_results == [] and secret_c.results == []
-    users = await call(rpc, F.contacts.SearchRequest("bob", 10))
+    users = await call(rpc, F.contacts.SearchRequest("bob_", 10))
     assert [u.id for u in users.users] == [USER_BOB]
+
+
+async def test_contacts_search_refuses_empty_and_short_queries(rpc: TelegramRpc) -> None:
+    assert await fails(rpc, F.contacts.SearchRequest("", 10)) == "SEARCH_QUERY_EMPTY"
+    assert await fails(rpc, F.contacts.SearchRequest("   ", 10)) == "SEARCH_QUERY_EMPTY"
+    assert await fails(rpc, F.contacts.SearchRequest("tgc", 10)) == "QUERY_TOO_SHORT"
+    assert await fails(rpc, F.contacts.SearchRequest("нов", 10)) == "QUERY_TOO_SHORT"
+    assert (await call(rpc, F.contacts.SearchRequest("news", 10))).chats  # 4 are enough
 
 
 # --- channels -------------------------------------------------------------------------

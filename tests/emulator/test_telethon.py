@@ -177,7 +177,7 @@ async def test_participants_search_and_dialogs(connect: Any) -> None:
     assert len(found) == 10
     with pytest.raises(errors.ChatAdminRequiredError):
         await client.get_participants(await client.get_entity("tgc_news"))
-    result = await client(F.contacts.SearchRequest("tgc", 10))
+    result = await client(F.contacts.SearchRequest("tgc_", 10))
     assert {p.channel_id for p in result.my_results} == {NEWS, CHAT, 2002}
     dialogs = await client.get_dialogs()
     assert {d.id for d in dialogs} >= {-1000000000000 - NEWS, -1000000000000 - CHAT}

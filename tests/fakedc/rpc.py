@@ -79,6 +79,10 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 MAX_HISTORY = 100
 MAX_PARTICIPANTS = 200
+# contacts.search answers QUERY_TOO_SHORT below this many characters: core.telegram.org
+# lists the error without the number; TDLib keeps 4 as the "server-side limit"
+# (MIN_SEARCH_PUBLIC_DIALOG_PREFIX_LEN; 5 in older releases).
+MIN_SEARCH_QUERY = 4
 DIFF_TIMEOUT = 30
 LOGIN_CODE = "12345"
 _USERNAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]{3,31}$")
@@ -365,8 +369,10 @@ class TelegramRpc(FaultKnobs):
         what the account is in comes in my_results, the rest in results."""
         viewer = self._me(ctx).id
         q = req.q.casefold()
-        if len(q) < 1:
+        if not q.strip():
             raise RpcError(400, "SEARCH_QUERY_EMPTY")
+        if len(q) < MIN_SEARCH_QUERY:
+            raise RpcError(400, "QUERY_TOO_SHORT")
         limit = max(0, min(req.limit, 100))
         mine: list[Any] = []
         others: list[Any] = []

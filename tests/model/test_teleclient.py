@@ -324,10 +324,50 @@ async def test_other_rpc_errors_keep_their_name(
     world: FakeTelegram, make: Callable[..., Any]
 ) -> None:
     tc = await make()
-    world.errors[None, "Search"] = "SEARCH_QUERY_EMPTY"
+    world.errors[None, "Search"] = "SOMETHING_NEW"
     with pytest.raises(TelegramError) as caught:
         await tc.search("x")
-    assert caught.value.rpc_error == "SEARCH_QUERY_EMPTY"
+    assert caught.value.rpc_error == "SOMETHING_NEW"
+
+
+@pytest.mark.parametrize(
+    ("method", "error", "call", "param"),
+    [
+        ("Search", "QUERY_TOO_SHORT", lambda tc: tc.search("ab"), "q"),
+        ("Search", "SEARCH_QUERY_EMPTY", lambda tc: tc.search(" "), "q"),
+        ("GetMessages", "MSG_ID_INVALID", lambda tc: tc.get_messages(parse_peer("@news"), [5]), "ids"),
+        ("GetHistory", "MSG_ID_INVALID", lambda tc: tc.get_history(parse_peer("@news"), max_id=9), "max_id"),
+        ("GetHistory", "LIMIT_INVALID", lambda tc: tc.get_history(parse_peer("@news")), "limit"),
+        ("GetParticipants", "OFFSET_INVALID", lambda tc: tc.get_participants(parse_peer("@talk")), "offset"),
+    ],
+)  # fmt: skip
+async def test_errors_that_blame_a_parameter_name_it(
+    world: FakeTelegram,
+    make: Callable[..., Any],
+    method: str,
+    error: str,
+    call: Callable[[TeleClient], Any],
+    param: str,
+) -> None:
+    tc = await make()
+    await tc.get_entity(parse_peer("@news"))  # resolved before the error is set up
+    await tc.get_entity(parse_peer("@talk"))
+    world.errors[None, method] = error
+    with pytest.raises(InvalidParam) as caught:
+        await call(tc)
+    assert caught.value.param == param and error in caught.value.message
+    assert tc.state is AccountState.OK
+
+
+async def test_a_bad_message_id_nobody_chose_is_telegrams_error(
+    world: FakeTelegram, make: Callable[..., Any]
+) -> None:
+    tc = await make()
+    await tc.get_entity(parse_peer("@news"))
+    world.errors[None, "GetHistory"] = "MSG_ID_INVALID"
+    with pytest.raises(TelegramError) as caught:
+        await tc.get_history(parse_peer("@news"))  # no offset_id, min_id or max_id given
+    assert caught.value.rpc_error == "MSG_ID_INVALID"
 
 
 async def test_a_lost_connection_is_noticed_and_healed(make: Callable[..., Any]) -> None:

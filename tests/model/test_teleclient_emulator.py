@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from common.errors import FloodWait, PeerNotFound, PeerPrivate
+from common.errors import FloodWait, InvalidParam, PeerNotFound, PeerPrivate
 from common.utils import parse_peer
 from model.teleclient import AccountState, TeleClient, TeleClients
 from tests.fixtures.fakedc import FAKEDC_API_HASH, FAKEDC_API_ID
@@ -307,6 +307,18 @@ async def test_messages_participants_full_search_join_leave(make_pool: Callable[
     assert joined.id == NEWS and not joined.left
     left = await account.leave(parse_peer("@news"))
     assert left.id == NEWS
+
+
+async def test_a_search_query_telegram_finds_too_short_blames_q(
+    make_pool: Callable[..., Any], fake_telegram: Any
+) -> None:
+    pool = await make_pool()
+    with pytest.raises(InvalidParam) as caught:
+        await pool.run(lambda tc: tc.search("new"))
+    assert caught.value.param == "q" and "QUERY_TOO_SHORT" in caught.value.message
+    # The caller's mistake: one account asked, none taken out of rotation.
+    assert sum(rpc_of(fake_telegram).count("contacts.search", u) for u in ACCOUNTS) == 1
+    assert all(a["state"] == "ok" for a in pool.accounts())
 
 
 async def test_updates_reach_the_callback_with_their_account(

@@ -143,7 +143,7 @@ async def test_every_family_after_real_activity(ops_stack: OpsStack) -> None:
     assert missing.status == 404
     # One flood wait: the pool moves the search to the other account.
     s.rpc.flood_wait("contacts.search", 30, times=1)
-    found = await s.api("/api/v1/search?q=tgc")
+    found = await s.api("/api/v1/search?q=tgc_")
     assert found.status == 200, found.error
     await wait_for(lambda: s.processor.stats()["in_progress"] == 0 and s.processor.uploaded_bytes > 0)
     event = make_event("message.new", {"id": -1002001}, account="acc", message={"id": 1})

@@ -150,7 +150,7 @@ def test_the_error_log_keeps_the_message_only_bounded_and_from_warning_up() -> N
 async def test_the_page_after_real_activity(ops_stack: OpsStack) -> None:
     s = ops_stack
     s.rpc.flood_wait("contacts.search", 30, times=1)
-    assert (await s.api("/api/v1/search?q=tgc")).status == 200
+    assert (await s.api("/api/v1/search?q=tgc_")).status == 200
     assert (await s.api("/api/v1/messages?peer=@tgc_media&limit=20")).status == 200
     await wait_for(lambda: s.processor.stats()["in_progress"] == 0 and s.processor.uploaded_bytes > 0)
     response = await s.fetch("/status")
