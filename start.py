@@ -638,7 +638,7 @@ async def login(
     """
     from telethon import TelegramClient, errors
 
-    from model.teleclient import SessionLock, proxy_to_telethon
+    from model.teleclient import SessionLock
 
     digits = phone_digits(phone)
     ask = ask or _ask
@@ -653,7 +653,7 @@ async def login(
         str(path),
         t.api_id,
         t.api_hash,
-        proxy=proxy_to_telethon(t.proxy),
+        proxy=t.proxy.to_telethon() if t.proxy is not None else None,
         receive_updates=False,
         **_client_identity(settings),
     )

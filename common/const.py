@@ -60,7 +60,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass(frozen=True, slots=True)
 class Proxy:
-    """`telegram.proxy` parsed: socks5://user:pass@host:port, socks4://host:port, http://..."""
+    """`telegram.proxy` parsed: socks5://user:pass@host:port, socks4://host:port, http://...
+
+    socks5h:// is socks5: names are always resolved at the proxy (`rdns`)."""
 
     scheme: str  # "socks5" | "socks4" | "http"
     host: str
@@ -69,7 +71,7 @@ class Proxy:
     password: str | None = field(default=None, repr=False)
 
     def to_telethon(self) -> dict[str, Any]:
-        """The dict form Telethon 1.45 hands to python-socks."""
+        """The dict Telethon 1.45 takes as `proxy=` and hands to python-socks."""
         return {
             "proxy_type": self.scheme,
             "addr": self.host,
@@ -390,6 +392,7 @@ def proxy(value: str, _base: Path) -> Proxy | None:
         return None
     parts = urlsplit(value)
     scheme = parts.scheme.lower()
+    scheme = "socks5" if scheme == "socks5h" else scheme  # remote DNS: always on (rdns)
     if scheme not in ("socks5", "socks4", "http"):
         raise ValueError("must be socks5://[user:pass@]host:port, socks4://host:port or http://...")
     host, port = _host_port(parts, None)

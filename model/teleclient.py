@@ -32,11 +32,11 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
 from telethon import TelegramClient, errors, events, functions, types, utils
 from telethon.errors.rpcerrorlist import rpc_errors_dict, rpc_errors_re
 
+from common.const import Proxy
 from common.errors import (
     AccountUnusable,
     ConfigError,
@@ -106,7 +106,7 @@ class AccountState(StrEnum):
     DISCONNECTED = "disconnected"
 
 
-# --- small pieces: the session lock, the resolution budget, the proxy, error names ---------
+# --- small pieces: the session lock, the resolution budget, error names --------------------
 
 
 class SessionLock:
@@ -188,35 +188,6 @@ class ResolveBudget:
             bucket.take()
 
 
-def proxy_to_telethon(proxy: Any) -> dict[str, Any] | None:
-    """`telegram.proxy` → the python-socks dict Telethon's `proxy=` takes.
-
-    Accepts a URL (`socks5://user:pass@host:1080`, `socks4://…`, `http://…`) or any object
-    with `scheme`, `host`, `port`, `username`, `password` attributes; None or "" is no proxy.
-    """
-    if not proxy:
-        return None
-    if isinstance(proxy, str):
-        url = urlsplit(proxy)
-        scheme, host, port = url.scheme, url.hostname, url.port
-        username = unquote(url.username) if url.username else None
-        password = unquote(url.password) if url.password else None
-    else:
-        scheme, host, port = proxy.scheme, proxy.host, proxy.port
-        username, password = getattr(proxy, "username", None), getattr(proxy, "password", None)
-    scheme = (scheme or "").lower().removesuffix("h")  # socks5h: remote DNS, which is rdns
-    if scheme not in ("socks5", "socks4", "http") or not host or not port:
-        raise ValueError(f"unsupported proxy {scheme or '?'}://{host}:{port}")
-    return {
-        "proxy_type": scheme,
-        "addr": host,
-        "port": int(port),
-        "rdns": True,
-        "username": username or None,
-        "password": password or None,
-    }
-
-
 _ERROR_NAMES = {cls: name for name, cls in rpc_errors_dict.items()}
 _ERROR_NAMES.update({cls: pattern.replace(r"(\d+)", "X") for pattern, cls in rpc_errors_re})
 
@@ -274,7 +245,7 @@ class TeleClient:
         api_id: int,
         api_hash: str,
         *,
-        proxy: Any = None,
+        proxy: Proxy | None = None,
         resolve_per_minute: float = 5,
         resolve_per_day: float = 200,
         flood_sleep_threshold: int = 2,
@@ -317,7 +288,7 @@ class TeleClient:
             str(path),
             api_id,
             api_hash,
-            proxy=proxy_to_telethon(proxy),
+            proxy=proxy.to_telethon() if proxy is not None else None,
             flood_sleep_threshold=flood_sleep_threshold,
             request_retries=request_retries,
             # After its retries on Telegram's 500s, Telethon raises a bare ValueError unless
@@ -1056,5 +1027,4 @@ __all__ = [
     "SessionLock",
     "TeleClient",
     "TeleClients",
-    "proxy_to_telethon",
 ]

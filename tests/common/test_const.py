@@ -314,6 +314,9 @@ def test_proxy_is_parsed_into_a_typed_value(tmp_path: Path) -> None:
     }
     http = write(tmp_path, {"telegram.proxy": "HTTP://10.0.0.1:3128"}, "h.properties")
     assert load_settings(http, env=SECRETS).telegram.proxy == Proxy("http", "10.0.0.1", 3128)
+    # socks5h (remote DNS, as curl spells it) is socks5: Telethon always resolves at the proxy.
+    socks5h = write(tmp_path, {"telegram.proxy": "socks5h://u%3Ax@h.lan:9050"}, "s.properties")
+    assert load_settings(socks5h, env=SECRETS).telegram.proxy == Proxy("socks5", "h.lan", 9050, "u:x")
 
 
 def test_status_allow_matches_addresses(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from telethon import errors, functions, types
 
+from common.const import Proxy
 from common.errors import (
     AccountUnusable,
     ConfigError,
@@ -29,7 +30,6 @@ from model.teleclient import (
     AccountState,
     ResolveBudget,
     TeleClient,
-    proxy_to_telethon,
     rpc_error_name,
 )
 from tests.model.faketelethon import FakeChat, FakeClient, FakeClock, FakeTelegram, fake_account
@@ -86,30 +86,17 @@ def channel_id(bare: int) -> str:
 # --- pure pieces ---
 
 
-def test_proxy_urls_become_python_socks_dicts() -> None:
-    assert proxy_to_telethon("socks5://u%40x:p%3Aw@10.0.0.1:1080") == {
-        "proxy_type": "socks5",
-        "addr": "10.0.0.1",
-        "port": 1080,
-        "rdns": True,
-        "username": "u@x",
-        "password": "p:w",
-    }
-    assert proxy_to_telethon("http://proxy.lan:3128")["proxy_type"] == "http"  # type: ignore[index]
-    assert proxy_to_telethon("socks5h://h:1")["proxy_type"] == "socks5"  # type: ignore[index]
-    assert proxy_to_telethon("") is None
-    assert proxy_to_telethon(None) is None
-    with pytest.raises(ValueError):
-        proxy_to_telethon("ftp://h:21")
-    with pytest.raises(ValueError):
-        proxy_to_telethon("socks5://nohostport")
-
-
-def test_proxy_objects_with_fields_are_accepted() -> None:
-    class Proxy:
-        scheme, host, port, username, password = "socks5", "h", 9050, None, None
-
-    assert proxy_to_telethon(Proxy())["addr"] == "h"  # type: ignore[index]
+def test_the_proxy_setting_reaches_telethon(tmp_path: Path) -> None:
+    proxy = Proxy("socks5", "10.0.0.1", 1080, "u@x", "p:w")
+    with_proxy = TeleClient(tmp_path / "a.session", 1, "0" * 32, proxy=proxy)
+    direct = TeleClient(tmp_path / "b.session", 1, "0" * 32)
+    try:
+        assert with_proxy.client._proxy == proxy.to_telethon()
+        assert with_proxy.client._proxy["rdns"] is True
+        assert direct.client._proxy is None
+    finally:
+        with_proxy.client.session.close()
+        direct.client.session.close()
 
 
 def test_rpc_error_names_are_telegrams() -> None:
