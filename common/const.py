@@ -147,7 +147,7 @@ class MediaSettings:
 
 @dataclass(frozen=True, slots=True)
 class StorageSettings:
-    url: str  # "" → files stay under data.dir
+    url: str = field(repr=False)  # "" → files stay under data.dir; may hold user:pass
     timeout: float
     retry_max_delay: float
 
@@ -323,13 +323,13 @@ def optional_text(max_len: int) -> Parser:
     return parse
 
 
-def hex_string(length: int, secret: bool = False) -> Parser:
+def hex_string(length: int) -> Parser:
     def parse(value: str, _base: Path) -> str:
-        shown = f"{len(value)} characters" if secret else repr(value)
         if not value:
             return ""
         if len(value) != length or not _HEX.match(value):
-            raise ValueError(f"must be {length} hex characters (got {shown})")
+            # Its length, not the value: the hex strings here are keys and hashes.
+            raise ValueError(f"must be {length} hex characters (got {len(value)} characters)")
         return value.lower()
 
     return parse
@@ -432,6 +432,8 @@ class Key:
     name: str  # "section.field"
     default: str  # as written in a file: defaults go through the same parser
     parse: Parser
+    # A key whose value is (or may hold) a secret: its value never appears in a ConfigError,
+    # and its settings field is left out of the settings' repr.
     secret: bool = False
 
     @property
@@ -446,11 +448,11 @@ KEYS: tuple[Key, ...] = (
     Key("server.shutdown_timeout", "30", seconds(0, 3600)),
     Key("server.status_allow", "127.0.0.0/8, ::1/128", networks),
     Key("api.token", "", token, secret=True),
-    Key("api.aes_key", "", hex_string(64, secret=True), secret=True),
+    Key("api.aes_key", "", hex_string(64), secret=True),
     Key("api.cipher", "aes-256-gcm", choice("aes-256-gcm", "aes-256-cbc")),
     Key("api.signature_window", "300", integer(10, 3600)),
     Key("telegram.api_id", "", api_id),
-    Key("telegram.api_hash", "", hex_string(32, secret=True), secret=True),
+    Key("telegram.api_hash", "", hex_string(32), secret=True),
     Key("telegram.sessions_dir", "sessions", path),
     Key("telegram.proxy", "", proxy, secret=True),
     Key("telegram.timeout", "30", seconds(1, 300)),
@@ -473,7 +475,12 @@ KEYS: tuple[Key, ...] = (
     Key("media.part_size", "512K", part_size),
     Key("media.spool_max_bytes", "10G", size(1024**2, 1024**5)),
     Key("media.max_file_bytes", "4G", size(1, 1024**4)),
-    Key("storage.url", "", url("http", "https", default_ports={"http": 80, "https": 443})),
+    Key(
+        "storage.url",
+        "",
+        url("http", "https", default_ports={"http": 80, "https": 443}),
+        secret=True,  # may hold user:pass
+    ),
     Key("storage.timeout", "600", seconds(1, 86400)),
     Key("storage.retry_max_delay", "300", seconds(1, 3600)),
     Key(
@@ -545,8 +552,14 @@ def load_settings(
         try:
             values[key.name] = key.parse(value, source.parent)
         except ValueError as e:
-            raise ConfigError(key.name, where, str(e)) from None
+            raise ConfigError(key.name, where, _reason(key, value, e)) from None
     return _build(values, source)
+
+
+def _reason(key: Key, value: str, error: ValueError) -> str:
+    """A parser's complaint; a secret's value is masked even if a parser quoted it."""
+    reason = str(error)
+    return reason.replace(value, "<hidden>") if key.secret and value else reason
 
 
 def _read_file(source: Path) -> dict[str, str]:

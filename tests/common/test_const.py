@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from common import const
 from common.const import (
     CLIENT_REQUIRED,
     DEFAULT_CONFIG,
@@ -295,6 +296,42 @@ def test_malformed_value_names_key_and_file(tmp_path: Path, key: str, value: str
     assert key in msg and str(path) in msg and reason in msg
     if KEYS_BY_NAME[key].secret and len(value) > 4:
         assert value not in msg, "a secret must never be echoed"
+
+
+def test_a_secret_is_masked_even_if_its_parser_quotes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def quoting(value: str, _base: Path) -> str:
+        if "bad" in value:
+            raise ValueError(f"{value!r} is no good")
+        return value
+
+    quoted = {"api.token", "log.level"}  # a secret and a plain key
+    keys = tuple(dataclasses.replace(k, parse=quoting) if k.name in quoted else k for k in KEYS)
+    monkeypatch.setattr(const, "KEYS", keys)
+    path = write(tmp_path, {})
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, env={**SECRETS, "TGC_API_TOKEN": "bad-hunter2-hunter2"})
+    assert "hunter2" not in str(e.value) and "'<hidden>' is no good" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, env={**SECRETS, "TGC_LOG_LEVEL": "bad-LOUD"})
+    assert "'bad-LOUD' is no good" in str(e.value)  # not a secret: shown as it is
+
+
+def test_no_secret_shows_in_the_settings_repr(tmp_path: Path) -> None:
+    given_values = {
+        "storage.url": "https://user:pw-storage@files.lan/media",
+        "rabbitmq.url": "amqp://user:pw-rabbit@mq.lan/",
+        "telegram.proxy": "socks5://user:pw-proxy@proxy.lan:1080",
+    }
+    s = load_settings(write(tmp_path, given_values), env=SECRETS)
+    shown = repr(s)
+    secret_keys = [k for k in KEYS if k.secret]
+    assert {k.name for k in secret_keys} >= set(given_values)
+    for key in secret_keys:
+        value = given_values.get(key.name) or SECRETS[key.env]
+        assert value not in shown, key.name
+    assert "pw-" not in shown
 
 
 # --- typed values -------------------------------------------------------------------------
