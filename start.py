@@ -248,6 +248,7 @@ def _default_app(server: Server) -> tornado.web.Application:
 
 def media_stored_event(record: dict[str, Any]) -> Any:
     """The media processor's `on_stored` record → the contract's `media.stored` event."""
+    from model.teleclient import account_label
     from service.publisher import make_event
 
     origin = ("account", "peer_id", "msg_id")
@@ -256,7 +257,9 @@ def media_stored_event(record: dict[str, Any]) -> Any:
     return make_event(
         "media.stored",
         {"id": record["peer_id"]},
-        account=record["account"],
+        # A record from before account labels names its account by the session stem, which
+        # may be a phone number: masked like a label.
+        account=account_label(record["account"]),
         message=message,
         extra={"media": media},
         id_suffix=record["key"],
@@ -330,14 +333,7 @@ class Server:
     @property
     def url(self) -> str:
         """Where the server answers (loopback when it listens on every address)."""
-        host = self.settings.server.host
-        if host in ("", "0.0.0.0"):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return local_url(self.settings.server.host, self.port)
 
     async def serve(self, ready: Callable[[Server], Awaitable[None]] | None = None) -> int:
         """Starts, calls `ready(self)` if given, serves until SIGTERM/SIGINT (or
@@ -476,6 +472,9 @@ class Server:
         self.pool = TeleClients.from_sessions_dir(
             t.sessions_dir, t.api_id, t.api_hash, **teleclient_options(self.settings)
         )
+        # Memberships recorded before account labels name accounts by their session stems.
+        for stem, label in self.pool.relabeled().items():
+            self.joinmap.rename_account(stem, label)
         if not len(self.pool):
             log.warning(
                 "no session files in %s: /healthz answers 503 until an account is added "
@@ -786,22 +785,26 @@ def login_dc(address: str | None, rsa_key: Path | None) -> tuple[int, str, int] 
 
 async def list_accounts(settings: Settings) -> list[dict[str, Any]]:
     """Every session file with its state. A session the running server holds is not
-    touched (two connections on one auth key get it revoked): it shows as `in use`."""
-    from model.teleclient import TeleClient
+    touched (two connections on one auth key get it revoked): it shows as `in use`.
+    `name` is the account's label as the server shows it, `session` the file's stem."""
+    from model.teleclient import TeleClient, account_labels
 
     t = settings.telegram
     rows: list[dict[str, Any]] = []
-    for path in sorted(t.sessions_dir.glob("*.session")):
+    paths = sorted(t.sessions_dir.glob("*.session"))
+    labels = account_labels(p.stem for p in paths)
+    for path in paths:
+        ours = {"name": labels[path.stem], "session": path.stem}
         client = TeleClient(
             path, t.api_id, t.api_hash, **teleclient_options(settings), receive_updates=False
         )
         try:
             await client.start()
         except ConfigError:
-            rows.append({"name": path.stem, "state": "in use by a running server"})
+            rows.append({**ours, "state": "in use by a running server"})
             continue
         try:
-            rows.append(client.describe())
+            rows.append({**client.describe(), **ours})
         finally:
             await client.stop()
     return rows
@@ -815,11 +818,13 @@ def cmd_accounts(args: argparse.Namespace) -> int:
         print(f"no session files in {settings.telegram.sessions_dir}; add one with "
               "python start.py login --phone +NUMBER")
         return 0
-    print(f"{'session':<24} {'state':<28} {'phone':<16} user id")
+    # The session files' names are shown here (this terminal is local), beside the label
+    # the server's answers and events use.
+    print(f"{'session':<24} {'name':<20} {'state':<28} {'phone':<16} user id")
     for row in rows:
         print(
-            f"{row['name']:<24} {row['state']:<28} {row.get('phone') or '-':<16} "
-            f"{row.get('user_id') or '-'}"
+            f"{row['session']:<24} {row['name']:<20} {row['state']:<28} "
+            f"{row.get('phone') or '-':<16} {row.get('user_id') or '-'}"
         )
     if any("user_id" not in row for row in rows):
         print("(the running server's view: python start.py call GET /api/v1/accounts)")
@@ -883,10 +888,14 @@ def _server_url(settings: Settings) -> str:
         written = (settings.run_dir / "tgc.url").read_text().strip()
         if written:
             return written
-    host = settings.server.host
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{settings.server.port}"
+    return local_url(settings.server.host, settings.server.port)
+
+
+def local_url(host: str, port: int) -> str:
+    """The URL of a server listening on host:port as seen from this machine: a wildcard
+    address (every interface) is reached on loopback."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def cmd_call(args: argparse.Namespace) -> int:

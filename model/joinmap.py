@@ -168,6 +168,21 @@ class JoinMap:
             log.warning("join map: account %s unusable, %d chats to move", account, len(peers))
         return [self._one(p, account) for p in peers]
 
+    def rename_account(self, old: str, new: str) -> int:
+        """Moves `old`'s memberships to the name `new` (an account's session stem to its
+        label, model/teleclient.py); a membership `new` already has wins. Returns how many
+        moved."""
+        with write(self._conn) as c:
+            moved = c.execute(
+                "UPDATE OR IGNORE memberships SET account = ? WHERE account = ?", (new, old)
+            ).rowcount
+            c.execute("DELETE FROM memberships WHERE account = ?", (old,))
+        if moved:
+            self._subs.clear()
+            # Not `old`: a session stem may be a phone number.
+            log.info("join map: %d memberships moved to account %s (its new name)", moved, new)
+        return int(moved)
+
     def update_peer(
         self, peer_id: int, *, title: str | None = None, username: str | None = None
     ) -> None:

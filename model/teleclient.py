@@ -15,6 +15,11 @@ peer is resolved at most once per account, and the session file keeps it across 
 Telethon sleeps through flood waits shorter than `flood_sleep_threshold` inside the call
 (and ignores a per-call threshold in 1.45), so the threshold is set low on each client and
 the pool answers `FloodWaitError` by moving the call to another account.
+
+An account's `name` is its public label, never a phone number: `start.py login` names the
+session file after the phone (sessions/15550001001.session), so a stem that looks like one
+is masked (+15*******01, see `account_labels`). The label is what API answers, /status,
+events, the join map and media records carry; the stem (`session_name`) stays local.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import fcntl
 import heapq
 import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -55,6 +61,8 @@ from model.media import close_media_connection
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# A session file named by a phone number (what `start.py login` writes): 7 to 15 digits.
+_PHONE_STEM = re.compile(r"\+?[0-9]{7,15}")
 Entity = Any  # types.User | types.Chat | types.Channel (Telethon ships no type stubs)
 Clock = Callable[[], float]
 UpdateCallback = Callable[["TeleClient", Any], Awaitable[None]]
@@ -106,7 +114,36 @@ class AccountState(StrEnum):
     DISCONNECTED = "disconnected"
 
 
-# --- small pieces: the session lock, the resolution budget, error names --------------------
+# --- small pieces: account labels, the session lock, the resolution budget, error names ---
+
+
+def account_label(stem: str) -> str:
+    """The public name of the account of session file `stem`, before any collision suffix:
+    a stem that looks like a phone number is masked (15550001001 → +15*******01), any
+    other stem is its own label."""
+    return mask_phone(stem) if _PHONE_STEM.fullmatch(stem) else stem
+
+
+def account_labels(stems: Iterable[str]) -> dict[str, str]:
+    """Each session stem's label, unique in the pool.
+
+    Two numbers can mask alike (same first two and last two digits). Those are told apart
+    by the order of their stems (not of the files in the folder): the lowest keeps the plain
+    mask, the next get `#2`, `#3`… A label depends only on its stem unless such a
+    collision exists; it changes only when a colliding session file is added or removed.
+    """
+    bases = {stem: account_label(stem) for stem in sorted(set(stems))}
+    own = set(bases.values())
+    labels: dict[str, str] = {}
+    taken: set[str] = set()
+    for stem, base in bases.items():
+        label, n = base, 1
+        while label in taken or (label != base and label in own):
+            n += 1
+            label = f"{base}#{n}"
+        taken.add(label)
+        labels[stem] = label
+    return labels
 
 
 class SessionLock:
@@ -263,7 +300,10 @@ class TeleClient:
         path = Path(session_path)
         if path.suffix != ".session":
             path = path.with_name(path.name + ".session")
-        self.name = path.stem
+        # The stem may be a phone number: it stays in this process (the lock, the file).
+        self.session_name = path.stem
+        # The public label (API answers, events, stored rows); the pool may add a suffix.
+        self.name = account_label(path.stem)
         self.session_path = path
         self._state = AccountState.OK  # never FLOOD_WAIT: that one is computed, see `state`
         self.pending_downloads = 0
@@ -871,7 +911,13 @@ class TeleClients:
     """
 
     def __init__(self, clients: Iterable[TeleClient], clock: Clock = time.monotonic) -> None:
+        clients = list(clients)
+        labels = account_labels(c.session_name for c in clients)
+        for c in clients:
+            c.name = labels[c.session_name]
         self._clients: dict[str, TeleClient] = {c.name: c for c in clients}
+        # Rows written before labels existed name the account by its stem: still found.
+        self._by_session: dict[str, TeleClient] = {c.session_name: c for c in clients}
         self._clock = clock
         self._last_pick: dict[str, int] = dict.fromkeys(self._clients, 0)
         self._seq = 0
@@ -908,11 +954,17 @@ class TeleClients:
         return len(self._clients)
 
     def get(self, name: str) -> TeleClient:
-        """The account of that name (media are bound to the account that fetched them)."""
-        try:
-            return self._clients[name]
-        except KeyError:
-            raise NoAccountAvailable(f"no account named {name}") from None
+        """The account of that label, or of that session stem (media are bound to the
+        account that fetched them; rows from before labels hold stems)."""
+        found = self._clients.get(name) or self._by_session.get(name)
+        if found is None:
+            raise NoAccountAvailable(f"no account named {account_label(name)}")
+        return found
+
+    def relabeled(self) -> dict[str, str]:
+        """{session stem: label} of the accounts whose label is not their stem (to move rows
+        that name an account by its stem over to its label)."""
+        return {c.session_name: c.name for c in self if c.session_name != c.name}
 
     def accounts(self) -> list[dict[str, Any]]:
         """Every account as GET /api/v1/accounts lists it."""
@@ -1027,4 +1079,6 @@ __all__ = [
     "SessionLock",
     "TeleClient",
     "TeleClients",
+    "account_label",
+    "account_labels",
 ]

@@ -395,8 +395,9 @@ async def test_login_with_a_code(tmp_path: Path, fake_telegram: FakeTelegram) ->
     assert path == settings.telegram.sessions_dir / "15550001001.session"
     assert any("logged in as Ann Able" in line for line in prompts.said)
     rows = await list_accounts(settings)
-    assert [(r["name"], r["state"], r["user_id"]) for r in rows] == [
-        ("15550001001", "ok", dw.ACCOUNT_A)
+    # The file is named by the number; the account's name (what the server shows) masks it.
+    assert [(r["session"], r["name"], r["state"], r["user_id"]) for r in rows] == [
+        ("15550001001", "+15*******01", "ok", dw.ACCOUNT_A)
     ]
 
 

@@ -256,3 +256,31 @@ def test_counts_match_a_model(tmp_path_factory: pytest.TempPathFactory, ops: lis
         } == model
     finally:
         jm.close()
+
+
+def test_rename_account_moves_its_memberships(jm: JoinMap) -> None:
+    # Rows from before account labels name the session stem (a phone number).
+    jm.record_join(CHAN, "15550001001", type="channel", title="News")
+    jm.record_join(CHAN2, "15550001001", type="channel", title="Other")
+    jm.record_leave(CHAN2, "15550001001")
+    jm.record_join(CHAN2, "acc2", type="channel", title="Other")
+    assert jm.get(CHAN)["account"] == "15550001001"  # cached: the rename must drop it
+
+    assert jm.rename_account("15550001001", "+15*******01") == 2
+
+    assert jm.get(CHAN)["account"] == "+15*******01"
+    assert {(m["peer"]["id"], m["account"], m["state"]) for m in jm.list(None)} == {
+        (CHAN, "+15*******01", "joined"),
+        (CHAN2, "+15*******01", "left"),
+        (CHAN2, "acc2", "joined"),
+    }
+    assert jm.count("+15*******01") == 1 and jm.by_account("15550001001", None) == []
+    assert jm.rename_account("15550001001", "+15*******01") == 0  # the next start: nothing
+
+
+def test_rename_account_keeps_the_membership_the_new_name_has(jm: JoinMap) -> None:
+    jm.record_join(CHAN, "old", type="channel")
+    jm.record_join(CHAN, "new", type="channel")
+    jm.record_leave(CHAN, "new")
+    assert jm.rename_account("old", "new") == 0
+    assert [(m["account"], m["state"]) for m in jm.memberships(CHAN)] == [("new", "left")]
