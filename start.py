@@ -333,6 +333,8 @@ class Server:
     @property
     def url(self) -> str:
         """Where the server answers (loopback when it listens on every address)."""
+        if self.port is None:
+            raise RuntimeError("the server is not listening yet")
         return local_url(self.settings.server.host, self.port)
 
     async def serve(self, ready: Callable[[Server], Awaitable[None]] | None = None) -> int:
@@ -894,7 +896,7 @@ def _server_url(settings: Settings) -> str:
 def local_url(host: str, port: int) -> str:
     """The URL of a server listening on host:port as seen from this machine: a wildcard
     address (every interface) is reached on loopback."""
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 

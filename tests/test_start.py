@@ -190,6 +190,31 @@ def test_a_stale_pid_file_does_not_block(tmp_path: Path) -> None:
     pid.release()
 
 
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("0.0.0.0", "http://127.0.0.1:8080"),
+        ("::", "http://[::1]:8080"),
+        ("10.1.2.3", "http://10.1.2.3:8080"),
+        ("fd00::5", "http://[fd00::5]:8080"),
+        ("tgc.lan", "http://tgc.lan:8080"),
+    ],
+)
+def test_the_servers_url_reaches_a_wildcard_host_on_loopback(
+    tmp_path: Path, host: str, url: str
+) -> None:
+    settings = load_settings(write_config(tmp_path, server__host=host, server__port="8080"))
+    assert start.local_url(host, 8080) == url
+    server = Server(settings)
+    server.port = 8080  # as bound at start
+    assert server.url == url
+    # `call` without a running server's URL file falls back to the same mapping.
+    assert start._server_url(settings) == url
+    settings.run_dir.mkdir(parents=True)
+    (settings.run_dir / "tgc.url").write_text("http://127.0.0.1:41234\n")
+    assert start._server_url(settings) == "http://127.0.0.1:41234"
+
+
 # --- the Server's lifecycle, in process ----------------------------------------------------
 
 
