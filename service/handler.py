@@ -94,7 +94,8 @@ class Forbidden(TgcError):
 @dataclass
 class Lifecycle:
     """Mutable state the Server flips: `draining` makes /api/v1 answer 503 SHUTTING_DOWN
-    and /healthz 503, while in-flight requests finish."""
+    and /healthz 503, while in-flight requests finish. Whoever builds the app keeps the
+    instance it hands to `make_app` and sets `draining` on it (start.py, at stop)."""
 
     draining: bool = False
 
@@ -171,12 +172,6 @@ def make_server(app: tornado.web.Application, max_body_bytes: int, **kwargs: Any
         max_buffer_size=max_body_bytes + 64 * 1024,
         **kwargs,
     )
-
-
-def set_draining(app: tornado.web.Application, draining: bool = True) -> None:
-    """Called by the Server when a graceful stop begins."""
-    lifecycle: Lifecycle = app.settings["tgc_lifecycle"]
-    lifecycle.draining = draining
 
 
 # --- the one base handler ---------------------------------------------------------------

@@ -33,7 +33,7 @@ from common.utils import PeerRef
 from model.media import Media
 from service.apiclient import ApiClient, ApiResponse
 from service.cryptor import Cipher, Signer
-from service.handler import Lifecycle, make_app, make_server, set_draining
+from service.handler import Lifecycle, make_app, make_server
 
 TOKEN = "handler-test-token"
 KEY = "5a" * 32
@@ -221,6 +221,7 @@ class Api:
     app: Any
     registry: CollectorRegistry
     cipher: str
+    lifecycle: Lifecycle
     http: AsyncHTTPClient = field(default_factory=lambda: AsyncHTTPClient(force_instance=True))
 
     async def call(self, method: str, uri: str, body: dict[str, Any] | None = None) -> ApiResponse:
@@ -252,6 +253,7 @@ MAX_BODY = 4096
 async def api(request: pytest.FixtureRequest) -> AsyncIterator[Api]:
     pool, processor, subs = FakePool(FakeAccount()), FakeProcessor(), FakeSubscriptions()
     registry = CollectorRegistry()
+    lifecycle = Lifecycle()
     app = make_app(
         pool=pool,
         processor=processor,
@@ -261,14 +263,14 @@ async def api(request: pytest.FixtureRequest) -> AsyncIterator[Api]:
         cipher=Cipher.create(request.param, KEY),
         metrics=registry,
         max_body_bytes=MAX_BODY,
-        lifecycle=Lifecycle(),
+        lifecycle=lifecycle,
     )
     sockets = bind_sockets(0, "127.0.0.1")
     server = make_server(app, MAX_BODY)
     server.add_sockets(sockets)
     url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
     client = ApiClient(url, TOKEN, KEY, request.param)
-    api = Api(url, client, pool, processor, subs, app, registry, request.param)
+    api = Api(url, client, pool, processor, subs, app, registry, request.param, lifecycle)
     yield api
     client.close()
     api.http.close()
@@ -618,12 +620,12 @@ async def test_unexpected_error_is_500_without_traceback(
 
 
 async def test_draining(api: Api) -> None:
-    set_draining(api.app)
+    api.lifecycle.draining = True  # as start.py does when a stop begins
     assert_error(await api.call("GET", "/api/v1/accounts"), 503, "SHUTTING_DOWN")
     _unauthorized(await api.raw("GET", "/api/v1/accounts"))
     health = await api.raw("GET", "/healthz")
     assert health.code == 503 and orjson.loads(health.body)["status"] == "shutting_down"
-    set_draining(api.app, False)
+    api.lifecycle.draining = False
     assert (await api.call("GET", "/api/v1/accounts")).ok
 
 
