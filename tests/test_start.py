@@ -92,6 +92,9 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     ("argv", "message"),
     [
         (["call", "FETCH", "/api/v1/accounts"], "METHOD must be"),
+        (["call", "PUT", "/api/v1/subscriptions"], "METHOD must be GET, POST or DELETE"),
+        (["call", "patch", "/api/v1/subscriptions"], "METHOD must be GET, POST or DELETE"),
+        (["call", "HEAD", "/api/v1/accounts"], "METHOD must be GET, POST or DELETE"),
         (["call", "GET", "api/v1/accounts"], "URI must start with /"),
         (["call", "POST", "/api/v1/subscriptions", "--body", "{nope"], "--body is not JSON"),
         (["call", "POST", "/api/v1/subscriptions", "--body", "[1]"], "JSON object"),
