@@ -181,6 +181,9 @@ class BaseHandler(tornado.web.RequestHandler):
     """Services as typed properties; one `write_error` for every answer that fails."""
 
     route: ClassVar[str] = "unmatched"
+    # The error this request was answered with: the access line (service/metrics.py, one
+    # per request) names it, so an expected error is logged once.
+    failure: TgcError | None = None
 
     @property
     def pool(self) -> Pool:
@@ -249,6 +252,7 @@ class BaseHandler(tornado.web.RequestHandler):
         """The one place errors become answers."""
         exc = _exception(kwargs)
         error = _as_tgc_error(exc, status_code)
+        self.failure = error
         self.set_status(error.status)
         document = {"ok": False, "error": _error_object(error)}
         if error.retry_after is not None:
@@ -260,13 +264,11 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(orjson.dumps(document))
 
     def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
-        # Expected domain errors are answers, not incidents: no traceback. A bare TgcError
-        # (a 500) or anything else is a bug and is logged with its traceback.
-        if isinstance(value, TgcError) and type(value) is not TgcError:
-            log.info("%s %s: %s %s", self.request.method, self.route, value.code, value.message)
-        elif isinstance(value, tornado.web.HTTPError):
-            log.info("%s %s: HTTP %d", self.request.method, self.route, value.status_code)
-        else:
+        # Expected domain errors (and Tornado's own 404/405) are answers, not incidents: the
+        # access line reports them, with their code and message. A bare TgcError (a 500) or
+        # anything else is a bug and is logged here with its traceback.
+        expected = isinstance(value, TgcError) and type(value) is not TgcError
+        if not expected and not isinstance(value, tornado.web.HTTPError):
             log.error("%s %s failed", self.request.method, self.route, exc_info=value)
 
 
@@ -398,7 +400,8 @@ class ApiHandler(BaseHandler):
         # be remembered now. Any other failure before the check is just a 401.
         unsigned = not self._verified and not isinstance(exc, BodyTooLarge | RateLimited)
         if isinstance(exc, Unauthorized) or unsigned or self._nonce is None:
-            # The contract's 401 and nothing else: no hint of what was wrong.
+            # The contract's 401 and nothing else: no hint of what was wrong (the log has it).
+            self.failure = exc if isinstance(exc, TgcError) else Unauthorized()
             self.set_status(401)
             self.set_header("Content-Type", "application/json")
             self.finish(_UNAUTHORIZED)

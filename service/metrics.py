@@ -83,16 +83,20 @@ class HttpMetrics:
         self.total += 1
         if status >= 500:
             self.server_errors += 1
+        # The one log line of a request; a failed one names its error (the handler logs
+        # only bugs, with their traceback).
         level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.WARNING
         if log.isEnabledFor(level):
+            failure = getattr(handler, "failure", None)
             log.log(
                 level,
-                "%s %s %d %.1f ms from %s",
+                "%s %s %d %.1f ms from %s%s",
                 method,
                 route,
                 status,
                 1000 * handler.request.request_time(),
                 handler.request.remote_ip,
+                f": {failure.code} {failure.message}" if failure is not None else "",
             )
 
 

@@ -606,6 +606,29 @@ async def test_domain_errors_map_to_the_contract(
     assert answer.headers.get("Retry-After") == (None if retry_after is None else str(retry_after))
 
 
+async def test_each_failed_request_is_logged_once_naming_its_error(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    def lines() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name.startswith("service.")]
+
+    with caplog.at_level(logging.DEBUG, logger="service"):
+        await api.call("GET", "/api/v1/messages?peer=news&limit=0")
+        (bad_param,) = lines()
+        caplog.clear()
+        api.pool.error = PeerNotFound("@nobody")
+        await api.call("GET", "/api/v1/peer?peer=nobody")
+        (not_found,) = lines()
+        caplog.clear()
+        _unauthorized(await api.raw("GET", "/api/v1/accounts"))
+        (unsigned,) = lines()
+    assert bad_param.levelno == logging.INFO and bad_param.name == "service.metrics"
+    assert "GET /api/v1/messages 400" in bad_param.getMessage()
+    assert "INVALID_PARAM limit: must be from 1 to 100" in bad_param.getMessage()
+    assert "404" in not_found.getMessage() and "PEER_NOT_FOUND" in not_found.getMessage()
+    assert "401" in unsigned.getMessage() and "UNAUTHORIZED" in unsigned.getMessage()
+
+
 async def test_unexpected_error_is_500_without_traceback(
     api: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
