@@ -309,6 +309,7 @@ class Publisher:
         self.nacked = 0
         self.returned = 0
         self.reconnects = 0
+        self.waiting = 0  # publish() calls waiting for room in a full outbox
         self.connected = asyncio.Event()
 
         self._pending: list[tuple[str, str, bytes, asyncio.Future[None]]] = []
@@ -396,7 +397,11 @@ class Publisher:
         data = orjson.dumps(body)
         while not self._room.is_set() or self._full():
             self._room.clear()
-            await self._room.wait()
+            self.waiting += 1
+            try:
+                await self._room.wait()
+            finally:
+                self.waiting -= 1
             if self._stopping:
                 break
         if self._stopping:

@@ -245,6 +245,7 @@ class FakeClient:
         self.handlers: list[tuple[Any, Any]] = []
         self.connected = False
         self.gate: asyncio.Event | None = None  # when set, requests wait for it
+        self.at_gate = 0  # requests waiting for the gate now
         self.refuse_connects = 0  # how many connects fail before one succeeds
         self._disconnected: asyncio.Future[None] | None = None
 
@@ -252,7 +253,11 @@ class FakeClient:
         if not self.connected:
             raise ConnectionError("Cannot send requests while disconnected")
         if self.gate is not None:
-            await self.gate.wait()
+            self.at_gate += 1
+            try:
+                await self.gate.wait()
+            finally:
+                self.at_gate -= 1
         result = self.world.answer(self.user_id, request)
         self.session.process_entities(result)  # what Telethon's _call does with every answer
         return result

@@ -7,6 +7,7 @@ session; tests/model/test_teleclient_emulator.py runs the same ideas over real M
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,13 @@ def learn_group(tc: TeleClient, world: FakeTelegram) -> None:
 
 def channel_id(bare: int) -> str:
     return str(-(10**12) - bare)
+
+
+async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    """Polls a condition of the account or its fake client (they have no event for it)."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
 
 
 # --- pure pieces ---
@@ -215,7 +223,7 @@ async def test_concurrent_callers_share_one_resolution(
     assert isinstance(tc.client, FakeClient)
     tc.client.gate = gate
     calls = [asyncio.create_task(tc.get_entity(parse_peer("@talk"))) for _ in range(10)]
-    await asyncio.sleep(0)
+    await until(lambda: tc.client.at_gate == 1)  # one resolution in flight
     assert tc.knows(parse_peer("@talk"))  # resolving counts as knowing: the pool sends it here
     gate.set()
     entities = await asyncio.gather(*calls)
@@ -231,11 +239,16 @@ async def test_a_cancelled_resolution_lets_its_waiters_try_again(
     assert isinstance(tc.client, FakeClient)
     tc.client.gate = gate
     first = asyncio.create_task(tc.get_entity(parse_peer("@talk")))
-    await asyncio.sleep(0)
+    await until(lambda: tc.client.at_gate == 1)  # its resolution is in flight
     second = asyncio.create_task(tc.get_entity(parse_peer("@talk")))
+    # One loop turn: a new task runs to its first await, here waiting on the first's
+    # resolution (nothing outside shows that wait; it sends no request of its own).
     await asyncio.sleep(0)
     first.cancel()
-    await asyncio.sleep(0)
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    await until(lambda: tc.client.at_gate == 1)  # the waiter tries again itself
+    assert not second.done()
     gate.set()
     assert (await second).id == TALK
     assert first.cancelled()

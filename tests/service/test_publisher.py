@@ -226,7 +226,7 @@ async def test_full_outbox_makes_publish_wait_not_drop(
     for i in range(1, 101):
         await pub.publish(*event_for(i))
     blocked = asyncio.ensure_future(pub.publish(*event_for(101)))
-    await asyncio.sleep(0.2)  # nothing to wait on: give it the chance to (wrongly) finish
+    await wait_for(lambda: pub.waiting == 1, within=5)  # it waits for room, not written
     assert not blocked.done() and box.size == 100
     async with rabbit.consumer() as consumer:
         await broker_proxy.accept()
@@ -242,10 +242,11 @@ async def test_stop_wakes_a_waiting_publish(tmp_path: Path, publisher_factory) -
     pub = await publisher_factory("", outbox=box)
     await pub.publish(*event_for(1))
     blocked = asyncio.ensure_future(pub.publish(*event_for(2)))
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: pub.waiting == 1, within=5)  # blocked on the full outbox
     await pub.stop()
     with pytest.raises(ShuttingDown):
         await blocked
+    assert pub.waiting == 0 and box.size == 1
     box.close()
 
 
@@ -314,7 +315,9 @@ async def test_ten_thousand_events_through_drops_and_refusals(
             cuts = 0
             while not producing.done():
                 await wait_for(lambda: pub.connected.is_set() or producing.done())
-                await asyncio.sleep(0.05)
+                # Cut only once this connection carried traffic (a confirm came back).
+                confirmed = pub.published
+                await wait_for(lambda c=confirmed: pub.published > c or producing.done())
                 await broker_proxy.drop() if cuts % 2 else await broker_proxy.cut()
                 cuts += 1
                 await asyncio.sleep(0.1)  # refused (or reconnecting) for a while
