@@ -198,7 +198,7 @@ def test_a_stale_pid_file_does_not_block(tmp_path: Path) -> None:
     [
         ("0.0.0.0", "http://127.0.0.1:8080"),
         ("::", "http://[::1]:8080"),
-        ("10.1.2.3", "http://10.1.2.3:8080"),
+        ("127.3.2.1", "http://127.3.2.1:8080"),
         ("fd00::5", "http://[fd00::5]:8080"),
         ("tgc.lan", "http://tgc.lan:8080"),
     ],
@@ -788,7 +788,7 @@ async def test_status_page_and_metrics_are_wired(accounts_config: Path, tmp_path
     assert server.error_log not in logging.getLogger().handlers
 
     # Only the addresses of server.status_allow may see it.
-    closed = load_settings(accounts_config, env={"TGC_SERVER_STATUS_ALLOW": "10.0.0.0/8"})
+    closed = load_settings(accounts_config, env={"TGC_SERVER_STATUS_ALLOW": "127.9.0.0/16"})
     server = Server(closed)
     task = await run_server(server)
     http = AsyncHTTPClient(force_instance=True)

@@ -95,7 +95,7 @@ async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
 
 
 def test_the_proxy_setting_reaches_telethon(tmp_path: Path) -> None:
-    proxy = Proxy("socks5", "10.0.0.1", 1080, "u@x", "p:w")
+    proxy = Proxy("socks5", "127.0.0.9", 1080, "u@x", "p:w")
     with_proxy = TeleClient(tmp_path / "a.session", 1, "0" * 32, proxy=proxy)
     direct = TeleClient(tmp_path / "b.session", 1, "0" * 32)
     try:

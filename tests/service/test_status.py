@@ -63,7 +63,7 @@ def small_app(allow: Callable[[str], bool] | None, accounts: list[dict[str, Any]
 
 @pytest.mark.parametrize(
     ("cidrs", "code"),
-    [("127.0.0.0/8, ::1/128", 200), ("127.0.0.1/32", 200), ("10.0.0.0/8, ::1/128", 403)],
+    [("127.0.0.0/8, ::1/128", 200), ("127.0.0.1/32", 200), ("127.9.0.0/16, ::2/128", 403)],
 )
 async def test_status_answers_only_the_allowed_networks(tmp_path: Path, cidrs: str, code: int) -> None:
     url, stop = await serve(small_app(status_allow_from(tmp_path, cidrs), []))
