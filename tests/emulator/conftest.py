@@ -28,3 +28,12 @@ async def mini_tg(mini: MiniWorld) -> AsyncIterator[FakeTelegram]:
     finally:
         await tg.stop()
         TelegramClient._config = None
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[TelegramClient]]:
+    """Telethon clients a test made; disconnected after it, whatever it did."""
+    made: list[TelegramClient] = []
+    yield made
+    for client in made:
+        await client.disconnect()

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,14 +23,6 @@ from tests.fakedc.cluster import FakeTelegram
 from tests.fakedc.session import make_session
 
 ClientFactory = Callable[..., TelegramClient]
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[TelegramClient]]:
-    made: list[TelegramClient] = []
-    yield made
-    for client in made:
-        await client.disconnect()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +57,6 @@ def rpc(fake_telegram: FakeTelegram, fakedc_dispatcher: TelegramRpc) -> Telegram
     logging.getLogger("telethon").setLevel(logging.WARNING)
     fakedc_dispatcher.set_pusher(fake_telegram.push)
     return fakedc_dispatcher
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[TelegramClient]]:
-    made: list[TelegramClient] = []
-    yield made
-    for client in made:
-        await client.disconnect()
 
 
 @pytest.fixture
