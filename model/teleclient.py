@@ -56,6 +56,7 @@ from common.errors import (
 )
 from common.utils import PeerRef, mask_phone
 from model.media import close_media_connection
+from model.session import EntitySession
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +325,7 @@ class TeleClient:
         self._stopping = False
         self._started = False
         self.client = TelegramClient(
-            str(path),
+            EntitySession(str(path)),
             api_id,
             api_hash,
             proxy=proxy.to_telethon() if proxy is not None else None,

@@ -1,0 +1,123 @@
+"""EntitySession: Telethon's session file, written only when an entity changed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from telethon import types
+from telethon.sessions import SQLiteSession
+
+from model.session import EntitySession
+
+
+def user(
+    uid: int, username: str | None = "alice", access_hash: int = 11, name: str = "Alice"
+) -> types.User:
+    return types.User(id=uid, access_hash=access_hash, username=username, first_name=name)
+
+
+def channel(cid: int, title: str = "News", username: str | None = "news") -> types.Channel:
+    return types.Channel(
+        id=cid,
+        title=title,
+        photo=types.ChatPhotoEmpty(),
+        date=datetime(2026, 1, 1, tzinfo=UTC),
+        access_hash=22,
+        username=username,
+        broadcast=True,
+    )
+
+
+def update_with(*entities: object) -> types.contacts.ResolvedPeer:
+    # What Telethon's update loop hands the session (client/updates.py _preprocess_updates).
+    users = [e for e in entities if isinstance(e, types.User)]
+    chats = [e for e in entities if not isinstance(e, types.User)]
+    return types.contacts.ResolvedPeer(None, users, chats)
+
+
+def rows(path: Path) -> list[tuple[object, ...]]:
+    plain = SQLiteSession(str(path))  # Telethon's own class reads the same file
+    try:
+        c = plain._cursor()
+        return sorted(c.execute("select id, hash, username, name from entities").fetchall())
+    finally:
+        plain.close()
+
+
+def test_an_unchanged_entity_is_written_once(tmp_path: Path) -> None:
+    path = tmp_path / "acc.session"
+    s = EntitySession(str(path))
+    for _ in range(100):
+        s.process_entities(update_with(user(1), channel(5)))
+    s.save()
+    assert s.skipped == 198
+    assert rows(path) == [(-1000000000005, 22, "news", "News"), (1, 11, "alice", "Alice")]
+    s.close()
+
+
+def test_a_change_is_written(tmp_path: Path) -> None:
+    path = tmp_path / "acc.session"
+    s = EntitySession(str(path))
+    s.process_entities(update_with(user(1)))
+    s.process_entities(update_with(user(1, username="alice2")))
+    s.process_entities(update_with(user(1, username="alice2", access_hash=99, name="A.")))
+    s.save()
+    assert rows(path) == [(1, 99, "alice2", "A.")]
+    s.close()
+
+
+def test_a_lookup_that_evicts_a_username_forgets_what_was_written(tmp_path: Path) -> None:
+    """Two ids claim one username: Telethon clears the older row's username at lookup. When
+    the older entity comes again still claiming it, its row must be written again."""
+    path = tmp_path / "acc.session"
+    s = EntitySession(str(path))
+    s.process_entities(update_with(user(1, username="taken")))
+    s._execute("update entities set date = 1 where id = 1")  # the older of the two
+    s.process_entities(update_with(user(2, username="taken")))
+    assert s.get_entity_rows_by_username("taken")[0] == 2
+    s.process_entities(update_with(user(1, username="taken")))
+    s.save()
+    assert [r[:3] for r in rows(path)] == [(1, 11, "taken"), (2, 11, "taken")]  # as Telethon
+    s.close()
+
+
+def test_save_entities_off_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "acc.session"
+    s = EntitySession(str(path))
+    s.save_entities = False
+    s.process_entities(update_with(user(1)))
+    s.save()
+    assert rows(path) == []
+    s.close()
+
+
+def test_the_memory_is_bounded(tmp_path: Path) -> None:
+    s = EntitySession(str(tmp_path / "acc.session"), remember=10)
+    for uid in range(1, 26):
+        s.process_entities(update_with(user(uid, username=f"u{uid}")))
+    assert len(s._written) <= 10
+    s.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 4), st.sampled_from([None, "a", "b"]), st.integers(1, 3)),
+        max_size=30,
+    )
+)
+def test_the_file_ends_as_telethons_own_would(tmp_path_factory, seq) -> None:  # type: ignore[no-untyped-def]
+    """Whatever the sequence of entity sightings, the rows are those plain SQLiteSession
+    writes (dates aside)."""
+    d = tmp_path_factory.mktemp("s")
+    ours, theirs = EntitySession(str(d / "ours.session")), SQLiteSession(str(d / "theirs.session"))
+    for uid, username, h in seq:
+        for s in (ours, theirs):
+            s.process_entities(update_with(user(uid, username=username, access_hash=h)))
+    for s in (ours, theirs):
+        s.save()
+        s.close()
+    assert rows(d / "ours.session") == rows(d / "theirs.session")
