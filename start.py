@@ -527,6 +527,7 @@ class Server:
         await self.publisher.publish_event(media_stored_event(record))
 
     async def _start_subscriber(self) -> None:
+        from service.metrics import SubscriberCollector
         from service.subscriber import Subscriber
 
         self.subscriber = Subscriber(
@@ -539,6 +540,8 @@ class Server:
             # events' descriptors say so (state null), rather than a "pending" that never moves.
             media_queue=self.processor,
         )
+        # Like the publisher's: its plain counters, read from the registry at scrape time.
+        self.registry.register(SubscriberCollector(self.subscriber, self.joinmap))
         self._stack.push_async_callback(self.subscriber.stop)
         await self.subscriber.start()
 

@@ -117,9 +117,11 @@ def make_app(
     error_log: ErrorLog | None = None,
 ) -> tornado.web.Application:
     """The Tornado application. `metrics` is the registry /metrics serves: every family of
-    service/metrics.py is registered in it here (the publisher registers its own);
+    service/metrics.py is registered in it here (the publisher registers its own, start.py
+    the subscriber's SubscriberCollector);
     `status_allow(ip)` says who may see the /status page (nobody when not given), which
-    shows the pool, the processor, the `publisher`'s outbox and the `error_log`."""
+    shows the pool, the processor, the `publisher`'s outbox, the subscriber's counts and the
+    `error_log`."""
     service_metrics = ServiceMetrics(
         metrics, pool=pool, processor=processor, publisher=publisher
     )
@@ -127,6 +129,8 @@ def make_app(
         pool=pool,
         processor=processor,
         publisher=publisher,
+        subscriber=subscriptions,  # its counters, when it keeps them (the Subscriber does)
+        joinmap=joinmap,
         metrics=service_metrics,
         errors=error_log,
     )

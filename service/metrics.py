@@ -15,6 +15,15 @@ same registry, see service/publisher.py):
     tgc_media_in_progress, tgc_media_spool_bytes, tgc_media_spool_max_bytes
     tgc_media_downloaded_bytes_total, tgc_media_uploaded_bytes_total
 
+and `SubscriberCollector(subscriber, joinmap)`, which start.py registers next to the
+subscriber it builds (a server without the subscription flow has none of these):
+
+    tgc_subscriber_events_total                         events handed to the publisher
+    tgc_subscriber_duplicates_total                     events dropped as already published
+    tgc_subscriber_polls_total                          chats polled
+    tgc_subscriber_poll_found_total                     messages a poll published (pushes missed)
+    tgc_subscriptions                                   chats at least one account is in
+
 Gauges and the totals other modules keep (the processor's bytes, the accounts' flood
 waits) are read at scrape time by a custom collector: nothing has to remember to update a
 metric, and a scrape costs a few attribute reads. A separate registry per server (never
@@ -188,6 +197,44 @@ class StateCollector(Collector):
         yield CounterMetricFamily(
             "tgc_media_uploaded_bytes", "Bytes stored in the storage", value=p.uploaded_bytes
         )
+
+
+class SubscriberCollector(Collector):
+    """The subscriber's plain counters and the subscribed chats, read at scrape time.
+
+    `subscriber` needs the ints named in SUBSCRIBER_COUNTERS; `joinmap` `joined_peers()`
+    (one indexed SELECT: cheap at a scrape every few seconds, even for thousands of chats).
+    """
+
+    def __init__(self, subscriber: Any, joinmap: Any) -> None:
+        self.subscriber = subscriber
+        self.joinmap = joinmap
+
+    def collect(self) -> Iterator[Metric]:
+        for name, attr, doc in SUBSCRIBER_COUNTERS:
+            yield CounterMetricFamily(name, doc, value=getattr(self.subscriber, attr))
+        yield GaugeMetricFamily(
+            "tgc_subscriptions",
+            "Chats at least one account is in",
+            value=len(self.joinmap.joined_peers()),
+        )
+
+
+# (family, the Subscriber's attribute, help); CounterMetricFamily adds the _total suffix.
+SUBSCRIBER_COUNTERS = (
+    ("tgc_subscriber_events", "published", "Events the subscriber handed to the publisher"),
+    ("tgc_subscriber_duplicates", "duplicates", "Events dropped as already published"),
+    ("tgc_subscriber_polls", "polls", "Chats polled for what the updates missed"),
+    ("tgc_subscriber_poll_found", "poll_found", "Messages polls found that updates missed"),
+)
+
+
+def observable_subscriber(subscriber: Any) -> Any:
+    """The subscriber if it keeps the counters of SUBSCRIBER_COUNTERS, else None (a fake
+    subscriptions service in a test, or a server without the subscription flow)."""
+    if subscriber is not None and all(hasattr(subscriber, a) for _, a, _ in SUBSCRIBER_COUNTERS):
+        return subscriber
+    return None
 
 
 def observable_processor(processor: Any) -> Any:

@@ -1,6 +1,6 @@
 """The /status page for ops: one server-rendered HTML page, no scripts, no front-end build.
 
-It shows the accounts and their state, the media queues and the outbox, the recent
+It shows the accounts and their state, the media queues, the outbox, the subscriber, the recent
 warnings and errors of the log (`ErrorLog`, a bounded ring fed by a logging handler) and
 the throughput of the last minutes (`service.metrics.Throughput`). It is for humans on the box:
 not signed, not encrypted, and answered only to the addresses in server.status_allow
@@ -21,7 +21,12 @@ from typing import Any
 
 import tornado.template
 
-from service.metrics import ServiceMetrics, account_states, observable_processor
+from service.metrics import (
+    ServiceMetrics,
+    account_states,
+    observable_processor,
+    observable_subscriber,
+)
 
 MESSAGE_MAX = 500
 
@@ -70,7 +75,8 @@ class StatusPage:
     """Gathers what the page shows and renders it.
 
     `pool` needs `accounts()`; `processor` (optional) `stats()`; `publisher` (optional) its
-    `outbox.size`, `outbox.max_events`, `published` and `connected`.
+    `outbox.size`, `outbox.max_events`, `published` and `connected`; `subscriber` (optional)
+    its counters (`service.metrics.SUBSCRIBER_COUNTERS`) and `joinmap` its `joined_peers()`.
     """
 
     def __init__(
@@ -79,6 +85,8 @@ class StatusPage:
         pool: Any,
         processor: Any = None,
         publisher: Any = None,
+        subscriber: Any = None,
+        joinmap: Any = None,
         metrics: ServiceMetrics | None = None,
         errors: ErrorLog | None = None,
         clock: Callable[[], float] = time.time,
@@ -86,6 +94,8 @@ class StatusPage:
         self.pool = pool
         self.processor = observable_processor(processor)
         self.publisher = publisher
+        self.subscriber = observable_subscriber(subscriber)
+        self.joinmap = joinmap
         self.metrics = metrics
         self.errors = errors
         self._clock = clock
@@ -130,6 +140,17 @@ class StatusPage:
                 ("outbox events", f"{p.outbox.size} of {p.outbox.max_events}"),
                 ("events published", str(p.published)),
                 ("broker", "connected" if p.connected.is_set() else "not connected"),
+            ]
+        if self.subscriber is not None:
+            sub = self.subscriber
+            joined = getattr(self.joinmap, "joined_peers", None)
+            if joined is not None:
+                rows.append(("subscribed chats", str(len(joined()))))
+            rows += [
+                ("subscriber events", str(sub.published)),
+                ("subscriber duplicates dropped", str(sub.duplicates)),
+                ("chats polled", str(sub.polls)),
+                ("messages polls found (pushes missed)", str(sub.poll_found)),
             ]
         return rows
 
@@ -203,7 +224,7 @@ td.msg { font-family: ui-monospace, monospace; font-size: 12px; max-width: 70em;
 <table id="queues">
 <tr><th>queue</th><th>now</th></tr>
 {% for name, value in queues %}<tr><td>{{ name }}</td><td class="n">{{ value }}</td></tr>
-{% end %}{% if not queues %}<tr><td colspan="2">no media processor or publisher on this server</td></tr>{% end %}
+{% end %}{% if not queues %}<tr><td colspan="2">no media processor, publisher or subscriber on this server</td></tr>{% end %}
 </table>
 
 <h2>Recent warnings and errors ({{ errors_total }} since start)</h2>

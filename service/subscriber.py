@@ -132,6 +132,7 @@ class Subscriber:
         self.published = 0  # events handed to the publisher
         self.duplicates = 0  # events dropped as already published
         self.polls = 0  # chats polled
+        self.poll_found = 0  # messages a poll published that the updates had missed
 
     # --- life ---------------------------------------------------------------------------
 
@@ -494,6 +495,7 @@ class Subscriber:
             count = await self._publish_page(tc, sub, page)  # all there is after `low`
         else:
             count = await self._walk_backlog(sub, ref, low)
+        self.poll_found += count
         self._joinmap.flush()
         if count:
             log.info("poll of %s found %d messages the updates missed", peer_id, count)

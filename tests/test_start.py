@@ -781,6 +781,10 @@ async def test_status_page_and_metrics_are_wired(accounts_config: Path, tmp_path
         metrics = (await http.fetch(f"{server.url}/metrics")).body.decode()
         assert 'tgc_accounts{state="ok"} 2.0' in metrics
         assert "tgc_outbox_events" in metrics and "tgc_http_requests_total" in metrics
+        # The subscriber's collector, registered by the server: nothing subscribed yet.
+        assert "\ntgc_subscriptions 0.0\n" in metrics
+        assert "\ntgc_subscriber_events_total 0.0\n" in metrics
+        assert "<td>subscribed chats</td>" in html and "<td>chats polled</td>" in html
     finally:
         http.close()
         server.request_stop()

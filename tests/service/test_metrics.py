@@ -3,12 +3,21 @@ family of GET /metrics after real activity (emulator, pool, processor, broker)."
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.metrics import ServiceMetrics, Throughput, account_states
+from model.joinmap import JoinMap
+from service.metrics import (
+    ServiceMetrics,
+    SubscriberCollector,
+    Throughput,
+    account_states,
+    observable_subscriber,
+)
 from service.publisher import make_event
 from tests.fixtures.ops import OpsStack, wait_for
 
@@ -128,6 +137,69 @@ def test_a_processor_without_the_observable_surface_is_left_out() -> None:
     registry = CollectorRegistry()
     ServiceMetrics(registry, pool=FakePool([]), processor=Bare())
     assert "tgc_media_queue" not in families(registry)
+
+
+def subscriber_values(registry: CollectorRegistry) -> dict[str, float]:
+    fams = families(registry)
+    out = {
+        name: value(fams, name, name + "_total")
+        for name in (
+            "tgc_subscriber_events",
+            "tgc_subscriber_duplicates",
+            "tgc_subscriber_polls",
+            "tgc_subscriber_poll_found",
+        )
+    }
+    out["tgc_subscriptions"] = value(fams, "tgc_subscriptions")
+    return out
+
+
+def test_the_subscriber_collector_reads_counters_and_joined_chats_at_each_scrape(
+    tmp_path: Path,
+) -> None:
+    # A Subscriber-like object (its plain counters) and a real join map.
+    subscriber = SimpleNamespace(published=3, duplicates=1, polls=2, poll_found=0)
+    joinmap = JoinMap(tmp_path / "joinmap.sqlite3")
+    try:
+        registry = CollectorRegistry()
+        registry.register(SubscriberCollector(subscriber, joinmap))
+        assert subscriber_values(registry) == {
+            "tgc_subscriber_events": 3,
+            "tgc_subscriber_duplicates": 1,
+            "tgc_subscriber_polls": 2,
+            "tgc_subscriber_poll_found": 0,
+            "tgc_subscriptions": 0,
+        }
+        subscriber.published += 4
+        subscriber.duplicates += 2
+        subscriber.polls += 5
+        subscriber.poll_found += 3
+        # Two accounts in one chat count once; a chat left counts no more.
+        joinmap.record_join(-1002001, "acc1", type="channel")
+        joinmap.record_join(-1002001, "acc2", type="channel")
+        joinmap.record_join(-1002002, "acc1", type="channel")
+        joinmap.record_join(-1002003, "acc2", type="channel")
+        joinmap.record_leave(-1002003, "acc2")
+        assert subscriber_values(registry) == {
+            "tgc_subscriber_events": 7,
+            "tgc_subscriber_duplicates": 3,
+            "tgc_subscriber_polls": 7,
+            "tgc_subscriber_poll_found": 3,
+            "tgc_subscriptions": 2,
+        }
+        # The exposition's names: counters with _total, the gauge without.
+        text = generate_latest(registry).decode()
+        assert "\ntgc_subscriber_events_total 7.0\n" in text
+        assert "\ntgc_subscriptions 2.0\n" in text
+    finally:
+        joinmap.close()
+
+
+def test_a_subscriptions_service_without_the_counters_is_not_observable() -> None:
+    assert observable_subscriber(SimpleNamespace(subscribe=None, unsubscribe=None)) is None
+    assert observable_subscriber(None) is None
+    counted = SimpleNamespace(published=0, duplicates=0, polls=0, poll_found=0)
+    assert observable_subscriber(counted) is counted
 
 
 # --- every family after real activity -------------------------------------------------------

@@ -10,6 +10,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from tornado.httpclient import AsyncHTTPClient
 from tornado.netutil import bind_sockets
 
+from model.joinmap import JoinMap
 from service.cryptor import Cipher, Signer
 from service.handler import make_app, make_server
 from service.metrics import ServiceMetrics
@@ -111,6 +113,31 @@ def test_context_shows_accounts_by_state_and_no_queues_without_a_processor() -> 
     assert [a["name"] for a in context["accounts"]] == ["a", "b"]
     assert context["states"] == {"ok": 1, "banned": 1}
     assert context["queues"] == [] and context["draining"] is True
+
+
+def test_queues_show_the_subscriber_counts_and_its_joined_chats(tmp_path: Path) -> None:
+    joinmap = JoinMap(tmp_path / "joinmap.sqlite3")
+    try:
+        joinmap.record_join(-1002001, "acc1", type="channel")
+        joinmap.record_join(-1002001, "acc2", type="channel")  # one chat, two accounts
+        subscriber = SimpleNamespace(published=7, duplicates=2, polls=5, poll_found=1)
+        page = StatusPage(pool=FakePool([]), subscriber=subscriber, joinmap=joinmap)
+        assert page.context()["queues"] == [
+            ("subscribed chats", "1"),
+            ("subscriber events", "7"),
+            ("subscriber duplicates dropped", "2"),
+            ("chats polled", "5"),
+            ("messages polls found (pushes missed)", "1"),
+        ]
+        subscriber.poll_found += 2  # read when the page is drawn, not kept
+        assert '<td>messages polls found (pushes missed)</td><td class="n">3</td>' in (
+            page.render().decode()
+        )
+    finally:
+        joinmap.close()
+    # A subscriptions service without the counters (a fake) adds no rows.
+    bare = StatusPage(pool=FakePool([]), subscriber=SimpleNamespace(subscribe=None))
+    assert bare.context()["queues"] == []
 
 
 def test_the_error_log_keeps_the_message_only_bounded_and_from_warning_up() -> None:

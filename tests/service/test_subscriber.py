@@ -288,6 +288,7 @@ async def test_missed_pushes_are_found_by_the_poll_once(flow: Flow, rabbit: Rabb
         lost = [await flow.rpc.post_message(NEWS, f"lost {i}") for i in range(3)]
         assert await flow.subscriber.poll_chat(NEWS_ID) == 3
         assert await flow.subscriber.poll_chat(NEWS_ID) == 0  # nothing twice
+        assert flow.subscriber.poll_found == 3  # what /metrics and /status show
         # the next push follows a pts gap: Telethon may fetch the lost ones again too
         pushed = await flow.rpc.post_message(NEWS, "pushed")
         ids = [f"{NEWS_ID}:{p.id}:message.new" for p in [*lost, pushed]]
