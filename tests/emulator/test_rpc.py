@@ -656,6 +656,31 @@ async def test_pushes_of_a_basic_group_move_each_accounts_pts(
     assert isinstance(empty, T.updates.DifferenceEmpty)
 
 
+async def test_basic_group_ids_are_each_accounts_own(
+    rpc: TelegramRpc, world: World, pushed: list[tuple[int, Any]]
+) -> None:
+    """Telegram numbers basic-group messages per account: A's box also holds a private
+    chat, so the next message of SMALL has another id for A than for B, everywhere."""
+    msg = await rpc.post_message(SMALL, "one message, two ids", from_id=USER_ALICE)
+    own = {a: world.own_id(a, msg.id) for a in (ACCOUNT_A, ACCOUNT_B)}
+    assert own == {ACCOUNT_A: 5, ACCOUNT_B: 4}  # A: 3 in SMALL + 1 private before; B: 3
+    assert {uid: upd.updates[0].message.id for uid, upd in pushed} == own
+    for account, mine in own.items():
+        page = await call(rpc, history(T.InputPeerChat(SMALL), min_id=mine - 1), user=account)
+        assert [(m.id, m.message) for m in page.messages] == [(mine, "one message, two ids")]
+        by_id = F.messages.GetMessagesRequest([T.InputMessageID(mine)])
+        assert (await call(rpc, by_id, user=account)).messages[0].message == "one message, two ids"
+        dialogs = F.messages.GetDialogsRequest(None, 0, T.InputPeerEmpty(), 100, 0)
+        listed = (await call(rpc, dialogs, user=account)).dialogs
+        assert {render_id(d.peer): d.top_message for d in listed}[SMALL] == mine
+    pushed.clear()
+    await rpc.delete_messages(SMALL, [msg.id])
+    assert {uid: upd.updates[0].messages for uid, upd in pushed} == {ACCOUNT_A: [5], ACCOUNT_B: [4]}
+    # A later member doesn't see what was sent before it joined.
+    rpc.add_member(ACCOUNT_C, SMALL)
+    assert (await call(rpc, history(T.InputPeerChat(SMALL)), user=ACCOUNT_C)).messages == []
+
+
 async def test_dropped_posts_come_back_through_get_channel_difference(
     rpc: TelegramRpc, world: World, pushed: list[tuple[int, Any]]
 ) -> None:

@@ -175,6 +175,26 @@ def test_channel_ids_are_their_own_sequence_and_common_ids_are_shared() -> None:
     assert world.common_viewers(d) == [1, 2]
 
 
+def test_each_account_numbers_the_common_messages_it_sees() -> None:
+    world = World.from_dict(
+        {
+            "users": [{"id": 1, "phone": "1"}, {"id": 2, "phone": "2"}, {"id": 3}],
+            "chats": [{"id": 12, "kind": "group", "members": {"1": 0, "2": 0}}],
+        }
+    )
+    world.add_message(MessageSpec(to_user=3, from_id=1, text="dm"))  # only in 1's box
+    first = world.add_message(MessageSpec(chat=12, text="a"))
+    reply = world.add_message(MessageSpec(chat=12, text="b", reply_to=first.id))
+    assert (first.id, reply.id) == (2, 3)  # store ids
+    assert [(m.id, m.reply_to) for m in (world.seen_by(reply, 1), world.seen_by(reply, 2))] == [
+        (3, 2),
+        (2, 1),
+    ]
+    assert [m.text for m in world.common_box(2)] == ["a", "b"]
+    assert world.own_id(3, first.id) is None  # not an account
+    assert not world.common_visible(first, 3)
+
+
 def test_the_demo_world_dumps_as_json_a_world_file_can_start_from(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -19,6 +19,8 @@ tests/emulator/test_rpc.py):
   303 FILE_MIGRATE_X; the last part is short, past the end is empty.
 - Unauthorised keys get 401 AUTH_KEY_UNREGISTERED on everything but help.*/auth.* and
   account.getPassword during a 2FA login.
+- Basic-group and private messages carry the viewing account's own ids (World.seen_by):
+  the same message has another id for each account, in answers, pushes and requests alike.
 - Channel updates carry the channel's own pts (one per new or edited message, one per
   deleted id); they are pushed only to member accounts; getChannelDifference replays the
   log (ChannelDifferenceTooLong when it reaches further back than the log).
@@ -675,16 +677,14 @@ class TelegramRpc(FaultKnobs):
         answers the caller with it (updateNewMessage at the caller's next pts)."""
         msg = MessageSpec(chat=chat.id, from_id=viewer, date=self._now(), action=action)
         self.world.add_message(msg)
+        if not self.world.common_visible(msg, viewer):
+            self.world.box_add(viewer, msg.id)  # one who left still gets its "left" message
         others = [u for u in self.world.common_viewers(msg) if u != viewer]
         await self._push_common(msg, "new", viewers=others)
         pts = self.world.account_event(viewer, msg.id, "new")
         users, chats = self._entities_for([msg], viewer)
-        update = types.UpdateNewMessage(
-            message=render.message(self.world, msg, viewer), pts=pts, pts_count=1
-        )
-        return types.Updates(
-            updates=[update], users=users, chats=chats, date=self._now(), seq=0
-        )
+        update = types.UpdateNewMessage(message=self._seen(msg, viewer), pts=pts, pts_count=1)
+        return types.Updates(updates=[update], users=users, chats=chats, date=self._now(), seq=0)
 
     # === messages =========================================================================
 
@@ -714,9 +714,7 @@ class TelegramRpc(FaultKnobs):
 
     async def _common_messages(self, ctx: CallContext, req: Any) -> Any:
         viewer = self._me(ctx).id
-        visible = {
-            i: m for i, m in self.world.common.items() if self.world.common_visible(m, viewer)
-        }
+        visible = {m.id: m for m in self.world.common_box(viewer)}
         found = [self._input_message(visible, im) for im in req.id]
         msgs = [m for m in found if isinstance(m, MessageSpec)]
         users, chats = self._entities_for(msgs, viewer)
@@ -780,12 +778,12 @@ class TelegramRpc(FaultKnobs):
             else:
                 if viewer not in chat.members:
                     raise RpcError(400, "CHAT_ID_INVALID")
-                box = [m for m in self.world.common.values() if m.chat == chat.id]
+                box = [m for m in self.world.common_box(viewer) if m.chat == chat.id]
         else:
             other = peer.id
             box = [
                 m
-                for m in self.world.common.values()
+                for m in self.world.common_box(viewer)
                 if m.chat is None and {m.from_id, m.to_user} == {viewer, other}
             ]
         box.sort(key=lambda m: m.id, reverse=True)
@@ -844,7 +842,7 @@ class TelegramRpc(FaultKnobs):
             box = (
                 chat.messages
                 if chat.is_channel
-                else {i: m for i, m in self.world.common.items() if m.chat == chat.id}
+                else {m.id: m for m in self.world.common_box(viewer) if m.chat == chat.id}
             )
             if box:
                 entries.append((chat, box[max(box)]))
@@ -1057,7 +1055,11 @@ class TelegramRpc(FaultKnobs):
             return types.updates.DifferenceEmpty(date=self._now(), seq=0)
         events = [e for e in self.world.account_log.get(me.id, []) if e[0] > req.pts]
         new_ids = [i for _, i, kind in events if kind == "new"]
-        msgs = [self.world.common[i] for i in dict.fromkeys(new_ids) if i in self.world.common]
+        msgs = [
+            self.world.seen_by(self.world.common[i], me.id)
+            for i in dict.fromkeys(new_ids)
+            if i in self.world.common
+        ]
         users, chats = self._entities_for(msgs, me.id)
         for update in stale:
             if not any(c.id == update.channel_id for c in chats):
@@ -1164,7 +1166,8 @@ class TelegramRpc(FaultKnobs):
     ) -> MessageSpec:
         """Adds a message to a channel, megagroup or basic group and pushes
         updateNewChannelMessage / updateNewMessage to every member account (unless
-        drop_next_posts holds it back). Returns the stored message (its id, its pts)."""
+        drop_next_posts holds it back). Returns the stored message (its id, its pts; in a
+        basic group `id` is the store id, world.own_id(account, id) an account's own)."""
         chat = self.world.chats[chat_id]
         if from_id is None and chat.kind != BROADCAST:
             from_id = chat.creator_id  # a group message always has a sender
@@ -1215,7 +1218,8 @@ class TelegramRpc(FaultKnobs):
         *,
         entities: list[dict[str, Any]] | None = None,
     ) -> MessageSpec:
-        """Edits a message (text, entities, edit_date = now) and pushes
+        """Edits a message (by its channel id, or store id in a basic group: text,
+        entities, edit_date = now) and pushes
         updateEditChannelMessage / updateEditMessage to member accounts."""
         chat = self.world.chats[chat_id]
         box = chat.messages if chat.is_channel else self.world.common
@@ -1293,26 +1297,34 @@ class TelegramRpc(FaultKnobs):
     async def _push_common(
         self, msg: MessageSpec, kind: str, viewers: list[int] | None = None, push: bool = True
     ) -> None:
-        """Moves each viewing account's pts and (unless push=False: a lost update) pushes
-        updateNewMessage / updateEditMessage / updateDeleteMessages to it."""
-        for viewer in self.world.common_viewers(msg) if viewers is None else viewers:
+        """Moves the pts of each account whose box holds the message and (unless
+        push=False: a lost update) pushes updateNewMessage / updateEditMessage /
+        updateDeleteMessages to it, with the account's own id of the message."""
+        for viewer in self.world.common_holders(msg) if viewers is None else viewers:
             pts = self.world.account_event(viewer, msg.id, kind)
             if not push:
                 continue
             update: Any
             if kind == "new":
-                m = render.message(self.world, msg, viewer)
-                update = types.UpdateNewMessage(message=m, pts=pts, pts_count=1)
+                update = types.UpdateNewMessage(
+                    message=self._seen(msg, viewer), pts=pts, pts_count=1
+                )
             elif kind == "edit":
-                m = render.message(self.world, msg, viewer)
-                update = types.UpdateEditMessage(message=m, pts=pts, pts_count=1)
+                update = types.UpdateEditMessage(
+                    message=self._seen(msg, viewer), pts=pts, pts_count=1
+                )
             else:
-                update = types.UpdateDeleteMessages(messages=[msg.id], pts=pts, pts_count=1)
+                own = self.world.seen_by(msg, viewer).id
+                update = types.UpdateDeleteMessages(messages=[own], pts=pts, pts_count=1)
             users, chats = self._entities_for([msg], viewer)
             await self._push(
                 viewer,
                 types.Updates(updates=[update], users=users, chats=chats, date=self._now(), seq=0),
             )
+
+    def _seen(self, msg: MessageSpec, viewer: int) -> Any:
+        """The TL message `viewer` gets (a common-box message under its own id)."""
+        return render.message(self.world, self.world.seen_by(msg, viewer), viewer)
 
     async def _push(self, user_id: int, updates: Any) -> None:
         if self._pusher is None:

@@ -39,9 +39,13 @@ Rules kept here (see ../../shared/design/TELEGRAM.md):
 - Channels and megagroups number their messages in their own sequence and have a `pts`
   that every new, edited or deleted message moves; `log` keeps those events so
   `updates.getChannelDifference` can replay what a client missed.
-- Basic groups and private chats share one world-wide "common" id sequence. Telegram
-  numbers them per account; the emulator keeps one sequence for all accounts (documented
-  simplification: ids of basic-group messages are the same for every viewer).
+- Basic-group and private messages are numbered per account, as Telegram does ("message
+  ids in basic groups and private chats are per user, in channels per channel"): each
+  account's *common box* has its own sequence, and a message gets the next id of every box
+  it enters (the members' at the time it is sent: a later member doesn't see it). The
+  world stores each such message once under a world-wide *store id* (`common`, what
+  post_message returns and edit_message/delete_messages take); `own_id` and `seen_by`
+  give an account's id for it, and the rpc answers only with those.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ import hmac
 import json
 import struct
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +205,8 @@ class UserSpec:
 @dataclass
 class MessageSpec:
     """A message. For a channel/megagroup `chat` is its id and `id` its own sequence; for a
-    basic group `chat` too (ids from the common sequence); for a private chat `chat` is None
+    basic group `chat` too (`id` its store id; accounts see their own, World.seen_by); for a
+    private chat `chat` is None
     and `to_user` names the other side. `media` is {"photo": id}, {"document": id} or
     {"webpage": id}; `action` (a service message) is {"type": ..., ...} (see render.py);
     `fwd` is {"from_user": id} or {"from_channel": id, "channel_post": n, "post_author": s}
@@ -312,9 +317,14 @@ class World:
         self.photos: dict[int, PhotoSpec] = {}
         self.documents: dict[int, DocumentSpec] = {}
         self.webpages: dict[int, WebPageSpec] = {}
-        # The common box: basic-group and private messages, one id sequence.
+        # Basic-group and private messages by store id (one world-wide sequence), and
+        # each account's own numbering of the ones in its box: store id → own id, the
+        # reverse, and the account's next own id.
         self.common: dict[int, MessageSpec] = {}
         self.common_next_id = 1
+        self.box_ids: dict[int, dict[int, int]] = {}
+        self.box_store: dict[int, dict[int, int]] = {}
+        self.box_next: dict[int, int] = {}
         # Account-level pts (moves with common-box messages), per account, and the log of
         # (pts after, message id, kind) that updates.getDifference replays.
         self.account_pts: dict[int, int] = {}
@@ -404,7 +414,16 @@ class World:
         self.common_next_id = max(self.common_next_id, msg.id + 1)
         self.common[msg.id] = msg
         msg.pts = 0
+        for account in self.common_viewers(msg):
+            self.box_add(account, msg.id)
         return msg
+
+    def box_add(self, account: int, store_id: int) -> None:
+        """Puts a stored common message into the account's box under its next own id."""
+        own = self.box_next.get(account, 1)
+        self.box_next[account] = own + 1
+        self.box_ids.setdefault(account, {})[store_id] = own
+        self.box_store.setdefault(account, {})[own] = store_id
 
     def account_event(self, account: int, msg_id: int, kind: str) -> int:
         """Moves an account's pts by one for a common-box message; returns the new pts."""
@@ -503,7 +522,33 @@ class World:
         return [i for i in ids if i in self.users and self.users[i].is_account]
 
     def common_visible(self, msg: MessageSpec, viewer: int) -> bool:
-        return viewer in self.common_viewers(msg)
+        """Whether the message is in the viewer's box (it was a member when it was sent)."""
+        return self.own_id(viewer, msg.id) is not None
+
+    def common_holders(self, msg: MessageSpec) -> list[int]:
+        """The current viewers whose box holds the message (who hear of its edits)."""
+        return [v for v in self.common_viewers(msg) if self.common_visible(msg, v)]
+
+    def own_id(self, account: int, store_id: int) -> int | None:
+        """The id `account` knows a basic-group or private message by; None if it is not in
+        the account's box."""
+        return self.box_ids.get(account, {}).get(store_id)
+
+    def seen_by(self, msg: MessageSpec, viewer: int) -> MessageSpec:
+        """The message as `viewer` gets it: a common-box message as a copy carrying the
+        viewer's own ids (its id, the id it replies to); a channel message as it is."""
+        if msg.chat is not None and self.chats[msg.chat].is_channel:
+            return msg
+        box = self.box_ids.get(viewer, {})
+        if msg.id not in box:
+            raise KeyError(f"message {msg.id} is not in account {viewer}'s box")
+        reply = box.get(msg.reply_to) if msg.reply_to is not None else None
+        return replace(msg, id=box[msg.id], reply_to=reply)
+
+    def common_box(self, viewer: int) -> list[MessageSpec]:
+        """The stored messages of the viewer's box, as it sees them (own ids), in its order."""
+        store = self.box_store.get(viewer, {})
+        return [self.seen_by(self.common[s], viewer) for s in store.values() if s in self.common]
 
     # --- identity rules: per viewing account ---------------------------------------------
 
