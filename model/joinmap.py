@@ -9,6 +9,12 @@ Two tables in a versioned SQLite schema (common/sqlite.py): `peers` (one row per
 marked Bot-API id, its type, title, username, last_message_id) and `memberships` (one row per
 chat and account: several accounts may sit in one chat, each with its own state).
 
+An orphaned chat is derived, not stored: nobody is in it, and its latest membership change is
+banned_account (the account in it was banned or logged out and no other could take over).
+It is still wanted: `orphaned()` lists it for the subscriber to join again, `subscriptions()`
+(GET /api/v1/subscriptions) shows it. A later left (the API) or kicked (the chat's admins)
+ends that: such a chat is not joined again.
+
 Ids only: this module knows nothing of Telethon; callers pass marked ids and plain strings.
 
 Every statement here is a single-row or indexed one over a table of at most a few thousand
@@ -76,6 +82,14 @@ _SELECT = (
     "SELECT p.peer_id, p.type, p.title, p.username, p.last_message_id,"
     " m.account, m.state, m.joined_at, m.updated_at"
     " FROM memberships m JOIN peers p ON p.peer_id = m.peer_id"
+)
+
+# Membership `m` is an orphaned chat's latest: banned_account, nobody joined, nothing newer (a
+# left or kicked as new as it wins the tie, as in get()'s order).
+_ORPHAN = (
+    "m.state = 'banned_account' AND NOT EXISTS (SELECT 1 FROM memberships o"
+    " WHERE o.peer_id = m.peer_id AND (o.state = 'joined' OR o.updated_at > m.updated_at"
+    " OR (o.updated_at = m.updated_at AND o.state != 'banned_account')))"
 )
 
 
@@ -236,12 +250,14 @@ class JoinMap:
         return self._last[peer_id]
 
     def get(self, peer_id: int) -> dict[str, Any] | None:
-        """The chat's subscription: a joined membership (the oldest) if any, else the latest."""
+        """The chat's subscription: a joined membership (the oldest) if any, else the latest
+        (state banned_account here means an orphaned chat, see `orphaned()`)."""
         if peer_id not in self._subs:
             row = self._conn.execute(
                 _SELECT + " WHERE m.peer_id = ?"
                 " ORDER BY m.state = 'joined' DESC,"
-                " CASE WHEN m.state = 'joined' THEN m.joined_at ELSE -m.updated_at END LIMIT 1",
+                " CASE WHEN m.state = 'joined' THEN m.joined_at ELSE -m.updated_at END,"
+                " m.state = 'banned_account' LIMIT 1",
                 (peer_id,),
             ).fetchone()
             self._subs[peer_id] = self._to_dict(row) if row else None
@@ -270,6 +286,14 @@ class JoinMap:
         """Marked ids of the chats at least one account is in (what the poller walks)."""
         rows = self._conn.execute(
             "SELECT DISTINCT peer_id FROM memberships WHERE state = 'joined' ORDER BY peer_id"
+        )
+        return [int(r[0]) for r in rows]
+
+    def orphaned(self) -> list[int]:
+        """Marked ids of the orphaned chats: nobody in them, the latest change a ban or a
+        logout of the account that was (the subscriber joins them with another account)."""
+        rows = self._conn.execute(
+            "SELECT DISTINCT m.peer_id FROM memberships m WHERE " + _ORPHAN + " ORDER BY m.peer_id"
         )
         return [int(r[0]) for r in rows]
 
@@ -302,11 +326,21 @@ class JoinMap:
     def has_room(self, account: str, limit: int = CHANNELS_PER_ACCOUNT) -> bool:
         return self.count(account) < limit
 
+    def subscriptions(self) -> list[dict[str, Any]]:
+        """What `GET /api/v1/subscriptions` returns, oldest first: every joined membership,
+        and each orphaned chat's latest (state banned_account: nobody is in it until an
+        account can take it over)."""
+        rows = self._conn.execute(
+            _SELECT + " WHERE m.state = 'joined' OR (" + _ORPHAN + ")"
+            " ORDER BY m.joined_at, m.peer_id, m.account"
+        )
+        return [self._to_dict(r) for r in rows]
+
     # Last in the class: a method named `list` shadows the builtin for the ones below it.
     def list(self, state: State | str | None = State.JOINED) -> list[dict[str, Any]]:
         """Subscriptions (one per chat and account), oldest first; `state=None` for all.
 
-        These dicts are what `GET /api/v1/subscriptions` returns.
+        The same dicts as `subscriptions()`, which GET /api/v1/subscriptions returns.
         """
         if state is None:
             rows = self._conn.execute(_SELECT + " ORDER BY m.joined_at, m.peer_id, m.account")

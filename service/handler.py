@@ -76,7 +76,7 @@ class Subscriptions(Protocol):
 
 
 class JoinMapReader(Protocol):
-    def list(self) -> list[dict[str, Any]]: ...
+    def subscriptions(self) -> list[dict[str, Any]]: ...
 
 
 class MethodNotAllowed(TgcError):
@@ -551,7 +551,7 @@ class SubscriptionsHandler(ApiHandler):
     async def on_get(self, *args: str) -> dict[str, Any]:
         if self.query():
             raise InvalidParam("peer", "GET lists every subscription; it takes no parameter")
-        return {"subscriptions": self.joinmap.list()}
+        return {"subscriptions": self.joinmap.subscriptions()}
 
     async def on_post(self, *args: str) -> dict[str, Any]:
         return await self.subscriptions.subscribe(peer_param(self.json_body()))

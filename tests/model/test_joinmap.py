@@ -14,6 +14,7 @@ from model.joinmap import CHANNELS_PER_ACCOUNT, JoinMap, State
 
 CHAN = -1001234567890
 CHAN2 = -1009876543210
+CHAN3 = -1005555555555
 
 
 class Clock:
@@ -284,3 +285,55 @@ def test_rename_account_keeps_the_membership_the_new_name_has(jm: JoinMap) -> No
     jm.record_leave(CHAN, "new")
     assert jm.rename_account("old", "new") == 0
     assert [(m["account"], m["state"]) for m in jm.memberships(CHAN)] == [("new", "left")]
+
+
+def test_a_chat_nobody_is_in_since_a_ban_is_orphaned(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "orphans.db"
+    jm = JoinMap(path, clock=clock)
+    jm.record_join(CHAN, "acc1", type="channel")
+    jm.record_join(CHAN2, "acc1", type="channel")
+    jm.record_join(CHAN2, "acc2", type="channel")
+    clock.now += 1
+    jm.record_account_banned("acc1")
+    assert jm.orphaned() == [CHAN]  # CHAN2 still has acc2
+    assert jm.get(CHAN)["state"] == "banned_account"
+    # GET's list: the joined memberships and the orphan (acc1's CHAN2 row is no orphan).
+    listed = [(s["peer"]["id"], s["account"], s["state"]) for s in jm.subscriptions()]
+    assert listed == [(CHAN2, "acc2", "joined"), (CHAN, "acc1", "banned_account")]
+    jm.close()
+    jm = JoinMap(path, clock=clock)  # derived from the rows: a restart keeps it
+    assert jm.orphaned() == [CHAN]
+    clock.now += 1
+    jm.record_join(CHAN, "acc3", type="channel")  # taken over
+    assert jm.orphaned() == []
+    assert [s["state"] for s in jm.subscriptions() if s["peer"]["id"] == CHAN] == ["joined"]
+    jm.close()
+
+
+def test_a_kick_or_a_leave_after_the_ban_ends_the_orphan(jm: JoinMap, clock: Clock) -> None:
+    # Two accounts in CHAN: acc1 banned (acc2 still in it), then acc2 kicked by the admins.
+    jm.record_join(CHAN, "acc1", type="channel")
+    jm.record_join(CHAN, "acc2", type="channel")
+    clock.now += 1
+    jm.record_account_banned("acc1")
+    clock.now += 1
+    jm.record_kick(CHAN, "acc2")
+    # CHAN2: acc1 banned and acc2 kicked at the same time: the kick wins the tie.
+    jm.record_join(CHAN2, "acc1", type="channel")
+    jm.record_join(CHAN2, "acc2", type="channel")
+    jm.record_kick(CHAN2, "acc2")
+    jm.record_account_banned("acc1")
+    # CHAN3: banned, then dropped through the API (its row set to left).
+    jm.record_join(CHAN3, "acc4", type="channel")
+    jm.record_account_banned("acc4")
+    assert jm.orphaned() == [CHAN3]
+    jm.set_state(CHAN3, "acc4", State.LEFT)
+    assert jm.orphaned() == [] and jm.subscriptions() == []
+    assert [jm.get(p)["state"] for p in (CHAN, CHAN2, CHAN3)] == ["kicked", "kicked", "left"]
+    # Re-subscribed after the kick (with acc3), then acc3 banned: orphaned again.
+    clock.now += 1
+    jm.record_join(CHAN, "acc3", type="channel")
+    clock.now += 1
+    jm.record_account_banned("acc3")
+    assert jm.orphaned() == [CHAN]
+    assert [(s["account"], s["state"]) for s in jm.subscriptions()] == [("acc3", "banned_account")]

@@ -189,7 +189,7 @@ class FakeJoinMap:
     def __init__(self) -> None:
         self.rows = [{"peer_id": MARKED, "account": "acc1", "state": "joined"}]
 
-    def list(self) -> list[dict[str, Any]]:
+    def subscriptions(self) -> list[dict[str, Any]]:
         return self.rows
 
 
