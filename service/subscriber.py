@@ -29,6 +29,15 @@ chat and is ignored.
 
 Accounts: an account at its channel limit (model.joinmap.CHANNELS_PER_ACCOUNT) is skipped
 when joining; a banned or logged-out account's chats are joined again by other accounts.
+A chat no account can take over then (every other one full, banned, logged out or in a
+flood wait, or none there) is orphaned: the join map keeps it (nobody joined, the latest
+membership banned_account: derived, so it survives a restart) and GET /api/v1/subscriptions
+shows it so. The account check joins it as soon as an account can: at start, at once when
+an account's state turns ok, and otherwise after a per-chat backoff (REJOIN_BACKOFF s,
+doubling up to REJOIN_BACKOFF_MAX) so that a full pool is not asked to join every few
+seconds. DELETE of an orphaned chat ends it (state left); nothing is rejoined after that.
+A kick is not taken over: the chat's admins removed the account, and joining with another
+one would evade them (the chat stays kicked until the API subscribes it again).
 """
 
 from __future__ import annotations
@@ -64,6 +73,8 @@ log = logging.getLogger(__name__)
 HISTORY_PAGE = 100  # messages.getHistory's own cap
 GAP_WAIT = 1.0  # s an id published past the watermark may wait before its chat is polled
 MAX_PAGES_PER_POLL = 20  # per chat and poll: a long outage drains over several polls
+REJOIN_BACKOFF = 30.0  # s before an orphaned chat is tried again, doubling per failure...
+REJOIN_BACKOFF_MAX = 3600.0  # ...up to this
 
 
 class _Recent:
@@ -89,6 +100,40 @@ class _Recent:
         return key in self._keys
 
 
+class _Backoff:
+    """When each key may be tried again: `first` s after a failure, the wait doubling with
+    each failure in a row up to `cap`. A key not failed (or forgotten) is due at once."""
+
+    def __init__(
+        self, first: float, cap: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._first, self._cap, self._clock = first, cap, clock
+        self._next: dict[int, tuple[float, float]] = {}  # key: (due at, the wait after that)
+
+    def due(self, key: int) -> bool:
+        entry = self._next.get(key)
+        return entry is None or entry[0] <= self._clock()
+
+    def failed(self, key: int) -> float:
+        """Puts the key's next try off; returns by how many seconds."""
+        _, wait = self._next.get(key, (0.0, self._first))
+        self._next[key] = (self._clock() + wait, min(wait * 2, self._cap))
+        return wait
+
+    def forget(self, key: int) -> None:
+        self._next.pop(key, None)
+
+    def keep_only(self, keys: Iterable[int]) -> None:
+        keep = set(keys)
+        for key in [k for k in self._next if k not in keep]:
+            del self._next[key]
+
+    def all_due(self) -> None:
+        """Every key is due now (a reason to hope changed); the waits reached are kept, so
+        a try that fails again still waits long."""
+        self._next = {k: (0.0, wait) for k, (_, wait) in self._next.items()}
+
+
 class Subscriber:
     """Joins/leaves for the API, Telegram updates to events, and the gap poll.
 
@@ -108,6 +153,8 @@ class Subscriber:
         recent_size: int = 100_000,
         media_queue: queries.MediaQueue | None = None,
         clock: Callable[[], float] = time.time,
+        rejoin_backoff: float = REJOIN_BACKOFF,
+        rejoin_backoff_max: float = REJOIN_BACKOFF_MAX,
     ) -> None:
         self._pool = pool
         self._joinmap = joinmap
@@ -126,6 +173,7 @@ class Subscriber:
         self._tasks: list[asyncio.Task[None]] = []
         self._api_lock = asyncio.Lock()
         self._leaving: set[tuple[int, str]] = set()
+        self._rejoin_after = _Backoff(rejoin_backoff, rejoin_backoff_max)  # orphaned chats
         self._running = False
         self._ahead: dict[int, set[int]] = {}  # per chat: ids published past the watermark
         self._gap_timers: dict[int, asyncio.TimerHandle] = {}
@@ -216,6 +264,8 @@ class Subscriber:
 
     async def _unsubscribe(self, ref: PeerRef) -> dict[str, Any]:
         known = self._known(ref)
+        if known is not None and known["state"] == State.BANNED_ACCOUNT:
+            return await self._drop_orphan(known)  # nobody to leave: just stop taking it over
         if known is None or known["state"] != State.JOINED:
             raise NotSubscribed(str(ref))
         peer_id = known["peer"]["id"]
@@ -535,23 +585,33 @@ class Subscriber:
 
     async def _watch_accounts(self) -> None:
         """Follows each account's state: after a reconnect its chats are polled (updates
-        may have been lost meanwhile); a banned or logged-out account's chats move."""
+        may have been lost meanwhile); a banned or logged-out account's chats move; orphaned
+        chats are tried again. The first check runs at start (orphans of a former run)."""
         while True:
+            try:
+                await self.check_accounts()
+            except Exception:
+                log.exception("account check failed")  # the next one may do better
             await asyncio.sleep(self._check_interval)
-            await self.check_accounts()
 
     async def check_accounts(self) -> None:
+        usable_again = False
         for tc in list(self._pool):
             before = self._states.get(tc.name)
             now = tc.state
             self._states[tc.name] = now
             if now == before:
                 continue
+            if now == AccountState.OK:
+                usable_again = True
             if before == AccountState.DISCONNECTED and now in (AccountState.OK, AccountState.FLOOD_WAIT):
                 for sub in self._joinmap.by_account(tc.name):
                     self.poll_soon(sub["peer"]["id"])
             if now in (AccountState.BANNED, AccountState.UNAUTHORIZED):
                 await self._move_away(tc.name)
+        if usable_again:
+            self._rejoin_after.all_due()  # an account can join now: don't wait for the backoff
+        await self._retry_orphans()
 
     async def _move_away(self, account: str) -> None:
         async with self._api_lock:  # not beside an API join of the same chat
@@ -562,17 +622,52 @@ class Subscriber:
         for sub in lost:
             await self._publish_subscription(sub)
         for sub in lost:
-            peer_id = sub["peer"]["id"]
-            still = [m for m in self._joinmap.memberships(peer_id) if m["state"] == State.JOINED]
-            if still:
-                continue  # another account is in the chat already
-            ref = parse_peer(str(peer_id))
-            if sub["peer"].get("username"):
-                ref = parse_peer("@" + sub["peer"]["username"])
-            try:
-                await self._rejoin(ref, sub)
-            except TgcError as e:
-                log.error("could not move %s away from %s: %s", peer_id, account, e)
+            await self._take_over(sub["peer"]["id"])  # unless another account is in it
+
+    async def _retry_orphans(self) -> None:
+        """Joins each orphaned chat whose backoff is over with an account that can."""
+        orphans = self._joinmap.orphaned()
+        self._rejoin_after.keep_only(orphans)  # subscribed or deleted through the API since
+        for peer_id in orphans:
+            if not self._rejoin_after.due(peer_id):
+                continue
+            async with self._api_lock:  # one at a time: API calls go in between
+                await self._take_over(peer_id)
+
+    async def _take_over(self, peer_id: int) -> None:
+        """Joins an orphaned chat with another account (under `_api_lock`). When no account
+        can, it stays orphaned and its next try waits (the backoff). A flood wait needs no
+        special case: the pool then answers the next chats at once, without a request."""
+        sub = self._joinmap.get(peer_id)
+        if sub is None or sub["state"] != State.BANNED_ACCOUNT:
+            # Joined by another account, left through the API, or kicked (not taken over:
+            # the chat's admins removed us; another account would evade them).
+            self._rejoin_after.forget(peer_id)
+            return
+        try:
+            await self._rejoin(_rejoin_ref(sub["peer"]), sub)
+        except TgcError as e:
+            wait = self._rejoin_after.failed(peer_id)
+            log.warning(
+                "no account could take over %s (%s: %s): orphaned, next try in %.1f s"
+                " or when an account becomes usable",
+                peer_id,
+                e.code,
+                e,
+                wait,
+            )
+            return
+        self._rejoin_after.forget(peer_id)
+
+    async def _drop_orphan(self, sub: dict[str, Any]) -> dict[str, Any]:
+        """DELETE of an orphaned chat: its memberships of banned or logged-out accounts
+        become left (through the API), so it is no longer taken over."""
+        peer_id, last = sub["peer"]["id"], sub
+        for member in self._joinmap.memberships(peer_id):
+            if member["state"] == State.BANNED_ACCOUNT:
+                last = await self._change(peer_id, member["account"], State.LEFT) or last
+        self._rejoin_after.forget(peer_id)
+        return last
 
     async def _rejoin(self, ref: PeerRef, old: dict[str, Any]) -> None:
         join = self._joiner(ref)
@@ -583,6 +678,14 @@ class Subscriber:
         await self._record_join(peer, account.name)
         log.warning("%s moved to account %s", peer["id"], account.name)
         self.poll_soon(peer["id"])  # what came while nobody listened
+
+
+def _rejoin_ref(peer: dict[str, Any]) -> PeerRef:
+    """How another account finds the chat: by username if it has one (an id alone is only
+    found by accounts that have met the chat)."""
+    if peer.get("username"):
+        return parse_peer("@" + peer["username"])
+    return parse_peer(str(peer["id"]))
 
 
 def _history(

@@ -399,3 +399,145 @@ async def test_a_flood_wait_ends_the_poll_round(flow: Flow) -> None:
     await flow.subscriber._poll_round([NEWS_ID, TALK_ID], pace=0)
     # NEWS met the wait (on the one account that knows it by id); TALK was not asked at all
     assert flow.rpc.count("messages.getHistory") == 1
+
+
+# --- orphaned chats: no account could take them over ---------------------------------------
+
+
+def test_the_rejoin_backoff_spaces_tries_and_doubles_up_to_its_cap() -> None:
+    from service.subscriber import _Backoff
+
+    now = [100.0]
+    backoff = _Backoff(30.0, 100.0, clock=lambda: now[0])
+    assert backoff.due(1)  # never failed: at once
+    waits = []
+    for _ in range(4):
+        waits.append(backoff.failed(1))
+        assert not backoff.due(1)
+        now[0] += waits[-1] - 0.01
+        assert not backoff.due(1)  # not a moment before its time
+        now[0] += 0.01
+        assert backoff.due(1)
+    assert waits == [30.0, 60.0, 100.0, 100.0]
+    assert backoff.due(2)  # per key
+    backoff.failed(1)
+    backoff.all_due()  # an account became usable: due now, the wait reached kept
+    assert backoff.due(1) and backoff.failed(1) == 100.0
+    backoff.keep_only([2])
+    assert backoff.due(1) and backoff.failed(1) == 30.0  # forgotten: from the start
+
+
+async def _replace_subscriber(flow: Flow, joinmap: JoinMap | None = None, **options: Any) -> None:
+    """Stops the flow's subscriber and starts another in its place (the fixture stops it)."""
+    await flow.subscriber.stop()
+    flow.joinmap = joinmap or flow.joinmap
+    flow.subscriber = Subscriber(
+        flow.pool, flow.joinmap, flow.publisher, poll_interval=3600, **options
+    )
+    await flow.subscriber.start()
+
+
+async def _ban(flow: Flow, name: str) -> None:
+    flow.rpc.deactivated_ban(int(name.removeprefix("acc")))
+    with pytest.raises(AccountUnusable):
+        await flow.pool.get(name).get_entity(parse_peer("@talk"))  # it learns it is banned
+
+
+async def _orphan_news(flow: Flow) -> tuple[str, list[str]]:
+    """@news joined by one account, the two others full (channel_limit=1: each is in TALK,
+    as in the emulator), then that account banned: nobody can take NEWS over."""
+    sub = await flow.subscriber.subscribe(parse_peer("@news"))
+    others = [tc.name for tc in flow.pool if tc.name != sub["account"]]
+    for name in others:
+        flow.joinmap.record_join(
+            TALK_ID, name, type="megagroup", title="News talk", username="talk"
+        )
+    await _ban(flow, sub["account"])
+    await asyncio.wait_for(_until(lambda: flow.joinmap.orphaned() == [NEWS_ID]), 20)
+    return sub["account"], others
+
+
+def _joined_by(flow: Flow, peer_id: int, accounts: list[str]) -> bool:
+    sub = flow.joinmap.get(peer_id)
+    return sub is not None and sub["state"] == "joined" and sub["account"] in accounts
+
+
+def _said_joined(consumer: Consumer, peer_id: int, accounts: list[str]) -> bool:
+    """Whether a subscription.changed says one of `accounts` joined the chat."""
+    return any(
+        m.body["peer"]["id"] == peer_id
+        and m.body["state"] == "joined"
+        and m.body["account"] in accounts
+        for m in of(consumer, "subscription.changed")
+    )
+
+
+async def test_an_orphaned_chat_is_taken_over_once_an_account_has_room(
+    flow: Flow, rabbit: Rabbit
+) -> None:
+    await _replace_subscriber(
+        flow, channel_limit=1, check_interval=0.05, rejoin_backoff=0.2, rejoin_backoff_max=1.0
+    )
+    banned, others = await _orphan_news(flow)
+    # GET /api/v1/subscriptions still shows it: nobody in it, its account banned.
+    shown = [s for s in flow.joinmap.subscriptions() if s["peer"]["id"] == NEWS_ID]
+    assert [(s["account"], s["state"]) for s in shown] == [(banned, "banned_account")]
+    missed = await flow.rpc.post_message(NEWS, "while nobody listened")
+    async with rabbit.consumer() as consumer:
+        from model.joinmap import State
+
+        for name in others:  # room again (as after a DELETE of TALK)
+            flow.joinmap.set_state(TALK_ID, name, State.LEFT)
+        await asyncio.wait_for(_until(lambda: _joined_by(flow, NEWS_ID, others)), 20)
+        await consumer.wait_for_ids([f"{NEWS_ID}:{missed.id}:message.new"])  # polled
+        await consumer.wait_until(lambda c: _said_joined(c, NEWS_ID, others))
+    taker = flow.joinmap.get(NEWS_ID)
+    assert taker is not None and flow.joinmap.orphaned() == []
+    news = flow.rpc.world.chats[NEWS]
+    assert flow.rpc.world.is_member(news, int(taker["account"].removeprefix("acc")))
+
+
+async def test_an_orphaned_chat_survives_a_restart_and_is_joined_at_start(
+    flow: Flow, rabbit: Rabbit, tmp_path: Path
+) -> None:
+    await _replace_subscriber(flow, channel_limit=1, check_interval=0.05)
+    _, others = await _orphan_news(flow)
+    await flow.subscriber.stop()
+    flow.joinmap.close()
+    reopened = JoinMap(tmp_path / "joinmap.db")  # the fixture's file, as the next start opens it
+    assert reopened.orphaned() == [NEWS_ID]
+    async with rabbit.consumer() as consumer:
+        # The next start has room (a higher limit here; a new account would do the same).
+        # No check interval to wait for: the first check runs at start.
+        await _replace_subscriber(flow, reopened, check_interval=3600)
+        await asyncio.wait_for(_until(lambda: _joined_by(flow, NEWS_ID, others)), 20)
+        await consumer.wait_until(lambda c: _said_joined(c, NEWS_ID, others))
+
+
+async def test_an_orphan_is_tried_at_once_when_a_flood_wait_ends(flow: Flow) -> None:
+    # A long backoff: only the accounts' return to ok can bring the next try in time.
+    await _replace_subscriber(flow, check_interval=0.05, rejoin_backoff=3600)
+    sub = await flow.subscriber.subscribe(parse_peer("@news"))
+    others = [tc.name for tc in flow.pool if tc.name != sub["account"]]
+    flow.rpc.flood_wait("channels.joinChannel", 1, times=2)  # each other account meets one
+    flow.rpc.reset_counts()
+    await _ban(flow, sub["account"])
+    await asyncio.wait_for(_until(lambda: flow.joinmap.orphaned() == [NEWS_ID]), 20)
+    await asyncio.wait_for(_until(lambda: _joined_by(flow, NEWS_ID, others)), 20)
+    # Two joins met the wait, one took the chat: none while the accounts waited.
+    assert flow.rpc.count("channels.joinChannel") == 3
+
+
+async def test_deleting_an_orphaned_chat_ends_its_takeover(flow: Flow, rabbit: Rabbit) -> None:
+    sub = await flow.subscriber.subscribe(parse_peer("@news"))
+    for tc in flow.pool:  # the other accounts first: none is left to take NEWS over
+        if tc.name != sub["account"]:
+            await _ban(flow, tc.name)
+    await _ban(flow, sub["account"])
+    await flow.subscriber.check_accounts()
+    assert flow.joinmap.orphaned() == [NEWS_ID]
+    left = await flow.subscriber.unsubscribe(parse_peer("@news"))
+    assert (left["account"], left["state"]) == (sub["account"], "left")
+    assert flow.joinmap.orphaned() == [] and flow.joinmap.subscriptions() == []
+    with pytest.raises(NotSubscribed):
+        await flow.subscriber.unsubscribe(parse_peer("@news"))
