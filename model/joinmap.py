@@ -24,6 +24,11 @@ statement. The two questions asked for every message of every subscribed chat, `
 `last_message_id()`, are answered from memory (the map is small and this object is its one
 writer), and the cursor may be written in batches (`set_last_message_id(persist=False)`,
 then `flush()`): losing the last second of it in a crash only publishes those messages again.
+
+Basic groups (type `group`) number their messages per account, so their cursor is kept per
+membership (`memberships.last_message_id`, `member_last_message_id()`), in that account's own
+ids; the subscription dicts show it as their `last_message_id`. Channels and megagroups keep
+the per-chat one in `peers`.
 """
 
 from __future__ import annotations
@@ -76,11 +81,17 @@ _MIGRATIONS = (
     );
     CREATE INDEX memberships_account ON memberships (account, state)
     """,
+    # 2: a cursor per membership, for basic groups (their message ids are per account).
+    """
+    ALTER TABLE memberships ADD COLUMN last_message_id INTEGER NOT NULL DEFAULT 0
+    """,
 )
+
+BASIC_GROUP = "group"  # the peer type whose message ids are per account
 
 _SELECT = (
     "SELECT p.peer_id, p.type, p.title, p.username, p.last_message_id,"
-    " m.account, m.state, m.joined_at, m.updated_at"
+    " m.account, m.state, m.joined_at, m.updated_at, m.last_message_id AS member_last"
     " FROM memberships m JOIN peers p ON p.peer_id = m.peer_id"
 )
 
@@ -103,6 +114,9 @@ class JoinMap:
         self._subs: dict[int, dict[str, Any] | None] = {}  # get()'s answers, per chat
         self._last: dict[int, int] = {}  # last_message_id of known chats
         self._dirty: set[int] = set()  # chats whose last_message_id is not on disk yet
+        # The same for the per-membership cursor of basic groups, by (chat, account).
+        self._member_last: dict[tuple[int, str], int] = {}
+        self._member_dirty: set[tuple[int, str]] = set()
 
     def close(self) -> None:
         self.flush()
@@ -186,11 +200,13 @@ class JoinMap:
         """Moves `old`'s memberships to the name `new` (an account's session stem to its
         label, model/teleclient.py); a membership `new` already has wins. Returns how many
         moved."""
+        self.flush()  # the cursors in memory are keyed by the old name
         with write(self._conn) as c:
             moved = c.execute(
                 "UPDATE OR IGNORE memberships SET account = ? WHERE account = ?", (new, old)
             ).rowcount
             c.execute("DELETE FROM memberships WHERE account = ?", (old,))
+        self._member_last = {k: v for k, v in self._member_last.items() if k[1] not in (old, new)}
         if moved:
             self._subs.clear()
             # Not `old`: a session stem may be a phone number.
@@ -223,17 +239,39 @@ class JoinMap:
             self.flush()
         return True
 
+    def set_member_last_message_id(
+        self, peer_id: int, account: str, message_id: int, *, persist: bool = True
+    ) -> bool:
+        """The cursor of one membership (a basic group's, in the account's own ids): like
+        `set_last_message_id`, never back, False for a membership the map does not know."""
+        key = (peer_id, account)
+        known = self.member_last_message_id(peer_id, account)  # loads it into _member_last
+        if message_id <= known or key not in self._member_last:
+            return False
+        self._member_last[key] = message_id
+        self._member_dirty.add(key)
+        if persist:
+            self.flush()
+        return True
+
     def flush(self) -> None:
         """Writes the last_message_id values not on disk yet."""
-        if not self._dirty:
+        if not self._dirty and not self._member_dirty:
             return
         rows = [(self._last[p], p, self._last[p]) for p in self._dirty]
+        members = [(self._member_last[k], *k, self._member_last[k]) for k in self._member_dirty]
         with write(self._conn) as c:
             c.executemany(
                 "UPDATE peers SET last_message_id = ? WHERE peer_id = ? AND last_message_id < ?",
                 rows,
             )
+            c.executemany(
+                "UPDATE memberships SET last_message_id = ?"
+                " WHERE peer_id = ? AND account = ? AND last_message_id < ?",
+                members,
+            )
         self._dirty.clear()
+        self._member_dirty.clear()
 
     # --- questions -----------------------------------------------------------------------
 
@@ -248,6 +286,20 @@ class JoinMap:
             return 0
         self._last[peer_id] = int(row[0])
         return self._last[peer_id]
+
+    def member_last_message_id(self, peer_id: int, account: str) -> int:
+        """One membership's cursor (basic groups: in the account's own ids); 0 if unknown."""
+        key = (peer_id, account)
+        last = self._member_last.get(key)
+        if last is not None:
+            return last
+        row = self._conn.execute(
+            "SELECT last_message_id FROM memberships WHERE peer_id = ? AND account = ?", key
+        ).fetchone()
+        if row is None:
+            return 0
+        self._member_last[key] = int(row[0])
+        return self._member_last[key]
 
     def get(self, peer_id: int) -> dict[str, Any] | None:
         """The chat's subscription: a joined membership (the oldest) if any, else the latest
@@ -265,7 +317,12 @@ class JoinMap:
         if sub is None:
             return None
         # A copy (callers may change theirs) with the cursor as it is now.
-        return {**sub, "peer": dict(sub["peer"]), "last_message_id": self.last_message_id(peer_id)}
+        return {**sub, "peer": dict(sub["peer"]), "last_message_id": self._cursor(sub)}
+
+    def _cursor(self, sub: dict[str, Any]) -> int:
+        if sub["peer"]["type"] == BASIC_GROUP:
+            return self.member_last_message_id(sub["peer"]["id"], sub["account"])
+        return self.last_message_id(sub["peer"]["id"])
 
     def find_username(self, username: str) -> dict[str, Any] | None:
         """Like get(), by the chat's username (case-insensitive, as Telegram's are)."""
@@ -371,7 +428,11 @@ class JoinMap:
 
     def _to_dict(self, row: sqlite3.Row) -> dict[str, Any]:
         out = _to_dict(row)
-        out["last_message_id"] = max(out["last_message_id"], self._last.get(row["peer_id"], 0))
+        if row["type"] == BASIC_GROUP:
+            key = (row["peer_id"], row["account"])
+            out["last_message_id"] = max(row["member_last"], self._member_last.get(key, 0))
+        else:
+            out["last_message_id"] = max(out["last_message_id"], self._last.get(row["peer_id"], 0))
         return out
 
     def _one(self, peer_id: int, account: str) -> dict[str, Any]:

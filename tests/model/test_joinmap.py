@@ -14,6 +14,7 @@ from model.joinmap import CHANNELS_PER_ACCOUNT, JoinMap, State
 
 CHAN = -1001234567890
 CHAN2 = -1009876543210
+GROUP = -4001  # a basic group: message ids per account
 CHAN3 = -1005555555555
 
 
@@ -163,6 +164,73 @@ def test_a_deferred_cursor_is_written_by_flush(tmp_path: Path, clock: Clock) -> 
     b.close()
 
 
+def test_a_basic_groups_cursor_is_per_membership(jm: JoinMap, clock: Clock) -> None:
+    jm.record_join(GROUP, "acc1", type="group", title="Small")
+    clock.now += 1
+    jm.record_join(GROUP, "acc2", type="group", title="Small")
+    assert jm.member_last_message_id(GROUP, "acc1") == 0
+    assert jm.set_member_last_message_id(GROUP, "acc1", 10)
+    assert jm.set_member_last_message_id(GROUP, "acc2", 4)  # the same chat, acc2's own ids
+    assert not jm.set_member_last_message_id(GROUP, "acc1", 7)  # never back
+    assert not jm.set_member_last_message_id(GROUP, "acc3", 5)  # not a member: nothing
+    assert jm.member_last_message_id(GROUP, "acc3") == 0
+    assert jm.last_message_id(GROUP) == 0  # the per-chat cursor is the channels'
+    # Each subscription shows its own account's cursor.
+    assert jm.get(GROUP)["last_message_id"] == 10  # type: ignore[index]
+    assert [(m["account"], m["last_message_id"]) for m in jm.memberships(GROUP)] == [
+        ("acc1", 10),
+        ("acc2", 4),
+    ]
+    assert {s["account"]: s["last_message_id"] for s in jm.list()} == {"acc1": 10, "acc2": 4}
+
+
+def test_a_memberships_cursor_is_flushed_and_survives_a_rename(
+    tmp_path: Path, clock: Clock
+) -> None:
+    path = tmp_path / "j.db"
+    a = JoinMap(path, clock=clock)
+    a.record_join(GROUP, "15550001001", type="group")
+    assert a.set_member_last_message_id(GROUP, "15550001001", 8, persist=False)
+    assert a.get(GROUP)["last_message_id"] == 8  # type: ignore[index]
+
+    def on_disk() -> list[tuple[str, int]]:
+        rows = sqlite3.connect(path).execute("SELECT account, last_message_id FROM memberships")
+        return [(str(r[0]), int(r[1])) for r in rows]
+
+    assert on_disk() == [("15550001001", 0)]  # not yet
+    a.flush()
+    assert on_disk() == [("15550001001", 8)]
+    a.set_member_last_message_id(GROUP, "15550001001", 9, persist=False)
+    a.rename_account("15550001001", "acc1")  # the cursor moves with the membership
+    assert a.member_last_message_id(GROUP, "acc1") == 9
+    assert a.member_last_message_id(GROUP, "15550001001") == 0
+    a.set_member_last_message_id(GROUP, "acc1", 11, persist=False)
+    a.close()  # flushes
+    b = JoinMap(path, clock=clock)
+    assert b.member_last_message_id(GROUP, "acc1") == 11
+    b.close()
+
+
+def test_a_version_1_file_gets_the_membership_cursor(tmp_path: Path) -> None:
+    from common.sqlite import open_db
+    from model import joinmap
+
+    path = tmp_path / "old.db"
+    old = open_db(path, "joinmap", joinmap._MIGRATIONS[:1])
+    old.execute(
+        "INSERT INTO peers (peer_id, type, last_message_id, updated_at)"
+        " VALUES (?, 'channel', 7, 0)",
+        (CHAN,),
+    )
+    old.execute("INSERT INTO memberships VALUES (?, 'acc1', 'joined', 0, 0)", (CHAN,))
+    old.close()
+    jm = JoinMap(path)
+    assert jm.last_message_id(CHAN) == 7 and jm.member_last_message_id(CHAN, "acc1") == 0
+    assert jm.list()[0]["account"] == "acc1"
+    jm.close()
+    assert schema_version(sqlite3.connect(path), "joinmap") == 2
+
+
 def test_get_answers_are_copies(jm: JoinMap) -> None:
     jm.record_join(CHAN, "acc1", type="channel", title="A")
     first = jm.get(CHAN)
@@ -190,7 +258,7 @@ def test_survives_reopen_and_schema_is_versioned(tmp_path: Path, clock: Clock) -
     assert b.last_message_id(CHAN) == 42
     b.close()
     conn = sqlite3.connect(path)
-    assert schema_version(conn, "joinmap") == 1
+    assert schema_version(conn, "joinmap") == 2
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
 
