@@ -22,10 +22,24 @@ when both the push and the poll bring it. Two guards, both cheap:
 The watermark moves after the publisher has the event in its outbox, so a crash in between
 publishes the message again (a duplicate with the same message_id), never loses it.
 
-Scope: channels and megagroups (Telegram's per-chat message ids). Basic groups give
-events from their updates too, but their message ids are per account, so they are
-deduplicated by content and not polled. updateDeleteMessages outside channels names no
-chat and is ignored.
+Basic groups number their messages per account (the same message has another id for each
+account in it; channels and megagroups have per-chat ids), so there:
+- the watermark is per account: the join map's cursor of the (group, account) membership, in
+  that account's own ids, meaning the same ("every message up to here was published");
+- across accounts a message is claimed by what it is (chat, date, sender, text, media, and
+  the edit date of an edit: a hash in `_Recent`), so one event comes of a message however
+  many accounts see it, pushed or polled;
+- an account's ids are shared with its private chats and other basic groups, so an id past
+  its cursor may sit behind other chats' messages rather than a lost one: it waits in
+  `_group_ahead` as above, and after GAP_WAIT the chat is polled *as that account*;
+- a poll reads a basic group as each account with ids waiting past its cursor, else as one
+  joined account, the first with a cursor (one without starts it at the newest, publishing
+  nothing, as for channels), with messages.getHistory(min_id=its cursor) in its ids;
+- after a restart, when the content hashes are gone, the cursors keep a poll or a replayed
+  update of the same account from publishing again. Another account's first sight of a
+  message published before may publish it again under that account's id (a duplicate,
+  never a loss).
+updateDeleteMessages outside channels names no chat and is ignored.
 
 Accounts: an account at its channel limit (model.joinmap.CHANNELS_PER_ACCOUNT) is skipped
 when joining; a banned or logged-out account's chats are joined again by other accounts.
@@ -176,6 +190,7 @@ class Subscriber:
         self._rejoin_after = _Backoff(rejoin_backoff, rejoin_backoff_max)  # orphaned chats
         self._running = False
         self._ahead: dict[int, set[int]] = {}  # per chat: ids published past the watermark
+        self._group_ahead: dict[tuple[int, str], set[int]] = {}  # the same, basic groups
         self._gap_timers: dict[int, asyncio.TimerHandle] = {}
         self.published = 0  # events handed to the publisher
         self.duplicates = 0  # events dropped as already published
@@ -298,10 +313,9 @@ class Subscriber:
         return None
 
     async def _newest_id(self, tc: TeleClient, peer_id: int) -> int:
-        """The chat's newest message id now (0 if unknown): what was posted before a join is
-        history, not news, so the watermark starts there."""
-        if peer_id > -(10**12):
-            return 0  # basic groups are not polled
+        """The chat's newest message id now (0 if unknown), in `tc`'s own ids for a basic
+        group: what was posted before a join is history, not news, so the watermark (a basic
+        group's: this account's cursor) starts there."""
         try:
             _, newest = await tc.get_history(parse_peer(str(peer_id)), limit=1)
         except TgcError as e:
@@ -314,10 +328,15 @@ class Subscriber:
             peer["id"], account, type=peer["type"], title=peer.get("title") or "",
             username=peer.get("username"),
         )
-        if start and self._joinmap.set_last_message_id(peer["id"], start):
+        if start and self._start_watermark(peer["id"], account, start):
             sub["last_message_id"] = start
         await self._publish_subscription(sub)
         return sub
+
+    def _start_watermark(self, peer_id: int, account: str, start: int) -> bool:
+        if _is_basic_group(peer_id):
+            return self._joinmap.set_member_last_message_id(peer_id, account, start)
+        return self._joinmap.set_last_message_id(peer_id, start)
 
     async def _change(self, peer_id: int, account: str, state: State) -> dict[str, Any] | None:
         sub = self._joinmap.set_state(peer_id, account, state)
@@ -411,14 +430,66 @@ class Subscriber:
 
     async def _group_message(self, tc: TeleClient, sub: dict[str, Any], msg: Any, event: str) -> None:
         # Basic groups number messages per account: the same message has another id for
-        # each account. Claim it by what it is (date, sender, text) across accounts.
-        text = (getattr(msg, "message", "") or "").encode()
-        what = f"{sub['peer']['id']}:{msg.date}:{parser.marked_id(msg.from_id)}:{getattr(msg, 'edit_date', None)}:{event}"
-        key = "group:" + hashlib.blake2b(what.encode() + text, digest_size=16).hexdigest()
-        if not self._recent.claim(key):
+        # each account. The account's own cursor tells old news (also after a restart);
+        # across accounts the message is claimed by what it is.
+        peer_id = sub["peer"]["id"]
+        last = self._joinmap.member_last_message_id(peer_id, tc.name)
+        if event == "message.new" and msg.id <= last:
             self.duplicates += 1
             return
-        await self._publish_message(tc, sub, msg, event)
+        await self._publish_group(tc, sub, msg, event)
+        if event == "message.new" and tc.name in self._joined_accounts(peer_id):
+            self._advance_group(peer_id, tc.name, msg.id)
+
+    async def _publish_group(
+        self, tc: TeleClient, sub: dict[str, Any], msg: Any, event: str
+    ) -> bool:
+        """A basic group's message, published once across accounts; False when it was."""
+        key = _content_key(sub["peer"]["id"], msg, event)
+        if not self._recent.claim(key):
+            self.duplicates += 1
+            return False
+        try:
+            return await self._publish_message(tc, sub, msg, event)
+        except BaseException:
+            self._recent.forget(key)  # not in the outbox: the next sight publishes it
+            raise
+
+    def _joined_accounts(self, peer_id: int) -> list[str]:
+        """The accounts in the chat, oldest membership first."""
+        members = self._joinmap.memberships(peer_id)
+        return [m["account"] for m in members if m["state"] == State.JOINED]
+
+    def _advance_group(self, peer_id: int, account: str, msg_id: int) -> None:
+        """`_advance` for one account's cursor of a basic group. Its ids are shared with the
+        account's other chats, so an id that can't join the cursor is no proof of a lost
+        message; the poll as that account after GAP_WAIT settles it either way."""
+        key = (peer_id, account)
+        ahead = self._group_ahead.setdefault(key, set())
+        ahead.add(msg_id)
+        last = new = self._joinmap.member_last_message_id(peer_id, account)
+        while new + 1 in ahead:
+            new += 1
+        if new > last:
+            self._joinmap.set_member_last_message_id(peer_id, account, new, persist=False)
+        self._prune_group(key, new)
+        if key in self._group_ahead and peer_id not in self._gap_timers:
+            self._gap_timers[peer_id] = asyncio.get_running_loop().call_later(
+                GAP_WAIT, self._group_gap_check, peer_id
+            )
+
+    def _prune_group(self, key: tuple[int, str], upto: int) -> None:
+        ahead = self._group_ahead.get(key)
+        if ahead is None:
+            return
+        ahead.difference_update([i for i in ahead if i <= upto])
+        if not ahead:
+            del self._group_ahead[key]
+
+    def _group_gap_check(self, peer_id: int) -> None:
+        self._gap_timers.pop(peer_id, None)
+        if any(key[0] == peer_id for key in self._group_ahead):
+            self.poll_soon(peer_id)  # polled as each account with ids waiting
 
     async def _publish_message(self, tc: TeleClient, sub: dict[str, Any], msg: Any, event: str) -> bool:
         """Parses and publishes once; False when it was already published."""
@@ -526,11 +597,16 @@ class Subscriber:
         not published yet, moves the watermark. Returns how many events it published.
 
         One getHistory when the chat is caught up or fewer than 100 messages behind (the
-        usual case); a longer backlog is walked in windows from the watermark up.
+        usual case); a longer backlog is walked in windows from the watermark up. A basic
+        group is read as one account in it, in its own ids (`_poll_group`).
         """
         sub = self._joinmap.get(peer_id)
-        if sub is None or sub["state"] != State.JOINED or peer_id > -(10**12):
-            return 0  # only channels and megagroups have per-chat ids to poll by
+        if sub is None or sub["state"] != State.JOINED:
+            return 0
+        if _is_basic_group(peer_id):
+            return await self._poll_group(sub)
+        if peer_id > -(10**12):
+            return 0  # not a chat
         self.polls += 1
         ref = parse_peer(str(peer_id))
         low = self._joinmap.last_message_id(peer_id)
@@ -579,6 +655,100 @@ class Subscriber:
             # The page is all there is up to `newest`: gaps below it were deletions.
             self._joinmap.set_last_message_id(sub["peer"]["id"], newest, persist=False)
             self._prune(sub["peer"]["id"], newest)
+        return count
+
+    async def _poll_group(self, sub: dict[str, Any]) -> int:
+        """Polls a basic group as each account with ids waiting past its cursor (only a read
+        in its own ids closes that), else as one account: the first in it with a cursor,
+        or any in it (its first poll starts the cursor)."""
+        peer_id = sub["peer"]["id"]
+        joined = self._joined_accounts(peer_id)
+        gapped = [a for a in joined if (peer_id, a) in self._group_ahead]
+        count, polled = 0, False
+        for account in gapped:
+            found = await self._try_poll_group_as(account, sub)
+            count, polled = count + (found or 0), polled or found is not None
+        if not polled:
+            by_cursor = sorted(
+                joined, key=lambda a: self._joinmap.member_last_message_id(peer_id, a) == 0
+            )
+            for account in by_cursor:
+                found = await self._try_poll_group_as(account, sub)
+                if found is not None:
+                    count, polled = count + found, True
+                    break
+        if not polled:
+            log.info("poll of %s: none of its accounts can read it now", peer_id)
+        self.poll_found += count
+        self._joinmap.flush()
+        if count:
+            log.info("poll of %s found %d messages the updates missed", peer_id, count)
+        return count
+
+    async def _try_poll_group_as(self, account: str, sub: dict[str, Any]) -> int | None:
+        """How many the poll as `account` published; None when that account can't now."""
+        ref = parse_peer(str(sub["peer"]["id"]))
+        try:
+            tc = self._pool.get(account)
+            if tc.ready_in(ref) != 0:
+                return None  # unusable, disconnected, in a flood wait, or never met the chat
+            return await self._poll_group_as(tc, sub, ref)
+        except TgcError as e:
+            # A flood wait of this account is not every account's: the round goes on.
+            log.info("poll of %s as %s failed: %s", sub["peer"]["id"], account, e.code)
+            return None
+
+    async def _poll_group_as(self, tc: TeleClient, sub: dict[str, Any], ref: PeerRef) -> int:
+        peer_id = sub["peer"]["id"]
+        self.polls += 1
+        low = self._joinmap.member_last_message_id(peer_id, tc.name)
+        if low == 0:
+            # No cursor (joined outside the API?): start at the newest, publish nothing.
+            _, newest = await tc.get_history(ref, limit=1)
+            top = int(newest[0].id) if newest else 0
+            self._joinmap.set_member_last_message_id(peer_id, tc.name, top)
+            self._prune_group((peer_id, tc.name), top)
+            return 0
+        _, page = await tc.get_history(ref, limit=HISTORY_PAGE, min_id=low)
+        if len(page) < HISTORY_PAGE:
+            return await self._publish_group_page(tc, sub, page)  # all there is after `low`
+        return await self._walk_group_backlog(tc, sub, ref, low)
+
+    async def _walk_group_backlog(
+        self, tc: TeleClient, sub: dict[str, Any], ref: PeerRef, low: int
+    ) -> int:
+        # `_walk_backlog` as one account. Its other chats' messages leave runs of ids that
+        # are not this chat's: skipped like deleted ones.
+        peer_id, count = sub["peer"]["id"], 0
+        for _ in range(MAX_PAGES_PER_POLL):
+            _, page = await tc.get_history(
+                ref, limit=HISTORY_PAGE, min_id=low, max_id=low + HISTORY_PAGE + 1
+            )
+            if page:
+                count += await self._publish_group_page(tc, sub, page)
+                low = max(m.id for m in page)
+                continue
+            _, newer = await tc.get_history(ref, limit=1, min_id=low)
+            if not newer:
+                break  # caught up
+            low = min(low + HISTORY_PAGE, newer[0].id - 1)
+            self._joinmap.set_member_last_message_id(peer_id, tc.name, low, persist=False)
+        return count
+
+    async def _publish_group_page(
+        self, tc: TeleClient, sub: dict[str, Any], page: list[Any]
+    ) -> int:
+        """`_publish_page` for a basic group: claimed by content, `tc`'s cursor moved."""
+        peer_id, count = sub["peer"]["id"], 0
+        for msg in sorted(page, key=lambda m: m.id):
+            if await self._publish_group(tc, sub, msg, "message.new"):
+                count += 1
+        if page:
+            newest = max(m.id for m in page)
+            # All there is up to `newest` in this chat: the ids below it that are not here
+            # are other chats' of the account, or deleted.
+            self._joinmap.set_member_last_message_id(peer_id, tc.name, newest, persist=False)
+            self._prune_group((peer_id, tc.name), newest)
         return count
 
     # --- accounts -----------------------------------------------------------------------
@@ -686,6 +856,27 @@ def _rejoin_ref(peer: dict[str, Any]) -> PeerRef:
     if peer.get("username"):
         return parse_peer("@" + peer["username"])
     return parse_peer(str(peer["id"]))
+
+
+def _is_basic_group(peer_id: int) -> bool:
+    """A basic group's marked id: -1 … -999999999999 (channels are -100…, users positive)."""
+    return -(10**12) < peer_id < 0
+
+
+def _content_key(peer_id: int, msg: Any, event: str) -> str:
+    """What a basic-group message is, the same for every account that sees it (its id is
+    not): chat, date, sender, text, service action, the media's id (album items share the
+    rest), and for an edit its date (a new message read after an edit keeps its key)."""
+    media = getattr(msg, "media", None)
+    item = getattr(media, "photo", None) or getattr(media, "document", None)
+    action = type(getattr(msg, "action", None)).__name__
+    edited = getattr(msg, "edit_date", None) if event != "message.new" else None
+    what = (
+        f"{peer_id}:{msg.date}:{parser.marked_id(msg.from_id)}:{event}:{edited}:{action}:"
+        f"{getattr(item, 'id', None)}:"
+    )
+    text = (getattr(msg, "message", "") or "").encode()
+    return "group:" + hashlib.blake2b(what.encode() + text, digest_size=16).hexdigest()
 
 
 def _history(
