@@ -61,6 +61,7 @@ from pamqp import commands as spec
 
 from common.errors import ShuttingDown
 from common.sqlite import checkpoint, open_db, write
+from service.parser import iso
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def _iso(value: float | datetime) -> str:
     # The service's one date format (service/parser.py): UTC, whole seconds, a Z suffix.
     if not isinstance(value, datetime):
         value = datetime.fromtimestamp(value, UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso(value) or ""  # iso() is None only for None
 
 
 # --- the outbox -----------------------------------------------------------------------------
