@@ -194,16 +194,29 @@ async def serve_push(n: int, keys_file: str, ports_file: str) -> None:
     await tg.stop()
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def broker_pid() -> int | None:
+    """The local RabbitMQ's Erlang VM (beam.smp), to count the broker's CPU per event."""
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "beam.smp":
+                return int(comm.parent.name)
+        except OSError:
+            continue
+    return None
+
+
 async def push_flow(
     args: Any, exchange: str, queue: str, workdir: Path, stage: str = "broker"
-) -> tuple[Rate, list[Event], float]:
+) -> tuple[Rate, list[Event], float, float]:
     """One round of the push flow; returns its rate, the events it published, the
-    emulator's CPU seconds. `stage` says how far the flow goes: "telethon" (the pool's
+    emulator's and the broker's CPU seconds. `stage` says how far the flow goes: "telethon" (the pool's
     update callback only counts), "outbox" (Subscriber + Publisher without a broker), or
     "broker" (the whole flow, to the broker's confirm)."""
     import json
@@ -266,7 +279,9 @@ async def push_flow(
         from common.utils import parse_peer
 
         await pool.get("bench").get_entity(parse_peer("@benchnews"))
+        beam = broker_pid()
         cpu0, emu0, start = time.process_time(), cpu_seconds(child.pid), time.perf_counter()
+        beam0 = cpu_seconds(beam)
         child.send_signal(signal.SIGUSR1)
         if stage == "telethon":
             await done.wait()
@@ -278,13 +293,14 @@ async def push_flow(
         elapsed = time.perf_counter() - start
         rate = Rate(args.push / elapsed, args.push / (time.process_time() - cpu0))
         emu_cpu = cpu_seconds(child.pid) - emu0
+        broker_cpu = cpu_seconds(beam) - beam0
         if stage != "telethon":
             await sub.stop()
         await pool.stop()
         await pub.stop()
         box.close()
         joinmap.close()
-        return rate, captured, emu_cpu
+        return rate, captured, emu_cpu, broker_cpu
     finally:
         child.send_signal(signal.SIGTERM)
         child.wait(10)
@@ -294,12 +310,15 @@ async def push_bench(args: Any) -> None:
     tag = uuid.uuid4().hex[:8]
     exchange, queue = f"tgc.bench.{tag}", f"tgc.bench.{tag}.events"
     await declare(args.url, exchange, queue)
+    beam = broker_pid()
     try:
         for r in range(args.rounds):
             with tempfile.TemporaryDirectory() as tmp:
-                flow, events, emu_cpu = await push_flow(args, exchange, queue, Path(tmp))
+                flow, events, emu_cpu, broker_cpu = await push_flow(args, exchange, queue, Path(tmp))
             await purge(args.url, queue)
+            raw_broker0 = cpu_seconds(beam)
             raw_rate = await raw(args.url, exchange, events, args.in_flight)
+            raw_broker = cpu_seconds(beam) - raw_broker0
             await purge(args.url, queue)
             size = sum(len(orjson.dumps(e.body)) for e in events) / len(events)
             print(f"round {r + 1}: emulator push → confirm {flow.wall:6.0f} ev/s "
@@ -311,16 +330,34 @@ async def push_bench(args: Any) -> None:
             costs = {}
             for stage in ("telethon", "outbox"):
                 with tempfile.TemporaryDirectory() as tmp:
-                    rate, _, _ = await push_flow(args, exchange, queue, Path(tmp), stage)
+                    rate, _, _, _ = await push_flow(args, exchange, queue, Path(tmp), stage)
                 costs[stage] = 1e6 / rate.cpu
             costs["broker"] = 1e6 / flow.cpu
             print(f"   client CPU per event: Telethon receiving the push {costs['telethon']:.0f} µs"
                   f" + Subscriber, parser, outbox {costs['outbox'] - costs['telethon']:.0f} µs"
                   f" + publishing to the broker {costs['broker'] - costs['outbox']:.0f} µs"
                   f" = {costs['broker']:.0f} µs; raw aiormq alone {1e6 / raw_rate.cpu:.0f} µs")
+            print_budget(args.push, costs["broker"], emu_cpu, broker_cpu, raw_rate, raw_broker)
     finally:
         await cleanup(args.url, exchange, queue)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+
+
+def print_budget(
+    n: int, client_us: float, emu_cpu: float, broker_cpu: float, raw_rate: Rate, raw_broker: float
+) -> None:
+    """Every process of the flow shares this machine's CPUs: the emulator (standing in for
+    Telegram's servers), this process and the broker. Their CPU per event bounds the flow's
+    rate whatever the code does: at best os.cpu_count() / (the sum), every CPU busy."""
+    cpus = os.cpu_count() or 1
+    emu_us, broker_us = emu_cpu / n * 1e6, broker_cpu / n * 1e6
+    total = emu_us + client_us + broker_us
+    ceiling = min(cpus * 1e6 / total, 1e6 / client_us)  # one process runs on one CPU
+    raw_total = 1e6 / raw_rate.cpu + raw_broker / n * 1e6
+    print(f"   CPU per event, all processes: emulator {emu_us:.0f} µs + this process "
+          f"{client_us:.0f} µs + broker {broker_us:.0f} µs = {total:.0f} µs (raw aiormq: "
+          f"{raw_total:.0f} µs); ceiling on {cpus} CPUs {ceiling:.0f} ev/s = "
+          f"{ceiling / raw_rate.wall:.0%} of raw")
 
 
 async def main(args: Any) -> None:
