@@ -164,7 +164,8 @@ class InFlight(httputil.HTTPServerConnectionDelegate):
     async def wait_idle(self, limit: float) -> bool:
         """True when every request got its answer within `limit` seconds."""
         try:
-            await asyncio.wait_for(self._idle.wait(), limit)
+            async with asyncio.timeout(limit):
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True

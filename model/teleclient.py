@@ -388,7 +388,8 @@ class TeleClient:
 
     async def _connect(self) -> bool:
         try:
-            await asyncio.wait_for(self.client.connect(), self._timeout)
+            async with asyncio.timeout(self._timeout):  # not wait_for: see _invoke
+                await self.client.connect()
         except Exception as e:  # OSError, a timeout, or Telethon's own view of a bad key
             self._set_disconnected(f"connect failed: {e.__class__.__name__}: {e}")
             return False
@@ -807,7 +808,10 @@ class TeleClient:
             raise AccountUnusable(self.name, self._state, self.reason or "out of rotation")
         t0 = time.perf_counter()
         try:
-            result = await asyncio.wait_for(self.client(request), self._timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # meets the answer (bpo-42130), and a stopping service then never stops.
+            async with asyncio.timeout(self._timeout):
+                result = await self.client(request)
         except (errors.FloodWaitError, errors.FloodPremiumWaitError) as e:
             self._observe(request, "FLOOD_WAIT", t0)
             raise self._flood(e) from None

@@ -899,7 +899,8 @@ class _AccountQueue:
                 return picked
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self._next_wake())
+                async with asyncio.timeout(self._next_wake()):  # wait_for may eat a cancel
+                    await self._changed.wait()
 
     def _pick(self) -> tuple[str, str] | None:
         now = time.monotonic()

@@ -359,7 +359,8 @@ class Publisher:
             while self._in_flight and self._broken is None and self._clock() < deadline:
                 self._wake.clear()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - self._clock()))
+                    async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                        await self._wake.wait()
                 except TimeoutError:
                     break
             self._task.cancel()
@@ -572,10 +573,11 @@ class Publisher:
         if at_most is None:
             await self._wake.wait()  # no wait_for: it costs a task per wait
             return
-        try:
-            await asyncio.wait_for(self._wake.wait(), at_most)
-        except TimeoutError:
-            pass
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # meets the wake-up (bpo-42130), and stop() would wait for the drain forever.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(at_most):
+                await self._wake.wait()
 
     def _send(self, channel: AbstractChannel, generation: int, row: OutboxRow) -> None:
         if row.seq <= self._max_sent_seq:
@@ -654,7 +656,8 @@ class Publisher:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed:
             try:
-                await asyncio.wait_for(conn.close(), 5)
+                async with asyncio.timeout(5):
+                    await conn.close()
             except Exception as exc:
                 log.debug("closing the broker connection: %s", _describe(exc))
 

@@ -571,7 +571,9 @@ class Subscriber:
                 continue
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                # Not wait_for: on 3.11 it can swallow the cancel of stop() (bpo-42130).
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
             except TimeoutError:
                 self._poll_all = True
 
