@@ -202,8 +202,9 @@ class StateCollector(Collector):
 class SubscriberCollector(Collector):
     """The subscriber's plain counters and the subscribed chats, read at scrape time.
 
-    `subscriber` needs the ints named in SUBSCRIBER_COUNTERS; `joinmap` `joined_peers()`
-    (one indexed SELECT: cheap at a scrape every few seconds, even for thousands of chats).
+    `subscriber` needs the ints named in SUBSCRIBER_COUNTERS; `joinmap` `joined_peers()` and
+    `orphaned()` (indexed SELECTs: cheap at a scrape every few seconds, even for thousands
+    of chats).
     """
 
     def __init__(self, subscriber: Any, joinmap: Any) -> None:
@@ -217,6 +218,13 @@ class SubscriberCollector(Collector):
             "tgc_subscriptions",
             "Chats at least one account is in",
             value=len(self.joinmap.joined_peers()),
+        )
+        # Chats nobody listens to since their account was banned (the subscriber keeps
+        # trying to join them): worth an alert when it stays above 0.
+        yield GaugeMetricFamily(
+            "tgc_subscriptions_orphaned",
+            "Subscribed chats no account is in since theirs was banned or logged out",
+            value=len(self.joinmap.orphaned()),
         )
 
 

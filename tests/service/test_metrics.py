@@ -151,6 +151,7 @@ def subscriber_values(registry: CollectorRegistry) -> dict[str, float]:
         )
     }
     out["tgc_subscriptions"] = value(fams, "tgc_subscriptions")
+    out["tgc_subscriptions_orphaned"] = value(fams, "tgc_subscriptions_orphaned")
     return out
 
 
@@ -169,6 +170,7 @@ def test_the_subscriber_collector_reads_counters_and_joined_chats_at_each_scrape
             "tgc_subscriber_polls": 2,
             "tgc_subscriber_poll_found": 0,
             "tgc_subscriptions": 0,
+            "tgc_subscriptions_orphaned": 0,
         }
         subscriber.published += 4
         subscriber.duplicates += 2
@@ -186,11 +188,20 @@ def test_the_subscriber_collector_reads_counters_and_joined_chats_at_each_scrape
             "tgc_subscriber_polls": 7,
             "tgc_subscriber_poll_found": 3,
             "tgc_subscriptions": 2,
+            "tgc_subscriptions_orphaned": 0,
         }
+        # acc2 is banned: the chat it shares with acc1 is not orphaned; then acc1 is too.
+        joinmap.record_account_banned("acc2")
+        assert subscriber_values(registry)["tgc_subscriptions"] == 2
+        assert subscriber_values(registry)["tgc_subscriptions_orphaned"] == 0
+        joinmap.record_account_banned("acc1")
+        assert subscriber_values(registry)["tgc_subscriptions"] == 0
+        assert subscriber_values(registry)["tgc_subscriptions_orphaned"] == 2
         # The exposition's names: counters with _total, the gauge without.
         text = generate_latest(registry).decode()
         assert "\ntgc_subscriber_events_total 7.0\n" in text
-        assert "\ntgc_subscriptions 2.0\n" in text
+        assert "\ntgc_subscriptions 0.0\n" in text
+        assert "\ntgc_subscriptions_orphaned 2.0\n" in text
     finally:
         joinmap.close()
 
