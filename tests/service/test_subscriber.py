@@ -156,6 +156,31 @@ async def test_an_event_the_publisher_refused_is_not_marked_published(tmp_path: 
     joinmap.close()
 
 
+async def test_stop_ends_the_poll_loop_when_a_wake_meets_the_cancel(tmp_path: Path) -> None:
+    """A wake-up and stop()'s cancel in the same loop turn: the poll loop must end. (Python
+    3.11's wait_for returned the wake-up's result and swallowed the cancel, bpo-42130: the
+    loop went on and stop() never returned.)"""
+
+    class Quiet:
+        async def publish_event(self, event: Any) -> None:
+            pass
+
+    joinmap = JoinMap(tmp_path / "j.db")
+    subscriber = Subscriber(
+        TeleClients([]), joinmap, Quiet(), poll_interval=3600, check_interval=3600  # type: ignore[arg-type]
+    )
+    await subscriber.start()
+    for _ in range(3):
+        await asyncio.sleep(0)  # the first (empty) poll round is over: the loop waits
+    tasks = list(subscriber._tasks)
+    subscriber.poll_soon()  # the wake-up completes the loop's wait on the next turn...
+    await asyncio.sleep(0)
+    stopping = asyncio.ensure_future(subscriber.stop())  # ...and the cancel lands in it
+    done, _ = await asyncio.wait({stopping}, timeout=5)  # (wait: it doesn't cancel stop())
+    assert stopping in done and all(t.done() for t in tasks)
+    joinmap.close()
+
+
 async def test_the_watermark_waits_for_ids_handled_out_of_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
