@@ -6,8 +6,9 @@ It also remembers, per chat, the last message id published, from which the subsc
 `messages.getHistory(min_id=...)` for what the updates missed.
 
 Two tables in a versioned SQLite schema (common/sqlite.py): `peers` (one row per chat, the
-marked Bot-API id, its type, title, username, last_message_id) and `memberships` (one row per
-chat and account: several accounts may sit in one chat, each with its own state).
+marked Bot-API id, its type, title, username, last_message_id, and the invite link hash it was
+subscribed by, if any) and `memberships` (one row per chat and account: several accounts may
+sit in one chat, each with its own state).
 
 An orphaned chat is derived, not stored: nobody is in it, and its latest membership change is
 banned_account (the account in it was banned or logged out and no other could take over).
@@ -85,6 +86,11 @@ _MIGRATIONS = (
     """
     ALTER TABLE memberships ADD COLUMN last_message_id INTEGER NOT NULL DEFAULT 0
     """,
+    # 3: the invite link hash a chat was subscribed by: how another account joins a basic
+    # group or a private channel when the one in it is banned (internal: never answered).
+    """
+    ALTER TABLE peers ADD COLUMN invite TEXT
+    """,
 )
 
 BASIC_GROUP = "group"  # the peer type whose message ids are per account
@@ -132,11 +138,15 @@ class JoinMap:
         type: str,
         title: str = "",
         username: str | None = None,
+        invite: str | None = None,
     ) -> dict[str, Any]:
-        """`account` is now in the chat; (re)sets joined_at. Returns the subscription."""
+        """`account` is now in the chat; (re)sets joined_at. Returns the subscription.
+
+        `invite`: the hash of the invite link it was joined by, kept for `invite()` (a join
+        without one keeps the chat's last)."""
         now = self._clock()
         with write(self._conn) as c:
-            self._upsert_peer(c, peer_id, type, title, username, now)
+            self._upsert_peer(c, peer_id, type, title, username, invite, now)
             c.execute(
                 "INSERT INTO memberships (peer_id, account, state, joined_at, updated_at)"
                 " VALUES (?, ?, 'joined', ?, ?)"
@@ -287,6 +297,14 @@ class JoinMap:
         self._last[peer_id] = int(row[0])
         return self._last[peer_id]
 
+    def invite(self, peer_id: int) -> str | None:
+        """The hash of the invite link the chat was last subscribed by, if any. Not part of
+        the subscription dicts: a hash lets anyone join, so it stays inside the service."""
+        row = self._conn.execute(
+            "SELECT invite FROM peers WHERE peer_id = ?", (peer_id,)
+        ).fetchone()
+        return str(row[0]) if row and row[0] else None
+
     def member_last_message_id(self, peer_id: int, account: str) -> int:
         """One membership's cursor (basic groups: in the account's own ids); 0 if unknown."""
         key = (peer_id, account)
@@ -417,13 +435,16 @@ class JoinMap:
         type: str,
         title: str,
         username: str | None,
+        invite: str | None,
         now: float,
     ) -> None:
         c.execute(
-            "INSERT INTO peers (peer_id, type, title, username, updated_at) VALUES (?, ?, ?, ?, ?)"
+            "INSERT INTO peers (peer_id, type, title, username, invite, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (peer_id) DO UPDATE SET type = excluded.type, title = excluded.title,"
-            " username = excluded.username, updated_at = excluded.updated_at",
-            (peer_id, type, title, username, now),
+            " username = excluded.username, invite = COALESCE(excluded.invite, invite),"
+            " updated_at = excluded.updated_at",
+            (peer_id, type, title, username, invite, now),
         )
 
     def _to_dict(self, row: sqlite3.Row) -> dict[str, Any]:

@@ -228,7 +228,52 @@ def test_a_version_1_file_gets_the_membership_cursor(tmp_path: Path) -> None:
     assert jm.last_message_id(CHAN) == 7 and jm.member_last_message_id(CHAN, "acc1") == 0
     assert jm.list()[0]["account"] == "acc1"
     jm.close()
-    assert schema_version(sqlite3.connect(path), "joinmap") == 2
+    assert schema_version(sqlite3.connect(path), "joinmap") == 3
+
+
+def test_a_version_2_file_gets_the_invite_column_and_keeps_its_rows(tmp_path: Path) -> None:
+    from common.sqlite import open_db
+    from model import joinmap
+
+    path = tmp_path / "old.db"
+    old = open_db(path, "joinmap", joinmap._MIGRATIONS[:2])
+    old.execute(
+        "INSERT INTO peers (peer_id, type, title, last_message_id, updated_at)"
+        " VALUES (?, 'group', 'Small', 0, 0)",
+        (GROUP,),
+    )
+    old.execute("INSERT INTO memberships VALUES (?, 'acc1', 'banned_account', 0, 0, 9)", (GROUP,))
+    old.close()
+    jm = JoinMap(path)
+    assert jm.invite(GROUP) is None  # subscribed before invites were kept
+    assert jm.member_last_message_id(GROUP, "acc1") == 9
+    assert jm.orphaned() == [GROUP]
+    assert [(s["peer"]["title"], s["account"]) for s in jm.subscriptions()] == [("Small", "acc1")]
+    jm.close()
+    assert schema_version(sqlite3.connect(path), "joinmap") == 3
+
+
+def test_the_invite_a_chat_was_joined_by_is_kept_but_never_shown(
+    tmp_path: Path, clock: Clock
+) -> None:
+    path = tmp_path / "j.db"
+    a = JoinMap(path, clock=clock)
+    sub = a.record_join(GROUP, "acc1", type="group", title="Small", invite="Hash4001aa")
+    a.record_join(CHAN, "acc1", type="channel", username="news")
+    assert a.invite(GROUP) == "Hash4001aa" and a.invite(CHAN) is None
+    assert a.invite(CHAN2) is None  # unknown chat
+    # A join without an invite (another account, a username) keeps it; a new one replaces it.
+    a.record_join(GROUP, "acc2", type="group", title="Small")
+    assert a.invite(GROUP) == "Hash4001aa"
+    a.record_join(GROUP, "acc3", type="group", title="Small", invite="Hash4001bb")
+    assert a.invite(GROUP) == "Hash4001bb"
+    # Internal: in no subscription dict (API answers, events).
+    shown = [sub, a.get(GROUP), *a.memberships(GROUP), *a.subscriptions(), *a.list(None)]
+    assert all("Hash4001" not in repr(s) for s in shown)
+    a.close()
+    b = JoinMap(path, clock=clock)  # on disk
+    assert b.invite(GROUP) == "Hash4001bb"
+    b.close()
 
 
 def test_get_answers_are_copies(jm: JoinMap) -> None:
@@ -258,7 +303,7 @@ def test_survives_reopen_and_schema_is_versioned(tmp_path: Path, clock: Clock) -
     assert b.last_message_id(CHAN) == 42
     b.close()
     conn = sqlite3.connect(path)
-    assert schema_version(conn, "joinmap") == 2
+    assert schema_version(conn, "joinmap") == 3
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
 
