@@ -42,7 +42,15 @@ account in it; channels and megagroups have per-chat ids), so there:
 updateDeleteMessages outside channels names no chat and is ignored.
 
 Accounts: an account at its channel limit (model.joinmap.CHANNELS_PER_ACCOUNT) is skipped
-when joining; a banned or logged-out account's chats are joined again by other accounts.
+when joining; a banned or logged-out account's chats are joined again by other accounts
+(`_rejoin_ref`): by @username; without one (a basic group, a private channel: Telegram lets
+those be joined only by invite link, and another account has no access hash for the id) by
+the invite link the chat was subscribed by, which the join map keeps (never shown in answers
+or events); else by id, which works only for an account already in the chat. A basic
+group's taker starts its own cursor at its newest id (no history again); a channel's
+watermark stays, so the poll brings what came meanwhile. A chat none of these reaches (a
+private channel subscribed by id, an invite link expired or revoked: INVITE_HASH_EXPIRED or
+_INVALID, logged as a dead invite) stays orphaned, as below, until a POST subscribes it again.
 A chat no account can take over then (every other one full, banned, logged out or in a
 flood wait, or none there) is orphaned: the join map keeps it (nobody joined, the latest
 membership banned_account: derived, so it survives a restart) and GET /api/v1/subscriptions
@@ -256,7 +264,8 @@ class Subscriber:
         peer = _peer_of(entity)
         existing = self._joinmap.get(peer["id"])
         start = await self._newest_id(account, peer["id"])
-        sub = await self._record_join(peer, account.name, start)
+        # The invite is kept: it is how another account gets in when this one is banned.
+        sub = await self._record_join(peer, account.name, start, invite=ref.invite)
         if existing is not None and existing["state"] == State.JOINED:
             # Known under another name (an invite link of a chat joined by username): one
             # subscription per chat; this account's membership is recorded all the same.
@@ -323,10 +332,16 @@ class Subscriber:
             return 0
         return int(newest[0].id) if newest else 0
 
-    async def _record_join(self, peer: dict[str, Any], account: str, start: int = 0) -> dict[str, Any]:
+    async def _record_join(
+        self, peer: dict[str, Any], account: str, start: int = 0, invite: str | None = None
+    ) -> dict[str, Any]:
         sub = self._joinmap.record_join(
-            peer["id"], account, type=peer["type"], title=peer.get("title") or "",
+            peer["id"],
+            account,
+            type=peer["type"],
+            title=peer.get("title") or "",
             username=peer.get("username"),
+            invite=invite,
         )
         if start and self._start_watermark(peer["id"], account, start):
             sub["last_message_id"] = start
@@ -816,10 +831,23 @@ class Subscriber:
             # the chat's admins removed us; another account would evade them).
             self._rejoin_after.forget(peer_id)
             return
+        ref = _rejoin_ref(sub["peer"], self._joinmap.invite(peer_id))
         try:
-            await self._rejoin(_rejoin_ref(sub["peer"]), sub)
+            await self._rejoin(ref, sub)
         except TgcError as e:
             wait = self._rejoin_after.failed(peer_id)
+            if ref.invite is not None and isinstance(e, PeerNotFound):
+                # INVITE_HASH_EXPIRED or _INVALID (revoked): no account gets in by it again.
+                # Tried again only after the backoff (up to an hour): one request a try.
+                log.warning(
+                    "%s can't be taken over: the invite link it was subscribed by is dead"
+                    " (%s); it stays orphaned until it is subscribed again with a new link"
+                    " (POST /api/v1/subscriptions); next try in %.1f s",
+                    peer_id,
+                    e,
+                    wait,
+                )
+                return
             log.warning(
                 "no account could take over %s (%s: %s): orphaned, next try in %.1f s"
                 " or when an account becomes usable",
@@ -847,16 +875,24 @@ class Subscriber:
         peer = _peer_of(entity)
         if peer["id"] != old["peer"]["id"]:
             raise PeerNotFound(str(ref), f"{ref} is another chat now")
-        await self._record_join(peer, account.name)
+        # A basic group's messages are numbered per account: the taker's cursor starts at
+        # its own newest id (what it sees from before its join is not news). A channel's
+        # watermark is the chat's and stays, so the poll finds what came while orphaned.
+        start = await self._newest_id(account, peer["id"]) if _is_basic_group(peer["id"]) else 0
+        await self._record_join(peer, account.name, start)
         log.warning("%s moved to account %s", peer["id"], account.name)
         self.poll_soon(peer["id"])  # what came while nobody listened
 
 
-def _rejoin_ref(peer: dict[str, Any]) -> PeerRef:
-    """How another account finds the chat: by username if it has one (an id alone is only
-    found by accounts that have met the chat)."""
+def _rejoin_ref(peer: dict[str, Any], invite: str | None = None) -> PeerRef:
+    """How another account finds the chat: by username if it has one, else by the invite
+    link it was subscribed by (a basic group or a private channel is joined only so), else
+    by id (found only by accounts that have met the chat)."""
     if peer.get("username"):
         return parse_peer("@" + peer["username"])
+    if invite:
+        # Named by the chat's id, not the link: the hash stays out of logs and errors.
+        return PeerRef(f"{peer['id']} (by its invite link)", invite=invite)
     return parse_peer(str(peer["id"]))
 
 

@@ -748,3 +748,175 @@ async def test_after_a_restart_a_basic_group_is_not_published_again(
             reopened.close()
     assert fresh.published == 1 and fresh.duplicates == 1
     assert _group_texts(consumer) == ["pushed 0", "pushed 1", "lost", "while down"]
+
+
+# --- takeover by invite link: basic groups and private channels -------------------------------
+
+SMALL = 4002  # a basic group no account is in, joined by its invite link
+SMALL_ID = -SMALL
+SMALL_INVITE = "SmallGroup4002"
+SECRET = 2003  # a private channel (no username), joined by its invite link
+SECRET_ID = -(10**12) - SECRET
+SECRET_INVITE = "SecretNews2003"
+
+
+def _add_invite_chats(flow: Flow) -> None:
+    """SMALL and SECRET, with history; only a non-account member in them: the accounts can
+    join them by invite link only, and none of them has met them."""
+    from tests.fakedc.world import ChatSpec, MessageSpec
+
+    world = flow.rpc.world
+    for chat_id, kind, title, invite in (
+        (SMALL, "group", "Small by invite", SMALL_INVITE),
+        (SECRET, "broadcast", "Secret news", SECRET_INVITE),
+    ):
+        world.add_chat(
+            ChatSpec(
+                id=chat_id, kind=kind, title=title, creator_id=3001, invite=invite,
+                members={3001: 0},
+            )
+        )  # fmt: skip
+    world.add_message(MessageSpec(chat=SMALL, from_id=3001, text="small history"))
+    for i in range(3):
+        world.add_message(MessageSpec(chat=SECRET, text=f"secret history {i}"))
+
+
+async def _ban_and_silence(flow: Flow, name: str, chats: list[int]) -> None:
+    """Bans the account; Telegram then sends it nothing (the emulator would still push to a
+    member: it is taken out of the chats, so every event below comes through the taker)."""
+    await _ban(flow, name)
+    for chat_id in chats:
+        flow.rpc.world.chats[chat_id].members.pop(int(name.removeprefix("acc")), None)
+
+
+def _newest_own_id(flow: Flow, account: str, chat_id: int) -> int:
+    """The newest message of a basic group in `account`'s own ids."""
+    uid = int(account.removeprefix("acc"))
+    world = flow.rpc.world
+    own = [world.own_id(uid, s) for s, m in world.common.items() if m.chat == chat_id]
+    return max(i for i in own if i is not None)
+
+
+async def test_a_basic_group_and_a_private_channel_move_by_their_invite_links(
+    flow: Flow, rabbit: Rabbit
+) -> None:
+    _add_invite_chats(flow)
+    group = await flow.subscriber.subscribe(parse_peer(f"https://t.me/+{SMALL_INVITE}"))
+    secret = await flow.subscriber.subscribe(parse_peer(f"t.me/joinchat/{SECRET_INVITE}"))
+    assert (group["peer"]["type"], secret["peer"]["type"]) == ("group", "channel")
+    assert secret["peer"]["username"] is None and secret["last_message_id"] == 3
+    # Kept for a takeover, never answered.
+    assert flow.joinmap.invite(SMALL_ID) == SMALL_INVITE
+    assert flow.joinmap.invite(SECRET_ID) == SECRET_INVITE
+    assert "SmallGroup" not in repr(group) and "SecretNews" not in repr(secret)
+    banned = sorted({group["account"], secret["account"]})
+    for name in banned:
+        await _ban_and_silence(flow, name, [SMALL, SECRET])
+    async with rabbit.consumer() as consumer:
+        flow.rpc.reset_counts()
+        await flow.subscriber.check_accounts()
+        # Another account joined each by its link (no account knew them by id).
+        assert flow.rpc.count("messages.importChatInvite") == 2
+        takers = {}
+        for peer_id, chat_id in ((SMALL_ID, SMALL), (SECRET_ID, SECRET)):
+            sub = flow.joinmap.get(peer_id)
+            assert sub is not None and sub["state"] == "joined"
+            assert sub["account"] not in banned
+            takers[peer_id] = sub["account"]
+            uid = int(sub["account"].removeprefix("acc"))
+            assert flow.rpc.world.is_member(flow.rpc.world.chats[chat_id], uid)
+        assert flow.joinmap.orphaned() == []
+        # The taker's cursor of the basic group starts at its own newest id (its "joined by
+        # link" message), not at 0 nor at the banned account's ids.
+        newest = _newest_own_id(flow, takers[SMALL_ID], SMALL)
+        assert flow.joinmap.member_last_message_id(SMALL_ID, takers[SMALL_ID]) == newest
+        assert flow.joinmap.last_message_id(SECRET_ID) == 3  # the channel's stays
+        post = await _post_to(flow, SMALL, "small after the move")
+        secret_post = await flow.rpc.post_message(SECRET, "secret after the move")
+        await consumer.wait_for_ids([f"{SECRET_ID}:{secret_post.id}:message.new"])
+        await consumer.wait_until(lambda c: "small after the move" in _texts(c, SMALL_ID))
+        # A poll of each finds nothing: no history again, nothing twice.
+        assert await flow.subscriber.poll_chat(SMALL_ID) == 0
+        assert await flow.subscriber.poll_chat(SECRET_ID) == 0
+        await settle(flow)
+    assert _texts(consumer, SMALL_ID) == ["small after the move"]
+    assert _texts(consumer, SECRET_ID) == ["secret after the move"]
+    assert set(consumer.counts().values()) == {1}
+    small_new = [m for m in of(consumer, "message.new") if m.body["peer"]["id"] == SMALL_ID]
+    assert small_new[0].body["account"] == takers[SMALL_ID]
+    assert small_new[0].body["message"]["id"] == _own(flow, takers[SMALL_ID], post)
+    for peer_id, sub, start in ((SMALL_ID, group, newest), (SECRET_ID, secret, 3)):
+        changed = [m.body for m in of(consumer, "subscription.changed")
+                   if m.body["peer"]["id"] == peer_id]  # fmt: skip
+        assert [(b["account"], b["state"]) for b in changed] == [
+            (sub["account"], "joined"),  # the subscribe, waiting in the durable queue
+            (sub["account"], "banned_account"),
+            (takers[peer_id], "joined"),
+        ]
+        assert changed[-1]["subscription"]["last_message_id"] == start
+    assert not any(
+        "SmallGroup" in repr(m.body) or "SecretNews" in repr(m.body) for m in consumer.messages
+    )
+
+
+@pytest.mark.parametrize(
+    ("chat_id", "peer_id", "invite", "dead"),
+    [
+        (SMALL, SMALL_ID, SMALL_INVITE, "INVITE_HASH_EXPIRED"),
+        (SECRET, SECRET_ID, SECRET_INVITE, "INVITE_HASH_INVALID"),
+    ],
+    ids=["basic-group-expired", "private-channel-revoked"],
+)
+async def test_a_chat_whose_invite_link_is_dead_stays_orphaned_and_the_log_says_why(
+    flow: Flow,
+    caplog: pytest.LogCaptureFixture,
+    chat_id: int,
+    peer_id: int,
+    invite: str,
+    dead: str,
+) -> None:
+    import logging
+
+    await _replace_subscriber(flow, check_interval=3600, rejoin_backoff=0.2, rejoin_backoff_max=0.2)
+    _add_invite_chats(flow)
+    sub = await flow.subscriber.subscribe(parse_peer(f"https://t.me/+{invite}"))
+    if dead == "INVITE_HASH_EXPIRED":
+        flow.rpc.fail("messages.importChatInvite", 400, dead, times=1000)
+    else:  # revoked: Telegram no longer knows the link
+        flow.rpc.world.chats[chat_id].invite = "RevokedLink" + str(chat_id)
+    await _ban_and_silence(flow, sub["account"], [chat_id])
+    flow.rpc.reset_counts()
+    caplog.set_level(logging.WARNING, logger="service.subscriber")
+    await flow.subscriber.check_accounts()
+    assert flow.joinmap.orphaned() == [peer_id]
+    assert flow.rpc.count("messages.importChatInvite") == 1  # one account asked, not each
+    said = [r.getMessage() for r in caplog.records if "invite link" in r.getMessage()]
+    assert len(said) == 1 and str(peer_id) in said[0] and dead in said[0]
+    assert "is dead" in said[0] and "subscribed again with a new link" in said[0]
+    assert invite not in caplog.text  # the hash stays out of the log
+    # The next check comes before the backoff is over: Telegram is not asked again.
+    await flow.subscriber.check_accounts()
+    assert flow.rpc.count("messages.importChatInvite") == 1
+    await asyncio.wait_for(_until(lambda: flow.subscriber._rejoin_after.due(peer_id)), 5)
+    await flow.subscriber.check_accounts()
+    assert flow.rpc.count("messages.importChatInvite") == 2
+    assert flow.joinmap.orphaned() == [peer_id]
+    # What the log asks for: a new link, subscribed through the API, ends the orphan.
+    flow.rpc.clear_faults()
+    flow.rpc.deactivated_ban(int(sub["account"].removeprefix("acc")))
+    flow.rpc.world.chats[chat_id].invite = f"FreshLink{chat_id}"
+    again = await flow.subscriber.subscribe(parse_peer(f"https://t.me/+FreshLink{chat_id}"))
+    assert again["state"] == "joined" and again["account"] != sub["account"]
+    assert flow.joinmap.orphaned() == [] and flow.joinmap.invite(peer_id) == f"FreshLink{chat_id}"
+
+
+async def _post_to(flow: Flow, chat_id: int, text: str) -> Any:
+    return await flow.rpc.post_message(chat_id, text, from_id=3001)
+
+
+def _texts(consumer: Consumer, peer_id: int) -> list[str]:
+    return [
+        m.body["message"]["text"]
+        for m in of(consumer, "message.new")
+        if m.body["peer"]["id"] == peer_id
+    ]
