@@ -642,6 +642,20 @@ async def test_post_edit_delete_push_to_member_accounts_with_channel_pts(
     assert got.messages[0].id == 149
 
 
+async def test_a_banned_or_logged_out_account_gets_no_pushes(
+    rpc: TelegramRpc, pushed: list[tuple[int, Any]]
+) -> None:
+    # Telegram ends a deactivated account's sessions and a logged-out key's: no updates.
+    rpc.deactivated_ban(ACCOUNT_B)
+    rpc.auth_key_unregistered(ACCOUNT_C)
+    await rpc.post_message(NEWS, "after the ban")
+    assert [uid for uid, _ in pushed] == [ACCOUNT_A]
+    rpc.clear_faults()
+    pushed.clear()
+    await rpc.post_message(NEWS, "reinstated")
+    assert sorted(uid for uid, _ in pushed) == [ACCOUNT_A, ACCOUNT_B, ACCOUNT_C]
+
+
 async def test_pushes_of_a_basic_group_move_each_accounts_pts(
     rpc: TelegramRpc, world: World, pushed: list[tuple[int, Any]]
 ) -> None:

@@ -45,7 +45,7 @@ Knobs (all take effect immediately; see each method's docstring):
     rpc.username_not_occupied("durov")
     rpc.channel_private(channel_id)
     rpc.auth_key_unregistered(user_id); rpc.deactivated_ban(user_id)
-    rpc.session_revoked(user_id); rpc.auth_key_duplicated(user_id)
+    rpc.session_revoked(user_id); rpc.auth_key_duplicated(user_id)   # (no pushes to it either)
     rpc.expire_file_references()
     rpc.drop_connection_in_file(file_id=None, nth=2, user_id=None)
     rpc.drop_next_posts(channel_id, n)
@@ -1327,8 +1327,8 @@ class TelegramRpc(FaultKnobs):
         return render.message(self.world, self.world.seen_by(msg, viewer), viewer)
 
     async def _push(self, user_id: int, updates: Any) -> None:
-        if self._pusher is None:
-            return
+        if self._pusher is None or user_id in self._fates:
+            return  # a banned or logged-out account's sessions get no updates from Telegram
         try:
             result = self._pusher(user_id, updates)
             if inspect.isawaitable(result):
