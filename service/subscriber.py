@@ -51,6 +51,9 @@ group's taker starts its own cursor at its newest id (no history again); a chann
 watermark stays, so the poll brings what came meanwhile. A chat none of these reaches (a
 private channel subscribed by id, an invite link expired or revoked: INVITE_HASH_EXPIRED or
 _INVALID, logged as a dead invite) stays orphaned, as below, until a POST subscribes it again.
+The ban is recorded (and said) for all its chats at once; the joins then go one at a time,
+TAKEOVER_PACE s apart (a burst of joins earns a flood wait), in a task of their own that holds
+the API's lock only around one chat's join; a flood wait stops them (the rest stay orphaned).
 A chat no account can take over then (every other one full, banned, logged out or in a
 flood wait, or none there) is orphaned: the join map keeps it (nobody joined, the latest
 membership banned_account: derived, so it survives a restart) and GET /api/v1/subscriptions
@@ -97,6 +100,7 @@ GAP_WAIT = 1.0  # s an id published past the watermark may wait before its chat 
 MAX_PAGES_PER_POLL = 20  # per chat and poll: a long outage drains over several polls
 REJOIN_BACKOFF = 30.0  # s before an orphaned chat is tried again, doubling per failure...
 REJOIN_BACKOFF_MAX = 3600.0  # ...up to this
+TAKEOVER_PACE = 2.0  # s between two takeover joins: a burst of joins earns a flood wait
 
 
 class _Recent:
@@ -177,6 +181,7 @@ class Subscriber:
         clock: Callable[[], float] = time.time,
         rejoin_backoff: float = REJOIN_BACKOFF,
         rejoin_backoff_max: float = REJOIN_BACKOFF_MAX,
+        takeover_pace: float = TAKEOVER_PACE,
     ) -> None:
         self._pool = pool
         self._joinmap = joinmap
@@ -196,6 +201,9 @@ class Subscriber:
         self._api_lock = asyncio.Lock()
         self._leaving: set[tuple[int, str]] = set()
         self._rejoin_after = _Backoff(rejoin_backoff, rejoin_backoff_max)  # orphaned chats
+        self._takeover_pace = takeover_pace
+        self._last_takeover = float("-inf")  # time.monotonic() at the end of the last try
+        self._takeover: asyncio.Task[None] | None = None  # the takeover batch, while it runs
         self._running = False
         self._ahead: dict[int, set[int]] = {}  # per chat: ids published past the watermark
         self._group_ahead: dict[tuple[int, str], set[int]] = {}  # the same, basic groups
@@ -798,33 +806,75 @@ class Subscriber:
                 await self._move_away(tc.name)
         if usable_again:
             self._rejoin_after.all_due()  # an account can join now: don't wait for the backoff
-        await self._retry_orphans()
+        self._start_takeovers()
 
     async def _move_away(self, account: str) -> None:
         async with self._api_lock:  # not beside an API join of the same chat
             await self._move_away_locked(account)
 
     async def _move_away_locked(self, account: str) -> None:
+        """Records the ban in each of the account's chats at once, and says so; the takeover
+        batch (`_retry_orphans`, started by the check after this) joins them elsewhere."""
         lost = self._joinmap.record_account_banned(account)
         for sub in lost:
+            self._rejoin_after.forget(sub["peer"]["id"])  # newly orphaned: due at once
             await self._publish_subscription(sub)
-        for sub in lost:
-            await self._take_over(sub["peer"]["id"])  # unless another account is in it
+
+    def _start_takeovers(self) -> None:
+        """Runs the takeover batch in its own task, unless one runs (it also takes what has
+        become due meanwhile): paced over hundreds of chats it takes minutes, and the account
+        check must go on meanwhile (another ban, a reconnect's poll). stop() cancels it."""
+        if not self._running or (self._takeover is not None and not self._takeover.done()):
+            return
+        if self._takeover is not None and self._takeover in self._tasks:
+            self._tasks.remove(self._takeover)  # the last batch, over
+        self._takeover = asyncio.create_task(self._retry_orphans(), name="subscriber-takeover")
+        self._tasks.append(self._takeover)
 
     async def _retry_orphans(self) -> None:
-        """Joins each orphaned chat whose backoff is over with an account that can."""
+        """The takeover batch: joins each orphaned chat whose backoff is over with an account
+        that can, one at a time, `takeover_pace` s apart (Telegram answers a burst of joins
+        with a flood wait). `_api_lock` is held around one chat's join only, never across the
+        pace: API calls go in between. A flood wait ends the batch (every account able to join
+        waits): the rest stay orphaned for the next check, or until an account turns ok."""
+        tried: set[int] = set()  # each chat once a batch, whatever came of it
+        try:
+            while (peer_id := self._next_orphan(tried)) is not None:
+                tried.add(peer_id)
+                await self._pace_takeover()
+                try:
+                    async with self._api_lock:
+                        await self._take_over(peer_id)
+                except FloodWait as e:
+                    log.warning(
+                        "takeovers stopped by a flood wait of %s s; the other orphaned chats"
+                        " are tried later",
+                        e.retry_after,
+                    )
+                    return
+                except Exception:
+                    self._rejoin_after.failed(peer_id)  # not first in every batch from now on
+                    log.exception("taking %s over failed", peer_id)
+        except Exception:
+            log.exception("takeover batch failed")  # the next check starts another
+
+    def _next_orphan(self, tried: set[int]) -> int | None:
+        """The next orphaned chat due for a try and not tried in this batch yet."""
         orphans = self._joinmap.orphaned()
         self._rejoin_after.keep_only(orphans)  # subscribed or deleted through the API since
-        for peer_id in orphans:
-            if not self._rejoin_after.due(peer_id):
-                continue
-            async with self._api_lock:  # one at a time: API calls go in between
-                await self._take_over(peer_id)
+        return next((p for p in orphans if p not in tried and self._rejoin_after.due(p)), None)
+
+    async def _pace_takeover(self) -> None:
+        """Waits until `takeover_pace` s have passed since the last takeover try ended (in
+        this batch or the one before)."""
+        wait = self._last_takeover + self._takeover_pace - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)  # cancellable: stop() ends the batch here at once
 
     async def _take_over(self, peer_id: int) -> None:
         """Joins an orphaned chat with another account (under `_api_lock`). When no account
-        can, it stays orphaned and its next try waits (the backoff). A flood wait needs no
-        special case: the pool then answers the next chats at once, without a request."""
+        can, it stays orphaned and its next try waits (the backoff). A FloodWait is raised
+        after that: every account able to join waits, the batch stops."""
         sub = self._joinmap.get(peer_id)
         if sub is None or sub["state"] != State.BANNED_ACCOUNT:
             # Joined by another account, left through the API, or kicked (not taken over:
@@ -856,7 +906,11 @@ class Subscriber:
                 e,
                 wait,
             )
+            if isinstance(e, FloodWait):
+                raise
             return
+        finally:
+            self._last_takeover = time.monotonic()  # the pace counts from here
         self._rejoin_after.forget(peer_id)
 
     async def _drop_orphan(self, sub: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,8 @@ the Publisher puts them on the real broker; a consumer in the test reads the que
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -99,13 +101,15 @@ async def flow(
                           reconnect_max_delay=0.5)
     await publisher.start()
     subscriber = Subscriber(pool, joinmap, publisher, poll_interval=3600, check_interval=3600,
-                            media_queue=media_queue)
+                            media_queue=media_queue, takeover_pace=0.05)
     await subscriber.start()
+    flow = Flow(pool, joinmap, publisher, subscriber, fake_telegram.dispatcher)
     try:
-        yield Flow(pool, joinmap, publisher, subscriber, fake_telegram.dispatcher)
+        yield flow
     finally:
         # Bounded: a stop that hangs fails the test loudly instead of stalling the run.
-        for stop in (subscriber.stop(), pool.stop(), publisher.stop(grace=1)):
+        # flow.subscriber: the one a test put in the fixture's place, if it did.
+        for stop in (flow.subscriber.stop(), pool.stop(), publisher.stop(grace=1)):
             await asyncio.wait_for(stop, 15)
         outbox.close()
         joinmap.close()
@@ -348,7 +352,7 @@ async def test_a_banned_accounts_chats_move_to_another(flow: Flow, rabbit: Rabbi
         await banned.get_entity(parse_peer("@talk"))  # the account learns it is banned
     assert banned.state == AccountState.BANNED
     async with rabbit.consumer() as consumer:
-        await flow.subscriber.check_accounts()
+        await _check(flow)
         moved = flow.joinmap.get(NEWS_ID)
         assert moved is not None and moved["state"] == "joined"
         assert moved["account"] != banned.name
@@ -366,6 +370,15 @@ async def test_a_banned_accounts_chats_move_to_another(flow: Flow, rabbit: Rabbi
 async def _until(predicate: Callable[[], bool]) -> None:
     while not predicate():  # noqa: ASYNC110 - the subscriber has no event for this
         await asyncio.sleep(0.01)
+
+
+async def _check(flow: Flow) -> None:
+    """One account check, and the takeover batch it started (its own task) to its end."""
+    await flow.subscriber.check_accounts()
+    batch = flow.subscriber._takeover
+    if batch is not None:
+        async with asyncio.timeout(20):
+            await batch
 
 
 async def test_after_a_restart_replayed_updates_are_not_news(flow: Flow, rabbit: Rabbit) -> None:
@@ -456,6 +469,7 @@ async def _replace_subscriber(flow: Flow, joinmap: JoinMap | None = None, **opti
     """Stops the flow's subscriber and starts another in its place (the fixture stops it)."""
     await flow.subscriber.stop()
     flow.joinmap = joinmap or flow.joinmap
+    options.setdefault("takeover_pace", 0.05)  # not 2 s: tests stay fast
     flow.subscriber = Subscriber(
         flow.pool, flow.joinmap, flow.publisher, poll_interval=3600, **options
     )
@@ -559,13 +573,133 @@ async def test_deleting_an_orphaned_chat_ends_its_takeover(flow: Flow, rabbit: R
         if tc.name != sub["account"]:
             await _ban(flow, tc.name)
     await _ban(flow, sub["account"])
-    await flow.subscriber.check_accounts()
+    await _check(flow)
     assert flow.joinmap.orphaned() == [NEWS_ID]
     left = await flow.subscriber.unsubscribe(parse_peer("@news"))
     assert (left["account"], left["state"]) == (sub["account"], "left")
     assert flow.joinmap.orphaned() == [] and flow.joinmap.subscriptions() == []
     with pytest.raises(NotSubscribed):
         await flow.subscriber.unsubscribe(parse_peer("@news"))
+
+
+# --- takeovers of many chats: paced, beside the API, stopped by a flood wait -------------------
+
+FEEDS = 6101  # the first of the public channels `_add_feeds` adds
+
+
+def _add_feeds(flow: Flow, account: str, n: int) -> list[int]:
+    """n public channels (@feed0, ...) `account` is in, as after a subscribe through it;
+    returns their marked ids in the join map's order (as `orphaned()` lists them)."""
+    from tests.fakedc.world import ChatSpec
+
+    ids = []
+    for i in range(n):
+        title, username = f"Feed {i}", f"feed{i}"
+        flow.rpc.world.add_chat(
+            ChatSpec(id=FEEDS + i, kind="broadcast", title=title, username=username)
+        )
+        peer_id = -(10**12) - (FEEDS + i)
+        flow.joinmap.record_join(peer_id, account, type="channel", title=title, username=username)
+        ids.append(peer_id)
+    return sorted(ids)
+
+
+def _join_times(flow: Flow) -> list[float]:
+    """When each channels.joinChannel is sent from now on (time.monotonic())."""
+    times: list[float] = []
+
+    def observe(method: str, error: str | None, seconds: float) -> None:
+        if method == "channels.JoinChannel":
+            times.append(time.monotonic() - seconds)
+
+    flow.pool.observe_calls(observe)
+    return times
+
+
+async def test_a_banned_accounts_chats_are_said_at_once_and_joined_paced(
+    flow: Flow, rabbit: Rabbit
+) -> None:
+    pace = 0.1
+    await _replace_subscriber(flow, check_interval=3600, takeover_pace=pace)
+    feeds = _add_feeds(flow, "acc1001", 5)
+    joins = _join_times(flow)
+    await _ban(flow, "acc1001")
+    async with rabbit.consumer() as consumer:
+        await _check(flow)
+        assert flow.joinmap.orphaned() == []
+        await consumer.wait_until(lambda c: len(of(c, "subscription.changed")) == 10)
+    assert len(joins) == 5
+    gaps = [b - a for a, b in itertools.pairwise(joins)]
+    assert min(gaps) >= pace - 0.001, gaps  # a burst: a few ms apart
+    said = [(m.body["peer"]["id"], m.body["state"]) for m in of(consumer, "subscription.changed")]
+    # Every chat's ban is said before the first join.
+    assert sorted(said[:5]) == [(p, "banned_account") for p in feeds]
+    assert sorted(said[5:]) == [(p, "joined") for p in feeds]
+
+
+async def test_the_api_and_the_account_check_are_served_during_a_takeover_batch(
+    flow: Flow,
+) -> None:
+    await _replace_subscriber(flow, check_interval=3600, takeover_pace=0.3)
+    feeds = _add_feeds(flow, "acc1001", 4)
+    await _ban(flow, "acc1001")
+    await flow.subscriber.check_accounts()  # returns with the batch under way
+    batch = flow.subscriber._takeover
+    assert batch is not None and not batch.done()
+    await asyncio.wait_for(_until(lambda: len(flow.joinmap.orphaned()) == 3), 20)
+    # The batch waits its pace (0.3 s) before the next join: the API is not held up by the
+    # three joins still to come, nor is the next account check.
+    sub = await flow.subscriber.subscribe(parse_peer("@news"))
+    await flow.subscriber.unsubscribe(parse_peer("@news"))
+    await flow.subscriber.check_accounts()
+    assert sub["state"] == "joined"
+    assert len(flow.joinmap.orphaned()) >= 2 and not batch.done()
+    async with asyncio.timeout(20):
+        await batch
+    assert all(_joined_by(flow, p, ["acc1002", "acc1003"]) for p in feeds)
+
+
+async def test_a_flood_wait_stops_the_takeover_batch_and_the_rest_move_when_it_ends(
+    flow: Flow, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    # A long backoff: only the accounts' return to ok can bring the next try in time.
+    await _replace_subscriber(flow, check_interval=3600, rejoin_backoff=3600, takeover_pace=0.05)
+    feeds = _add_feeds(flow, "acc1001", 4)
+    takers = ["acc1002", "acc1003"]
+    flow.rpc.flood_wait("channels.joinChannel", 1, times=2)  # each taker meets one
+    flow.rpc.reset_counts()
+    caplog.set_level(logging.WARNING, logger="service.subscriber")
+    await _ban(flow, "acc1001")
+    await _check(flow)
+    # The first chat met the wait on both takers; the batch stopped there: the other chats
+    # were not tried (none backed off), none is asked of a pool that just said wait.
+    assert flow.rpc.count("channels.joinChannel") == 2
+    assert flow.joinmap.orphaned() == feeds
+    assert [p for p in feeds if not flow.subscriber._rejoin_after.due(p)] == feeds[:1]
+    assert "takeovers stopped by a flood wait of 1 s" in caplog.text
+    await _check(flow)  # a check during the wait sees the takers waiting: nobody is asked
+    assert flow.rpc.count("channels.joinChannel") == 2
+    waiting = [flow.pool.get(n) for n in takers]
+    await asyncio.wait_for(_until(lambda: all(tc.state == AccountState.OK for tc in waiting)), 5)
+    await _check(flow)  # the takers are ok again: every chat at once, backoff or not
+    assert flow.joinmap.orphaned() == []
+    assert all(_joined_by(flow, p, takers) for p in feeds)
+    assert flow.rpc.count("channels.joinChannel") == 2 + len(feeds)
+
+
+async def test_stop_ends_a_takeover_batch_at_once(flow: Flow) -> None:
+    await _replace_subscriber(flow, check_interval=3600, takeover_pace=30)
+    _add_feeds(flow, "acc1001", 3)
+    await _ban(flow, "acc1001")
+    await flow.subscriber.check_accounts()
+    await asyncio.wait_for(_until(lambda: len(flow.joinmap.orphaned()) == 2), 20)
+    batch = flow.subscriber._takeover
+    assert batch is not None and not batch.done()  # 30 s to the next join
+    async with asyncio.timeout(2):
+        await flow.subscriber.stop()
+    assert batch.cancelled()
 
 
 # --- basic groups: message ids per account ------------------------------------------------------
@@ -814,7 +948,7 @@ async def test_a_basic_group_and_a_private_channel_move_by_their_invite_links(
         await _ban_and_silence(flow, name, [SMALL, SECRET])
     async with rabbit.consumer() as consumer:
         flow.rpc.reset_counts()
-        await flow.subscriber.check_accounts()
+        await _check(flow)
         # Another account joined each by its link (no account knew them by id).
         assert flow.rpc.count("messages.importChatInvite") == 2
         takers = {}
@@ -887,7 +1021,7 @@ async def test_a_chat_whose_invite_link_is_dead_stays_orphaned_and_the_log_says_
     await _ban_and_silence(flow, sub["account"], [chat_id])
     flow.rpc.reset_counts()
     caplog.set_level(logging.WARNING, logger="service.subscriber")
-    await flow.subscriber.check_accounts()
+    await _check(flow)
     assert flow.joinmap.orphaned() == [peer_id]
     assert flow.rpc.count("messages.importChatInvite") == 1  # one account asked, not each
     said = [r.getMessage() for r in caplog.records if "invite link" in r.getMessage()]
@@ -895,10 +1029,10 @@ async def test_a_chat_whose_invite_link_is_dead_stays_orphaned_and_the_log_says_
     assert "is dead" in said[0] and "subscribed again with a new link" in said[0]
     assert invite not in caplog.text  # the hash stays out of the log
     # The next check comes before the backoff is over: Telegram is not asked again.
-    await flow.subscriber.check_accounts()
+    await _check(flow)
     assert flow.rpc.count("messages.importChatInvite") == 1
     await asyncio.wait_for(_until(lambda: flow.subscriber._rejoin_after.due(peer_id)), 5)
-    await flow.subscriber.check_accounts()
+    await _check(flow)
     assert flow.rpc.count("messages.importChatInvite") == 2
     assert flow.joinmap.orphaned() == [peer_id]
     # What the log asks for: a new link, subscribed through the API, ends the orphan.
