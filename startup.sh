@@ -38,8 +38,17 @@ ensure_venv() {
     return 0
   fi
   if [ ! -x "$PY" ]; then
+    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || {
+      echo "$0: tgc needs Python 3.11 or newer as python3 (found: $(python3 --version 2>&1))" >&2
+      exit 2
+    }
     echo "creating virtualenv in $VENV" >&2
-    python3 -m venv "$VENV"
+    # Debian's python3 has no ensurepip until python3-venv is installed: say so, not a traceback.
+    python3 -m venv "$VENV" || {
+      rm -rf "$VENV"
+      echo "$0: could not create $VENV (on Debian/Ubuntu: apt-get install python3-venv)" >&2
+      exit 2
+    }
   fi
   echo "installing $reqs into $VENV" >&2
   "$PY" -m pip install -q --disable-pip-version-check -r "$reqs" >&2
