@@ -4,6 +4,8 @@ generated messages (JSON-serialisable, every contract field, keys equal across a
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 from typing import Any
 
 import orjson
@@ -84,7 +86,7 @@ def message(**kw: Any) -> types.Message:
 
 def parse(msg: Any, account: str = "acc1") -> tuple[dict[str, Any], list[Any]]:
     out, media = parse_message(msg, account)
-    orjson.dumps(out)  # nothing Telethon, no datetime, no bytes
+    json.dumps(out)  # nothing Telethon, no datetime, no bytes (orjson would take datetimes)
     assert tuple(out)[: len(MESSAGE_FIELDS)] == MESSAGE_FIELDS
     return out, media
 
@@ -580,9 +582,34 @@ def test_fresh_reference_finds_the_same_file() -> None:
 texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=80)
 ids = st.integers(min_value=1, max_value=2**31 - 1)
 longs = st.integers(min_value=-(2**63), max_value=2**63 - 1)
-dates = st.datetimes(
-    min_value=dt.datetime(2013, 1, 1), max_value=dt.datetime(2100, 1, 1), timezones=st.just(dt.UTC)
+# Telethon's datetimes are UTC; other offsets too, so that the property checks the parser
+# turns whatever it gets into UTC.
+zones = st.sampled_from(
+    [dt.UTC, dt.timezone(dt.timedelta(hours=3)), dt.timezone(-dt.timedelta(hours=5, minutes=30))]
 )
+dates = st.datetimes(
+    min_value=dt.datetime(2013, 1, 1), max_value=dt.datetime(2100, 1, 1), timezones=zones
+)
+# What the contract says a date is: ISO 8601, UTC, with the Z suffix.
+ISO_UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+
+
+def utc_iso(value: dt.datetime | None) -> str | None:
+    """The contract's form of a datetime, computed independently of the parser."""
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
+
+
+def date_strings(value: Any, key: str = "") -> list[str]:
+    """Every value under a key that names a date (date, edit_date, was_online...), nested."""
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in date_strings(v, k)]
+    if isinstance(value, list):
+        return [s for v in value for s in date_strings(v, key)]
+    if value is not None and (key.endswith("date") or key == "was_online"):
+        return [value]
+    return []
 peers = st.one_of(
     st.builds(types.PeerUser, ids),
     st.builds(types.PeerChat, ids),
@@ -693,8 +720,16 @@ services = st.builds(
 @given(st.one_of(messages, services), st.sampled_from(["acc1", "acc2"]))
 def test_any_message_is_json_and_complete(msg: Any, account: str) -> None:
     out, media = parse_message(msg, account)
-    data = orjson.loads(orjson.dumps(out))
+    # The stdlib encoder, with no default=: orjson would write a datetime itself, so a
+    # parser that leaked one would pass through it unseen.
+    data = json.loads(json.dumps(out))
     assert CONTRACT_MESSAGE <= set(data)
+    assert data["date"] == utc_iso(msg.date)
+    assert data["edit_date"] == utc_iso(getattr(msg, "edit_date", None))
+    fwd = getattr(msg, "fwd_from", None)
+    assert (data["fwd_from"] or {}).get("date") == utc_iso(fwd.date if fwd else None)
+    stamps = date_strings(data)
+    assert stamps and all(isinstance(s, str) and ISO_UTC.fullmatch(s) for s in stamps), stamps
     assert set(MESSAGE_FIELDS) == set(data)
     descriptors = [d for d in (data["media"], (data["action"] or {}).get("photo")) if d]
     assert len(descriptors) == len(media)
