@@ -456,7 +456,7 @@ KEYS: tuple[Key, ...] = (
     Key("telegram.sessions_dir", "sessions", path),
     Key("telegram.proxy", "", proxy, secret=True),
     Key("telegram.timeout", "30", seconds(1, 300)),
-    Key("telegram.flood_sleep_threshold", "5", integer(0, 300)),
+    Key("telegram.flood_sleep_threshold", "0", integer(0, 300)),
     Key("telegram.request_retries", "3", integer(0, 20)),
     Key("telegram.resolve_per_minute", "5", integer(1, 1000)),
     Key("telegram.resolve_per_day", "200", integer(1, 100_000)),

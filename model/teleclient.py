@@ -13,8 +13,9 @@ hours, so `TeleClients.run` prefers accounts that already hold the peer's access
 peer is resolved at most once per account, and the session file keeps it across restarts.
 
 Telethon sleeps through flood waits shorter than `flood_sleep_threshold` inside the call
-(and ignores a per-call threshold in 1.45), so the threshold is set low on each client and
-the pool answers `FloodWaitError` by moving the call to another account.
+(and ignores a per-call threshold in 1.45), so the threshold is 0 by default on each client
+(telegram.flood_sleep_threshold) and the pool answers `FloodWaitError` by moving the call
+to another account.
 
 An account's `name` is its public label, never a phone number: `start.py login` names the
 session file after the phone (sessions/15550001001.session), so a stem that looks like one
@@ -285,7 +286,7 @@ class TeleClient:
         proxy: Proxy | None = None,
         resolve_per_minute: float = 5,
         resolve_per_day: float = 200,
-        flood_sleep_threshold: int = 2,
+        flood_sleep_threshold: int = 0,
         request_retries: int = 2,
         request_timeout: float = 30.0,
         reconnect_delay: float = 1.0,

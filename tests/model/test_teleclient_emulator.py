@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from common.const import KEYS_BY_NAME
 from common.errors import FloodWait, InvalidParam, PeerNotFound, PeerPrivate
 from common.utils import parse_peer
 from model.teleclient import AccountState, TeleClient, TeleClients
@@ -85,6 +86,12 @@ async def make_pool(sessions: Path) -> AsyncIterator[Callable[..., Any]]:
 def marked(channel_id: int) -> str:
     """The Bot-API id of a channel: -100 followed by its id."""
     return str(-(10**12) - channel_id)
+
+
+def shipped(key: str) -> Any:
+    """The default a config.properties key ships with (as the server parses it)."""
+    spec = KEYS_BY_NAME[key]
+    return spec.parse(spec.default, Path("."))
 
 
 def rpc_of(fake_telegram: Any) -> Any:
@@ -226,6 +233,24 @@ async def test_a_banned_account_leaves_the_rotation(
         await run_history(pool, "@news", limit=1)
     assert rpc_of(fake_telegram).count(user_id=1002) == before  # never asked again
     assert {a["name"]: a["state"] for a in pool.accounts()}["acc1002"] == "banned"
+
+
+async def test_with_the_shipped_threshold_a_short_flood_wait_moves_on_at_once(
+    make_pool: Callable[..., Any], fake_telegram: Any
+) -> None:
+    # With a threshold above 3 s, Telethon would sleep through FLOOD_WAIT_3 inside the call
+    # (request_retries times), the HTTP request hanging and the account counted ok.
+    pool = await make_pool(
+        flood_sleep_threshold=shipped("telegram.flood_sleep_threshold"),
+        request_retries=shipped("telegram.request_retries"),
+    )
+    await each_learns(pool, "@news")
+    rpc_of(fake_telegram).flood_wait("messages.getHistory", 3, times=None, user_id=1001)
+    async with asyncio.timeout(2.5):  # less than the wait: nobody slept through it
+        _, _, served = await run_history(pool, "@news", limit=1)
+    assert served != "acc1001"
+    assert rpc_of(fake_telegram).count("messages.getHistory", 1001) == 1  # tried first, once
+    assert pool.get("acc1001").state is AccountState.FLOOD_WAIT  # the pool saw the wait
 
 
 # --- unknown and private peers ---
