@@ -1,15 +1,31 @@
-"""Media download benchmark: our `download_media` against Telethon's stock `download_media`.
+"""Media download benchmark: our `download_media` against Telethon's stock `download_media`,
+then the real server moving a 1 GB document from the emulator to nginx (issue 4).
 
-    .venv/bin/python bench/media_download.py [--size-mb 200] [--latencies 0,50] [--window 8]
+    .venv/bin/python bench/media_download.py [--size-mb 200] [--latencies 0,50]
+        [--part-kb N] [--window N] [--server-size-mb 1024] [--no-server]
 
-For each latency (ms added by the emulator before every `upload.getFile` answer) it starts
-the DC emulator in its own process (so client and emulator each have a core and a GIL, as
-in production where Telegram is elsewhere), with glibc's malloc tuned for 1 MB answers
-(MEASURED.md), writes a session file for one account, and downloads the same document
-with both downloaders into a temporary folder, checking every byte (SHA-256 against the
-emulator's generator). It prints MB/s of each, the ratio, and the client's peak RSS.
+Part size and parts in flight are the server's shipped settings (media.part_size and
+media.parts_in_flight of config.properties, through common/const.py's loader); --part-kb and
+--window override them for every stage.
 
-Targets (issue 4): ≥ 10× stock at 50 ms, ≥ 1.5× stock at 0 ms.
+Stage 1, for each latency (ms added by the emulator before every `upload.getFile` answer): it
+starts the DC emulator in its own process (so client and emulator each have a core and a
+GIL, as in production where Telegram is elsewhere), with glibc's malloc tuned for 1 MB
+answers (MEASURED.md), writes a session file for one account, and downloads the same
+document with both downloaders into a temporary folder, checking every byte (SHA-256
+against the emulator's generator). It prints MB/s of each, the ratio, and the client's
+peak RSS.
+
+Stage 2 (--no-server skips it): the real server, `start.py serve` as a child process with a
+temporary config: the emulator (0 ms latency by default) as its Telegram through a session
+file, `storage.url` an nginx WebDAV on a free loopback port (tests/fixtures/nginx.py), the
+part settings above. Through the signed API (service/apiclient.py) it asks for the message
+holding a --server-size-mb document, polls GET /api/v1/media/KEY until `stored`, and prints
+the end-to-end MB/s (request to stored) and the server process's peak RSS (VmHWM from
+/proc/PID/status, read before it stops); the object on nginx is checked for size and SHA-256.
+
+Targets (issue 4), each printed with PASS/FAIL at the end; the exit status is 1 if any
+fails: ≥ 10× stock at 50 ms, ≥ 1.5× stock at 0 ms, server peak RSS < 200 MB.
 """
 
 from __future__ import annotations
@@ -27,6 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,6 +55,20 @@ DOC = 6001
 API_ID, API_HASH = 12345, "0123456789abcdef0123456789abcdef"
 # Keep freed 1 MB answers in the heap instead of mmap/munmap per answer (MEASURED.md).
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+# Targets of issue 4.
+TARGET_RATIO = {50.0: 10.0, 0.0: 1.5}  # latency ms → ours/stock at least
+TARGET_RSS_MB = 200.0  # the server's peak RSS, below
+ISSUE_SIZE_MB, ISSUE_SERVER_SIZE_MB = 200, 1024
+
+
+def shipped_media_settings() -> tuple[int, int]:
+    """(media.part_size, media.parts_in_flight) as the server ships them: config.properties
+    at the project root read by common/const.py (its defaults where the file is silent);
+    TGC_* variables of this shell are not applied."""
+    from common.const import DEFAULT_CONFIG, load_settings
+
+    media = load_settings(DEFAULT_CONFIG, env={}, require=()).media
+    return media.part_size, media.parts_in_flight
 
 
 # -- the emulator process ---------------------------------------------------------------------
@@ -82,7 +113,8 @@ class Emulator:
 
     def __init__(self, size: int, latency: float, workdir: Path) -> None:
         self.keys_file = workdir / "keys.jsonl"
-        self.ports_file = workdir / f"ports-{latency}.json"
+        self.ports_file = workdir / f"ports-{latency}-{size}.json"
+        self.ports_file.unlink(missing_ok=True)  # an earlier emulator's would look ready
         args = [
             sys.executable, __file__, "--serve", "--size", str(size), "--latency", str(latency),
             "--keys-file", str(self.keys_file), "--ports-file", str(self.ports_file),
@@ -206,15 +238,182 @@ def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
     return sorted(runs, key=lambda r: r["mbps"])[len(runs) // 2]
 
 
+# -- stage 2: the real server ----------------------------------------------------------------
+
+TOKEN = "bench-token-0123456789abcdef"
+AES_KEY = "5a" * 32
+
+
+def proc_status_mb(pid: int, field: str) -> float:
+    """VmRSS / VmHWM (the kernel's high-water mark) of a process in MB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/{pid}/status")
+
+
+class ServerProcess:
+    """`start.py serve` with a config of its own in `folder`, as production runs it (no
+    malloc tuning, no TGC_* variables of this shell)."""
+
+    def __init__(self, folder: Path, props: dict[str, str]) -> None:
+        from common.const import load_settings
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config = folder / "config.properties"
+        self.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        settings = load_settings(self.config, env={})
+        self.url_file = settings.run_dir / "tgc.url"
+        self.log_file = settings.log.file
+        self.stderr = (folder / "stderr.txt").open("wb")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TGC_")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "start.py", "serve", "--config", str(self.config), "--no-console"],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=self.stderr,
+        )  # fmt: skip
+        self.pid = self.proc.pid
+
+    async def url(self, limit: float = 60.0) -> str:
+        deadline = time.monotonic() + limit
+        while not self.url_file.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}: {self.tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the server wrote no {self.url_file}: {self.tail()}")
+            await asyncio.sleep(0.05)
+        return self.url_file.read_text().strip()
+
+    def tail(self) -> str:
+        self.stderr.flush()
+        err = Path(self.stderr.name).read_text(errors="replace")[-1500:]
+        log = self.log_file.read_text(errors="replace")[-1500:] if self.log_file.exists() else ""
+        return f"\n--- stderr ---\n{err}\n--- log ---\n{log}"
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+        return self.proc.returncode
+
+
+async def ask_until_ok(api: Any, uri: str, limit: float = 60.0) -> Any:
+    """The answer's data once the server serves `uri` (its account may still be connecting)."""
+    deadline = time.monotonic() + limit
+    while True:
+        answer = await api.request("GET", uri)
+        if answer.ok:
+            return answer.data
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"GET {uri}: {answer.status} {answer.error}")
+        await asyncio.sleep(0.2)
+
+
+async def through_server(
+    emu: Emulator, nginx: Any, workdir: Path, size: int, part_size: int, window: int
+) -> dict[str, Any]:
+    """One document through the real server, emulator → spool → nginx; its figures."""
+    from service.apiclient import ApiClient
+    from tests.fakedc.session import make_session
+
+    folder = workdir / "server"
+    make_session(
+        folder / "sessions" / "bench", 1, emu.host, emu.port, ACCOUNT, keys_file=emu.keys_file
+    )
+    server = ServerProcess(folder, {
+        "server.port": "0",
+        "api.token": TOKEN,
+        "api.aes_key": AES_KEY,
+        "telegram.api_id": str(API_ID),
+        "telegram.api_hash": API_HASH,
+        "telegram.sessions_dir": "sessions",
+        "data.dir": "data",
+        "log.dir": "logs",
+        "storage.url": nginx.base_url,
+        "media.part_size": str(part_size),
+        "media.parts_in_flight": str(window),
+    })  # fmt: skip
+    try:
+        url = await server.url()
+        async with ApiClient(url, TOKEN, AES_KEY, timeout=60) as api:
+            await ask_until_ok(api, "/api/v1/accounts")
+            idle_rss = proc_status_mb(server.pid, "VmRSS")
+            c0, e0 = cpu_seconds(server.pid), cpu_seconds(emu.proc.pid)
+            started = time.perf_counter()
+            data = await ask_until_ok(api, "/api/v1/messages?peer=@bench&ids=1")
+            key = data["messages"][0]["media"]["key"]
+            record = await wait_stored(api, server, key, limit=60 + size / MIB / 2)
+            wall = time.perf_counter() - started
+            c1, e1 = cpu_seconds(server.pid), cpu_seconds(emu.proc.pid)
+            hwm = proc_status_mb(server.pid, "VmHWM")  # before the stop: the process's own
+    finally:
+        code = server.stop()
+    if code != 0:
+        raise RuntimeError(f"the server exited with {code} on SIGTERM: {server.tail()}")
+    return {"key": key, "record": record, "wall": wall, "idle_rss": idle_rss, "hwm": hwm,
+            "server_cpu": c1 - c0, "emu_cpu": e1 - e0}  # fmt: skip
+
+
+async def wait_stored(api: Any, server: ServerProcess, key: str, limit: float) -> dict[str, Any]:
+    """GET /api/v1/media/KEY every 50 ms until `stored` (a `failed` or a dead server ends it)."""
+    deadline = time.monotonic() + limit
+    while True:
+        answer = await api.request("GET", f"/api/v1/media/{key}")
+        record: dict[str, Any] = answer.data if answer.ok else {}
+        if record.get("state") == "stored":
+            return record
+        if record.get("state") == "failed":
+            raise RuntimeError(f"media {key} failed: {record.get('error')}")
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {server.proc.returncode}: {server.tail()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"media {key} not stored after {limit:.0f} s: {record}")
+        await asyncio.sleep(0.05)
+
+
+def server_stage(
+    workdir: Path, size: int, latency_ms: float, part_size: int, window: int
+) -> dict[str, Any]:
+    from tests.fixtures.nginx import NGINX, Nginx
+
+    if not os.access(NGINX, os.X_OK):
+        raise SystemExit(f"nginx not found at {NGINX} (apt-get install nginx, or set TEST_NGINX)"
+                         " - or skip this stage with --no-server")  # fmt: skip
+    emu = Emulator(size, latency_ms / 1000, workdir)
+    nginx = Nginx(workdir / "nginx")
+    try:
+        nginx.start()
+        r = asyncio.run(through_server(emu, nginx, workdir, size, part_size, window))
+        stored = nginx.root / urlsplit(r["record"]["url"]).path.lstrip("/")
+        r["stored_size"] = stored.stat().st_size if stored.exists() else -1
+        r["exact"] = r["stored_size"] == size and file_digest(stored) == expected_digest(size)
+    finally:
+        nginx.stop()
+        emu.stop()
+    return r
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size-mb", type=int, default=200)
-    parser.add_argument("--latencies", default="0,50", help="ms, comma-separated")
-    parser.add_argument("--window", type=int, default=8, help="parts in flight")
-    parser.add_argument("--part-kb", type=int, default=1024)
+    parser.add_argument("--size-mb", type=int, default=ISSUE_SIZE_MB)
+    parser.add_argument("--latencies", default="0,50", help="ms, comma-separated (empty: none)")
+    parser.add_argument("--window", type=int, help="parts in flight (default: shipped)")
+    parser.add_argument("--part-kb", type=int, help="part size in KB (default: shipped)")
     parser.add_argument("--rounds", type=int, default=3, help="alternated runs at 0 ms (median)")
+    parser.add_argument("--server-size-mb", type=int, default=ISSUE_SERVER_SIZE_MB,
+                        help="document moved by the real server (stage 2)")  # fmt: skip
+    parser.add_argument("--server-latency-ms", type=float, default=0.0)
+    parser.add_argument("--no-server", action="store_true", help="skip stage 2")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--latency", type=float, help=argparse.SUPPRESS)
@@ -228,36 +427,79 @@ def main() -> None:
     from tests.fakedc.handshake import add_emulator_key
 
     add_emulator_key()
+    shipped_part, shipped_window = shipped_media_settings()
+    part_size = args.part_kb * 1024 if args.part_kb else shipped_part
+    window = args.window or shipped_window
+    latencies = [float(x) for x in args.latencies.split(",") if x.strip()]
     size = args.size_mb * MIB
-    print(f"document {args.size_mb} MB; ours: {args.window} parts of {args.part_kb} KB in flight;"
-          f" stock: Telethon {_telethon_version()} download_media")  # fmt: skip
+    print(f"parts: {window} of {part_size // 1024} KB in flight"
+          f" (shipped config.properties: media.parts_in_flight={shipped_window},"
+          f" media.part_size={shipped_part // 1024}K"
+          f"{'; overridden by flags' if (part_size, window) != (shipped_part, shipped_window) else ''})")  # fmt: skip
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"machine: {os.cpu_count()} CPUs, load average {load} (figures drift with other load)")
-    print(
-        f"{'latency':>8} {'ours MB/s':>10} {'stock MB/s':>11} {'ratio':>6}"
-        f" {'ours MB/cpu-s client|emulator':>30} {'stock MB/cpu-s client|emulator':>31}"
-    )
+    verdicts: list[tuple[str, str, str, bool]] = []  # (figure, value, target, ok)
     with tempfile.TemporaryDirectory(prefix="tgc-bench-") as tmp:
         workdir = Path(tmp)
-        for latency_ms in (float(x) for x in args.latencies.split(",")):
+        if latencies:
+            print(f"\nstage 1: document {args.size_mb} MB; ours: model.media.download_media;"
+                  f" stock: Telethon {_telethon_version()} download_media")  # fmt: skip
+            print(
+                f"{'latency':>8} {'ours MB/s':>10} {'stock MB/s':>11} {'ratio':>6}"
+                f" {'ours MB/cpu-s client|emulator':>30} {'stock MB/cpu-s client|emulator':>31}"
+            )
+        for latency_ms in latencies:
             rounds = args.rounds if latency_ms == 0 else 1
             emu = Emulator(size, latency_ms / 1000, workdir)
             try:
-                r = asyncio.run(
-                    measure(emu, workdir, size, args.window, args.part_kb * 1024, rounds)
-                )
+                r = asyncio.run(measure(emu, workdir, size, window, part_size, rounds))
             finally:
                 emu.stop()
             ours, stock = median_run(r["ours"]), median_run(r["stock"])
+            ratio = ours["mbps"] / stock["mbps"]
             print(
                 f"{latency_ms:>6.0f}ms {ours['mbps']:>10.1f} {stock['mbps']:>11.1f}"
-                f" {ours['mbps'] / stock['mbps']:>5.1f}x"
+                f" {ratio:>5.1f}x"
                 f" {_per_cpu(ours, size):>30} {_per_cpu(stock, size):>31}",
                 flush=True,
             )
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"client peak RSS {rss:.0f} MB (both downloaders, {args.size_mb} MB file)")
-    print("MB/cpu-s: MB moved per CPU second of that process; the emulator's figure is its ceiling")
+            if latency_ms in TARGET_RATIO:
+                want = TARGET_RATIO[latency_ms]
+                verdicts.append((f"ours/stock at {latency_ms:.0f} ms", f"{ratio:.1f}x",
+                                 f">= {want:g}x", ratio >= want))  # fmt: skip
+        if latencies:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(f"client peak RSS {rss:.0f} MB (both downloaders, {args.size_mb} MB file)")
+            print("MB/cpu-s: MB moved per CPU second of that process;"
+                  " the emulator's figure is its ceiling")  # fmt: skip
+
+        if not args.no_server:
+            server_size = args.server_size_mb * MIB
+            print(f"\nstage 2: the real server (start.py serve) moves a {args.server_size_mb} MB"
+                  f" document emulator ({args.server_latency_ms:.0f} ms) → spool → nginx WebDAV",
+                  flush=True)  # fmt: skip
+            s = server_stage(workdir, server_size, args.server_latency_ms, part_size, window)
+            mb = server_size / MIB
+            print(f"end to end (API request → stored): {mb / s['wall']:.1f} MB/s ({s['wall']:.1f} s);"
+                  f" MB/cpu-s server|emulator: {mb / max(s['server_cpu'], 1e-9):.0f}"
+                  f" | {mb / max(s['emu_cpu'], 1e-9):.0f}")  # fmt: skip
+            print(f"on nginx: {s['stored_size']} bytes, byte-exact: {s['exact']}")
+            print(f"server RSS idle {s['idle_rss']:.0f} MB, peak (VmHWM) {s['hwm']:.0f} MB")
+            verdicts.append(("server peak RSS", f"{s['hwm']:.0f} MB", f"< {TARGET_RSS_MB:g} MB",
+                             s["hwm"] < TARGET_RSS_MB))  # fmt: skip
+            verdicts.append(("stored on nginx byte-exact", str(s["exact"]), "True", s["exact"]))
+
+    print("\ntargets (issue 4):")
+    for figure, value, target, ok in verdicts:
+        print(f"  {figure:<28} {value:>10}  target {target:<10} {'PASS' if ok else 'FAIL'}")
+    off = [f"{what} {mb} MB (the issue's: {want} MB)" for what, mb, want, ran in (
+        ("stage 1", args.size_mb, ISSUE_SIZE_MB, bool(latencies)),
+        ("stage 2", args.server_size_mb, ISSUE_SERVER_SIZE_MB, not args.no_server),
+    ) if ran and mb != want]  # fmt: skip
+    if off:
+        print(f"  (not the issue's sizes: {'; '.join(off)})")
+    if not all(ok for *_, ok in verdicts):
+        sys.exit(1)
 
 
 def _per_cpu(run: dict[str, float], size: int) -> str:

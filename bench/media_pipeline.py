@@ -1,16 +1,20 @@
-"""Media pipeline benchmark: the server's peak RSS while it moves a 1 GB file emulator → nginx.
+"""Media pipeline benchmark: the media processor's RSS while it moves a 1 GB file emulator →
+nginx, in this process (a diagnostic: download and upload rates apart, loop lag).
 
-    .venv/bin/python bench/media_pipeline.py [--size-mb 1024] [--window 8] [--latency-ms 0]
+    .venv/bin/python bench/media_pipeline.py [--size-mb 1024] [--window N] [--part-kb N]
+        [--latency-ms 0]
 
-Runs what the server runs for one media item, in this process: a TeleClients pool on a
+The issue's figure, the real server's peak RSS, is stage 2 of bench/media_download.py
+(start.py as its own process); this script runs what the server runs for one media item,
+in this process: a TeleClients pool on a
 session file of the DC emulator (its own process, as in bench/media_download.py), the
 MediaProcessor with model.media.download_media into the spool, and HttpStorage streaming
 the spool file to nginx WebDAV (started here on a free loopback port, as the tests do).
-It checks the object on nginx byte for byte (SHA-256 against the emulator's generator) and
-prints the download and upload rates and this process's RSS: before the move, the highest
-sampled during it (every 20 ms), and the kernel's high-water mark (VmHWM).
-
-Target (issue 4): peak RSS under 200 MB.
+Part size and parts in flight are the server's shipped settings (config.properties) unless
+--part-kb / --window say otherwise. It checks the object on nginx byte for byte (SHA-256
+against the emulator's generator) and prints the download and upload rates and this
+process's RSS: before the move, the highest sampled during it (every 20 ms), and the
+kernel's high-water mark (VmHWM).
 """
 
 from __future__ import annotations
@@ -32,12 +36,12 @@ from bench.media_download import (  # noqa: E402 - after the path is set
     API_HASH,
     API_ID,
     MIB,
+    TARGET_RSS_MB,
     Emulator,
     expected_digest,
     file_digest,
+    shipped_media_settings,
 )
-
-TARGET_RSS_MB = 200
 
 
 def rss_mb(field: str = "VmRSS") -> float:
@@ -75,7 +79,9 @@ class RssSampler:
             self.max_lag = max(self.max_lag, time.perf_counter() - before - self.interval)
 
 
-async def move(emu: Emulator, nginx: Any, workdir: Path, size: int, window: int) -> dict[str, Any]:
+async def move(
+    emu: Emulator, nginx: Any, workdir: Path, size: int, window: int, part_size: int
+) -> dict[str, Any]:
     from common.utils import parse_peer
     from model.teleclient import TeleClients
     from service.mediaprocessor import MediaProcessor
@@ -92,7 +98,7 @@ async def move(emu: Emulator, nginx: Any, workdir: Path, size: int, window: int)
     await pool.start()
     processor = MediaProcessor(
         workdir / "media.db", workdir / "spool", HttpStorage(nginx.base_url, timeout=60), pool,
-        parts_in_flight=window, spool_max_bytes=2 * size,
+        parts_in_flight=window, part_size=part_size, spool_max_bytes=2 * size,
     )  # fmt: skip
     sampler = RssSampler()
     try:
@@ -142,7 +148,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size-mb", type=int, default=1024)
-    parser.add_argument("--window", type=int, default=8, help="parts in flight")
+    parser.add_argument("--window", type=int, help="parts in flight (default: shipped)")
+    parser.add_argument("--part-kb", type=int, help="part size in KB (default: shipped)")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     args = parser.parse_args()
 
@@ -150,6 +157,9 @@ def main() -> None:
     from tests.fixtures.nginx import Nginx
 
     add_emulator_key()
+    shipped_part, shipped_window = shipped_media_settings()
+    part_size = args.part_kb * 1024 if args.part_kb else shipped_part
+    window = args.window or shipped_window
     size = args.size_mb * MIB
     with tempfile.TemporaryDirectory(prefix="tgc-pipeline-") as tmp:
         workdir = Path(tmp)
@@ -157,7 +167,7 @@ def main() -> None:
         nginx = Nginx(workdir / "nginx")
         nginx.start()
         try:
-            r = asyncio.run(move(emu, nginx, workdir, size, args.window))
+            r = asyncio.run(move(emu, nginx, workdir, size, window, part_size))
             item = r["item"]
             stored = nginx.path_of(f"{item.key[:2]}/{item.key}{item.extension}")
             exact = file_digest(stored) == expected_digest(size)
@@ -165,12 +175,12 @@ def main() -> None:
             nginx.stop()
             emu.stop()
     mb = size / MIB
-    print(f"moved {args.size_mb} MB emulator → spool → nginx WebDAV ({args.window} parts of 1 MB"
-          f" in flight, {args.latency_ms:.0f} ms emulator latency); byte-exact: {exact}")  # fmt: skip
+    print(f"moved {args.size_mb} MB emulator → spool → nginx WebDAV ({window} parts of"
+          f" {part_size // 1024} KB in flight, {args.latency_ms:.0f} ms emulator latency); byte-exact: {exact}")  # fmt: skip
     print(f"download {mb / r['download_s']:.0f} MB/s ({r['download_s']:.1f} s),"
           f" upload {mb / r['upload_s']:.0f} MB/s ({r['upload_s']:.1f} s)")  # fmt: skip
     print(f"RSS before {r['baseline']:.0f} MB, sampled peak {r['sampled_peak']:.0f} MB,"
-          f" high-water mark {r['hwm']:.0f} MB (target < {TARGET_RSS_MB} MB):"
+          f" high-water mark {r['hwm']:.0f} MB (target < {TARGET_RSS_MB:g} MB):"
           f" {'ok' if r['hwm'] < TARGET_RSS_MB else 'OVER'}")  # fmt: skip
     print(f"largest loop lag seen by the sampler: {r['max_lag'] * 1000:.0f} ms")
     if not exact:
