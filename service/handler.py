@@ -18,6 +18,8 @@ gets only the plain 401 of the contract, whatever else went wrong.
 Decisions the contract leaves open (also in docs/openapi.json):
 - An unknown query parameter, or a parameter given twice, is 400 INVALID_PARAM naming it:
   a crawler's typo (`offsetid=`) must not silently return another page.
+- A known query parameter with an empty value (`offset_id=`) counts as absent: an optional
+  one takes its default, a required one (`peer=`, `q=`) is 400 naming it.
 - `ids` can't be combined with the paging parameters of /messages; at most 100 ids.
 - A body larger than `max_body_bytes` with a Content-Length is refused with 413 before it
   is read; a chunked one hits Tornado's own limit (`make_server`), which answers 400 and
@@ -415,13 +417,20 @@ class ApiHandler(BaseHandler):
     # --- parameters ---
 
     def query(self) -> dict[str, str]:
-        """The query parameters, each given once, all known to this route."""
+        """The query parameters, each given once, all known to this route.
+
+        An empty value (`offset_id=`, as the contract itself writes the optional ones) is
+        left out, as if the parameter were absent: an optional one takes its default, a
+        required one is then missing (400 naming it). An unknown name is refused even
+        when its value is empty (a typo must not pass)."""
         out: dict[str, str] = {}
         for name, values in self.request.query_arguments.items():
             if name not in self.params:
                 raise InvalidParam(name, "unknown parameter")
             if len(values) != 1:
                 raise InvalidParam(name, "given more than once")
+            if not values[0]:
+                continue
             try:
                 out[name] = values[0].decode("utf-8")
             except UnicodeDecodeError:

@@ -165,6 +165,24 @@ async def test_history_by_marked_id_with_min_and_max_id(api_server: ApiServer) -
     assert pages[-1] and len(pages) == 3  # 4 + 4 + 1
 
 
+async def test_empty_optional_parameters_are_their_defaults(api_server: ApiServer) -> None:
+    # A crawler that fills the contract's template `&offset_id=&min_id=&max_id=` as written.
+    uri = "/api/v1/messages?peer=@tgc_news&limit=&offset_id=&min_id=&max_id="
+    first = await ok(api_server, uri)
+    assert [m["id"] for m in first["messages"]] == list(range(150, 130, -1))
+    nxt = first["next_offset_id"]
+    second = await ok(
+        api_server, f"/api/v1/messages?peer=@tgc_news&limit=5&offset_id={nxt}&min_id=&max_id="
+    )
+    assert [m["id"] for m in second["messages"]] == list(range(130, 125, -1))
+    page = await ok(api_server, "/api/v1/messages?peer=@tgc_news&ids=&limit=2")  # no ids: paging
+    assert [m["id"] for m in page["messages"]] == [150, 149]
+    members = await ok(api_server, "/api/v1/participants?peer=@tgc_chat&limit=&offset=")
+    assert len(members["participants"]) == 100 and members["next_offset"] == 100
+    found = await ok(api_server, "/api/v1/search?q=tgc_&limit=")
+    assert found["results"]
+
+
 async def test_messages_by_id_in_order_with_null_for_missing(api_server: ApiServer) -> None:
     data = await ok(api_server, "/api/v1/messages?peer=@tgc_news&ids=150,999999,2,1,75")
     got = data["messages"]
@@ -400,17 +418,19 @@ INVALID = [
     ("/api/v1/messages?peer=@tgc_news&min_id=x", "min_id"),
     ("/api/v1/messages?peer=@tgc_news&max_id=99999999999", "max_id"),
     ("/api/v1/messages?peer=@tgc_news&offsetid=5", "offsetid"),
-    ("/api/v1/messages?peer=@tgc_news&ids=", "ids"),
     ("/api/v1/messages?peer=@tgc_news&ids=1,a", "ids"),
     ("/api/v1/messages?peer=@tgc_news&ids=0", "ids"),
     ("/api/v1/messages?peer=@tgc_news&ids=" + ",".join(map(str, range(1, 102))), "ids"),
     ("/api/v1/messages?peer=@tgc_news&ids=1,2&limit=5", "limit"),
     ("/api/v1/messages?limit=5", "peer"),
+    ("/api/v1/messages?peer=&limit=5&offset_id=", "peer"),
+    ("/api/v1/messages?peer=@tgc_news&offsetid=", "offsetid"),
     ("/api/v1/participants?peer=@tgc_chat&limit=0", "limit"),
     ("/api/v1/participants?peer=@tgc_chat&limit=201", "limit"),
     ("/api/v1/participants?peer=@tgc_chat&offset=-1", "offset"),
     ("/api/v1/search", "q"),
     ("/api/v1/search?q=%20%20", "q"),
+    ("/api/v1/search?q=&limit=", "q"),
     ("/api/v1/search?q=" + "x" * 129, "q"),
     ("/api/v1/search?q=tgc&limit=0", "limit"),
     ("/api/v1/media/NOT-A-KEY", "key"),

@@ -454,6 +454,45 @@ async def test_history_default_limit_and_bounds(api: Api) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("uri", "call"),
+    [
+        # The contract's own spelling: empty values are the defaults.
+        (
+            "/api/v1/messages?peer=news&limit=&offset_id=&min_id=&max_id=",
+            ("get_history", PeerRef("news", username="news"), 20, 0, 0, 0),
+        ),
+        (
+            "/api/v1/messages?peer=news&limit=5&offset_id=30&min_id=&max_id=",
+            ("get_history", PeerRef("news", username="news"), 5, 30, 0, 0),
+        ),
+        # An empty `ids` is no `ids`: the paging form, which then takes the paging params.
+        (
+            "/api/v1/messages?peer=news&ids=&limit=3",
+            ("get_history", PeerRef("news", username="news"), 3, 0, 0, 0),
+        ),
+        ("/api/v1/search?q=news&limit=", ("search", "news", 20)),
+    ],
+)
+async def test_an_empty_optional_parameter_is_its_default(
+    api: Api, uri: str, call: tuple[Any, ...]
+) -> None:
+    answer = await api.call("GET", uri)
+    assert answer.status == 200 and answer.ok, answer
+    assert api.pool.account.calls[-1] == call
+
+
+async def test_empty_optional_parameters_elsewhere(api: Api) -> None:
+    answer = await api.call("GET", "/api/v1/participants?peer=news&limit=&offset=")
+    assert answer.ok and len(answer.data["participants"]) == 7  # limit 100, offset 0
+    listed = await api.call("GET", "/api/v1/subscriptions?peer=")
+    assert listed.ok and listed.data == {"subscriptions": FakeJoinMap().rows}
+    error = assert_error(
+        await api.call("DELETE", "/api/v1/subscriptions?peer="), 400, "INVALID_PARAM"
+    )
+    assert error["param"] == "peer" and api.subscriptions.calls == []
+
+
 async def test_messages_by_ids_in_order_with_nulls(api: Api) -> None:
     answer = await api.call("GET", "/api/v1/messages?peer=news&ids=3,999,1")
     assert [m and m["id"] for m in answer.data["messages"]] == [3, None, 1]
@@ -520,16 +559,20 @@ async def test_subscription_conflicts(api: Api) -> None:
         ("/api/v1/messages?peer=news&offset_id=-1", "offset_id"),
         ("/api/v1/messages?peer=news&min_id=1.5", "min_id"),
         ("/api/v1/messages?peer=news&max_id=99999999999", "max_id"),
-        ("/api/v1/messages?peer=news&ids=", "ids"),
         ("/api/v1/messages?peer=news&ids=1,x", "ids"),
         ("/api/v1/messages?peer=news&ids=0", "ids"),
         ("/api/v1/messages?peer=news&ids=" + ",".join(["1"] * 101), "ids"),
         ("/api/v1/messages?peer=news&ids=1&limit=5", "limit"),
         ("/api/v1/messages?ids=1", "peer"),
+        ("/api/v1/messages?peer=&limit=5&offset_id=", "peer"),
+        ("/api/v1/messages?peer=news&offset_id=&offset_id=5", "offset_id"),
+        ("/api/v1/messages?peer=news&offsetid=", "offsetid"),
         ("/api/v1/participants?peer=news&limit=201", "limit"),
         ("/api/v1/participants?peer=news&offset=x", "offset"),
         ("/api/v1/search", "q"),
         ("/api/v1/search?q=%20", "q"),
+        ("/api/v1/search?q=&limit=", "q"),
+        ("/api/v1/accounts?x=", "x"),
         ("/api/v1/search?q=" + "a" * 129, "q"),
         ("/api/v1/search?q=x&limit=0", "limit"),
         ("/api/v1/accounts?x=1", "x"),

@@ -92,6 +92,16 @@ def test_query_parameters_match_the_handlers(doc: dict[str, Any]) -> None:
                 assert query == set(cls.params), (route, verb)
 
 
+def test_optional_query_parameters_allow_an_empty_value(doc: dict[str, Any]) -> None:
+    # The handler takes `offset_id=` as no offset_id (ApiHandler.query): said per parameter.
+    for route, ops in doc["paths"].items():
+        for verb, op in ops.items():
+            for param in op.get("parameters", []) if verb in VERBS else []:
+                if param["in"] == "query":
+                    optional = not param.get("required", False)
+                    assert param.get("allowEmptyValue", False) == optional, (route, param)
+
+
 def test_api_operations_are_signed_and_encrypted(doc: dict[str, Any]) -> None:
     for path, item in doc["paths"].items():
         for op in item.values():
