@@ -78,7 +78,7 @@ def test_shipped_config_needs_only_the_secrets() -> None:
     assert s.telegram.sessions_dir == DEFAULT_CONFIG.parent / "sessions"
     assert s.telegram.proxy is None and s.telegram.join_limit == 500
     assert s.data.dir == DEFAULT_CONFIG.parent / "data"
-    assert s.media.part_size == 512 * 1024 and s.media.spool_max_bytes == 10 * 1024**3
+    assert s.media.part_size == 1024 * 1024 and s.media.spool_max_bytes == 10 * 1024**3
     assert (s.rabbitmq.exchange, s.rabbitmq.queue) == ("telegram", "telegram.events")
     assert s.log.level == "INFO" and s.log.file == DEFAULT_CONFIG.parent / "logs" / "tgc.log"
 
