@@ -1,16 +1,20 @@
-"""startup.sh start|status|stop|restart on a temporary copy of the project's config."""
+"""startup.sh start|status|stop|restart|logs on a temporary copy of the project's config, and
+startup.sh demo --once."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -133,6 +137,81 @@ def test_stop_forces_a_server_that_does_not_finish(config: Path) -> None:
     assert stopped.returncode == 1
     assert "had to force it (SIGKILL)" in stopped.stderr
     assert sh("status", "--config", str(config)).returncode == 3
+
+
+def test_demo_through_startup_sh_answers(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    demo = sh("demo", "--once", secrets=False, timeout=60)
+    wall = time.monotonic() - t0
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    out = demo.stdout
+    assert "start.py call --config" in out and "GET '/api/v1/peer?peer=@tgc_news'" in out
+    assert '"ok": true' in out and '"title": "TGC News"' in out
+    m = re.search(r"its decrypted answer, in hand (\d+\.\d+) s after the demo started", out)
+    assert m, out
+    first_answer = float(m.group(1))
+    # Measured inside the process, so below the wall time of the whole command.
+    assert 0 < first_answer < wall, (first_answer, wall)
+    print(f"demo: first answer {first_answer:.2f} s, `startup.sh demo --once` {wall:.2f} s")
+
+
+async def test_the_demos_time_to_first_answer_includes_the_request(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import start
+
+    async def slow_call(*args: object, **kwargs: object) -> tuple[int, dict[str, object]]:
+        await asyncio.sleep(0.3)
+        return 0, {"status": 200, "ok": True, "data": {}}
+
+    monkeypatch.setattr(start, "call", slow_call)
+    server = SimpleNamespace(
+        url="http://127.0.0.1:1", settings=SimpleNamespace(log=SimpleNamespace(file="x.log"))
+    )
+    lines: list[str] = []
+    t0 = time.monotonic()
+    await start._demo_first_answer(server, tmp_path / "c.properties", t0, lines.append)  # type: ignore[arg-type]
+    said = "\n".join(lines)
+    m = re.search(r"in hand (\d+\.\d+) s after the demo started", said)
+    assert m, said
+    assert float(m.group(1)) >= 0.3, said
+
+
+def test_logs_follows_the_log_file(config: Path, tmp_path: Path) -> None:
+    started = sh("start", "--config", str(config))
+    assert started.returncode == 0, started.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TGC_")}
+    seen: list[str] = []
+    with subprocess.Popen(
+        [str(ROOT / "startup.sh"), "logs", "--config", str(config)],
+        cwd="/",
+        env=env,  # no secrets needed, like stop and status
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as logs:
+        assert logs.stdout is not None
+        reader = threading.Thread(target=lambda: seen.extend(iter(logs.stdout.readline, "")))  # type: ignore[union-attr]
+        reader.start()
+        try:
+            _until(lambda: any("serving on http://127.0.0.1:" in line for line in seen), logs)
+            # Followed: what the server writes next shows up too.
+            stopped = sh("stop", "--config", str(config))
+            assert stopped.returncode == 0, stopped.stderr
+            _until(lambda: any("stopped in" in line for line in seen), logs)
+        finally:
+            logs.terminate()  # the exec'd tail: ours
+            logs.wait(10)
+            reader.join(10)
+    assert (tmp_path / "logs" / "tgc.log").exists()
+
+
+def _until(condition: Callable[[], bool], proc: subprocess.Popen[str], limit: float = 20) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
 
 
 def test_a_bad_config_stops_the_start_naming_key_and_file(config: Path) -> None:
