@@ -9,7 +9,9 @@
     python start.py paths                             (for startup.sh) where the pid/url/log files are
 
 Exit codes: 0 done, 1 failed, 2 bad usage or a bad config (the message names the key and
-the file), 130 (SIGINT) or 1 (SIGTERM) when a second signal forced the stop.
+the file), 130 (SIGINT) or 1 (SIGTERM) when a second signal forced the stop. `serve` also
+writes its exit code, as `PID CODE`, to data.dir/run/tgc.exit as its last act (after it
+released the pid file), where `startup.sh stop` reads it.
 
 `Server` builds every long-lived service from the settings inside the running loop, serves,
 and owns the lifecycle: SIGTERM/SIGINT start a graceful stop (stop accepting, let in-flight
@@ -307,6 +309,10 @@ class Server:
         self.app_factory = app_factory
         self.pidfile = PidFile(settings.run_dir / "tgc.pid")
         self.url_file = settings.run_dir / "tgc.url"
+        # The exit code, written as the process's last act (record_exit): startup.sh stop
+        # reports it rather than taking the lock's release for a graceful stop.
+        self.exit_file = settings.run_dir / "tgc.exit"
+        self._held_pidfile = False
         self.stopping = False
         self.started_at: float | None = None
         self.port: int | None = None
@@ -355,11 +361,28 @@ class Server:
     def request_stop(self) -> None:
         self._stop_requested.set()
 
+    def record_exit(self, code: int) -> None:
+        """Writes `PID CODE` to data.dir/run/tgc.exit, for startup.sh stop: only by a server
+        that held the pid file (one refused for a running server's data.dir writes nothing
+        there). Called last, after the stop; the forced exit calls it before os._exit."""
+        if not self._held_pidfile:
+            return
+        try:
+            partial = self.exit_file.with_suffix(".exit-tmp")
+            partial.write_text(f"{os.getpid()} {code}\n")
+            partial.replace(self.exit_file)
+        except OSError as e:
+            log.warning("can't write the exit code to %s: %s", self.exit_file, e)
+        log.info("exit code %d", code)
+
     async def start(self) -> None:
         s = self.settings
         t0 = time.monotonic()
         self.pidfile.acquire(s.source)
+        self._held_pidfile = True
         self._stack.callback(self.pidfile.release)
+        with contextlib.suppress(FileNotFoundError):
+            self.exit_file.unlink()  # the previous server's
         with contextlib.suppress(FileNotFoundError):
             self.url_file.unlink()  # a killed server's: startup.sh waits for a fresh one
         s.data.dir.mkdir(parents=True, exist_ok=True)
@@ -421,6 +444,7 @@ class Server:
             return
         code = 130 if sig == signal.SIGINT else 1
         log.warning("%s again: forced exit (%d) without finishing the stop", name, code)
+        self.record_exit(code)
         logging.shutdown()
         os._exit(code)
 
@@ -593,7 +617,16 @@ def start_logging(settings: Settings, *, console: bool = False) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, require=SERVE_REQUIRED)
     start_logging(settings, console=not args.no_console)
-    return asyncio.run(Server(settings).serve())
+    server = Server(settings)
+    code = 1  # an exception out of serve(): main() exits 1
+    try:
+        code = asyncio.run(server.serve())
+    except KeyboardInterrupt:
+        code = 130
+        raise
+    finally:
+        server.record_exit(code)
+    return code
 
 
 def cmd_paths(args: argparse.Namespace) -> int:
@@ -603,6 +636,7 @@ def cmd_paths(args: argparse.Namespace) -> int:
     values = {
         "PID_FILE": s.run_dir / "tgc.pid",
         "URL_FILE": s.run_dir / "tgc.url",
+        "EXIT_FILE": s.run_dir / "tgc.exit",
         "LOG_FILE": s.log.file,
         "OUT_FILE": s.log.dir / "tgc.out",
         # The server's own bound on in-flight requests, plus time to persist and disconnect.

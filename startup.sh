@@ -15,7 +15,10 @@
 # never blocks a start), the log is log.dir/tgc.log, and what the process prints before its
 # logging is up (a config error, a crash) goes to log.dir/tgc.out.
 #
-# Exit codes: 0 ok; 1 failed (did not start, had to be killed); 2 bad usage or bad config;
+# stop reports the exit code the server left in data.dir/run/tgc.exit (its last act).
+#
+# Exit codes: 0 ok; 1 failed (did not start, had to be killed, stopped with a non-zero exit
+# code or without leaving one); 2 bad usage or bad config;
 # status: 3 when not running (LSB).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -96,6 +99,13 @@ running() {
 
 server_pid() { tr -dc '0-9' <"$PID_FILE"; }
 
+# alive PID: the process exists and is not a zombie (an exited process nobody reaped yet).
+alive() {
+  local state
+  state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "${state:0:1}" != Z ]
+}
+
 cmd_start() {
   ensure_venv requirements.txt
   load_paths strict "$@"
@@ -137,19 +147,32 @@ cmd_stop() {
   STOP_TIMEOUT=${STOP_WAIT:-$STOP_TIMEOUT}  # STOP_WAIT=SECONDS overrides the config's bound
   pid=$(server_pid)
   t0=$(date +%s)
+  rm -f "$EXIT_FILE"  # a previous server's: what is read below is this one's
   echo "stopping tgc (pid $pid): SIGTERM, waiting up to ${STOP_TIMEOUT}s"
   kill -TERM "$pid"
-  while running && [ "$waited" -lt $((STOP_TIMEOUT * 10)) ]; do
+  # The server releases the pid file's lock, then writes its exit code and exits: wait
+  # for the process itself, and report the code it left, not the lock's release.
+  while { running || alive "$pid"; } && [ "$waited" -lt $((STOP_TIMEOUT * 10)) ]; do
     sleep 0.1
     waited=$((waited + 1))
   done
-  if running; then
+  if running || alive "$pid"; then
     kill -KILL "$pid" 2>/dev/null || true
-    while running; do sleep 0.1; done
+    while running || alive "$pid"; do sleep 0.1; done
     echo "tgc did not stop within ${STOP_TIMEOUT}s: had to force it (SIGKILL)" >&2
     return 1
   fi
-  echo "tgc stopped gracefully in $(( $(date +%s) - t0 ))s"
+  local took=$(( $(date +%s) - t0 )) exit_pid="" code=""
+  [ -f "$EXIT_FILE" ] && read -r exit_pid code <"$EXIT_FILE" || true
+  if [ "$exit_pid" != "$pid" ] || [ -z "$code" ]; then
+    echo "tgc (pid $pid) is gone after ${took}s but left no exit code (killed?); see $LOG_FILE and $OUT_FILE" >&2
+    return 1
+  fi
+  if [ "$code" != 0 ]; then
+    echo "tgc stopped in ${took}s with exit code $code (not a clean stop); see $LOG_FILE" >&2
+    return 1
+  fi
+  echo "tgc stopped gracefully (exit 0) in ${took}s"
 }
 
 cmd_status() {

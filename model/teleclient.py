@@ -724,12 +724,26 @@ class TeleClient:
         raise InvalidParam("peer", f"{raw} is a user: users have no participants")
 
     async def search(self, q: str, limit: int = 20) -> list[Entity]:
-        """contacts.search: the chats (channels and groups) found, public results first.
+        """contacts.search: the public channels and groups found, at most `limit`.
+
+        Telegram answers `results` (global) and `my_results` (what this account is in or
+        has as contacts, private chats included): both are read, global ones first, each
+        chat once, and only a public one is kept: a channel or megagroup with a username
+        (its own or an active collectible one). A basic group has none, and a private
+        chat the account is in must not show through the API (it would leak the pool's
+        memberships); users and bots are not chats. Each list is capped by Telegram
+        separately, so the merged one is cut to `limit` here.
 
         How short a query may be is Telegram's call (its limit is undocumented and spares
         short usernames), so a query it finds too short is 400 INVALID_PARAM on `q`."""
         res = await self._invoke(functions.contacts.SearchRequest(q, limit), blame=_SEARCH_BLAME)
-        chats = {utils.get_peer_id(c): c for c in res.chats}
+
+        def public(chat: Any) -> bool:
+            if not isinstance(chat, types.Channel):  # Chat, ChatForbidden, ChannelForbidden
+                return False
+            return bool(chat.username) or any(u.active for u in chat.usernames or ())
+
+        chats = {utils.get_peer_id(c): c for c in res.chats if public(c)}
         order = [utils.get_peer_id(p) for p in [*res.results, *res.my_results]]
         seen: set[int] = set()
         out = []
@@ -737,7 +751,7 @@ class TeleClient:
             if marked in chats and marked not in seen:
                 seen.add(marked)
                 out.append(chats[marked])
-        return out
+        return out[:limit]
 
     async def join(self, ref: PeerRef) -> Entity:
         """Joins a channel or megagroup (by username or id) or any chat by invite link."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import socket
 import subprocess
 import threading
@@ -75,6 +76,19 @@ def test_start_status_stop(config: Path, tmp_path: Path) -> None:
     twice = sh("start", "--config", str(config))
     assert twice.returncode == 1
     assert f"already running (pid {pid})" in twice.stderr
+    # start.py itself, past startup.sh's check, refuses too, and leaves no exit code in the
+    # running server's run dir (stop would read it as that server's).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TGC_")}
+    direct = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "start.py", "serve", "--config", str(config)],
+        cwd=ROOT,
+        env={**env, **SECRETS},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert direct.returncode == 2 and "already in use by another tgc server" in direct.stderr
+    assert not (tmp_path / "data" / "run" / "tgc.exit").exists()
 
     status = sh("status", "--config", str(config))
     assert status.returncode == 0, status.stderr
@@ -85,9 +99,11 @@ def test_start_status_stop(config: Path, tmp_path: Path) -> None:
 
     stopped = sh("stop", "--config", str(config))
     assert stopped.returncode == 0, stopped.stderr
-    assert "tgc stopped gracefully" in stopped.stdout
+    assert "tgc stopped gracefully (exit 0) in " in stopped.stdout
     assert _gone(pid)
     assert not (tmp_path / "data" / "run" / "tgc.pid").exists()
+    # What stop read: the server's own exit code, written as its last act.
+    assert (tmp_path / "data" / "run" / "tgc.exit").read_text() == f"{pid} 0\n"
 
     status = sh("status", "--config", str(config))
     assert status.returncode == 3 and "tgc is not running" in status.stdout
@@ -105,7 +121,7 @@ def test_stop_and_status_need_no_secrets_in_their_environment(config: Path) -> N
     assert "tgc is running" in status.stdout
     stopped = sh("stop", "--config", str(config), secrets=False)
     assert stopped.returncode == 0, stopped.stderr
-    assert "tgc stopped gracefully" in stopped.stdout
+    assert "tgc stopped gracefully (exit 0)" in stopped.stdout
     # start still refuses a config without them, before launching anything.
     refused = sh("start", "--config", str(config), secrets=False)
     assert refused.returncode == 2 and "api.token" in refused.stderr
@@ -116,7 +132,7 @@ def test_restart_gives_a_new_process(config: Path) -> None:
     assert first.returncode == 0, first.stderr
     restarted = sh("restart", "--config", str(config))
     assert restarted.returncode == 0, restarted.stderr
-    assert "tgc stopped gracefully" in restarted.stdout
+    assert "tgc stopped gracefully (exit 0)" in restarted.stdout
     pids = re.findall(r"tgc started \(pid (\d+)\)", first.stdout + restarted.stdout)
     assert len(pids) == 2 and pids[0] != pids[1]
     assert _gone(int(pids[0])) and _alive(int(pids[1]))
@@ -137,6 +153,65 @@ def test_stop_forces_a_server_that_does_not_finish(config: Path) -> None:
     assert stopped.returncode == 1
     assert "had to force it (SIGKILL)" in stopped.stderr
     assert sh("status", "--config", str(config)).returncode == 3
+
+
+def _stuck_stop(config: Path, tmp_path: Path) -> tuple[int, socket.socket, subprocess.Popen[str]]:
+    """A server kept draining by a request whose body never completes, and a `stop` waiting
+    for it: (the server's pid, the stuck connection, the running stop)."""
+    text = config.read_text().replace("server.shutdown_timeout=30", "server.shutdown_timeout=600")
+    config.write_text(text)
+    started = sh("start", "--config", str(config))
+    assert started.returncode == 0, started.stderr
+    m = re.search(r"tgc started \(pid (\d+)\) on (http://\S+);", started.stdout)
+    assert m, started.stdout
+    pid, url = int(m.group(1)), m.group(2)
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    stuck = socket.create_connection((host, int(port)))
+    stuck.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+    _get(url + "/healthz")  # answered: the server has read the partial request too
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TGC_")}
+    stop = subprocess.Popen(
+        [str(ROOT / "startup.sh"), "stop", "--config", str(config)],
+        cwd="/",
+        env={**env, **SECRETS, "STOP_WAIT": "40"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log = tmp_path / "logs" / "tgc.log"
+    deadline = time.monotonic() + 20
+    while "waiting up to 600 s for 1 requests" not in log.read_text():
+        assert stop.poll() is None and time.monotonic() < deadline, stop.communicate()
+        time.sleep(0.05)
+    return pid, stuck, stop
+
+
+@pytest.mark.parametrize(
+    ("sig", "said"),
+    [
+        # Someone forces the draining server with a second SIGTERM: it exits 1, and says so.
+        (signal.SIGTERM, "with exit code 1 (not a clean stop)"),
+        # Someone kills it: no exit code at all; stop must not call that graceful.
+        (signal.SIGKILL, "left no exit code"),
+    ],
+)
+def test_stop_reports_the_exit_code_not_the_locks_release(
+    config: Path, tmp_path: Path, sig: signal.Signals, said: str
+) -> None:
+    pid, stuck, stop = _stuck_stop(config, tmp_path)
+    try:
+        os.kill(pid, sig)
+        out, err = stop.communicate(timeout=30)
+    finally:
+        stuck.close()
+        if stop.poll() is None:
+            stop.kill()
+            stop.communicate()
+    assert stop.returncode == 1, (out, err)
+    assert said in err, (out, err)
+    assert "gracefully" not in out + err
+    assert "had to force it" not in err  # stop itself sent one SIGTERM, nothing more
+    assert _gone(pid)
 
 
 def test_demo_through_startup_sh_answers(tmp_path: Path) -> None:

@@ -31,11 +31,12 @@ async def test_empty_session_runs_dh_and_is_answered(
     finally:
         await client.disconnect()
     assert len(mini_tg.registry.records()) == keys_before + 1
-    rec = mini_tg.registry.get(client.session.auth_key.key_id)
+    rec = mini_tg.registry.get(client.session.auth_key.key_id, 1)
     assert rec is not None and rec.user_id is None
+    assert mini_tg.registry.get(client.session.auth_key.key_id, 2) is None  # DC 1's alone
 
 
-async def test_new_key_works_on_every_dc_of_the_cluster(
+async def test_dh_on_dc2_makes_a_key_of_dc2(
     mini_tg: FakeTelegram, tmp_path: Path, fakedc_rsa_key: int
 ) -> None:
     session = SQLiteSession(str(tmp_path / "fresh2"))
@@ -47,3 +48,6 @@ async def test_new_key_works_on_every_dc_of_the_cluster(
         assert nearest.this_dc == 2
     finally:
         await client.disconnect()
+    key_id = client.session.auth_key.key_id
+    assert mini_tg.registry.get(key_id, 2) is not None
+    assert mini_tg.registry.get(key_id, 1) is None

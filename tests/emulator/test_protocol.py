@@ -258,12 +258,37 @@ async def test_unknown_auth_key_gets_404(mini_tg: FakeTelegram, tmp_path: Path) 
         await client.disconnect()
 
 
+async def test_key_of_dc1_shown_to_dc2_gets_404(mini_tg: FakeTelegram, tmp_path: Path) -> None:
+    """A key belongs to the DC that made it: DC 2 answers -404 to DC 1's key, as Telegram
+    does, and Telethon's sender raises AuthKeyNotFound (InvalidBufferError 404)."""
+    from telethon.sessions import SQLiteSession
+
+    path = mini_tg.make_session(tmp_path / "moved", user_id=1000)  # DC 1's key
+    session = SQLiteSession(str(path))
+    try:
+        session.set_dc(2, mini_tg.dcs[2].host, mini_tg.port(2))  # keeps the auth key
+        session.save()
+    finally:
+        session.close()
+    client = TelegramClient(str(path), API_ID, API_HASH, connection_retries=0)
+    try:
+        with pytest.raises(AuthKeyNotFound):
+            await client.connect()
+        with contextlib.suppress(AuthKeyNotFound):
+            await client.disconnected
+    finally:
+        await client.disconnect()
+    assert mini_tg.dcs[2].stats["-404"] == 1
+    assert mini_tg.dcs[1].stats["-404"] == 0
+    assert mini_tg.dcs[2].stats["request"] == 0  # nothing of it was answered
+
+
 async def test_file_on_second_dc_via_dh_and_imported_authorization(
     mini_tg: FakeTelegram, mini: MiniWorld, connect: ClientFactory, fakedc_rsa_key: int
 ) -> None:
     client = connect(1000)
     await client.connect()
-    keys_before = len(mini_tg.registry.records())
+    keys_before = len(mini_tg.registry.records(dc_id=2))
     size = mini.file_size
     doc = types.Document(
         id=77,
@@ -280,9 +305,14 @@ async def test_file_on_second_dc_via_dh_and_imported_authorization(
     data = await client.download_file(doc, bytes)
     assert data == file_bytes(0, size)
     # DC 2 got a fresh key by DH, bound to the user by auth.importAuthorization.
-    assert len(mini_tg.registry.records()) == keys_before + 1
+    assert len(mini_tg.registry.records(dc_id=2)) == keys_before + 1
     on_dc2 = [c for c in mini.contexts if c.dc_id == 2 and c.method == "upload.getFile"]
     assert on_dc2 and all(c.user_id == 1000 for c in on_dc2)
+    # One export on DC 1, one import on DC 2, and DC 1's key never shown to DC 2.
+    exports = [c.dc_id for c in mini.contexts if c.method == "auth.exportAuthorization"]
+    imports = [c.dc_id for c in mini.contexts if c.method == "auth.importAuthorization"]
+    assert (exports, imports) == ([1], [2])
+    assert mini_tg.dcs[2].stats["-404"] == 0
 
 
 async def test_session_file_is_telethons_own(mini_tg: FakeTelegram, tmp_path: Path) -> None:
@@ -294,6 +324,7 @@ async def test_session_file_is_telethons_own(mini_tg: FakeTelegram, tmp_path: Pa
     try:
         assert session.dc_id == 1 and session.port == mini_tg.port(1)
         assert session.auth_key is not None and len(session.auth_key.key) == 256
-        assert mini_tg.registry.get(session.auth_key.key_id) is not None
+        assert mini_tg.registry.get(session.auth_key.key_id, 1) is not None
+        assert mini_tg.registry.get(session.auth_key.key_id, 2) is None
     finally:
         session.close()

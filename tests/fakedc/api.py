@@ -49,7 +49,7 @@ class CallContext:
     auth_key_id: int
     session_id: int
     # The account (user id) the auth key is bound to; None until auth.signIn or
-    # auth.importAuthorization binds it. Bindings are shared by every DC of the cluster.
+    # auth.importAuthorization binds it. A key belongs to one DC (see authkeys.py).
     user_id: int | None
     # Every DC of the cluster, for help.getConfig's dc_options.
     dc_options: list[DcOption] = field(default_factory=list)

@@ -1,7 +1,9 @@
 """FakeTelegram: a cluster of emulated DCs on 127.0.0.1 sharing one world.
 
-All DCs (default ids 1 and 2) share one auth-key registry (a key made or bound on one DC
-is known to all), one dispatcher (the world's API) and one DH handshaker per DC. Each
+All DCs (default ids 1 and 2) share one world (the dispatcher) and one auth-key registry,
+in which each key belongs to one DC: the home DC of a session file `make_session` wrote, or
+the DC that ran the DH handshake (one handshaker per DC). Another DC answers -404 to it; a
+client reaches another DC's files with a key of that DC and auth.importAuthorization. Each
 listens on its own port (free ports unless given); `dc_options` lists them all, in
 `help.getConfig`'s order, for the world to answer with.
 
@@ -58,7 +60,7 @@ class FakeTelegram:
                 host=host,
                 port=ports.get(dc_id, 0),
                 dc_options=lambda: self.dc_options,
-                plain_handler=Handshaker(self.registry).handle,
+                plain_handler=Handshaker(self.registry, dc_id).handle,
             )
             for dc_id in dc_ids
         }
@@ -104,7 +106,7 @@ class FakeTelegram:
         self, path: str | os.PathLike[str], user_id: int | None, dc_id: int | None = None
     ) -> Path:
         """Writes a Telethon session file for `user_id` on `dc_id` (default: the first DC),
-        with a fresh auth key this cluster knows; returns the file's path."""
+        with a fresh auth key that DC (only) knows; returns the file's path."""
         dc = self.dcs[self.main_dc_id if dc_id is None else dc_id]
         return make_session(path, dc.dc_id, dc.host, dc.port, user_id, registry=self.registry)
 

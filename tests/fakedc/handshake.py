@@ -14,7 +14,8 @@ Rules, in the order a client goes through them (Telethon's network/authenticator
    (as Telegram does), never a fake answer.
 3. `set_client_DH_params` -> `dh_gen_ok`: auth_key = g_b^a mod p as minimal big-endian
    bytes (as Telethon computes it), new_nonce_hash1 from it; the key is registered,
-   unbound to any user, in the cluster's registry, so every DC accepts it.
+   unbound to any user, in the cluster's registry for this DC only (another DC answers
+   -404 to it; see authkeys.py).
 Handshake state is kept per server_nonce, so any connection of the same DC may carry
 the steps. Plain answers carry a server msg_id that is 1 mod 4.
 """
@@ -125,8 +126,9 @@ class _Pending:
 class Handshaker:
     """Answers the plain (auth_key_id 0) messages of one DC."""
 
-    def __init__(self, registry: AuthKeyRegistry) -> None:
+    def __init__(self, registry: AuthKeyRegistry, dc_id: int) -> None:
         self.registry = registry
+        self.dc_id = dc_id
         self._pending: dict[int, _Pending] = {}
         self._ids = MsgIdSeq()
         self._fingerprint = fingerprint()
@@ -221,7 +223,7 @@ class Handshaker:
             raise HandshakeError("g_b out of the safe range")
         key = _be(pow(g_b, st.a, DH_PRIME))
         del self._pending[st.server_nonce]
-        self.registry.add(key, None)
+        self.registry.add(key, None, self.dc_id)
         new_nonce_hash1 = AuthKey(key).calc_new_nonce_hash(st.new_nonce, 1)
-        log.info("handshake done: new auth key registered")
+        log.info("handshake done: new auth key registered for DC %d", self.dc_id)
         return types.DhGenOk(st.nonce, st.server_nonce, new_nonce_hash1)

@@ -2,9 +2,10 @@
 
 Per connection (rules Telethon relies on; see mtproto.py for the wire format):
 - The transport is detected from the first bytes; packets whose auth_key_id is 0 are the
-  plain DH handshake (handshake.py); any other auth_key_id must be in the cluster's
-  registry, else the server sends transport error -404 (as Telegram does for a forgotten
-  key) and closes the connection. A packet that fails decryption closes the connection.
+  plain DH handshake (handshake.py); any other auth_key_id must be a key of this DC in the
+  cluster's registry, else the server sends transport error -404 (as Telegram does for a
+  forgotten key, or a key of another DC) and closes the connection. A packet that fails
+  decryption closes the connection.
 - Salt: a message (or container) whose salt is not the key's current salt is answered
   `bad_server_salt` (error 48) naming the container/message id, and is not processed;
   Telethon resends it with the new salt. The client's first request always has salt 0.
@@ -166,7 +167,8 @@ class _Session:
 
 
 class DcServer:
-    """One DC. `registry`, `dispatcher` and `dc_options` are shared by the DCs of a cluster."""
+    """One DC. `registry` (whose keys each belong to one DC), `dispatcher` and `dc_options`
+    are shared by the DCs of a cluster."""
 
     def __init__(
         self,
@@ -293,7 +295,7 @@ class ClientConnection:
         (key_id,) = struct.unpack_from("<q", packet, 0)
         if key_id == 0:
             return self._on_plain(packet)
-        rec = self.dc.registry.get(key_id & 0xFFFFFFFFFFFFFFFF)
+        rec = self.dc.registry.get(key_id & 0xFFFFFFFFFFFFFFFF, self.dc.dc_id)
         if rec is None:
             log.info("DC %d: unknown auth key, answering -404", self.dc.dc_id)
             self.dc.stats["-404"] += 1

@@ -2,8 +2,9 @@
 
 `make_session` writes a stock Telethon SQLite session (`telethon.sessions.SQLiteSession`,
 so the file is exactly what Telethon itself would write) holding the emulator's DC address
-and a fresh random 256-byte auth key, and registers the key, bound to `user_id`, in the
-cluster's registry (in-process) and/or its keys file (for a `serve` process).
+and a fresh random 256-byte auth key, and registers the key, bound to `user_id`, for DC
+`dc_id` alone (the session's home DC; another DC answers -404 to it, as Telegram does) in
+the cluster's registry (in-process) or its keys file (for a `serve` process).
 A client started on that file is logged in as `user_id` at once.
 """
 
@@ -54,8 +55,8 @@ def make_session(
         session.close()
 
     if registry is not None:
-        registry.add(key, user_id)
+        registry.add(key, user_id, dc_id)
     else:
         assert keys_file is not None
-        append_key_line(Path(keys_file), key, user_id)
+        append_key_line(Path(keys_file), key, user_id, dc_id)
     return target

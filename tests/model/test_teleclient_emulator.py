@@ -346,6 +346,41 @@ async def test_a_search_query_telegram_finds_too_short_blames_q(
     assert all(a["state"] == "ok" for a in pool.accounts())
 
 
+async def test_search_returns_only_public_chats_trimmed_to_limit(
+    make_pool: Callable[..., Any], fake_telegram: Any
+) -> None:
+    from telethon.tl import functions
+
+    from tests.fakedc.world import ChatSpec
+
+    world = rpc_of(fake_telegram).world
+    everyone = {u: 0 for u in ACCOUNTS}
+    world.chats[SECRET].members.update(everyone)  # a private channel every account is in
+    for spec in (
+        {"id": 2901, "kind": "megagroup", "title": "Secret circle", "members": everyone},
+        {"id": 2902, "kind": "group", "title": "Secret family", "members": everyone},
+        {"id": 2903, "kind": "megagroup", "title": "Secret fans", "username": "secretfans",
+         "members": everyone},
+        {"id": 2904, "kind": "broadcast", "title": "Secret news", "username": "secretnews"},
+    ):  # fmt: skip
+        world.add_chat(ChatSpec.from_dict(spec))
+    pool = await make_pool()
+
+    # What Telegram answers: the private chats the account is in come in my_results.
+    raw, _ = await pool.run(lambda tc: tc.client(functions.contacts.SearchRequest("Secret", 10)))
+    assert {c.id for c in raw.chats} == {SECRET, 2901, 2902, 2903, 2904}
+    assert len(raw.my_results) == 4 and len(raw.results) == 1
+
+    found, _ = await pool.run(lambda tc: tc.search("Secret", limit=10))
+    assert [c.id for c in found] == [2904, 2903]  # public ones only: results, then my_results
+
+    # Telegram caps results and my_results each at the limit: the merged list is cut to it.
+    raw, _ = await pool.run(lambda tc: tc.client(functions.contacts.SearchRequest("Secret", 1)))
+    assert len(raw.my_results) + len(raw.results) == 2
+    found, _ = await pool.run(lambda tc: tc.search("Secret", limit=1))
+    assert [c.id for c in found] == [2904]
+
+
 async def test_updates_reach_the_callback_with_their_account(
     make_pool: Callable[..., Any], fake_telegram: Any
 ) -> None:
