@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -105,6 +106,18 @@ _PRIVATE = frozenset(
 _SEARCH_BLAME = {"QUERY_TOO_SHORT": "q", "SEARCH_QUERY_EMPTY": "q", "LIMIT_INVALID": "limit"}
 _IDS_BLAME = {"MSG_ID_INVALID": "ids", "MESSAGE_IDS_EMPTY": "ids"}
 _PARTICIPANTS_BLAME = {"LIMIT_INVALID": "limit", "OFFSET_INVALID": "offset"}
+
+
+# The pool's negative cache: a username Telegram says nobody holds (USERNAME_NOT_OCCUPIED,
+# USERNAME_INVALID) is answered 404 from memory for UNKNOWN_USERNAME_TTL seconds instead of
+# a contacts.resolveUsername (and a budget token) per ask. A crawler that retries a dead
+# @name from a post would otherwise spend every account's budget (5 a minute) in a minute
+# and real resolutions would get 429. Five minutes turns a retry loop's ~75 resolutions into
+# one while a name registered meanwhile is 404 for at most five minutes; it must expire
+# because usernames are registered (and freed) all the time. At most UNKNOWN_USERNAMES_MAX
+# names are kept (the oldest forgotten first): ~1 MB, whatever a crawler sends.
+UNKNOWN_USERNAME_TTL = 300.0
+UNKNOWN_USERNAMES_MAX = 10_000
 
 
 class AccountState(StrEnum):
@@ -253,6 +266,15 @@ def _iso(wall: float | None) -> str | None:
     if wall is None:
         return None
     return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class UnknownUsername(PeerNotFound):
+    """contacts.resolveUsername answered that nobody holds `username` (404 PEER_NOT_FOUND);
+    the pool remembers it for a while (UNKNOWN_USERNAME_TTL)."""
+
+    def __init__(self, username: str, peer: str, message: str = "") -> None:
+        super().__init__(peer, message)
+        self.username = username
 
 
 @dataclass(frozen=True)
@@ -558,7 +580,12 @@ class TeleClient:
             raise RateLimited(wait, f"account {self.name} spent its username resolutions")
         self._budget.take()
         log.info("account %s resolves a username", self.name)
-        found = await self._invoke(functions.contacts.ResolveUsernameRequest(username), peer=raw)
+        try:
+            found = await self._invoke(
+                functions.contacts.ResolveUsernameRequest(username), peer=raw
+            )
+        except PeerNotFound as e:  # USERNAME_NOT_OCCUPIED, USERNAME_INVALID
+            raise UnknownUsername(username, raw, e.message) from None
         # Telethon writes entities to SQLite at once but commits only every minute or at
         # disconnect; commit now, so a crash can't make the account pay for this again.
         self.client.session.save()
@@ -928,9 +955,18 @@ class TeleClients:
     picked least recently. A call that meets FLOOD_WAIT, or an
     account that turns out banned or disconnected, moves to the next account; when none
     is left the caller gets FloodWait or RateLimited with the earliest time one is ready.
+    A username Telegram says nobody holds is answered 404 from memory for a while after
+    (the negative cache, UNKNOWN_USERNAME_TTL): no resolution, no budget spent.
     """
 
-    def __init__(self, clients: Iterable[TeleClient], clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        clients: Iterable[TeleClient],
+        clock: Clock = time.monotonic,
+        *,
+        unknown_username_ttl: float = UNKNOWN_USERNAME_TTL,
+        unknown_usernames_max: int = UNKNOWN_USERNAMES_MAX,
+    ) -> None:
         clients = list(clients)
         labels = account_labels(c.session_name for c in clients)
         for c in clients:
@@ -942,6 +978,10 @@ class TeleClients:
         self._last_pick: dict[str, int] = dict.fromkeys(self._clients, 0)
         self._seq = 0
         self._callbacks: list[UpdateCallback] = []
+        # username -> (until when on `clock`, the 404's message): see UNKNOWN_USERNAME_TTL.
+        self._unknown: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._unknown_ttl = unknown_username_ttl
+        self._unknown_max = unknown_usernames_max
 
     @classmethod
     def from_sessions_dir(
@@ -1024,6 +1064,8 @@ class TeleClients:
         self, op: Callable[[TeleClient], Awaitable[T]], peer: PeerRef | None = None
     ) -> tuple[T, TeleClient]:
         """Runs `op(account)` on the best account for `peer`; returns (result, account)."""
+        if peer is not None and (gone := self._known_unknown(peer)) is not None:
+            raise gone
         tried: set[str] = set()
         only_knowers = False
         private: PeerPrivate | None = None
@@ -1036,6 +1078,9 @@ class TeleClients:
             tried.add(account.name)
             try:
                 return await op(account), account
+            except UnknownUsername as e:
+                self._remember_unknown(e)
+                raise
             except (FloodWait, AccountUnusable) as e:
                 log.info("account %s can't serve now (%s); trying another", account.name, e)
             except RateLimited:
@@ -1044,6 +1089,23 @@ class TeleClients:
                 # Maybe only this account is banned from the peer: ask the others that know
                 # it (asking costs no resolution), then give up.
                 private, only_knowers = e, True
+
+    def _known_unknown(self, peer: PeerRef) -> PeerNotFound | None:
+        """The 404 of a username the negative cache holds, unless it expired or an account
+        has met the name since (its entity came in an update or another answer)."""
+        if peer.username is None or (entry := self._unknown.get(peer.username)) is None:
+            return None
+        until, message = entry
+        if until <= self._clock() or any(c.knows(peer) for c in self._clients.values()):
+            del self._unknown[peer.username]
+            return None
+        return PeerNotFound(str(peer), message)
+
+    def _remember_unknown(self, e: UnknownUsername) -> None:
+        self._unknown.pop(e.username, None)  # re-inserted last: the newest is kept longest
+        self._unknown[e.username] = (self._clock() + self._unknown_ttl, e.message)
+        while len(self._unknown) > self._unknown_max:
+            self._unknown.popitem(last=False)
 
     def _pick(
         self, peer: PeerRef | None, tried: set[str], only_knowers: bool
@@ -1102,6 +1164,7 @@ __all__ = [
     "SessionLock",
     "TeleClient",
     "TeleClients",
+    "UnknownUsername",
     "account_label",
     "account_labels",
 ]

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from common.const import KEYS_BY_NAME
-from common.errors import FloodWait, InvalidParam, PeerNotFound, PeerPrivate
+from common.errors import FloodWait, InvalidParam, PeerNotFound, PeerPrivate, RateLimited
 from common.utils import parse_peer
 from model.teleclient import AccountState, TeleClient, TeleClients
 from tests.fixtures.fakedc import FAKEDC_API_HASH, FAKEDC_API_ID
@@ -71,9 +71,19 @@ async def make_pool(sessions: Path) -> AsyncIterator[Callable[..., Any]]:
     pools: list[TeleClients] = []
 
     async def make(**options: Any) -> TeleClients:
+        """`options` go to each TeleClient, but `pool_clock` and `unknown_username*`
+        (the pool's)."""
         options.setdefault("flood_sleep_threshold", 0)
         options.setdefault("request_timeout", 10)
+        own: dict[str, Any] = {}
+        if "pool_clock" in options:
+            own["clock"] = options.pop("pool_clock")
+        for key in ("unknown_username_ttl", "unknown_usernames_max"):
+            if key in options:
+                own[key] = options.pop(key)
         pool = TeleClients.from_sessions_dir(sessions, FAKEDC_API_ID, FAKEDC_API_HASH, **options)
+        if own:
+            pool = TeleClients(list(pool), **own)  # the same accounts, the pool's own options
         await pool.start()
         pools.append(pool)
         return pool
@@ -265,6 +275,78 @@ async def test_unknown_username_is_peer_not_found(
     rpc_of(fake_telegram).username_not_occupied("news")
     with pytest.raises(PeerNotFound):
         await run_history(pool, "@news")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def ask_dead(pool: TeleClients, peer: str) -> None:
+    with pytest.raises(PeerNotFound):
+        await run_history(pool, peer, limit=1)
+
+
+@pytest.mark.parametrize("error", ["USERNAME_NOT_OCCUPIED", "USERNAME_INVALID"])
+async def test_a_dead_username_costs_one_resolution_and_one_token(
+    make_pool: Callable[..., Any], fake_telegram: Any, error: str
+) -> None:
+    # One token a minute per account: what each dead ask would cost is visible at once.
+    pool = await make_pool(resolve_per_minute=1)
+    rpc = rpc_of(fake_telegram)
+    rpc.fail(RESOLVE, 400, error, times=1)  # the next resolution, whatever the name
+    await ask_dead(pool, "@ghost")
+    for _ in range(9):
+        await ask_dead(pool, "@ghost")
+    await asyncio.gather(*(ask_dead(pool, p) for p in ["@Ghost", "t.me/ghost"] * 5))
+    assert sum(resolutions(fake_telegram).values()) == 1
+    # Two accounts still hold their token: two live names resolve, a third finds none left.
+    for peer, chat in (("@news", NEWS), ("@talk", TALK)):
+        entity, _, _ = await run_history(pool, peer, limit=1)
+        assert entity.id == chat
+    with pytest.raises(RateLimited):
+        await run_history(pool, "@lonely", limit=1)
+    assert sum(resolutions(fake_telegram).values()) == 3
+
+
+async def test_a_dead_username_is_asked_again_after_the_ttl(
+    make_pool: Callable[..., Any], fake_telegram: Any
+) -> None:
+    clock = FakeClock()
+    pool = await make_pool(pool_clock=clock, unknown_username_ttl=60)
+    rpc = rpc_of(fake_telegram)
+    rpc.username_not_occupied("news")  # "news" is free for now
+    await ask_dead(pool, "@news")
+    clock.now += 59
+    await ask_dead(pool, "@news")
+    assert sum(resolutions(fake_telegram).values()) == 1
+    clock.now += 2  # past the TTL: asked again, and again cached
+    for _ in range(3):
+        await ask_dead(pool, "@news")
+    assert sum(resolutions(fake_telegram).values()) == 2
+    rpc.clear_faults()  # somebody registers it
+    await ask_dead(pool, "@news")  # still the cached answer...
+    clock.now += 61
+    entity, _, _ = await run_history(pool, "@news", limit=1)  # ...until the TTL ends
+    assert entity.id == NEWS
+    assert sum(resolutions(fake_telegram).values()) == 3
+
+
+async def test_the_dead_username_cache_is_bounded(
+    make_pool: Callable[..., Any], fake_telegram: Any
+) -> None:
+    pool = await make_pool(unknown_usernames_max=2)
+    for name in ("gone_a", "gone_b", "gone_c"):
+        await ask_dead(pool, f"@{name}")
+    assert sum(resolutions(fake_telegram).values()) == 3
+    await ask_dead(pool, "@gone_c")
+    await ask_dead(pool, "@gone_b")
+    assert sum(resolutions(fake_telegram).values()) == 3  # the newest two are kept
+    await ask_dead(pool, "@gone_a")  # the oldest was forgotten
+    assert sum(resolutions(fake_telegram).values()) == 4
 
 
 async def test_private_channel_is_peer_private(
