@@ -214,6 +214,15 @@ async def test_search_accounts_subscriptions(api_server: ApiServer) -> None:
     ids = {r["id"]: r["type"] for r in found["results"]}
     assert ids[marked(dw.NEWS)] == "channel" and ids[marked(dw.CHAT)] == "megagroup"
     assert marked(dw.SECRET) not in ids  # private: not in public search
+    assert len((await ok(api_server, "/api/v1/search?q=tgc_&limit=1"))["results"]) == 1
+    # Chats some accounts are in without a username (a private channel and megagroup, a
+    # basic group): Telegram lists them in my_results; the API shows public chats only.
+    before = counts(api_server, "contacts.search")
+    for q in ("Secret", "Group", "Hidden"):
+        for _ in ACCOUNTS:  # the pool turns: each account's answer
+            results = (await ok(api_server, f"/api/v1/search?q={q}"))["results"]
+            assert [r["id"] for r in results if not r["username"]] == [], (q, results)
+    assert dw.ACCOUNT_A in served_by(api_server, "contacts.search", before)  # in all of them
 
     accounts = (await ok(api_server, "/api/v1/accounts"))["accounts"]
     assert [(a["name"], a["user_id"], a["state"]) for a in accounts] == [
