@@ -876,6 +876,30 @@ class TeleClient:
         if self.call_observer is not None:
             self.call_observer(request_name(request), error, time.perf_counter() - t0)
 
+    def note_error(self, error: BaseException) -> BaseException:
+        """Keeps the account's state for a Telegram error met outside `_invoke`.
+
+        The downloader (model/media.py) sends `upload.getFile` over senders of its own, so
+        its errors never pass `_invoke`. The Telethon error in `error` (or the one it was
+        raised from) is classified here as `_invoke` classifies it: a flood wait sets
+        `flood_until` and the flood counters (the pool skips the account until it ends), a
+        ban or a logout takes the account out of rotation with the reason. The call
+        observer is told of the refused request (its duration is not known here: 0).
+
+        Returns the service's error for it (FloodWait, AccountUnusable), or `error` itself
+        when it says nothing about the account."""
+        rpc = _telethon_cause(error)
+        if rpc is None:
+            return error
+        flood = isinstance(rpc, (errors.FloodWaitError, errors.FloodPremiumWaitError))
+        name = "FLOOD_WAIT" if flood else rpc_error_name(rpc)
+        if self.call_observer is not None and rpc.request is not None:
+            self.call_observer(request_name(rpc.request), name, 0.0)
+        if flood:
+            return self._flood(rpc)
+        service = self._rpc_error(rpc, "", {})
+        return service if isinstance(service, AccountUnusable) else error
+
     def _flood(self, e: errors.FloodWaitError) -> FloodWait:
         kind = _request_kind(e.request)
         seconds = max(1, e.seconds)
@@ -913,6 +937,15 @@ class TeleClient:
             "flood_wait_until": _iso(wall),
             "pending_downloads": self.pending_downloads,
         }
+
+
+def _telethon_cause(error: BaseException | None) -> errors.RPCError | None:
+    """The Telethon RPC error `error` is, or was raised from (`raise ... from e`)."""
+    for _ in range(5):  # a short chain: the downloader wraps once
+        if error is None or isinstance(error, errors.RPCError):
+            return error
+        error = error.__cause__
+    return None
 
 
 def _pick_entity(found: Iterable[Any], marked_id: int, raw: str) -> Entity:

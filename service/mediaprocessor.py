@@ -21,6 +21,11 @@ start (at least once, as the events are).
 Flow control:
 - per account at most `per_account` downloads at a time, accounts served round robin; an
   account Telegram asked to wait (FLOOD_WAIT) is paused for that long and its items requeued;
+- the downloader's Telegram errors go to the account's `TeleClient.note_error`, as `_invoke`'s
+  do: a flood wait shows in the pool (which skips the account until it ends) and in
+  /api/v1/accounts, a ban or logout takes the account out of rotation, and its other queued
+  items then fail with the reason (or move to another account through `rebind`) without
+  each asking Telegram;
 - `auto_download=False` describes files without queueing them: `submit` answers what the
   table knows of a key, or a record with state None (nothing will download it, so not
   "pending"); items queued before still finish;
@@ -95,6 +100,8 @@ class TeleClientLike(Protocol):
     async def get_messages(self, ref: PeerRef, ids: list[int]) -> tuple[Any, list[Any]]: ...
 
     async def get_full(self, ref: PeerRef) -> tuple[Any, Any]: ...
+
+    def note_error(self, error: BaseException) -> BaseException: ...
 
 
 class ClientLookup(Protocol):
@@ -401,7 +408,10 @@ class MediaProcessor:
             self._db.save_parts(item)
             raise
         except Exception as e:
-            await self._download_failed(item, e)
+            # The downloader calls Telegram outside the TeleClient's _invoke: its flood
+            # waits and bans are recorded on the account here (the pool and
+            # /api/v1/accounts see them; a banned account's other items are not sent).
+            await self._download_failed(item, tele.note_error(e))
             return
         self._uncount(item.key)
         item.done_parts.clear()
@@ -416,7 +426,9 @@ class MediaProcessor:
             raise AccountUnusable(account, "unknown", "not in the pool")
         state = str(getattr(tele, "state", "ok") or "ok").lower()
         if state in ("banned", "unauthorized"):
-            raise AccountUnusable(account, state, "can't download with it")
+            # Told by Telegram before (the reason is its error name): nothing is sent.
+            reason = getattr(tele, "reason", None) or "can't download with it"
+            raise AccountUnusable(account, state, reason)
         return tele
 
     def _lookup(self, account: str) -> Any:

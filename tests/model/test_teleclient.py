@@ -484,3 +484,55 @@ def test_requests_are_classified_for_flood_waits() -> None:
     wrapped = functions.InvokeWithLayerRequest(1, functions.contacts.ResolveUsernameRequest("x"))
     assert _request_kind(wrapped) == RESOLVE
     assert _request_kind(functions.contacts.SearchRequest("x", 1)) != RESOLVE
+
+
+async def test_errors_met_outside_invoke_keep_the_accounts_state(
+    make: Callable[..., Any], clock: FakeClock
+) -> None:
+    """The downloader's errors (raised `from` Telethon's) reach the account's state."""
+    tc = await make()
+    seen: list[tuple[str, str | None, float]] = []
+    tc.call_observer = lambda *call: seen.append(call)
+    get_file = functions.upload.GetFileRequest(
+        types.InputDocumentFileLocation(1, 2, b"", ""), 0, 4096
+    )
+
+    def raised_from(cause: Exception) -> Exception:
+        try:
+            raise TelegramError("WRAPPED") from cause
+        except TelegramError as e:
+            return e
+
+    other = raised_from(errors.FileIdInvalidError(get_file))
+    assert tc.note_error(other) is other  # says nothing about the account
+    assert tc.note_error(ConnectionError("reset")).args == ("reset",)
+    assert tc.state is AccountState.OK
+
+    flood = tc.note_error(raised_from(errors.FloodWaitError(get_file, capture=40)))
+    assert isinstance(flood, FloodWait) and (flood.retry_after, flood.account) == (40, "acc")
+    assert tc.state is AccountState.FLOOD_WAIT
+    assert tc.flood_until == pytest.approx(clock() + 40)
+    assert tc.ready_in(None) == pytest.approx(40)  # the pool skips it meanwhile
+    assert (tc.flood_waits, tc.flood_wait_seconds) == (1, 40)
+    clock.advance(41)
+    assert tc.state is AccountState.OK
+
+    banned = tc.note_error(raised_from(errors.UserDeactivatedBanError(get_file)))
+    assert isinstance(banned, AccountUnusable) and banned.reason == "USER_DEACTIVATED_BAN"
+    assert tc.state is AccountState.BANNED and tc.reason == "USER_DEACTIVATED_BAN"
+    assert not tc.usable and tc.ready_in(None) is None
+    assert [(m, e) for m, e, _ in seen] == [
+        ("upload.GetFile", "FILE_ID_INVALID"),
+        ("upload.GetFile", "FLOOD_WAIT"),
+        ("upload.GetFile", "USER_DEACTIVATED_BAN"),
+    ]
+
+
+async def test_a_logout_met_outside_invoke_makes_the_account_unauthorized(
+    make: Callable[..., Any],
+) -> None:
+    tc = await make()
+    error = errors.AuthKeyUnregisteredError(None)
+    unusable = tc.note_error(error)
+    assert isinstance(unusable, AccountUnusable) and unusable.state == AccountState.UNAUTHORIZED
+    assert tc.state is AccountState.UNAUTHORIZED and tc.reason == "AUTH_KEY_UNREGISTERED"

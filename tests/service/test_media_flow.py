@@ -18,11 +18,13 @@ import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from common.errors import FloodWait
 from common.utils import parse_peer
 from model.media import Media, part_count
 from model.teleclient import TeleClients
@@ -270,6 +272,85 @@ async def test_a_banned_account_hands_its_files_to_another(flow: Flow) -> None:
     await wait_for(lambda: all_in(p, [video], "stored"))
     assert on_nginx(flow.nginx, video) == emulated(video)
     assert [r["account"] for r in flow.stored] == ["acc-b"]
+
+
+async def test_flood_wait_on_get_file_marks_the_account_flood_waited(flow: Flow) -> None:
+    video = next(m for m in await flow.page("acc-a") if m.file_id == VIDEO_20MB)
+    acc_a = flow.pool.get("acc-a")
+    flow.rpc.flood_wait(GET_FILE, 3, user_id=ACCOUNT_A)  # the first getFile of acc-a
+    p = flow.processor()
+    await p.start()
+    before = time.time()
+    p.submit(video)
+    await wait_for(lambda: str(acc_a.state) == "flood_wait")
+    after = time.time()
+    # GET /api/v1/accounts shows it, with the end of the wait.
+    described = next(a for a in flow.pool.accounts() if a["name"] == "acc-a")
+    assert described["state"] == "flood_wait"
+    until = datetime.fromisoformat(described["flood_wait_until"]).timestamp()
+    assert before + 3 - 1 <= until <= after + 3 + 1
+    assert (acc_a.flood_waits, acc_a.flood_wait_seconds) == (1, 3)
+    # The pool gives new work to the others only: acc-a is not even tried.
+    tried: list[str] = []
+
+    async def busy(tele: Any) -> None:
+        tried.append(tele.name)
+        raise FloodWait(60, tele.name)
+
+    with pytest.raises(FloodWait) as nobody:
+        await flow.pool.run(busy)
+    assert tried == ["acc-b"]
+    assert nobody.value.account == "acc-a" and 0 < nobody.value.retry_after <= 3
+    # The wait over, the file is downloaded by its own account.
+    await wait_for(lambda: all_in(p, [video], "stored"))
+    assert time.time() - before >= 3 - 1  # the wait was waited out (± a clock second)
+    assert on_nginx(flow.nginx, video) == emulated(video)
+    assert str(acc_a.state) == "ok"
+
+
+@pytest.mark.parametrize("rebind", [False, True], ids=["failed", "rebound"])
+async def test_an_account_banned_mid_file(flow: Flow, rebind: bool) -> None:
+    page = unique(await flow.page("acc-a"))
+    video = next(m for m in page if m.file_id == VIDEO_20MB)
+    queued = [m for m in page if m is not video][:5]
+    await flow.page("acc-b")  # acc-b has seen the channel: it can reach it by id
+    acc_a = flow.pool.get("acc-a")
+    flow.rpc.set_latency({GET_FILE: 0.02})  # slow enough to ban it halfway through
+    flow.rpc.reset_counts()
+    in_flight = 2
+    p = flow.processor(
+        per_account=1,
+        parts_in_flight=in_flight,
+        rebind=rebind_through(flow.pool) if rebind else None,
+    )
+    await p.start()
+    for m in [video, *queued]:  # one at a time per account: the others wait in the queue
+        p.submit(m)
+    await wait_for(lambda: flow.rpc.count(GET_FILE, ACCOUNT_A) >= 6)
+    assert all_in(p, queued, "pending")
+    flow.rpc.deactivated_ban(ACCOUNT_A)
+    sent_before_ban = flow.rpc.count(GET_FILE, ACCOUNT_A)
+
+    everything = [video, *queued]
+    if rebind:
+        await wait_for(lambda: all_in(p, everything, "stored"), within=50)
+        for m in everything:
+            assert on_nginx(flow.nginx, m) == emulated(m)
+        assert {r["account"] for r in flow.stored} == {"acc-b"}
+        # The video went on from the parts acc-a had written (all it sent but those in
+        # flight when the ban came).
+        total = sum(part_count(m.size) for m in everything)
+        assert flow.rpc.count(GET_FILE, ACCOUNT_B) <= total - (sent_before_ban - in_flight)
+    else:
+        await wait_for(lambda: all_in(p, everything, "failed"), within=50)
+        for m in everything:
+            assert "USER_DEACTIVATED_BAN" in p.get(m.key)["error"]  # type: ignore[index]
+    assert str(acc_a.state) == "banned" and acc_a.reason == "USER_DEACTIVATED_BAN"
+    assert next(a for a in flow.pool.accounts() if a["name"] == "acc-a")["state"] == "banned"
+    # Only the parts in flight when the ban came met it: the queued files of the banned
+    # account were not each tried against Telegram.
+    assert flow.rpc.count(GET_FILE, ACCOUNT_A) - sent_before_ban <= in_flight
+    assert acc_a.pending_downloads == 0
 
 
 def child_main(sessions: str, db: str, spool: str, base_url: str, media_json: str) -> None:

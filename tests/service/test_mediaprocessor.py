@@ -181,6 +181,11 @@ class FakeTele:
         self.messages: dict[int, Any] = {}
         self.asked: list[tuple[PeerRef, list[int]]] = []
         self.full: Any = None
+        self.noted: list[BaseException] = []  # the downloader's errors handed to note_error
+
+    def note_error(self, error: BaseException) -> BaseException:
+        self.noted.append(error)
+        return error
 
     async def get_messages(self, ref: PeerRef, ids: list[int]) -> tuple[Any, list[Any]]:
         self.asked.append((ref, ids))
@@ -560,13 +565,16 @@ async def test_repeated_connection_errors_fail_the_item(rig: Rig) -> None:
 
 async def test_banned_account_fails_with_the_reason(rig: Rig) -> None:
     m = make_media(74, 1000)
-    rig.downloads.faults[m.key] = [AccountUnusable("acc1", "banned", "USER_DEACTIVATED_BAN")]
+    banned = AccountUnusable("acc1", "banned", "USER_DEACTIVATED_BAN")
+    rig.downloads.faults[m.key] = [banned]
     p = rig.processor()
     await p.start()
     p.submit(m)
     await wait_for(lambda: p.get(m.key)["state"] == "failed")  # type: ignore[index]
     assert "USER_DEACTIVATED_BAN" in p.get(m.key)["error"]  # type: ignore[index]
     await wait_for(lambda: rig.spool_files() == [])
+    # The downloader's error went to its account, which keeps the state (TeleClient).
+    assert rig.clients["acc1"].noted == [banned]
 
 
 async def test_banned_account_is_replaced_through_the_rebind_hook(rig: Rig) -> None:
