@@ -21,9 +21,12 @@ Decisions the contract leaves open (also in docs/openapi.json):
 - A known query parameter with an empty value (`offset_id=`) counts as absent: an optional
   one takes its default, a required one (`peer=`, `q=`) is 400 naming it.
 - `ids` can't be combined with the paging parameters of /messages; at most 100 ids.
-- A body larger than `max_body_bytes` with a Content-Length is refused with 413 before it
-  is read; a chunked one hits Tornado's own limit (`make_server`), which answers 400 and
-  closes the connection.
+- A body larger than `max_body_bytes` is 413 BODY_TOO_LARGE (encrypted, before the
+  signature check: the body it signs was never read whole): with a Content-Length, before
+  it is read; a chunked one once `data_received` has counted past the limit (what came is
+  dropped, the rest is not delivered, the connection closes after the answer). Tornado's
+  own limit (`outer_body_limit`) is only the outer guard: a chunk header announcing more
+  than it, before the count reached the limit, still gets Tornado's bare 400.
 - A method a route doesn't serve is 405 METHOD_NOT_ALLOWED (after the signature check).
 """
 
@@ -169,12 +172,21 @@ def make_app(
     )
 
 
+def outer_body_limit(max_body_bytes: int) -> int:
+    """Tornado's own body limit: above the service's, so that a chunked body over
+    `max_body_bytes` reaches `ApiHandler.data_received`, which answers the contract's 413;
+    with room for what Tornado reads on after that answer before the connection closes
+    (it reads up to 256 KiB between two yields to the loop), so it does not add its own
+    400 behind it. It only stops a chunk header announcing more than this."""
+    return 2 * max_body_bytes + 1024 * 1024
+
+
 def make_server(app: tornado.web.Application, max_body_bytes: int, **kwargs: Any) -> HTTPServer:
-    """An HTTPServer with Tornado's own limits set from `max_body_bytes`: the backstop
-    for what the handlers can't see (chunked bodies, non-API routes)."""
+    """An HTTPServer with Tornado's own limits set from `max_body_bytes`: the outer guard
+    (the API routes count their bodies themselves) and the limit of the non-API routes."""
     return HTTPServer(
         app,
-        max_body_size=max_body_bytes,
+        max_body_size=outer_body_limit(max_body_bytes),
         max_buffer_size=max_body_bytes + 64 * 1024,
         **kwargs,
     )
@@ -324,6 +336,7 @@ class ApiHandler(BaseHandler):
 
     def initialize(self) -> None:
         self._chunks: list[bytes] = []
+        self._received = 0
         self._verified = False
         self._nonce: bytes | None = None
 
@@ -332,16 +345,27 @@ class ApiHandler(BaseHandler):
         # is refused before it costs a read; so is a body announced as too large.
         self.signer.check_headers(self.request.headers)
         self._nonce = self.request.headers["X-Nonce"].encode()
-        # Tornado's own limit for this request's body, whatever the HTTPServer was given:
-        # a chunked body over it is cut by Tornado (400) instead of growing in memory.
+        # Tornado's own limit for this request's body, whatever the HTTPServer was given
+        # (its default is 100 MB): the outer guard behind the count in data_received.
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):
-            connection.set_max_body_size(self.max_body_bytes)
+            connection.set_max_body_size(outer_body_limit(self.max_body_bytes))
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             raise BodyTooLarge(f"the body is larger than {self.max_body_bytes} bytes")
 
     def data_received(self, chunk: bytes) -> None:
+        # A chunked body (no Content-Length for prepare to check) is counted here: past the
+        # limit, the 413 goes out at once and nothing more is kept. Tornado delivers no more
+        # once the answer is finished, and closes the connection after it.
+        if self._finished:
+            return
+        self._received += len(chunk)
+        if self._received > self.max_body_bytes:
+            self._chunks.clear()
+            error = BodyTooLarge(f"the body is larger than {self.max_body_bytes} bytes")
+            self.send_error(413, exc_info=(BodyTooLarge, error, None))
+            return
         self._chunks.append(chunk)
 
     @property
@@ -384,6 +408,8 @@ class ApiHandler(BaseHandler):
     async def _serve(
         self, on_verb: Callable[..., Awaitable[dict[str, Any]]], args: tuple[str, ...]
     ) -> None:
+        if self._finished:  # answered 413 while the body came in (data_received)
+            return
         request = self.request
         self.signer.verify(request.method or "", request.uri or "", request.headers, self.body)
         self._verified = True
@@ -405,6 +431,9 @@ class ApiHandler(BaseHandler):
         # RateLimited from the signer means the signature was right but its nonce can't
         # be remembered now. Any other failure before the check is just a 401.
         unsigned = not self._verified and not isinstance(exc, BodyTooLarge | RateLimited)
+        if isinstance(exc, BodyTooLarge):
+            # The rest of the body is never read: this connection ends with the answer.
+            self.set_header("Connection", "close")
         if isinstance(exc, Unauthorized) or unsigned or self._nonce is None:
             # The contract's 401 and nothing else: no hint of what was wrong (the log has it).
             self.failure = exc if isinstance(exc, TgcError) else Unauthorized()

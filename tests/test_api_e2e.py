@@ -475,6 +475,36 @@ async def test_an_oversized_body_is_413(api_server: ApiServer) -> None:
     response = await api_server.raw("POST", "/api/v1/subscriptions", {}, b"x" * (1 << 20))
     assert_plain_401(response)
 
+    # Chunked (no Content-Length): the same encrypted 413, counted as the body comes in.
+    from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+    body = json.dumps(big).encode()
+    headers = api_server.sign("POST", "/api/v1/subscriptions", body)
+
+    async def producer(write: Callable[[bytes], Any]) -> None:
+        for i in range(0, len(body), 4096):
+            await write(body[i : i + 4096])
+
+    http = AsyncHTTPClient(force_instance=True)
+    try:
+        response = await http.fetch(
+            HTTPRequest(
+                api_server.url + "/api/v1/subscriptions",
+                method="POST",
+                headers=headers,
+                body_producer=producer,
+                request_timeout=30,
+            ),
+            raise_error=False,
+        )
+    finally:
+        http.close()
+    assert response.request.headers.get("Transfer-Encoding") == "chunked"
+    assert response.code == 413
+    plain = json.loads(api_server.decrypt(response, headers["X-Nonce"]))
+    assert plain["error"]["code"] == "BODY_TOO_LARGE"
+    assert await ok(api_server, "/api/v1/subscriptions") == {"subscriptions": []}
+
 
 # --- username resolutions: at most one per account, none after a restart -----------------------
 

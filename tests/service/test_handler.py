@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from telethon.tl import types
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
-from tornado.iostream import IOStream
+from tornado.iostream import IOStream, StreamClosedError
 from tornado.netutil import bind_sockets
 
 from common.errors import (
@@ -33,7 +33,7 @@ from common.utils import PeerRef
 from model.media import Media
 from service.apiclient import ApiClient, ApiResponse
 from service.cryptor import Cipher, Signer
-from service.handler import Lifecycle, make_app, make_server
+from service.handler import Lifecycle, make_app, make_server, outer_body_limit
 
 TOKEN = "handler-test-token"
 KEY = "5a" * 32
@@ -739,24 +739,90 @@ async def test_huge_announced_body_is_refused_without_reading_it(api: Api) -> No
     assert data.count(b"HTTP/1.1") == 1  # nothing after our answer
 
 
-async def test_chunked_body_over_the_limit_hits_tornados_limit(api: Api) -> None:
-    body = _post_body(MAX_BODY * 3)
+def _assert_413(api: Api, response: HTTPResponse, nonce: str) -> None:
+    assert response.code == 413
+    assert response.headers["X-Encryption"] == api.cipher
+    plain = orjson.loads(Cipher.create(api.cipher, KEY).decrypt(response.body, nonce.encode()))
+    assert plain["ok"] is False and plain["error"]["code"] == "BODY_TOO_LARGE"
+    assert api.subscriptions.calls == []
+
+
+async def _post_chunked(api: Api, body: bytes, url: str | None = None) -> HTTPResponse:
+    """POST with Transfer-Encoding: chunked (a body producer, no Content-Length): the whole
+    body goes as one chunk."""
     headers = Signer(TOKEN).sign("POST", "/api/v1/subscriptions", body)
 
     async def producer(write: Callable[[bytes], Awaitable[None]]) -> None:
         await write(body)
 
-    response = await api.http.fetch(
-        HTTPRequest(
-            api.url + "/api/v1/subscriptions",
-            method="POST",
-            headers=headers,
-            body_producer=producer,
-        ),
-        raise_error=False,
+    request = HTTPRequest(
+        (url or api.url) + "/api/v1/subscriptions",
+        method="POST",
+        headers=headers,
+        body_producer=producer,
     )
-    assert response.code == 400
+    response = await api.http.fetch(request, raise_error=False)
+    assert "Content-Length" not in response.request.headers
+    return response
+
+
+async def test_chunked_body_at_the_limit_is_served(api: Api) -> None:
+    response = await _post_chunked(api, _post_body(MAX_BODY))
+    assert response.code == 200 and len(api.subscriptions.calls) == 1
+
+
+async def test_chunked_body_over_the_limit_is_the_contracts_413(api: Api) -> None:
+    body = _post_body(MAX_BODY * 3)
+    response = await _post_chunked(api, body)
+    _assert_413(api, response, response.request.headers["X-Nonce"])
+    assert response.headers["Connection"] == "close"
+    # One byte over is enough.
+    response = await _post_chunked(api, _post_body(MAX_BODY + 1))
+    _assert_413(api, response, response.request.headers["X-Nonce"])
+
+
+async def _raw_chunked(api: Api, chunks: list[bytes], body: bytes) -> bytes:
+    """Sends `chunks` (already framed) after signed headers on a raw socket; returns all
+    the server wrote until it closed the connection."""
+    headers = Signer(TOKEN).sign("POST", "/api/v1/subscriptions", body)
+    host, port = api.url.removeprefix("http://").split(":")
+    stream = IOStream(socket.socket())
+    await stream.connect((host, int(port)))
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    await stream.write(
+        "POST /api/v1/subscriptions HTTP/1.1\r\nHost: x\r\n"
+        f"Transfer-Encoding: chunked\r\n{head}\r\n".encode()
+    )
+    try:
+        for chunk in chunks:
+            await stream.write(chunk)
+    except StreamClosedError:
+        pass  # the server answered and closed before taking it all
+    return await stream.read_until_close()
+
+
+@pytest.mark.parametrize("size", [MAX_BODY * 3, 2 * outer_body_limit(MAX_BODY)])
+async def test_many_small_chunks_over_the_limit_get_one_413_then_close(
+    api: Api, size: int
+) -> None:
+    # The larger size goes on past Tornado's own limit: the connection must close after
+    # the 413 before Tornado's reading reaches it, or its 400 would follow the answer.
+    body = _post_body(size)
+    pieces = [body[i : i + 100] for i in range(0, len(body), 100)]
+    framed = [b"%x\r\n%s\r\n" % (len(c), c) for c in pieces] + [b"0\r\n\r\n"]
+    data = await _raw_chunked(api, [b"".join(framed)], body)
+    assert data.startswith(b"HTTP/1.1 413 ")
+    assert data.count(b"HTTP/1.1") == 1  # no 400 of Tornado's behind it
+    assert b"\r\nConnection: close\r\n" in data.split(b"\r\n\r\n")[0] + b"\r\n"
     assert api.subscriptions.calls == []
+
+
+async def test_a_chunk_announced_over_the_outer_guard_gets_tornados_400(api: Api) -> None:
+    # The documented limit of the count: Tornado refuses a chunk header announcing more
+    # than its own limit before any byte of it reaches the handler.
+    size = outer_body_limit(MAX_BODY) + 1
+    data = await _raw_chunked(api, [b"%x\r\n" % size, b"x" * 100], b"")
+    assert data.startswith(b"HTTP/1.1 400 ") and api.subscriptions.calls == []
 
 
 async def test_the_limit_holds_on_a_server_built_without_make_server(api: Api) -> None:
@@ -766,27 +832,12 @@ async def test_the_limit_holds_on_a_server_built_without_make_server(api: Api) -
     server = HTTPServer(api.app)  # Tornado's default limit: 100 MB
     server.add_sockets(sockets)
     url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
-    body = _post_body(MAX_BODY * 3)
-    headers = Signer(TOKEN).sign("POST", "/api/v1/subscriptions", body)
-
-    async def producer(write: Callable[[bytes], Awaitable[None]]) -> None:
-        await write(body)
-
     try:
-        response = await api.http.fetch(
-            HTTPRequest(
-                url + "/api/v1/subscriptions",
-                method="POST",
-                headers=headers,
-                body_producer=producer,
-            ),
-            raise_error=False,
-        )
+        response = await _post_chunked(api, _post_body(MAX_BODY * 3), url)
     finally:
         server.stop()
         await server.close_all_connections()
-    assert response.code == 400
-    assert api.subscriptions.calls == []
+    _assert_413(api, response, response.request.headers["X-Nonce"])
 
 
 # --- health and metrics -----------------------------------------------------------------
