@@ -35,7 +35,9 @@ Flow control:
   `spool_max_bytes` the download workers wait for uploads to free space (one file larger
   than the whole spool still goes, alone);
 - uploads retry with capped, jittered exponential backoff while the storage is down or
-  answers 5xx; a 4xx fails the item.
+  answers 5xx, and also on answers that mean it is set up wrong (401, 403, 404, 405, 407,
+  409: logged as errors naming the status and the URL), so a config mistake loses no
+  downloaded file; an answer this file can never pass (400, 413…) fails the item.
 
 Everything runs on the event loop. The SQLite statements are single-row writes in WAL mode
 with synchronous=NORMAL (no fsync at commit: tens of microseconds), cheaper than a thread
@@ -74,7 +76,13 @@ from common.sqlite import open_db, write
 from common.utils import PeerRef
 from model.media import Media, check_part_size, download_media
 from service.parser import fresh_reference, parse_message
-from service.storage import Storage, StorageError, StorageUnavailable, object_name
+from service.storage import (
+    Storage,
+    StorageError,
+    StorageMisconfigured,
+    StorageUnavailable,
+    object_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -532,6 +540,15 @@ class MediaProcessor:
                     path, item.key, media.extension, media.size, media.mime_type
                 )
                 break
+            except StorageMisconfigured as e:
+                attempt += 1
+                delay = self._backoff(attempt)
+                log.error(
+                    "media %s: the storage refuses uploads (%s): check the storage server and"
+                    " storage.url; the file is kept, attempt %d, again in %.1f s",
+                    item.key, e.message, attempt, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
             except StorageUnavailable as e:
                 attempt += 1
                 delay = self._backoff(attempt)

@@ -4,8 +4,11 @@ Both storages name an object `{key[:2]}/{key}{ext}`: the key is the media's mmh3
 and the extension one of a short safe set, so nothing a Telegram user chose (a file name)
 ever becomes part of a path or a URL.
 
-    StorageError                 the server refused the file: don't retry
+    StorageError                 the server refused this file: don't retry (400, 413, ...)
     └── StorageUnavailable       the server is down, timed out or answered 5xx: retry later
+        └── StorageMisconfigured the server refused every file (401, 403, 404, 405, 407,
+                                 409: credentials, permissions, WebDAV settings): a
+                                 config mistake; retry, the spool file is kept, until fixed
 
 `HttpStorage` streams the spool file to the server with pycurl through Tornado's
 `CurlAsyncHTTPClient`: that client has no `body_producer`, so the request's curl handle gets
@@ -39,6 +42,11 @@ _KEY = re.compile(r"^[0-9a-f]{32}$")
 _EXT = re.compile(r"^\.[a-z0-9]{1,10}$")
 # HTTP answers worth trying again: the server is busy, restarting or overloaded.
 _RETRYABLE_STATUS = {408, 425, 429}
+# Answers that say the server is set up wrong, not that this file is (credentials,
+# permissions, a path or method WebDAV does not take, 409 for a missing parent folder
+# without create_full_put_path): they end when someone fixes the server or the config, so
+# they are retried and the spool file is kept. 400, 411, 413, 415… fail the file.
+_MISCONFIGURED_STATUS = {401, 403, 404, 405, 407, 409}
 
 
 class StorageError(Exception):
@@ -57,12 +65,19 @@ class StorageUnavailable(StorageError):
     later."""
 
 
+class StorageMisconfigured(StorageUnavailable):
+    """The storage refuses every file (401, 403, 404, 405, 407, 409): its configuration or
+    ours is wrong. Retried like StorageUnavailable (the spool file is kept), but worth an
+    error in the log: it ends only when someone fixes it."""
+
+
 class Storage(Protocol):
     async def put(self, path: Path, key: str, ext: str, size: int, mime: str) -> str:
         """Stores the file at `path` as the object of `key` and returns its URL.
 
-        Raises StorageUnavailable (retry later), StorageError (don't), FileNotFoundError
-        (no such spool file: download it again)."""
+        Raises StorageUnavailable (retry later; StorageMisconfigured: until someone fixes
+        the server or the config), StorageError (don't), FileNotFoundError (no such spool
+        file: download it again)."""
         ...
 
     async def close(self) -> None: ...
@@ -254,6 +269,8 @@ def _raise_for(response: HTTPResponse, url: str) -> None:
     reason = _describe(response)
     if code == 599 or code >= 500 or code in _RETRYABLE_STATUS:
         raise StorageUnavailable(f"PUT {url}: {reason}")
+    if code in _MISCONFIGURED_STATUS:
+        raise StorageMisconfigured(f"PUT {url}: {reason}")
     raise StorageError(f"PUT {url}: {reason}")
 
 

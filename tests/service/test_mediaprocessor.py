@@ -374,13 +374,13 @@ async def test_nginx_down_items_wait_and_are_stored_when_it_returns(
 
 async def test_a_refused_upload_fails_the_item(rig: Rig) -> None:
     storage = GatedStorage(LocalStorage(rig.local))
-    storage.fail_with = StorageError("PUT http://x/…: 403 Forbidden")
+    storage.fail_with = StorageError("PUT http://x/…: 413 Request Entity Too Large")
     p = rig.processor(storage)
     await p.start()
     m = make_media(4, 1000)
     p.submit(m)
     await wait_for(lambda: p.get(m.key)["state"] == "failed")  # type: ignore[index]
-    assert p.get(m.key)["error"] == "PUT http://x/…: 403 Forbidden"  # type: ignore[index]
+    assert p.get(m.key)["error"] == "PUT http://x/…: 413 Request Entity Too Large"  # type: ignore[index]
     await wait_for(lambda: rig.spool_files() == [])
     assert rig.stored == []
     assert p.stats()["spool_bytes"] == 0
@@ -388,6 +388,70 @@ async def test_a_refused_upload_fails_the_item(rig: Rig) -> None:
     storage.fail_with = None
     assert p.submit(m)["state"] == "pending"
     await wait_for(lambda: p.get(m.key)["state"] == "stored")  # type: ignore[index]
+
+
+def reconfigure(nginx: Nginx, old: str, new: str) -> None:
+    """Edits the running nginx's config and restarts it on the same port."""
+    text = nginx.conf.read_text()
+    assert old in text
+    nginx.conf.write_text(text.replace(old, new))
+    nginx.restart()
+
+
+@pytest.mark.parametrize(
+    ("status", "mistake"),
+    [
+        # Every PUT forbidden (a deny rule, a read-only share).
+        (403, ("autoindex on;", "autoindex on; deny all;")),
+        # WebDAV's PUT left out of the location: 405 for every PUT.
+        (405, ("dav_methods PUT DELETE MKCOL;", "dav_methods off;")),
+    ],
+    ids=["403", "405"],
+)
+async def test_a_misconfigured_storage_keeps_the_file_until_it_is_fixed(
+    rig: Rig,
+    nginx_dav: Nginx,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+    mistake: tuple[str, str],
+) -> None:
+    reconfigure(nginx_dav, *mistake)
+    p = rig.processor(HttpStorage(nginx_dav.base_url, timeout=5))
+    await p.start()
+    m = make_media(5, 200_000)
+    url = f"{nginx_dav.base_url}/{m.key[:2]}/{m.key}.pdf"
+    p.submit(m)
+    refused = f"PUT {url}: {status} "
+
+    def logged() -> bool:
+        return any(r.levelname == "ERROR" and refused in r.getMessage() for r in caplog.records)
+
+    await wait_for(logged)  # an error naming the status and the URL, for ops to see
+    await wait_for(lambda: sum(refused in r.getMessage() for r in caplog.records) >= 3)
+    # Refused again and again: the item waits with its file, nothing is lost.
+    assert p.get(m.key)["state"] == "uploading"  # type: ignore[index]
+    assert rig.spool_files() == [f"{m.key}.part"]
+    assert (rig.spool / f"{m.key}.part").read_bytes() == content(m)
+
+    reconfigure(nginx_dav, mistake[1], mistake[0])  # ops fix it
+    await wait_for(lambda: p.get(m.key)["state"] == "stored")  # type: ignore[index]
+    assert p.get(m.key)["url"] == url  # type: ignore[index]
+    assert stored_on(nginx_dav, m).read_bytes() == content(m)
+    await wait_for(lambda: rig.spool_files() == [])
+    assert len(rig.downloads.calls) == 1  # downloaded once
+
+
+async def test_a_file_the_storage_can_never_take_fails(rig: Rig, nginx_dav: Nginx) -> None:
+    reconfigure(nginx_dav, "client_max_body_size 0;", "client_max_body_size 100k;")
+    p = rig.processor(HttpStorage(nginx_dav.base_url, timeout=5))
+    await p.start()
+    big, small = make_media(6, 200_000), make_media(7, 50_000)
+    p.submit(big)
+    p.submit(small)
+    await wait_for(lambda: p.get(big.key)["state"] == "failed")  # type: ignore[index]
+    assert " 413 " in p.get(big.key)["error"]  # type: ignore[index]
+    await wait_for(lambda: p.get(small.key)["state"] == "stored")  # type: ignore[index]
+    await wait_for(lambda: rig.spool_files() == [])
 
 
 async def test_spool_back_pressure(rig: Rig) -> None:

@@ -22,6 +22,7 @@ from service.storage import (
     HttpStorage,
     LocalStorage,
     StorageError,
+    StorageMisconfigured,
     StorageUnavailable,
     object_name,
     split_credentials,
@@ -300,7 +301,11 @@ async def answering() -> AsyncIterator[tuple[str, list[tuple[str, int, str]], li
 @pytest.mark.parametrize(
     ("code", "error"),
     [(500, StorageUnavailable), (503, StorageUnavailable), (429, StorageUnavailable),
-     (403, StorageError), (404, StorageError), (409, StorageError)],
+     # The server is set up wrong: retried (the spool file kept) until someone fixes it.
+     (401, StorageMisconfigured), (403, StorageMisconfigured), (404, StorageMisconfigured),
+     (405, StorageMisconfigured), (409, StorageMisconfigured),
+     # Never for this file: the item fails.
+     (400, StorageError), (413, StorageError), (415, StorageError)],
 )
 async def test_http_status_decides_retry(
     answering: tuple[str, list[tuple[str, int, str]], list[int]],
