@@ -277,6 +277,20 @@ class UnknownUsername(PeerNotFound):
         self.username = username
 
 
+class JoinRequestSent(PeerPrivate):
+    """A join met INVITE_REQUEST_SENT: the chat admits members only with an admin's
+    approval, and Telegram has filed the account's request (403 PEER_PRIVATE). Not tried on
+    another account (each would file one more request)."""
+
+    def __init__(self, peer: str, account: str) -> None:
+        super().__init__(
+            peer,
+            f"{peer} needs an admin's approval to join: account {account} sent a join request;"
+            " subscribe again once an admin has approved it",
+        )
+        self.account = account
+
+
 @dataclass(frozen=True)
 class _Cached:
     """A peer as one account's session holds it."""
@@ -781,7 +795,11 @@ class TeleClient:
         return out[:limit]
 
     async def join(self, ref: PeerRef) -> Entity:
-        """Joins a channel or megagroup (by username or id) or any chat by invite link."""
+        """Joins a channel or megagroup (by username or id) or any chat by invite link.
+
+        A chat that needs an admin's approval raises JoinRequestSent (the request is filed;
+        joining again after the approval succeeds); CHANNELS_TOO_MUCH stays TelegramError
+        (the subscriber marks the account full and the pool tries another)."""
         raw = str(ref)
         if ref.invite is not None:
             return await self._join_invite(ref)
@@ -793,6 +811,8 @@ class TeleClient:
         try:
             updates = await self._invoke(functions.channels.JoinChannelRequest(channel), peer=raw)
         except TelegramError as e:
+            if e.rpc_error == "INVITE_REQUEST_SENT":
+                raise JoinRequestSent(raw, self.name) from None
             if e.rpc_error != "USER_ALREADY_PARTICIPANT":
                 raise
             return entity or await self._fetch_entity(cached, raw)
@@ -808,6 +828,8 @@ class TeleClient:
                 functions.messages.ImportChatInviteRequest(ref.invite), peer=raw
             )
         except TelegramError as e:
+            if e.rpc_error == "INVITE_REQUEST_SENT":
+                raise JoinRequestSent(raw, self.name) from None
             if e.rpc_error != "USER_ALREADY_PARTICIPANT":
                 raise
             return await self._entity_from_invite(ref)
@@ -1114,6 +1136,8 @@ class TeleClients:
             except UnknownUsername as e:
                 self._remember_unknown(e)
                 raise
+            except JoinRequestSent:
+                raise  # a PeerPrivate, but one request to the admins is enough
             except (FloodWait, AccountUnusable) as e:
                 log.info("account %s can't serve now (%s); trying another", account.name, e)
             except RateLimited:
@@ -1193,6 +1217,7 @@ class TeleClients:
 
 __all__ = [
     "AccountState",
+    "JoinRequestSent",
     "ResolveBudget",
     "SessionLock",
     "TeleClient",

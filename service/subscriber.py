@@ -42,7 +42,13 @@ account in it; channels and megagroups have per-chat ids), so there:
 updateDeleteMessages outside channels names no chat and is ignored.
 
 Accounts: an account at its channel limit (model.joinmap.CHANNELS_PER_ACCOUNT) is skipped
-when joining; a banned or logged-out account's chats are joined again by other accounts
+when joining, and so is one that Telegram answered CHANNELS_TOO_MUCH (it may be in chats the
+join map doesn't know: joined by hand, or its limit is lower) until it leaves a chat through
+the API or FULL_RECHECK s pass; the join moves to the next account, and only when none can
+join is the answer 503 NO_ACCOUNT_AVAILABLE. A chat that admits members only with an admin's
+approval (INVITE_REQUEST_SENT) gets one join request, from one account, and the answer 403
+PEER_PRIVATE saying so; a later POST of the chat is joined by that same account (so the
+admins see one request), which works once they approved it. A banned or logged-out account's chats are joined again by other accounts
 (`_rejoin_ref`): by @username; without one (a basic group, a private channel: Telegram lets
 those be joined only by invite link, and another account has no access hash for the id) by
 the invite link the chat was subscribed by, which the join map keeps (never shown in answers
@@ -82,14 +88,16 @@ from common.errors import (
     AccountUnusable,
     AlreadySubscribed,
     FloodWait,
+    NoAccountAvailable,
     NotSubscribed,
     PeerNotFound,
+    TelegramError,
     TgcError,
 )
 from common.utils import PeerRef, parse_peer
 from model.joinmap import CHANNELS_PER_ACCOUNT, JoinMap, State
 from model.media import Media
-from model.teleclient import AccountState, TeleClient, TeleClients
+from model.teleclient import AccountState, JoinRequestSent, TeleClient, TeleClients
 from service import parser, queries
 from service.publisher import Event, Publisher, make_event
 
@@ -101,6 +109,11 @@ MAX_PAGES_PER_POLL = 20  # per chat and poll: a long outage drains over several 
 REJOIN_BACKOFF = 30.0  # s before an orphaned chat is tried again, doubling per failure...
 REJOIN_BACKOFF_MAX = 3600.0  # ...up to this
 TAKEOVER_PACE = 2.0  # s between two takeover joins: a burst of joins earns a flood wait
+# An account Telegram answered CHANNELS_TOO_MUCH is not asked to join again for this long
+# (unless it leaves a chat through the API first): its owner may have freed room by hand,
+# and one wasted join an hour per full account costs nothing.
+FULL_RECHECK = 3600.0
+JOIN_REQUESTS_MAX = 10_000  # chats whose pending join request is remembered (the oldest go)
 
 
 class _Recent:
@@ -200,6 +213,10 @@ class Subscriber:
         self._tasks: list[asyncio.Task[None]] = []
         self._api_lock = asyncio.Lock()
         self._leaving: set[tuple[int, str]] = set()
+        # Accounts Telegram found full (CHANNELS_TOO_MUCH): name → when, on `clock`.
+        self._full: dict[str, float] = {}
+        # Chats with a join request pending: the ref's key → the account that filed it.
+        self._requests: dict[str, str] = {}
         self._rejoin_after = _Backoff(rejoin_backoff, rejoin_backoff_max)  # orphaned chats
         self._takeover_pace = takeover_pace
         self._last_takeover = float("-inf")  # time.monotonic() at the end of the last try
@@ -268,7 +285,15 @@ class Subscriber:
         known = self._known(ref)
         if known is not None and known["state"] == State.JOINED:
             raise AlreadySubscribed(str(ref), known)
-        entity, account = await self._pool.run(self._joiner(ref), ref)
+        try:
+            entity, account = await self._pool.run(self._joiner(ref), ref)
+        except NoAccountAvailable:
+            full = sorted(tc.name for tc in self._pool if tc.usable and self._is_full(tc.name))
+            if not full:
+                raise
+            raise NoAccountAvailable(
+                f"no account can join {ref}: at the channel limit: {', '.join(full)}"
+            ) from None
         peer = _peer_of(entity)
         existing = self._joinmap.get(peer["id"])
         start = await self._newest_id(account, peer["id"])
@@ -281,13 +306,59 @@ class Subscriber:
         return sub
 
     def _joiner(self, ref: PeerRef) -> Callable[[TeleClient], Awaitable[Any]]:
+        key = _ref_key(ref)
+
         async def join(tc: TeleClient) -> Any:
-            if self._joinmap.count(tc.name) >= self._channel_limit:
-                # The pool moves on to the next account (this one is full, not broken).
-                raise AccountUnusable(tc.name, "full", f"in {self._channel_limit} chats")
-            return await tc.join(ref)
+            # AccountUnusable: the pool moves on to the next account (not broken, just not
+            # this one).
+            if self._is_full(tc.name):
+                raise AccountUnusable(tc.name, "full", "at its channel limit")
+            asked = self._requests.get(key)
+            if asked is not None and asked != tc.name and self._asker_usable(asked):
+                raise AccountUnusable(tc.name, "skipped", f"{asked}'s join request is pending")
+            try:
+                entity = await tc.join(ref)
+            except JoinRequestSent:
+                self._requests.pop(key, None)
+                self._requests[key] = tc.name
+                while len(self._requests) > JOIN_REQUESTS_MAX:
+                    del self._requests[next(iter(self._requests))]
+                raise
+            except TelegramError as e:
+                if e.rpc_error != "CHANNELS_TOO_MUCH":
+                    raise
+                self._full[tc.name] = self._clock()
+                log.warning(
+                    "account %s is full (CHANNELS_TOO_MUCH, %d chats in the join map): no"
+                    " joins for it for %.0f s or until it leaves a chat through the API",
+                    tc.name,
+                    self._joinmap.count(tc.name),
+                    FULL_RECHECK,
+                )
+                raise AccountUnusable(tc.name, "full", "Telegram answered CHANNELS_TOO_MUCH") from None
+            self._requests.pop(key, None)
+            return entity
 
         return join
+
+    def _is_full(self, account: str) -> bool:
+        """At the channel limit by the join map's count, or found full by Telegram less
+        than FULL_RECHECK ago and not left a chat through the API since."""
+        if self._joinmap.count(account) >= self._channel_limit:
+            return True
+        at = self._full.get(account)
+        if at is None:
+            return False
+        if self._clock() - at >= FULL_RECHECK:
+            del self._full[account]
+            return False
+        return True
+
+    def _asker_usable(self, account: str) -> bool:
+        try:
+            return self._pool.get(account).usable and not self._is_full(account)
+        except NoAccountAvailable:
+            return False  # not in the pool any more
 
     async def unsubscribe(self, ref: PeerRef) -> dict[str, Any]:
         """Every account in the chat leaves it; NotSubscribed (409) if none is in it."""
@@ -317,6 +388,7 @@ class Subscriber:
                 # banned or logged out: out of the chat for our purposes
             finally:
                 self._leaving.discard((peer_id, tc.name))
+            self._full.pop(tc.name, None)  # a chat less: room for a join again
             last = await self._change(peer_id, member["account"], State.LEFT) or last
         return last
 
@@ -936,6 +1008,15 @@ class Subscriber:
         await self._record_join(peer, account.name, start)
         log.warning("%s moved to account %s", peer["id"], account.name)
         self.poll_soon(peer["id"])  # what came while nobody listened
+
+
+def _ref_key(ref: PeerRef) -> str:
+    """One key for the spellings of one reference (@Name, t.me/name; an invite; an id)."""
+    if ref.username is not None:
+        return f"@{ref.username}"
+    if ref.invite is not None:
+        return f"+{ref.invite}"
+    return f"{ref.kind}:{ref.id}"
 
 
 def _rejoin_ref(peer: dict[str, Any], invite: str | None = None) -> PeerRef:
