@@ -197,6 +197,15 @@ class Media:
             thumb_size="",
         )
 
+    async def download(
+        self, to_path: str | os.PathLike[str], *, client: TelegramClient, **options: Any
+    ) -> None:
+        """Streams this file into `to_path` with `client`, the Telethon client of the account
+        it is bound to: `download_media(client, self, to_path, **options)`, whose docstring
+        lists the options (parts in flight, resume, reference refresh) and what it raises.
+        Queues, the spool and storage are service/mediaprocessor.py's."""
+        await download_media(client, self, to_path, **options)
+
     @property
     def extension(self) -> str:
         """ ".jpg", ".mp4", ...: from the mime type, else a known suffix of the name."""

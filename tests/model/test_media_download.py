@@ -591,6 +591,30 @@ async def test_emulator_home_dc_on_main_connection(
     assert (tmp_path / "f.bin").read_bytes() == emulated_bytes(DOC_HOME, HOME_SIZE)
 
 
+async def test_media_download_delegates_to_download_media(tmp_path: Path) -> None:
+    size = 2 * MIB + 7
+    client = FakeClient(size)
+    media = make_media(size)
+    done: set[int] = set()
+    await media.download(tmp_path / "f.bin", client=client, parts_in_flight=3, done_parts=done)
+    assert (tmp_path / "f.bin").read_bytes() == expected(size)
+    assert done == {0, 1, 2}
+    assert client.max_in_flight == 3
+
+
+async def test_emulator_media_download_streams_into_a_file(
+    make_client: Any, fake_telegram: Any, tmp_path: Path
+) -> None:
+    client = await make_client()
+    try:
+        media = await fetch_media(client, 2)  # on DC 2: through the exported sender
+        await media.download(tmp_path / "dc2.bin", client=client)
+    finally:
+        await client.disconnect()
+    assert (tmp_path / "dc2.bin").read_bytes() == emulated_bytes(DOC_DC2, DC2_SIZE)
+    assert fake_telegram.dispatcher.count("upload.getFile") == part_count(DC2_SIZE)
+
+
 async def test_emulator_other_dc_byte_exact(
     make_client: Any, fake_telegram: Any, tmp_path: Path
 ) -> None:
