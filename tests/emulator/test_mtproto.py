@@ -92,3 +92,28 @@ def test_server_msg_ids_are_odd_increasing_with_the_right_residue() -> None:
     assert all(m % 4 == (ANSWER if i % 3 else PUSH) for i, m in enumerate(seen))
     seqs = [ids.next_seq_no(c) for c in (True, False, True, True, False)]
     assert seqs == [1, 2, 3, 5, 6]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    blocks=st.lists(st.integers(min_value=2, max_value=200), min_size=1, max_size=4),
+    pads=st.lists(st.integers(min_value=0, max_value=15), min_size=4, max_size=4),
+)
+def test_padded_intermediate_strips_0_to_15_bytes(blocks: list[int], pads: list[int]) -> None:
+    """Padded intermediate (tag 0xdddddddd): the length counts 0-15 random bytes after the
+    payload (TDLib's amount; Telethon's codec pads 0-3); an encrypted packet (auth_key_id,
+    msg_key, AES blocks) and a plain one (auth_key_id 0, 4-byte aligned) come out whole."""
+
+    async def run() -> None:
+        packets = [os.urandom(8) + os.urandom(16) + os.urandom(16 * n) for n in blocks]
+        packets.append(bytes(8) + os.urandom(8) + struct.pack("<i", 20) + os.urandom(20))
+        wire = b"\xdd\xdd\xdd\xdd"
+        for i, p in enumerate(packets):
+            pad = pads[i % 4] if p[:8] != bytes(8) else pads[i % 4] % 4
+            wire += struct.pack("<i", len(p) + pad) + p + os.urandom(pad)
+        reader = feed(wire)
+        ours = await detect_codec(reader)
+        assert ours.name == "padded-intermediate"
+        assert [await ours.read_packet(reader) for _ in packets] == packets
+
+    asyncio.run(run())

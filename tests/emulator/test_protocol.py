@@ -5,14 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
+import os
+import random
+import struct
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from telethon import TelegramClient, events
+from telethon.crypto import AuthKey
 from telethon.errors import AuthKeyNotFound, RPCError
-from telethon.network import ConnectionTcpAbridged, ConnectionTcpIntermediate
+from telethon.network import Connection, ConnectionTcpAbridged, ConnectionTcpIntermediate
+from telethon.network.connection.tcpintermediate import RandomizedIntermediatePacketCodec
+from telethon.network.mtprotostate import MTProtoState
 from telethon.tl import functions, types
 
 from tests.emulator.conftest import API_HASH, API_ID
@@ -328,3 +335,171 @@ async def test_session_file_is_telethons_own(mini_tg: FakeTelegram, tmp_path: Pa
         assert mini_tg.registry.get(session.auth_key.key_id, 2) is None
     finally:
         session.close()
+
+
+# --- bad_msg_notification and padded intermediate ----------------------------------------
+
+
+async def test_client_clock_behind_gets_16_and_telethon_corrects_it(
+    mini_tg: FakeTelegram, connect: ClientFactory
+) -> None:
+    client = connect(1000)
+    await client.connect()
+    state = client._sender._state
+    state.time_offset, state._last_msg_id = -1000, 0  # msg_ids 1000 s in the past
+    assert (await client.get_me()).id == 1000  # 16, Telethon takes the server's time, resends
+    assert mini_tg.dcs[1].stats["bad_msg_16"] >= 1
+    assert abs(state.time_offset) <= 2
+
+
+async def test_client_clock_ahead_gets_17_and_telethon_corrects_it(
+    mini_tg: FakeTelegram, connect: ClientFactory
+) -> None:
+    client = connect(1000)
+    await client.connect()
+    state = client._sender._state
+    state.time_offset, state._last_msg_id = 1000, 0  # msg_ids 1000 s ahead
+    assert (await client.get_me()).id == 1000
+    assert mini_tg.dcs[1].stats["bad_msg_17"] >= 1
+    assert abs(state.time_offset) <= 2
+
+
+async def test_sequence_reset_gets_32_and_telethon_pumps_it(
+    mini_tg: FakeTelegram, connect: ClientFactory
+) -> None:
+    client = connect(1000)
+    await client.connect()
+    assert (await client.get_me()).id == 1000
+    client._sender._state._sequence = 0  # seq_nos below those the session already had
+    assert (await client.get_me()).id == 1000  # 32: Telethon adds 64 and resends
+    assert mini_tg.dcs[1].stats["bad_msg_32"] >= 1
+
+
+class _Loggers(dict):  # type: ignore[type-arg]  # Telethon indexes its loggers by module
+    def __missing__(self, key: str) -> logging.Logger:
+        return logging.getLogger(key)
+
+
+class RawSession:
+    """A hand-made MTProto session on one intermediate-transport connection, for messages
+    Telethon never sends (msg_ids it would not choose)."""
+
+    def __init__(self, key: bytes, salt: int) -> None:
+        self.state = MTProtoState(AuthKey(key), loggers=_Loggers())
+        self.state.salt = salt
+        self.base = (int(time.time()) << 32) & ~3  # msg_ids are base + 4k (+ residue)
+        self.reader: asyncio.StreamReader
+        self.writer: asyncio.StreamWriter
+
+    async def open(self, port: int) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+        self.writer.write(b"\xee\xee\xee\xee")
+
+    def send(self, msg_id: int, seq_no: int, request: object) -> None:
+        body = request._bytes()  # type: ignore[attr-defined]
+        data = self.state.encrypt_message_data(struct.pack("<qii", msg_id, seq_no, len(body)) + body)
+        self.writer.write(struct.pack("<i", len(data)) + data)
+
+    async def answer(self, kind: type) -> object:
+        """The next message of type `kind` the server sends (others are skipped)."""
+        async with asyncio.timeout(5):
+            while True:
+                (n,) = struct.unpack("<i", await self.reader.readexactly(4))
+                msg = self.state.decrypt_message_data(await self.reader.readexactly(n))
+                if msg is not None and isinstance(msg.obj, kind):
+                    return msg.obj
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@pytest.fixture
+async def raw(mini_tg: FakeTelegram) -> AsyncIterator[RawSession]:
+    key = os.urandom(256)
+    rec = mini_tg.registry.add(key, 1000, 1)
+    session = RawSession(key, rec.salt)
+    await session.open(mini_tg.port(1))
+    yield session
+    session.close()
+
+
+async def test_msg_id_not_divisible_by_4_gets_18(mini_tg: FakeTelegram, raw: RawSession) -> None:
+    raw.send(raw.base + 4 + 1, 1, functions.PingRequest(ping_id=1))
+    bad = await raw.answer(types.BadMsgNotification)
+    assert (bad.bad_msg_id, bad.error_code) == (raw.base + 5, 18)
+    raw.send(raw.base + 8, 3, functions.PingRequest(ping_id=2))  # the session goes on
+    assert (await raw.answer(types.Pong)).ping_id == 2
+    assert mini_tg.dcs[1].stats["bad_msg_18"] == 1
+
+
+async def test_seq_no_against_the_sessions_messages_gets_32_and_33(
+    mini_tg: FakeTelegram, raw: RawSession
+) -> None:
+    b = raw.base
+    raw.send(b + 40, 5, functions.PingRequest(ping_id=1))
+    assert (await raw.answer(types.Pong)).ping_id == 1
+    cases = [
+        (b + 44, 3, 32),  # a lower msg_id (b+40) had a higher seq_no
+        (b + 48, 5, 32),  # ... or the same odd one
+        (b + 36, 7, 33),  # a higher msg_id (b+40) had a lower seq_no
+        (b + 32, 5, 33),  # ... or the same odd one
+    ]
+    for msg_id, seq_no, code in cases:
+        raw.send(msg_id, seq_no, functions.PingRequest(ping_id=9))
+        bad = await raw.answer(types.BadMsgNotification)
+        assert (bad.bad_msg_id, bad.bad_msg_seqno, bad.error_code) == (msg_id, seq_no, code)
+    raw.send(b + 52, 7, functions.PingRequest(ping_id=2))  # in order again: answered
+    assert (await raw.answer(types.Pong)).ping_id == 2
+    raw.send(b + 28, 4, types.MsgsAck([1]))  # even seq_nos may repeat: no complaint
+    raw.send(b + 24, 4, types.MsgsAck([1]))
+    raw.send(b + 56, 9, functions.PingRequest(ping_id=3))
+    assert (await raw.answer(types.Pong)).ping_id == 3
+    stats = mini_tg.dcs[1].stats
+    assert (stats["bad_msg_32"], stats["bad_msg_33"]) == (2, 2)
+
+
+class _Padded(RandomizedIntermediatePacketCodec):
+    """Telethon's own padded-intermediate codec (0-3 bytes of padding), announced by its tag
+    as without obfuscation (Telethon sends it only inside MTProxy's obfuscation)."""
+
+    tag = b"\xdd\xdd\xdd\xdd"
+
+
+class _PaddedLikeTdlib(_Padded):
+    """0-15 bytes of padding, as TDLib sends (mtproto-transports: padded intermediate)."""
+
+    def encode_packet(self, data: bytes) -> bytes:
+        data += os.urandom(random.randint(0, 15))
+        return struct.pack("<i", len(data)) + data
+
+
+class ConnectionTcpPadded(Connection):
+    packet_codec = _Padded
+
+
+class ConnectionTcpPaddedLikeTdlib(Connection):
+    packet_codec = _PaddedLikeTdlib
+
+
+@pytest.mark.parametrize("connection", [ConnectionTcpPadded, ConnectionTcpPaddedLikeTdlib])
+async def test_padded_intermediate_transport(
+    mini_tg: FakeTelegram, connect: ClientFactory, connection: type
+) -> None:
+    client = connect(1000, connection=connection)
+    await client.connect()
+    results = await asyncio.gather(*(client.get_me() for _ in range(20)))
+    assert {u.id for u in results} == {1000}
+
+
+async def test_padded_intermediate_runs_the_dh_handshake(
+    mini_tg: FakeTelegram, tmp_path: Path, fakedc_rsa_key: int, clients: list[TelegramClient]
+) -> None:
+    from telethon.sessions import SQLiteSession
+
+    session = SQLiteSession(str(tmp_path / "fresh-padded"))
+    session.set_dc(1, "127.0.0.1", mini_tg.port(1))
+    client = TelegramClient(session, API_ID, API_HASH, connection=ConnectionTcpPaddedLikeTdlib)
+    clients.append(client)
+    await client.connect()  # plain packets with 0-15 bytes of padding
+    assert client.session.auth_key is not None
+    assert (await client(functions.help.GetNearestDcRequest())).this_dc == 1

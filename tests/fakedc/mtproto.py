@@ -4,8 +4,11 @@ Transports (https://core.telegram.org/mtproto/mtproto-transports), told apart by
 bytes a client sends on a new TCP connection:
 - ``0xef`` -> abridged: length/4 in one byte (< 127) or ``0x7f`` + 3 bytes little-endian.
 - ``0xeeeeeeee`` -> intermediate: 4-byte little-endian length, then the payload.
-- ``0xdddddddd`` -> padded intermediate: as intermediate, 0-3 random bytes of padding that
-  the reader strips (payloads are always a multiple of 4 bytes long).
+- ``0xdddddddd`` -> padded intermediate: as intermediate, the length counting 0-15 random
+  bytes of padding after the payload (TDLib sends 0-15, Telethon 0-3). The reader strips
+  them: a plain (auth_key_id 0) packet keeps a multiple of 4 bytes (its own length field
+  bounds the message), an encrypted one 24 + 16n bytes (msg_key and AES blocks). Answers
+  go out unpadded (zero padding; Telethon's reader only strips 0-3 bytes).
 - anything else -> full (Telethon's default): those 4 bytes are already the total length of
   the first packet; each packet is ``len:int32 seq:int32 payload crc32:uint32`` where len
   counts all four parts, seq counts packets per direction from 0, and the CRC covers
@@ -137,8 +140,12 @@ class PaddedIntermediateCodec(IntermediateCodec):
 
     async def read_packet(self, reader: asyncio.StreamReader) -> bytes:
         packet = await super().read_packet(reader)
-        extra = len(packet) % 4
-        return packet[: len(packet) - extra] if extra else packet
+        n = len(packet)
+        if n >= 24 and packet[:8] != bytes(8):
+            keep = 24 + (n - 24) // 16 * 16  # auth_key_id, msg_key, whole AES blocks
+        else:
+            keep = n - n % 4
+        return packet[:keep] if keep != n else packet
 
 
 class AbridgedCodec(Codec):

@@ -11,6 +11,12 @@ Per connection (rules Telethon relies on; see mtproto.py for the wire format):
   Telethon resends it with the new salt. The client's first request always has salt 0.
 - msg_id: a client msg_id not divisible by 4 is answered `bad_msg_notification` 18, one outside the
   time window (300 s old, 30 s ahead) 16/17; neither is processed.
+- seq_no (core.telegram.org/mtproto/service_messages_about_messages): a message (a container,
+  or one inside it) is answered `bad_msg_notification` 32 when the session already had a
+  message with a lower msg_id and a higher seq_no, or an equal odd one; 33 when it had one
+  with a higher msg_id and a lower seq_no, or an equal odd one; it is not processed. The
+  last 512 accepted (msg_id, seq_no) pairs of a session are kept for this check. Telethon
+  answers 32 by adding 64 to its sequence, 33 by taking 16 off, and resends.
 - Session: the first valid message of a session_id not seen on this server gets
   `new_session_created` (first_msg_id, random unique_id, salt) before anything else. A
   session's state (msg_id, seq_no counters) lives until the last connection that used it
@@ -47,6 +53,7 @@ Per connection (rules Telethon relies on; see mtproto.py for the wire format):
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import logging
@@ -158,12 +165,39 @@ def serialize_result(result: Any) -> list[bytes]:
     raise TypeError(f"cannot serialize a {type(result).__name__} answer")
 
 
+_SEEN_KEPT = 512  # client (msg_id, seq_no) pairs kept per session for the seq_no check
+
+
 class _Session:
-    __slots__ = ("ids", "session_id")
+    __slots__ = ("ids", "seen_ids", "seen_seqs", "session_id")
 
     def __init__(self, session_id: int) -> None:
         self.session_id = session_id
         self.ids = MsgIdSeq()
+        # The client's accepted messages, sorted by msg_id (seen_seqs in the same order).
+        self.seen_ids: list[int] = []
+        self.seen_seqs: list[int] = []
+
+    def check_seq_no(self, msg_id: int, seq_no: int) -> int:
+        """0 and remembers the message if its seq_no fits those of the session's other
+        messages; else the bad_msg_notification code (32 too low, 33 too high). Accepted
+        seq_nos never decrease with msg_id, so the two neighbours decide."""
+        i = bisect.bisect_left(self.seen_ids, msg_id)
+        if i < len(self.seen_ids) and self.seen_ids[i] == msg_id:
+            return 0  # the same message again (a resend): nothing new to check
+        if i > 0:
+            lower = self.seen_seqs[i - 1]
+            if lower > seq_no or (lower == seq_no and seq_no & 1):
+                return 32
+        if i < len(self.seen_ids):
+            higher = self.seen_seqs[i]
+            if higher < seq_no or (higher == seq_no and seq_no & 1):
+                return 33
+        self.seen_ids.insert(i, msg_id)
+        self.seen_seqs.insert(i, seq_no)
+        if len(self.seen_ids) > _SEEN_KEPT:
+            del self.seen_ids[0], self.seen_seqs[0]
+        return 0
 
 
 class DcServer:
@@ -321,21 +355,32 @@ class ClientConnection:
         session = self._session(rec, session_id, msg_id)
         if msg_id % 4 or not client_msg_time_ok(msg_id):
             code = 18 if msg_id % 4 else (16 if (msg_id >> 32) < time.time() else 17)
-            self._send(types.BadMsgNotification(msg_id, seq_no, code), content=False)
+            self._bad_msg(msg_id, seq_no, code)
             return
         if salt != rec.salt:
             self._send(types.BadServerSalt(msg_id, seq_no, 48, rec.salt), content=False)
+            return
+        code = session.check_seq_no(msg_id, seq_no)
+        if code:
+            self._bad_msg(msg_id, seq_no, code)
             return
         acks: list[int] = []
         messages = _unpack(msg_id, seq_no, body, self.dc.stats)
         if len(messages) > 1:
             self.dc.stats["container"] += 1
         for m_id, m_seq, m_body in messages:
+            if m_id != msg_id and (code := session.check_seq_no(m_id, m_seq)):
+                self._bad_msg(m_id, m_seq, code)
+                continue
             if m_seq & 1:
                 acks.append(m_id)
             self._on_message(rec, session, m_id, m_body)
         if acks:
             self._send(types.MsgsAck(acks), content=False)
+
+    def _bad_msg(self, msg_id: int, seq_no: int, code: int) -> None:
+        self.dc.stats[f"bad_msg_{code}"] += 1
+        self._send(types.BadMsgNotification(msg_id, seq_no, code), content=False)
 
     def _session(self, rec: KeyRecord, session_id: int, first_msg_id: int) -> _Session:
         key = (rec.key_id, session_id)
