@@ -320,6 +320,9 @@ async def test_get_history_follows_telegrams_offsets(rpc: TelegramRpc, world: Wo
     assert await ids(min_id=5, max_id=10, limit=100) == []
     assert await ids(offset_id=100, min_id=95, max_id=99, limit=100) == [98, 97, 96]
     assert len(await ids(limit=500)) == 100  # limit at most 100
+    # limit 0 is Telegram's default, "an intermediate value like ~20" (api/offsets), not 0.
+    assert await ids(limit=0) == list(range(150, 130, -1))
+    assert await ids(offset_id=100, limit=0) == list(range(99, 79, -1))
     assert await ids(offset_id=3, limit=10) == [2, 1]
     assert await ids(offset_date=DEFAULT_DATE + 60 * 50, limit=2) == [49, 48]
 

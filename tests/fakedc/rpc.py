@@ -12,7 +12,9 @@ tests/emulator/test_rpc.py):
   ChannelForbidden and gets CHANNEL_PRIVATE.
 - messages.getHistory: newest first, offset_id exclusive, offset_date when offset_id is 0,
   add_offset shifts the window (negative reaches newer messages), min_id/max_id exclusive,
-  limit clamped to 100.
+  limit clamped to 100; limit 0 means 20 (core.telegram.org/api/offsets: "When 0 is
+  provided the limit will often default to an intermediate value like ~20"), and so for
+  messages.search, which shares the window.
 - upload.getFile: offset % 4096 == 0 (OFFSET_INVALID), limit % 4096 == 0, 1048576 % limit
   == 0, limit ≤ 1 MiB and the part inside one 1 MiB block (LIMIT_INVALID); `precise`
   relaxes to 1 KiB steps and drops the divisor and block rules; a file on another DC →
@@ -80,6 +82,7 @@ log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 MAX_HISTORY = 100
+DEFAULT_HISTORY = 20  # what limit=0 stands for (core.telegram.org/api/offsets)
 MAX_PARTICIPANTS = 200
 # contacts.search answers QUERY_TOO_SHORT below this many characters: core.telegram.org
 # lists the error without the number; TDLib keeps 4 as the "server-side limit"
@@ -1365,8 +1368,8 @@ def history_window(
 ) -> list[MessageSpec]:
     """messages.getHistory over `box` (newest first): start at the first message older than
     offset_id (or than offset_date when offset_id is 0), shift by add_offset, take limit
-    (≤ 100), then keep only min_id < id < max_id."""
-    limit = max(0, min(limit, MAX_HISTORY))
+    (≤ 100; 0 stands for 20), then keep only min_id < id < max_id."""
+    limit = DEFAULT_HISTORY if limit == 0 else max(0, min(limit, MAX_HISTORY))
     if offset_id:
         # The first message older than offset_id; box is sorted by id, descending.
         start = bisect.bisect_right(box, -offset_id, key=lambda m: -m.id)
