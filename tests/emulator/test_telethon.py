@@ -279,13 +279,85 @@ async def test_fault_knobs_surface_as_telethons_errors(connect: Any, rpc: Telegr
         await client.get_messages(news, limit=1)
 
 
+async def _fastest(call: Callable[[], Any], runs: int = 3) -> float:
+    """The shortest of `runs` timings of `await call()` (the least disturbed by a busy CPU)."""
+    best = float("inf")
+    for _ in range(runs):
+        start = time.monotonic()
+        await call()
+        best = min(best, time.monotonic() - start)
+    return best
+
+
 async def test_latency_knob_delays_answers(connect: Any, rpc: TelegramRpc) -> None:
+    """Compared with the same calls without the knob, so a slow machine can't pass it
+    without the delay; and only the method named is delayed."""
     client = await connect(ACCOUNT_A)
     news = await client.get_entity("tgc_news")
-    rpc.set_latency({"messages.getHistory": 0.2})
+
+    def history() -> Any:
+        return client.get_messages(news, limit=1)
+
+    plain = await _fastest(history)
+    me_plain = await _fastest(client.get_me)
+    rpc.set_latency({"messages.getHistory": 0.3})
+    slowed = await _fastest(history)
+    me_slowed = await _fastest(client.get_me)
+    assert slowed >= 0.3
+    assert slowed - plain >= 0.25, (plain, slowed)
+    assert me_slowed - me_plain < 0.15, (me_plain, me_slowed)  # users.getUsers: no delay
+    rpc.set_latency({})
+    assert await _fastest(history) - plain < 0.15  # and gone once unset
+
+
+async def test_slow_knob_delays_only_the_next_calls(connect: Any, rpc: TelegramRpc) -> None:
+    client = await connect(ACCOUNT_A)
+    news = await client.get_entity("tgc_news")
+
+    def history() -> Any:
+        return client.get_messages(news, limit=1)
+
+    plain = await _fastest(history)
+    rpc.slow("messages.getHistory", 0.3, times=1)
     start = time.monotonic()
-    await client.get_messages(news, limit=1)
-    assert time.monotonic() - start >= 0.2
+    await history()
+    once = time.monotonic() - start
+    after = await _fastest(history)
+    assert once >= 0.3 and once - plain >= 0.25, (plain, once)
+    assert after - plain < 0.15, (plain, after)
+
+
+async def test_flood_wait_every_nth_call_through_telethon(
+    connect: Any, rpc: TelegramRpc
+) -> None:
+    a = await connect(ACCOUNT_A)
+    b = await connect(ACCOUNT_B)
+    req = F.contacts.ResolveUsernameRequest("tgc_news")
+    # ≤ 3 s: Telethon then keeps no memory of the wait that would block the next call.
+    rpc.flood_wait("contacts.resolveUsername", 2, every=3, times=None, user_id=ACCOUNT_A)
+    rpc.reset_counts()
+    outcomes = []
+    for _ in range(6):
+        try:
+            await a(req)
+            outcomes.append("ok")
+        except errors.FloodWaitError as e:
+            outcomes.append(f"wait {e.seconds}")
+        await b(req)  # another account: never
+    assert outcomes == ["ok", "ok", "wait 2"] * 2
+    assert rpc.count("contacts.resolveUsername", user_id=ACCOUNT_A) == 6
+    assert rpc.count("contacts.resolveUsername", user_id=ACCOUNT_B) == 6
+    # A client whose flood_sleep_threshold covers the wait sleeps it and retries on its own.
+    rpc.clear_faults()
+    rpc.flood_wait("contacts.resolveUsername", 1, every=2, times=None)
+    a.flood_sleep_threshold = 10
+    rpc.reset_counts()
+    start = time.monotonic()
+    for _ in range(2):
+        resolved = await a(req)
+        assert resolved.peer.channel_id == NEWS
+    assert time.monotonic() - start >= 1.0  # the 2nd call waited, then its retry passed
+    assert rpc.count("contacts.resolveUsername") == 3
 
 
 # --- login ----------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -55,22 +54,29 @@ def test_end_of_file_is_short_then_empty() -> None:
         files.read(1, size, -1, 10)
 
 
-def test_a_1gb_file_costs_no_memory_and_a_1mib_part_is_fast() -> None:
+def test_a_1gb_file_costs_no_memory_and_a_1mib_part_is_one_copy() -> None:
+    """What files.py promises, measured in bytes allocated rather than in time (a busy
+    2-CPU machine makes any time bound flaky): a 1 MiB part of a 1 GB file allocates the
+    part once (one slice of the block, no join or intermediate copy), and reading 200 parts
+    one after another never holds more than one."""
     import tracemalloc
 
     size = 1024 * MIB
-    n = 200
+    files.read(42, size, 0, MIB)  # the block exists before measuring (module import)
     tracemalloc.start()
     try:
-        start = time.perf_counter()
-        for i in range(n):
+        for i in range(200):
+            tracemalloc.reset_peak()
+            before, _ = tracemalloc.get_traced_memory()
             part = files.read(42, size, (i * 37 % 1024) * MIB, MIB)
+            held, peak = tracemalloc.get_traced_memory()
             assert len(part) == MIB
-        per_part = (time.perf_counter() - start) / n
+            assert MIB <= held - before < MIB + 4096  # the part itself, nothing else kept
+            assert peak - before < MIB + 4096  # and no second copy on the way
+            del part
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert per_part < 0.001, f"{per_part * 1e6:.0f} µs per 1 MiB part"
     assert peak < 3 * MIB  # one part at a time, never the file
 
 
