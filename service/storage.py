@@ -9,6 +9,8 @@ ever becomes part of a path or a URL.
         └── StorageMisconfigured the server refused every file (401, 403, 404, 405, 407,
                                  409: credentials, permissions, WebDAV settings): a
                                  config mistake; retry, the spool file is kept, until fixed
+                                 (for the local folder: no permission, read-only, a file
+                                 where the folder should be; a full disk is Unavailable)
 
 `HttpStorage` streams the spool file to the server with pycurl through Tornado's
 `CurlAsyncHTTPClient`: that client has no `body_producer`, so the request's curl handle gets
@@ -103,8 +105,11 @@ class LocalStorage:
 
     async def put(self, path: Path, key: str, ext: str, size: int, mime: str) -> str:
         dest = self.path_for(key, ext)
-        # A cross-device copy of a large file must not run on the loop.
-        await asyncio.to_thread(self._move, Path(path), dest, size)
+        try:
+            # A cross-device copy of a large file must not run on the loop.
+            await asyncio.to_thread(self._move, Path(path), dest, size)
+        except OSError as e:
+            raise _local_error(e, dest) from e
         return dest.as_uri()
 
     async def close(self) -> None:
@@ -128,6 +133,28 @@ class LocalStorage:
             shutil.copyfile(src, tmp)
             os.replace(tmp, dest)
             src.unlink()
+
+
+# The folder refuses every file until someone fixes it (permissions, a read-only mount, a
+# file where the folder should be): kept and retried, as a 403 from an HTTP server is.
+_LOCAL_MISCONFIGURED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST}
+# A full disk empties again (the spool drains, ops make room): retried.
+_LOCAL_UNAVAILABLE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _local_error(error: OSError, dest: Path) -> OSError | StorageError:
+    """The storage error an OSError of the move stands for; other OSErrors stay themselves.
+
+    A missing spool file (FileNotFoundError from `_move`) stays itself: the processor
+    downloads the file again."""
+    if isinstance(error, FileNotFoundError):
+        return error
+    where = f"{dest.parent}: {error.strerror or error}"
+    if error.errno in _LOCAL_MISCONFIGURED:
+        return StorageMisconfigured(where)
+    if error.errno in _LOCAL_UNAVAILABLE:
+        return StorageUnavailable(where)
+    return error
 
 
 class HttpStorage:

@@ -454,6 +454,34 @@ async def test_a_file_the_storage_can_never_take_fails(rig: Rig, nginx_dav: Ngin
     await wait_for(lambda: rig.spool_files() == [])
 
 
+async def test_a_blocked_local_folder_keeps_the_file_until_it_is_fixed(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    m = make_media(8, 200_000)
+    rig.local.mkdir(parents=True, exist_ok=True)
+    blocker = rig.local / m.key[:2]
+    blocker.write_bytes(b"a file where the key's folder should be")
+    p = rig.processor(LocalStorage(rig.local))
+    await p.start()
+    p.submit(m)
+
+    def refusals() -> int:
+        return sum(
+            r.levelname == "ERROR" and "the storage refuses uploads" in r.getMessage()
+            for r in caplog.records
+        )
+
+    await wait_for(lambda: refusals() >= 2)
+    assert p.get(m.key)["state"] == "uploading"  # type: ignore[index]
+    assert (rig.spool / f"{m.key}.part").read_bytes() == content(m)
+
+    blocker.unlink()  # ops fix it
+    await wait_for(lambda: p.get(m.key)["state"] == "stored")  # type: ignore[index]
+    assert (rig.local / m.key[:2] / f"{m.key}.pdf").read_bytes() == content(m)
+    await wait_for(lambda: rig.spool_files() == [])
+    assert len(rig.downloads.calls) == 1
+
+
 async def test_spool_back_pressure(rig: Rig) -> None:
     storage = GatedStorage(LocalStorage(rig.local))
     storage.gate.clear()

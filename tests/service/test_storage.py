@@ -122,6 +122,51 @@ async def test_local_put_copies_across_devices(tmp_path: Path, monkeypatch: pyte
     assert not src.exists()
 
 
+async def test_local_put_into_a_blocked_folder_is_misconfigured_and_keeps_the_file(
+    tmp_path: Path,
+) -> None:
+    src = tmp_path / "x.part"
+    data = write_random(src, 1000)
+    storage = LocalStorage(tmp_path / "media")
+    blocker = storage.path_for(KEY, ".bin").parent
+    blocker.parent.mkdir()
+    blocker.write_bytes(b"")  # a file where the key's folder should be
+    with pytest.raises(StorageMisconfigured, match=str(blocker)):
+        await storage.put(src, KEY, ".bin", len(data), "")
+    assert src.read_bytes() == data
+    blocker.unlink()
+    await storage.put(src, KEY, ".bin", len(data), "")
+    assert storage.path_for(KEY, ".bin").read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        (errno.EACCES, StorageMisconfigured),
+        (errno.EROFS, StorageMisconfigured),
+        (errno.ENOSPC, StorageUnavailable),
+        (errno.EIO, OSError),
+    ],
+)
+async def test_local_put_errors_map_to_what_the_processor_should_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, kind: type[Exception]
+) -> None:
+    src = tmp_path / "x.part"
+    write_random(src, 100)
+
+    def replace(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(kind) as e:
+        await LocalStorage(tmp_path / "media").put(src, KEY, ".bin", 100, "")
+    if kind is StorageUnavailable:
+        assert not isinstance(e.value, StorageMisconfigured)
+    if kind is OSError:
+        assert not isinstance(e.value, StorageError)
+    assert src.exists()
+
+
 # -- HttpStorage against nginx ------------------------------------------------------------------
 
 
