@@ -492,12 +492,21 @@ class Server:
         self._stack.push_async_callback(self.publisher.stop)
 
     async def _start_pool(self) -> None:
+        from model.budgetstore import ResolveBudgetStore
         from model.teleclient import TeleClients
 
         t = self.settings.telegram
         t.sessions_dir.mkdir(parents=True, exist_ok=True)
+        # What each account spent of its resolutions survives a restart (never fails: an
+        # unreadable file is logged and the accounts start with their budget spent).
+        budgets = ResolveBudgetStore(self.settings.data.dir / "resolve_budget.sqlite3")
+        self._stack.callback(budgets.close)  # after pool.stop (registered below)
         self.pool = TeleClients.from_sessions_dir(
-            t.sessions_dir, t.api_id, t.api_hash, **teleclient_options(self.settings)
+            t.sessions_dir,
+            t.api_id,
+            t.api_hash,
+            resolve_store=budgets,
+            **teleclient_options(self.settings),
         )
         # Memberships recorded before account labels name accounts by their session stems.
         for stem, label in self.pool.relabeled().items():

@@ -57,6 +57,8 @@ from common.errors import (
     TgcError,
 )
 from common.utils import PeerRef, mask_phone
+from model.budgetstore import UNKNOWN as UNKNOWN_SPENT
+from model.budgetstore import ResolveBudgetStore, SpentBudget
 from model.media import close_media_connection
 from model.session import EntitySession
 
@@ -220,16 +222,59 @@ class TokenBucket:
         self._refill()
         self._tokens -= 1
 
+    def spent(self) -> float:
+        """Tokens missing now (0: full)."""
+        self._refill()
+        return self.capacity - self._tokens
+
+    def restore(self, spent: float, elapsed: float) -> None:
+        """Sets the bucket to `spent` tokens missing `elapsed` seconds ago (at most all of
+        them: a spend recorded under a higher capacity leaves it empty, not in debt)."""
+        tokens = self.capacity - min(max(spent, 0.0), self.capacity)
+        self._tokens = min(self.capacity, tokens + max(elapsed, 0.0) * self.rate)
+        self._at = self._clock()
+
 
 class ResolveBudget:
     """How many `contacts.resolveUsername` one account may send: per minute and per day.
 
-    The day's budget lives in memory, so a restart refills it; the per-minute bucket is what
-    keeps bursts away, the daily one caps a busy day.
+    The per-minute bucket is what keeps bursts away, the daily one caps a busy day. With a
+    `store` (model.budgetstore, under data.dir) both survive a restart: what `account` had
+    spent is read back here and every `take` records it; without one they live in memory
+    and a restart refills them.
     """
 
-    def __init__(self, per_minute: float, per_day: float, clock: Clock = time.monotonic) -> None:
-        self._buckets = [TokenBucket(per_minute, 60, clock), TokenBucket(per_day, 86400, clock)]
+    def __init__(
+        self,
+        per_minute: float,
+        per_day: float,
+        clock: Clock = time.monotonic,
+        *,
+        store: ResolveBudgetStore | None = None,
+        account: str = "",
+    ) -> None:
+        self._minute = TokenBucket(per_minute, 60, clock)
+        self._day = TokenBucket(per_day, 86400, clock)
+        self._buckets = [self._minute, self._day]
+        self._store = store
+        self._account = account
+        if store is not None:
+            self._restore(store)
+
+    def _restore(self, store: ResolveBudgetStore) -> None:
+        saved = store.load(self._account)
+        if saved is None:
+            return  # never spent anything: full
+        elapsed = 0.0 if saved.at is None else store.clock() - saved.at
+        self._minute.restore(saved.minute, elapsed)
+        self._day.restore(saved.day, elapsed)
+        if saved is UNKNOWN_SPENT:
+            self._save()  # the empty start, so the next start does not come back full
+
+    def _save(self) -> None:
+        if self._store is not None:
+            spent = SpentBudget(self._minute.spent(), self._day.spent(), None)
+            self._store.save(self._account, spent)
 
     def ready_in(self) -> float:
         return max(b.ready_in() for b in self._buckets)
@@ -237,6 +282,7 @@ class ResolveBudget:
     def take(self) -> None:
         for bucket in self._buckets:
             bucket.take()
+        self._save()
 
 
 _ERROR_NAMES = {cls: name for name, cls in rpc_errors_dict.items()}
@@ -333,6 +379,7 @@ class TeleClient:
         system_version: str | None = None,
         lang_code: str = "en",
         clock: Clock = time.monotonic,
+        resolve_store: ResolveBudgetStore | None = None,
     ) -> None:
         path = Path(session_path)
         if path.suffix != ".session":
@@ -352,7 +399,10 @@ class TeleClient:
         self.reason: str | None = None  # why the account is banned/unauthorized/disconnected
         self._clock = clock
         self._flood_until: dict[str, float] = {}
-        self._budget = ResolveBudget(resolve_per_minute, resolve_per_day, clock)
+        # Keyed by the stem: a label can move to another account (see model.budgetstore).
+        self._budget = ResolveBudget(
+            resolve_per_minute, resolve_per_day, clock, store=resolve_store, account=path.stem
+        )
         self._resolving: dict[str, asyncio.Future[tuple[_Cached, Entity]]] = {}
         self._timeout = request_timeout
         self._reconnect_delay = reconnect_delay

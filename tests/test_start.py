@@ -891,6 +891,26 @@ async def test_telegram_settings_reach_the_accounts(accounts_config: Path) -> No
         assert await task == 0
 
 
+async def test_the_resolution_budget_is_kept_in_data_dir(accounts_config: Path) -> None:
+    settings = load_settings(accounts_config, env={})
+    server = Server(settings)
+    task = await run_server(server)
+    try:
+        async with ApiClient(server.url, TOKEN, AES_KEY) as api:
+            assert (await api.request("GET", "/api/v1/peer?peer=@tgc_news")).ok
+    finally:
+        server.request_stop()
+        assert await task == 0
+    from model.budgetstore import ResolveBudgetStore
+
+    store = ResolveBudgetStore(settings.data.dir / "resolve_budget.sqlite3")
+    try:  # the account that resolved it has its spend recorded (rows are keyed by stem)
+        spent = [store.load(f"acc{u}") for u in (dw.ACCOUNT_A, dw.ACCOUNT_B)]
+        assert [round(s.day) for s in spent if s is not None] == [1]
+    finally:
+        store.close()
+
+
 @pytest.mark.slow
 async def test_sigkill_mid_download_then_a_restart_stores_everything_once(
     accounts_config: Path, fake_telegram: FakeTelegram
