@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import signal
 import sqlite3
@@ -42,11 +41,9 @@ from tests.fakedc.cluster import FakeTelegram
 from tests.fakedc.rpc import TelegramRpc
 from tests.fakedc.world import World
 from tests.fixtures.nginx import Nginx
+from tests.fixtures.server_config import AES_KEY, ROOT, TOKEN, write_config
+from tests.fixtures.server_config import SUBPROCESS_ENV as ENV
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "test-token-0123456789abcdef"
-AES_KEY = "5a" * 32
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("TGC_")}
 PART_SIZE = 512 * 1024
 # A 1.3 MB document posted 10 times in the media channel: one key, three parts.
 REPOST_DOC = 6101
@@ -133,16 +130,6 @@ def config(tmp_path: Path, telegram_session: Callable[..., Path], nginx_dav: Ngi
     for user_id in (dw.ACCOUNT_A, dw.ACCOUNT_B):
         telegram_session(user_id, name=f"acc{user_id}")
     props = {
-        "server.port": "0",
-        "server.shutdown_timeout": "10",
-        "api.token": TOKEN,
-        "api.aes_key": AES_KEY,
-        "telegram.api_id": "12345",
-        "telegram.api_hash": "0123456789abcdef" * 2,
-        "telegram.timeout": "5",
-        "telegram.sessions_dir": "sessions",
-        "data.dir": "data",
-        "log.dir": "logs",
         "media.part_size": "512K",
         "media.parts_in_flight": "2",
         "media.per_account_downloads": "4",
@@ -150,9 +137,7 @@ def config(tmp_path: Path, telegram_session: Callable[..., Path], nginx_dav: Ngi
         "storage.timeout": "10",
         "storage.retry_max_delay": "1",
     }
-    path = tmp_path / "config.properties"
-    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-    return path
+    return write_config(tmp_path, props)
 
 
 class ServerProcess:

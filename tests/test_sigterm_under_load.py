@@ -15,7 +15,6 @@ note: run with `-s` to see it.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import sqlite3
@@ -32,14 +31,11 @@ from service.apiclient import ApiClient, ApiResponse
 from tests.fakedc import demo_world as dw
 from tests.fakedc.cluster import FakeTelegram
 from tests.fakedc.rpc import TelegramRpc
+from tests.fixtures import server_config
+from tests.fixtures.server_config import AES_KEY, ROOT, SUBPROCESS_ENV, TOKEN
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "sigterm-load-token-0123456789"
-AES_KEY = "6b" * 32
-# Not TGC_*: those are config overrides, and an unknown one stops the server.
-SUBPROCESS_ENV = {k: v for k, v in os.environ.items() if not k.startswith("TGC_")}
 BURST = 40
 # Messages 4..14 of @tgc_media: albums, video (20 MB), audio, voice, pdf, sticker, animation,
 # round, web page photo, all on DC 1. (A server in another process can't run the DH
@@ -49,16 +45,7 @@ MEDIA_PAGE = "/api/v1/messages?peer=@tgc_media&limit=11&offset_id=15"
 
 def write_config(tmp_path: Path, broker_url: str, exchange: str, queue: str) -> Path:
     props = {
-        "server.port": "0",
-        "server.shutdown_timeout": "10",
-        "api.token": TOKEN,
-        "api.aes_key": AES_KEY,
-        "telegram.api_id": "12345",
-        "telegram.api_hash": "0123456789abcdef" * 2,
         "telegram.timeout": "10",
-        "telegram.sessions_dir": "sessions",
-        "data.dir": "data",
-        "log.dir": "logs",
         "rabbitmq.url": broker_url,
         "rabbitmq.exchange": exchange,
         "rabbitmq.queue": queue,
@@ -67,9 +54,7 @@ def write_config(tmp_path: Path, broker_url: str, exchange: str, queue: str) -> 
         # how the test knows the burst is in flight.
         "subscriptions.poll_interval": "3600",
     }
-    path = tmp_path / "config.properties"
-    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-    return path
+    return server_config.write_config(tmp_path, props)
 
 
 def refusing_port() -> int:

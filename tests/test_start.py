@@ -28,31 +28,7 @@ from start import PidFile, Server, list_accounts, login, main, media_stored_even
 from tests.fakedc import demo_world as dw
 from tests.fakedc.cluster import FakeTelegram
 from tests.fakedc.rpc import TelegramRpc
-
-ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "test-token-0123456789abcdef"
-AES_KEY = "5a" * 32
-SUBPROCESS_ENV = {k: v for k, v in os.environ.items() if not k.startswith("TGC_")}
-
-
-def write_config(tmp_path: Path, **extra: str) -> Path:
-    """A config in tmp_path: free port, its own data/log/sessions dirs, test secrets."""
-    props = {
-        "server.port": "0",
-        "server.shutdown_timeout": "10",
-        "api.token": TOKEN,
-        "api.aes_key": AES_KEY,
-        "telegram.api_id": "12345",
-        "telegram.api_hash": "0123456789abcdef" * 2,
-        "telegram.timeout": "5",
-        "telegram.sessions_dir": "sessions",
-        "data.dir": "data",
-        "log.dir": "logs",
-    }
-    props.update({k.replace("__", "."): v for k, v in extra.items()})
-    path = tmp_path / "config.properties"
-    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-    return path
+from tests.fixtures.server_config import AES_KEY, ROOT, SUBPROCESS_ENV, TOKEN, write_config
 
 
 async def wait_for(cond: Callable[[], bool], limit: float = 10.0) -> None:
