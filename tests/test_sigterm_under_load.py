@@ -38,8 +38,9 @@ pytestmark = pytest.mark.slow
 
 BURST = 40
 # Messages 4..14 of @tgc_media: albums, video (20 MB), audio, voice, pdf, sticker, animation,
-# round, web page photo, all on DC 1. (A server in another process can't run the DH
-# handshake with the emulator's DC 2: its RSA key is known to this process only.)
+# round, web page photo, all on DC 1. (start.py runs here as ops run it, without
+# tests.fakedc.launch, so it can't run the DH handshake with the emulator's DC 2: DC 2's
+# path through a real server is tests/test_server_media_nginx.py's.)
 MEDIA_PAGE = "/api/v1/messages?peer=@tgc_media&limit=11&offset_id=15"
 
 
