@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import orjson
 from telethon import errors
-from telethon.errors import rpcerrorlist
 from telethon.network import ConnectionTcpFull, ConnectionTcpIntermediate, MTProtoSender
 from telethon.tl import functions, types
 from telethon.tl.alltlobjects import LAYER
 
 from common.errors import AccountUnusable, FloodWait, TelegramError, TgcError
 from common.utils import media_key
+from model.tgerrors import account_fate, rpc_error_name
 
 if TYPE_CHECKING:
     from telethon import TelegramClient
@@ -393,16 +393,6 @@ _REFERENCE_ERRORS = (errors.FileReferenceExpiredError, errors.FilerefUpgradeNeed
 # FLOOD_PREMIUM_WAIT_X is how Telegram slows non-premium accounts that download fast.
 _FLOOD_ERRORS = (errors.FloodWaitError, errors.FloodPremiumWaitError)
 _TRANSIENT_RPC = (errors.ServerError, errors.TimedOutError)
-_ACCOUNT_FATES = {
-    "AUTH_KEY_UNREGISTERED": "unauthorized",
-    "SESSION_REVOKED": "unauthorized",
-    "SESSION_EXPIRED": "unauthorized",
-    "USER_DEACTIVATED": "banned",
-    "USER_DEACTIVATED_BAN": "banned",
-    "AUTH_KEY_DUPLICATED": "banned",
-}
-_RPC_NAMES = {cls: name for name, cls in rpcerrorlist.rpc_errors_dict.items()}
-
 RefreshReference = Callable[[], Awaitable[bytes]]
 OnPart = Callable[[int, int], None]
 
@@ -848,8 +838,8 @@ class _Job:
 
 
 def _domain_error(error: errors.RPCError, account: str) -> TgcError:
-    name = _RPC_NAMES.get(type(error)) or str(error.message or type(error).__name__)
-    fate = _ACCOUNT_FATES.get(name)
+    name = rpc_error_name(error)
+    fate = account_fate(error)
     if fate is not None:
         return AccountUnusable(account, fate, name)
     return TelegramError(name)

@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from telethon import TelegramClient, errors, events, functions, types, utils
-from telethon.errors.rpcerrorlist import rpc_errors_dict, rpc_errors_re
 
 from common.const import Proxy
 from common.errors import (
@@ -61,6 +60,7 @@ from model.budgetstore import UNKNOWN as UNKNOWN_SPENT
 from model.budgetstore import ResolveBudgetStore, SpentBudget
 from model.media import close_media_connection
 from model.session import EntitySession
+from model.tgerrors import account_fate, rpc_error_name
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,6 @@ CallObserver = Callable[[str, str | None, float], None]
 RESOLVE = "resolve"
 OTHER = "other"
 
-_BANNED = frozenset({"USER_DEACTIVATED", "USER_DEACTIVATED_BAN", "AUTH_KEY_DUPLICATED"})
 _NOT_FOUND = frozenset(
     {
         "USERNAME_NOT_OCCUPIED",
@@ -283,15 +282,6 @@ class ResolveBudget:
         for bucket in self._buckets:
             bucket.take()
         self._save()
-
-
-_ERROR_NAMES = {cls: name for name, cls in rpc_errors_dict.items()}
-_ERROR_NAMES.update({cls: pattern.replace(r"(\d+)", "X") for pattern, cls in rpc_errors_re})
-
-
-def rpc_error_name(exc: errors.RPCError) -> str:
-    """Telegram's own name of an error (CHANNEL_PRIVATE, FLOOD_WAIT_X, ...)."""
-    return _ERROR_NAMES.get(type(exc)) or str(exc.message or type(exc).__name__)
 
 
 def _request_kind(request: Any) -> str:
@@ -985,12 +975,11 @@ class TeleClient:
         name = rpc_error_name(e)
         if name in blame:
             return InvalidParam(blame[name], f"Telegram refused it ({name})")
-        if name in _BANNED:
-            self._set_unusable(AccountState.BANNED, name)
-            return AccountUnusable(self.name, AccountState.BANNED, name)
-        if isinstance(e, (errors.UnauthorizedError, errors.AuthKeyError)):
-            self._set_unusable(AccountState.UNAUTHORIZED, name)
-            return AccountUnusable(self.name, AccountState.UNAUTHORIZED, name)
+        fate = account_fate(e)
+        if fate is not None:
+            state = AccountState(fate)
+            self._set_unusable(state, name)
+            return AccountUnusable(self.name, state, name)
         if name in _NOT_FOUND and peer:
             return PeerNotFound(peer, f"{peer} not found ({name})")
         if name in _PRIVATE and peer:

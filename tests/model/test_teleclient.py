@@ -31,7 +31,6 @@ from model.teleclient import (
     AccountState,
     ResolveBudget,
     TeleClient,
-    rpc_error_name,
 )
 from tests.model.faketelethon import FakeChat, FakeClient, FakeClock, FakeTelegram, fake_account
 
@@ -105,12 +104,6 @@ def test_the_proxy_setting_reaches_telethon(tmp_path: Path) -> None:
     finally:
         with_proxy.client.session.close()
         direct.client.session.close()
-
-
-def test_rpc_error_names_are_telegrams() -> None:
-    assert rpc_error_name(errors.ChannelPrivateError(None)) == "CHANNEL_PRIVATE"
-    assert rpc_error_name(errors.FloodWaitError(None, capture=5)) == "FLOOD_WAIT_X"
-    assert rpc_error_name(errors.RPCError(None, "SOMETHING_NEW", 400)) == "SOMETHING_NEW"
 
 
 def test_budget_refills_per_minute_and_per_day(clock: FakeClock) -> None:
