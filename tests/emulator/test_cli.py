@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import sys
 from pathlib import Path
@@ -24,9 +25,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def run_cli(*args: str) -> str:
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> str:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.fakedc", *args, cwd=ROOT,
+        sys.executable, "-m", "tests.fakedc", *args, cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
@@ -103,3 +104,35 @@ async def test_serve_a_world_file_and_a_session_on_dc2(tmp_path: Path) -> None:
         server.terminate()
         assert await asyncio.wait_for(server.wait(), 30) == 0
         TelegramClient._config = None
+
+
+async def test_default_keys_file_serves_a_dc2_session_made_by_dc2s_port(tmp_path: Path) -> None:
+    """Without --keys: make-session for DC 2, given DC 2's port, reaches the same keys file
+    (a symlink serve keeps while it runs), and its session is answered on DC 2."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # the default keys files land here
+    port, dc2_port = free_port(), free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.fakedc", "serve", "--port", str(port),
+        "--dc2-port", str(dc2_port), "--log-level", "WARNING",
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
+    )
+    alias = tmp_path / f"tgc-fakedc-{dc2_port}.keys"
+    try:
+        assert server.stdout is not None
+        await asyncio.wait_for(server.stdout.readline(), 30)
+        assert alias.is_symlink() and alias.resolve() == tmp_path / f"tgc-fakedc-{port}.keys"
+        path = await run_cli("make-session", "--port", str(dc2_port), "--dc-id", "2",
+                             "--out", str(tmp_path / "dc2"), env=env)
+        TelegramClient._config = None
+        client = TelegramClient(path, FAKEDC_API_ID, FAKEDC_API_HASH)
+        await client.connect()
+        try:
+            assert (await client.get_me()).id == ACCOUNT_A
+            assert (await client(functions.help.GetNearestDcRequest())).this_dc == 2
+        finally:
+            await client.disconnect()
+    finally:
+        server.terminate()
+        assert await asyncio.wait_for(server.wait(), 30) == 0
+        TelegramClient._config = None
+    assert not alias.exists() and not alias.is_symlink()  # gone with the server

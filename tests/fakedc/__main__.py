@@ -16,7 +16,9 @@ server through the keys file. The keys file is how the two processes meet: by de
 server's DH handshakes), read by the server at start and again whenever a client shows an
 auth key it does not know yet (see authkeys.py), so make-session may run before or while
 the server runs, and the sessions stay valid across server restarts on the same port.
-Delete the file to forget every key.
+Delete the file to forget every key. While `serve` runs with the default keys file, DC 2's
+default name is a symlink to it, so `make-session --port <DC 2's port> --dc-id 2` needs no
+--keys.
 
 For the DH handshake from another process, the client calls
 `tests.fakedc.handshake.add_emulator_key()` (the emulator's RSA key is fixed).
@@ -76,6 +78,8 @@ async def _serve(args: argparse.Namespace) -> int:
     tg = FakeTelegram(rpc, dc_ids=(1, 2), ports={1: args.port, 2: args.dc2_port}, keys_file=keys)
     rpc.set_pusher(tg.pusher)
     await tg.start()
+    # `make-session --port <DC 2's port> --dc-id 2` finds the same keys file by default.
+    alias = _alias_keys_file(keys, tg.dc_options[-1].port) if not args.keys else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -86,7 +90,19 @@ async def _serve(args: argparse.Namespace) -> int:
         await stop.wait()
     finally:
         await tg.stop()
+        if alias is not None:
+            alias.unlink(missing_ok=True)
     return 0
+
+
+def _alias_keys_file(keys: Path, port: int) -> Path | None:
+    """A symlink to `keys` under the default name of `port`'s keys file, unless one is there."""
+    alias = default_keys_file(port)
+    if alias == keys or alias.exists() or alias.is_symlink():
+        return None
+    keys.touch()
+    alias.symlink_to(keys)
+    return alias
 
 
 def _make_session(args: argparse.Namespace) -> int:
