@@ -48,10 +48,11 @@ the API or FULL_RECHECK s pass; the join moves to the next account, and only whe
 join is the answer 503 NO_ACCOUNT_AVAILABLE. A chat that admits members only with an admin's
 approval (INVITE_REQUEST_SENT) gets one join request, from one account, and the answer 403
 PEER_PRIVATE saying so; a later POST of the chat is joined by that same account (so the
-admins see one request), which works once they approved it. A banned or logged-out account's chats are joined again by other accounts
-(`_rejoin_ref`): by @username; without one (a basic group, a private channel: Telegram lets
-those be joined only by invite link, and another account has no access hash for the id) by
-the invite link the chat was subscribed by, which the join map keeps (never shown in answers
+admins see one request), which works once they approved it.
+
+A banned or logged-out account's chats are joined again by other accounts (`_rejoin_ref`):
+by @username; without one (a basic group, a private channel: Telegram lets those be joined
+only by invite link, and another account has no access hash for the id) by the invite link the chat was subscribed by, which the join map keeps (never shown in answers
 or events); else by id, which works only for an account already in the chat. A basic
 group's taker starts its own cursor at its newest id (no history again); a channel's
 watermark stays, so the poll brings what came meanwhile. A chat none of these reaches (a
