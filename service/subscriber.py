@@ -52,24 +52,25 @@ admins see one request), which works once they approved it.
 
 A banned or logged-out account's chats are joined again by other accounts (`_rejoin_ref`):
 by @username; without one (a basic group, a private channel: Telegram lets those be joined
-only by invite link, and another account has no access hash for the id) by the invite link the chat was subscribed by, which the join map keeps (never shown in answers
-or events); else by id, which works only for an account already in the chat. A basic
-group's taker starts its own cursor at its newest id (no history again); a channel's
-watermark stays, so the poll brings what came meanwhile. A chat none of these reaches (a
-private channel subscribed by id, an invite link expired or revoked: INVITE_HASH_EXPIRED or
-_INVALID, logged as a dead invite) stays orphaned, as below, until a POST subscribes it again.
-The ban is recorded (and said) for all its chats at once; the joins then go one at a time,
-TAKEOVER_PACE s apart (a burst of joins earns a flood wait), in a task of their own that holds
-the API's lock only around one chat's join; a flood wait stops them (the rest stay orphaned).
-A chat no account can take over then (every other one full, banned, logged out or in a
-flood wait, or none there) is orphaned: the join map keeps it (nobody joined, the latest
-membership banned_account: derived, so it survives a restart) and GET /api/v1/subscriptions
-shows it so. The account check joins it as soon as an account can: at start, at once when
-an account's state turns ok, and otherwise after a per-chat backoff (REJOIN_BACKOFF s,
-doubling up to REJOIN_BACKOFF_MAX) so that a full pool is not asked to join every few
-seconds. DELETE of an orphaned chat ends it (state left); nothing is rejoined after that.
-A kick is not taken over: the chat's admins removed the account, and joining with another
-one would evade them (the chat stays kicked until the API subscribes it again).
+only by invite link, and another account has no access hash for the id) by the invite link
+the chat was subscribed by, which the join map keeps (never shown in answers or events);
+else by id, which works only for an account already in the chat. A basic group's taker
+starts its own cursor at its newest id (no history again); a channel's watermark stays, so
+the poll brings what came meanwhile. A chat none of these reaches (a private channel
+subscribed by id, an invite link expired or revoked: INVITE_HASH_EXPIRED or _INVALID, logged
+as a dead invite) stays orphaned, as below, until a POST subscribes it again. The ban is
+recorded (and said) for all its chats at once; the joins then go one at a time,
+TAKEOVER_PACE s apart (a burst of joins earns a flood wait), in a task of their own that
+holds the API's lock only around one chat's join; a flood wait stops them (the rest stay
+orphaned). A chat no account can take over then (every other one full, banned, logged out or
+in a flood wait, or none there) is orphaned: the join map keeps it (nobody joined, the
+latest membership banned_account: derived, so it survives a restart) and GET
+/api/v1/subscriptions shows it so. The account check joins it as soon as an account can: at
+start, at once when an account's state turns ok, and otherwise after a per-chat backoff
+(REJOIN_BACKOFF s, doubling up to REJOIN_BACKOFF_MAX) so that a full pool is not asked to
+join every few seconds. DELETE of an orphaned chat ends it (state left); nothing is rejoined
+after that. A kick is not taken over: the chat's admins removed the account, and joining
+with another one would evade them (the chat stays kicked until the API subscribes it again).
 """
 
 from __future__ import annotations
