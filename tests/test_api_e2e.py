@@ -31,6 +31,7 @@ from service.apiclient import ApiResponse
 from service.cryptor import Signer
 from tests.fakedc import demo_world as dw
 from tests.fixtures.api_server import ApiServer, demo_dispatcher
+from tests.fixtures.rabbitmq import Rabbit
 
 RESOLVE = "contacts.resolveUsername"
 HISTORY = "messages.getHistory"
@@ -564,3 +565,168 @@ async def test_resolutions_beyond_every_budget_are_429_rate_limited(api_server: 
     # Peers already known cost nothing and are still served.
     assert (await ok(api_server, f"/api/v1/peer?peer=@{names[0]}"))["username"] == names[0]
 
+
+# --- subscriptions: the real Subscriber, Publisher and broker (`subscriptions_server`) ---------
+
+SUBS = "/api/v1/subscriptions"
+JOIN = "channels.joinChannel"
+LABELS = {f"acc{u}" for u in ACCOUNTS}
+
+
+async def post_sub(server: ApiServer, body: dict[str, Any]) -> ApiResponse:
+    return await server.api.request("POST", SUBS, body)
+
+
+async def delete_sub(server: ApiServer, peer: str) -> ApiResponse:
+    return await server.api.request("DELETE", SUBS, params={"peer": peer})
+
+
+def refused(answer: ApiResponse, status: int, code: str) -> dict[str, Any]:
+    """The error of an answer that must be `status` `code`, with a message."""
+    assert (answer.status, answer.code, answer.ok) == (status, code, False), answer
+    assert answer.error is not None and answer.error["message"], answer
+    return answer.error
+
+
+async def test_subscribe_list_event_leave(subscriptions_server: ApiServer, rabbit: Rabbit) -> None:
+    server = subscriptions_server
+    peer = {
+        "id": marked(dw.MEDIA),
+        "type": "channel",
+        "title": "TGC Media",
+        "username": "tgc_media",
+    }
+    async with rabbit.consumer() as consumer:
+        answer = await post_sub(server, {"peer": "@tgc_media"})
+        assert answer.status == 200 and answer.ok, answer
+        sub = answer.data
+        assert sub["peer"] == peer and sub["state"] == "joined" and sub["account"] in LABELS
+        newest = server.rpc.world.chats[dw.MEDIA].top_id()
+        assert sub["last_message_id"] == newest  # what came before the join is not news
+        joiner = int(sub["account"].removeprefix("acc"))
+        assert joiner in server.rpc.world.chats[dw.MEDIA].members
+        assert await ok(server, SUBS) == {"subscriptions": [sub]}
+
+        for spelling in ("@tgc_media", str(marked(dw.MEDIA))):  # known under either
+            error = refused(await post_sub(server, {"peer": spelling}), 409, "ALREADY_SUBSCRIBED")
+            assert error["subscription"] == sub, spelling
+        assert await ok(server, SUBS) == {"subscriptions": [sub]}
+
+        post = await server.rpc.post_message(dw.MEDIA, "fresh from the emulator")
+        await consumer.wait_for_ids([f"{marked(dw.MEDIA)}:{post.id}:message.new"])
+        (new,) = [m for m in consumer.messages if m.routing_key == "message.new"]
+        assert new.body["event"] == "message.new" and new.body["account"] in LABELS
+        assert new.body["message"]["id"] == post.id and new.body["message"]["text"] == (
+            "fresh from the emulator"
+        )
+        assert new.body["message"]["peer_id"] == marked(dw.MEDIA) and new.delivery_mode == 2
+
+        left = await delete_sub(server, "@tgc_media")
+        assert left.status == 200 and left.ok, left
+        assert left.data["peer"] == peer and left.data["account"] == sub["account"]
+        assert left.data["state"] == "left"
+        assert joiner not in server.rpc.world.chats[dw.MEDIA].members
+        assert await ok(server, SUBS) == {"subscriptions": []}
+        refused(await delete_sub(server, "@tgc_media"), 409, "NOT_SUBSCRIBED")
+
+        def changed(c: Any) -> list[str]:
+            return [m.body["state"] for m in c.messages if m.routing_key == "subscription.changed"]
+
+        await consumer.wait_until(lambda c: len(changed(c)) >= 2)
+        assert changed(consumer) == ["joined", "left"]
+
+
+async def test_subscribing_unknown_and_private_peers(subscriptions_server: ApiServer) -> None:
+    server = subscriptions_server
+    refused(await post_sub(server, {"peer": "@nosuch_name_here"}), 404, "PEER_NOT_FOUND")
+    refused(await post_sub(server, {"peer": str(marked(9999))}), 404, "PEER_NOT_FOUND")
+    assert server.rpc.count(JOIN) == 0  # nothing to join
+    server.rpc.channel_private(dw.CHAT)  # resolved, then Telegram refuses the join
+    refused(await post_sub(server, {"peer": "@tgc_chat"}), 403, "PEER_PRIVATE")
+    refused(await delete_sub(server, "@tgc_chat"), 409, "NOT_SUBSCRIBED")
+    assert await ok(server, SUBS) == {"subscriptions": []}
+
+
+async def test_every_account_full_by_telegram_is_503(subscriptions_server: ApiServer) -> None:
+    server = subscriptions_server
+    server.rpc.world.channel_limit = 1  # every account is in @tgc_news: CHANNELS_TOO_MUCH
+    error = refused(await post_sub(server, {"peer": "@tgc_ask"}), 503, "NO_ACCOUNT_AVAILABLE")
+    assert "channel limit: acc1001, acc1002, acc1003" in error["message"]
+    assert counts(server, JOIN) == dict.fromkeys(ACCOUNTS, 1)  # each tried once
+    # Telegram said so: the accounts stay full for a while, without asking it again.
+    refused(await post_sub(server, {"peer": "@tgc_chat"}), 503, "NO_ACCOUNT_AVAILABLE")
+    assert counts(server, JOIN) == dict.fromkeys(ACCOUNTS, 1)
+    assert await ok(server, SUBS) == {"subscriptions": []}
+
+
+@pytest.mark.parametrize("api_subscriber_options", [{"channel_limit": 1}])  # join_limit=1
+async def test_every_account_at_the_join_limit_is_503(subscriptions_server: ApiServer) -> None:
+    server = subscriptions_server
+    accounts = set()
+    for name in ("@tgc_news", "@tgc_media", "@tgc_chat"):  # one chat each, then full
+        answer = await post_sub(server, {"peer": name})
+        assert answer.status == 200 and answer.ok, (name, answer)
+        accounts.add(answer.data["account"])
+    assert accounts == LABELS
+    joins = counts(server, JOIN)
+    error = refused(await post_sub(server, {"peer": "@tgc_ask"}), 503, "NO_ACCOUNT_AVAILABLE")
+    assert "channel limit: acc1001, acc1002, acc1003" in error["message"]
+    assert counts(server, JOIN) == joins  # the join map said so: Telegram not asked
+    assert len((await ok(server, SUBS))["subscriptions"]) == 3
+
+
+async def test_a_chat_needing_approval_is_403_naming_the_account(
+    subscriptions_server: ApiServer,
+) -> None:
+    server = subscriptions_server
+    chat = server.rpc.world.chats[dw.REQUESTS]
+    error = refused(await post_sub(server, {"peer": "@tgc_ask"}), 403, "PEER_PRIVATE")
+    (asker,) = chat.requests  # one join request, from one account
+    assert f"account acc{asker}" in error["message"] and "approval" in error["message"]
+    assert await ok(server, SUBS) == {"subscriptions": []}
+    again = refused(await post_sub(server, {"peer": "@tgc_ask"}), 403, "PEER_PRIVATE")
+    assert f"account acc{asker}" in again["message"]
+    assert chat.requests == [asker]
+    assert counts(server, JOIN) == {u: 2 if u == asker else 0 for u in ACCOUNTS}
+    server.rpc.add_member(asker, dw.REQUESTS)  # an admin approves it
+    answer = await post_sub(server, {"peer": "@tgc_ask"})
+    assert answer.status == 200 and answer.ok, answer
+    assert (answer.data["account"], answer.data["state"]) == (f"acc{asker}", "joined")
+
+
+async def test_malformed_subscription_requests_are_400_naming_the_param(
+    subscriptions_server: ApiServer,
+) -> None:
+    server = subscriptions_server
+    calls = server.rpc.count()
+    bodies: list[tuple[dict[str, Any], str]] = [
+        ({}, "peer"),
+        ({"peer": ""}, "peer"),
+        ({"peer": None}, "peer"),
+        ({"peer": "@a"}, "peer"),
+        ({"peer": True}, "peer"),
+        ({"peer": ["@tgc_news"]}, "peer"),
+        ({"peer": 0}, "peer"),
+        ({"peer": "@tgc_news", "limit": 5}, "limit"),
+    ]
+    for body, param in bodies:
+        error = refused(await post_sub(server, body), 400, "INVALID_PARAM")
+        assert error["param"] == param, (body, error)
+    query = await server.api.request("POST", SUBS + "?peer=@tgc_news", {"peer": "@tgc_news"})
+    assert refused(query, 400, "INVALID_PARAM")["param"] == "peer"  # POST takes a body only
+    for raw in (b"", b"peer=@tgc_news", b'["@tgc_news"]', b'{"peer": '):
+        headers = {**server.sign("POST", SUBS, raw), "Content-Type": "application/json"}
+        response = await server.raw("POST", SUBS, headers, raw)
+        plain = json.loads(server.decrypt(response, headers["X-Nonce"]))
+        assert response.code == 400 and plain["error"]["code"] == "INVALID_PARAM", (raw, plain)
+        assert plain["error"]["param"] == "body", (raw, plain)
+    for uri, param in (
+        (SUBS, "peer"),
+        (SUBS + "?peer=", "peer"),
+        (SUBS + "?peer=@tgc_news&peer=@tgc_chat", "peer"),
+        (SUBS + "?peer=@tgc_news&account=acc1001", "account"),
+    ):
+        error = refused(await server.api.request("DELETE", uri), 400, "INVALID_PARAM")
+        assert error["param"] == param, (uri, error)
+    assert server.rpc.count() == calls  # refused before any account was asked
+    assert await ok(server, SUBS) == {"subscriptions": []}
