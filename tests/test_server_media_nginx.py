@@ -10,7 +10,14 @@ nginx's files and access log, the server's SQLite file after a kill):
 - the server killed with SIGKILL mid-download and started again: every item ends stored,
   each with one object and one successful PUT (two only for an item whose upload the kill
   cut short: nginx may have taken it before the server could record it), and no part that
-  the killed server had recorded as written is asked again.
+  the killed server had recorded as written is asked again;
+- the faults, each mid-file on the 20 MB video (41 parts, slowed by the GetFileLog wrapper):
+  FILE_REFERENCE_EXPIRED (the message fetched again by the account the file is bound to),
+  FLOOD_WAIT on that account's getFile (/api/v1/accounts shows it; nothing asked of it
+  until the wait is over) and a connection dropped by the emulator: each file ends stored
+  byte-exact and no part the server had recorded as written is asked again;
+- nginx stopped: the items stay `uploading` over several failed attempts (the server's
+  log), nothing fails, and once nginx is back each is stored with one PUT.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +45,7 @@ from service.apiclient import ApiClient
 from service.mediaprocessor import decode_parts
 from tests.fakedc import demo_world as dw
 from tests.fakedc import files, render
+from tests.fakedc.api import DropConnection, RpcError
 from tests.fakedc.cluster import FakeTelegram
 from tests.fakedc.rpc import TelegramRpc
 from tests.fakedc.world import World
@@ -76,24 +85,48 @@ class Part:
 
 
 @dataclass
+class Ask:
+    key: str
+    offset: int
+    at: float  # time.monotonic() when the request reached the emulator
+    user_id: int | None
+    outcome: str = ""  # "bytes", the error's name (FLOOD_WAIT_3, ...) or "dropped"
+    done: float = 0.0  # time.monotonic() when it was answered (after `delay`)
+
+
+@dataclass
 class GetFileLog:
     """Wraps the emulator's dispatcher and notes every upload.getFile it answered with
     bytes: the media key (computed from the location, as the server computes it), the
     offset, and the emulator's file (its deterministic bytes). `delay[key]` adds seconds
-    before the answers of one file."""
+    before the answers of one file. `asked` holds every upload.getFile that arrived, with
+    the account that sent it and what it got."""
 
     rpc: TelegramRpc
     parts: list[Part] = field(default_factory=list)
     source: dict[str, tuple[int, int]] = field(default_factory=dict)  # key → (file key, size)
     delay: dict[str, float] = field(default_factory=dict)
+    asked: list[Ask] = field(default_factory=list)
 
     async def __call__(self, ctx: Any, request: Any) -> Any:
         if not isinstance(request, functions.upload.GetFileRequest):
             return await self.rpc(ctx, request)
         key, file_key, size = self._file(request.location)
+        ask = Ask(key, request.offset, time.monotonic(), ctx.user_id)
+        self.asked.append(ask)
         if self.delay.get(key):
             await asyncio.sleep(self.delay[key])
-        result = await self.rpc(ctx, request)
+        try:
+            result = await self.rpc(ctx, request)
+        except RpcError as e:
+            ask.outcome = e.message
+            raise
+        except DropConnection:
+            ask.outcome = "dropped"
+            raise
+        finally:
+            ask.done = time.monotonic()
+        ask.outcome = "bytes"
         if isinstance(result, types.upload.File):
             self.source[key] = (file_key, size)
             self.parts.append(Part(key, request.offset, time.monotonic()))
@@ -406,3 +439,213 @@ async def test_sigkill_mid_download_then_a_restart_stores_everything_once(
     again = {(p.key, p.offset) for p in getfile_log.parts[life1:]}
     late = [killed_at - p.at for p in getfile_log.parts[:life1] if (p.key, p.offset) in again]
     assert all(age < RECENT for age in late), late
+
+
+# === faults, through the server process ===================================================
+
+VIDEO_MSG = dw.MEDIA_IDS["video"]
+VIDEO_KEY = media_key("document", dw.VIDEO_20MB, "")
+VIDEO_OFFSETS = [i * PART_SIZE for i in range(part_count(dw.VIDEO_SIZE, PART_SIZE))]
+FLOOD = 3  # seconds of FLOOD_WAIT
+
+
+async def media_of(api: ApiClient, ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The media descriptors of some messages of the media channel (GET /messages?ids=)."""
+    path = f"/api/v1/messages?peer=@tgc_media&ids={','.join(map(str, ids))}"
+    answer = await api.request("GET", path)
+    assert answer.ok, answer
+    return {
+        m["id"]: m["media"] for m in answer.data["messages"] if (m.get("media") or {}).get("key")
+    }
+
+
+async def parts_written(server: ServerProcess, key: str, at_least: int) -> set[int]:
+    """Waits until the server's table records `at_least` parts of `key` as written while it
+    is still downloading; those parts' offsets."""
+    written: set[int] = set()
+
+    def enough() -> bool:
+        nonlocal written
+        state, written = server.rows().get(key, ("", set()))
+        assert state in ("", "pending", "downloading"), state  # not finished yet
+        return state == "downloading" and len(written) >= at_least
+
+    await wait_for(enough, 15)
+    return {i * PART_SIZE for i in written}
+
+
+def downloader(log: GetFileLog, key: str) -> int:
+    """The one account (user id) that asked for the parts of `key`."""
+    users = {a.user_id for a in log.asked if a.key == key}
+    assert len(users) == 1 and None not in users, users
+    (user,) = users
+    assert user is not None
+    return user
+
+
+def asked_after(log: GetFileLog, key: str, since: float) -> list[Ask]:
+    return [a for a in log.asked if a.key == key and a.at > since]
+
+
+def each_part_answered(log: GetFileLog, key: str, offsets: list[int]) -> None:
+    answered = log.offsets(key)
+    assert sorted(set(answered)) == offsets
+    # At most the parts in flight beside a fault (media.parts_in_flight=2) twice.
+    assert len(answered) <= len(offsets) + 2, Counter(answered).most_common(3)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(30)
+async def test_file_reference_expired_mid_file_is_refreshed_by_the_same_account(
+    server: ServerProcess, nginx_dav: Nginx, getfile_log: GetFileLog
+) -> None:
+    rpc = getfile_log.rpc
+    getfile_log.delay[VIDEO_KEY] = 0.1  # ~20 parts/s: 41 parts take ~2 s
+    url = await server.start()
+    async with ApiClient(url, TOKEN, AES_KEY) as api:
+        assert (await media_of(api, [VIDEO_MSG]))[VIDEO_MSG]["key"] == VIDEO_KEY
+        written = await parts_written(server, VIDEO_KEY, 4)
+        user = downloader(getfile_log, VIDEO_KEY)
+        rpc.reset_counts()
+        expired_at = time.monotonic()
+        rpc.expire_file_references()  # the reference the server holds is stale now
+        stored = await all_stored(api, {VIDEO_KEY})
+    await server.stop()
+
+    check_on_nginx(nginx_dav, stored, getfile_log)
+    # The parts in flight then were refused (they reached the emulator just before the
+    # knob but are answered after the wrapper's delay).
+    refused = [a for a in getfile_log.asked if a.outcome == "FILE_REFERENCE_EXPIRED"]
+    assert refused and {a.user_id for a in refused} == {user}
+    # The message was fetched again, by the account the file is bound to (another
+    # account's reference would not do), and that account finished the file.
+    assert rpc.count("channels.getMessages", user_id=user) >= 1
+    assert rpc.count("channels.getMessages") == rpc.count("channels.getMessages", user_id=user)
+    assert downloader(getfile_log, VIDEO_KEY) == user
+    # It continued where it was: no part recorded as written was asked again.
+    after = asked_after(getfile_log, VIDEO_KEY, expired_at)
+    assert written and not written & {a.offset for a in after}
+    each_part_answered(getfile_log, VIDEO_KEY, VIDEO_OFFSETS)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(30)
+async def test_flood_wait_on_get_file_is_waited_out_and_shown_on_the_account(
+    server: ServerProcess, nginx_dav: Nginx, getfile_log: GetFileLog
+) -> None:
+    rpc = getfile_log.rpc
+    getfile_log.delay[VIDEO_KEY] = 0.1
+    url = await server.start()
+    async with ApiClient(url, TOKEN, AES_KEY) as api:
+        assert (await media_of(api, [VIDEO_MSG]))[VIDEO_MSG]["key"] == VIDEO_KEY
+        written = await parts_written(server, VIDEO_KEY, 2)
+        user = downloader(getfile_log, VIDEO_KEY)
+        armed = time.monotonic()
+        rpc.flood_wait("upload.getFile", FLOOD, user_id=user)  # its next getFile
+        account: dict[str, Any] = {}
+
+        async def flood_waited() -> bool:
+            nonlocal account
+            answer = await api.request("GET", "/api/v1/accounts")
+            assert answer.ok, answer
+            account = next(a for a in answer.data["accounts"] if a["user_id"] == user)
+            return bool(account["state"] == "flood_wait")
+
+        await wait_until(flood_waited, 10)
+        seen = time.time()
+        until = datetime.fromisoformat(account["flood_wait_until"]).timestamp()
+        assert seen - 1 <= until <= seen + FLOOD + 1, (account, seen)
+        stored = await all_stored(api, {VIDEO_KEY})
+        accounts = (await api.request("GET", "/api/v1/accounts")).data["accounts"]
+    await server.stop()
+
+    check_on_nginx(nginx_dav, stored, getfile_log)
+    assert next(a for a in accounts if a["user_id"] == user)["state"] == "ok"
+    (flood,) = [a for a in getfile_log.asked if a.outcome == f"FLOOD_WAIT_{FLOOD}"]
+    assert flood.user_id == user and flood.done > armed
+    # The account waited: nothing asked of it from just after the answer (a part already
+    # on its way may land) until the wait is nearly over.
+    during = [a for a in getfile_log.asked if flood.done + 0.3 < a.at < flood.done + FLOOD - 0.3]
+    assert during == []
+    assert downloader(getfile_log, VIDEO_KEY) == user
+    assert written and not written & {a.offset for a in asked_after(getfile_log, VIDEO_KEY, armed)}
+    each_part_answered(getfile_log, VIDEO_KEY, VIDEO_OFFSETS)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(30)
+async def test_a_connection_dropped_mid_file_is_resumed(
+    server: ServerProcess, nginx_dav: Nginx, getfile_log: GetFileLog
+) -> None:
+    rpc = getfile_log.rpc
+    getfile_log.delay[VIDEO_KEY] = 0.05
+    url = await server.start()
+    async with ApiClient(url, TOKEN, AES_KEY) as api:
+        assert (await media_of(api, [VIDEO_MSG]))[VIDEO_MSG]["key"] == VIDEO_KEY
+        written = await parts_written(server, VIDEO_KEY, 4)
+        armed = time.monotonic()
+        rpc.drop_connection_in_file(file_id=dw.VIDEO_20MB, nth=2)
+        stored = await all_stored(api, {VIDEO_KEY})
+    await server.stop()
+
+    check_on_nginx(nginx_dav, stored, getfile_log)
+    (dropped,) = [a for a in getfile_log.asked if a.outcome == "dropped"]
+    assert dropped.key == VIDEO_KEY and dropped.done > armed
+    after = asked_after(getfile_log, VIDEO_KEY, armed)
+    # Resumed from the parts written: none of those was asked again.
+    assert written and not written & {a.offset for a in after}
+    each_part_answered(getfile_log, VIDEO_KEY, VIDEO_OFFSETS)
+
+
+_UNAVAILABLE = re.compile(r"media (\w{32}): storage unavailable .*, attempt (\d+),")
+
+
+def storage_attempts(server: ServerProcess) -> Counter[str]:
+    """The failed upload attempts per key the server logged (its retries)."""
+    log = server.settings.log.file
+    text = log.read_text(errors="replace") if log.exists() else ""
+    attempts: Counter[str] = Counter()
+    for m in _UNAVAILABLE.finditer(text):
+        attempts[m[1]] = max(attempts[m[1]], int(m[2]))
+    return attempts
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(30)
+async def test_nginx_away_for_a_while_items_wait_then_are_stored_once(
+    server: ServerProcess, nginx_dav: Nginx, getfile_log: GetFileLog
+) -> None:
+    # Four items, one for each upload worker (media.upload_workers=4): each retries.
+    ids = [dw.MEDIA_IDS[n] for n in ("photo_dc1", "photo_dc2", "audio", "file")]
+    nginx_dav.stop()
+    url = await server.start()
+    async with ApiClient(url, TOKEN, AES_KEY) as api:
+        keys = {m["key"] for m in (await media_of(api, ids)).values()}
+        assert len(keys) == len(ids)
+        uploading: set[str] = set()
+
+        async def waiting() -> bool:
+            # Every item reaches `uploading` and stays there, nothing fails, until the
+            # server has logged at least two failed attempts for each.
+            found = await records(api, keys)
+            states = {k: r["state"] for k, r in found.items()}
+            assert set(states.values()) <= {"pending", "downloading", "uploading"}, found
+            assert all(states[k] == "uploading" for k in uploading), states
+            uploading.update(k for k, s in states.items() if s == "uploading")
+            attempts = storage_attempts(server)
+            return uploading == keys and all(attempts[k] >= 2 for k in keys)
+
+        await wait_until(waiting, 15)
+        assert successful_puts(nginx_dav) == Counter() and nginx_dav.files() == []
+        nginx_dav.start()
+        stored = await all_stored(api, keys)
+    await server.stop()
+
+    check_on_nginx(nginx_dav, stored, getfile_log)
+    assert successful_puts(nginx_dav) == Counter(dict.fromkeys(keys, 1))
+    # Downloaded once each: the outage cost uploads only.
+    for key in keys:
+        size = getfile_log.source[key][1]
+        assert sorted(getfile_log.offsets(key)) == [
+            i * PART_SIZE for i in range(part_count(size, PART_SIZE))
+        ], key
