@@ -1,7 +1,9 @@
-"""Small pure helpers shared by several modules: peer strings, phone masking, media keys."""
+"""Small pure helpers shared by several modules: peer strings and marked ids, phone masking,
+media keys, the service's one date format."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -36,6 +38,20 @@ class PeerRef:
 
     def __str__(self) -> str:
         return self.raw
+
+    @classmethod
+    def from_marked_id(cls, marked: int) -> PeerRef:
+        """The peer a Bot-API marked id names: positive a user, below -10**12 a channel,
+        between the two a basic group (Telethon's `resolve_id` rule; -100123 is basic group
+        100123, not channel 123)."""
+        text = str(marked)
+        if marked > 0:
+            return cls(text, id=marked, kind="user")
+        if marked < -(10**12):
+            return cls(text, id=-marked - 10**12, kind="channel")
+        if marked == 0:
+            raise ValueError("0 is not a marked id")
+        return cls(text, id=-marked, kind="chat")
 
     def marked_ids(self) -> list[int]:
         """Bot-API marked ids this reference may stand for, most likely first."""
@@ -149,3 +165,29 @@ def media_key(kind: str, file_id: int, variant: str = "") -> str:
     """
     data = f"{kind}:{file_id}:{variant}".encode()
     return format(mmh3.hash128(data, signed=False), "032x")
+
+
+def is_basic_group(marked: int) -> bool:
+    """A basic group's marked id: -1 … -999999999999 (channels are below, users positive)."""
+    return -(10**12) < marked < 0
+
+
+def utc_iso(value: dt.datetime | float | None) -> str | None:
+    """The service's one date format: ISO 8601 in UTC, whole seconds, a Z suffix.
+
+    Takes an aware datetime (naive ones are UTC) or a Unix time; None stays None.
+
+    >>> utc_iso(0)
+    '1970-01-01T00:00:00Z'
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dt.datetime):
+        value = dt.datetime.fromtimestamp(value, dt.UTC)
+    elif value.tzinfo is not None and value.tzinfo is not dt.UTC:
+        value = value.astimezone(dt.UTC)
+    # Formatted by hand: strftime is ~3x slower, and a page of messages has hundreds of dates.
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
+        f"T{value.hour:02d}:{value.minute:02d}:{value.second:02d}Z"
+    )

@@ -38,12 +38,12 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from common.sqlite import open_db, write
+from common.utils import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +372,9 @@ class JoinMap:
         )
         return [int(r[0]) for r in rows]
 
-    def by_account(self, account: str, state: State | str | None = State.JOINED) -> list[dict[str, Any]]:
+    def by_account(
+        self, account: str, state: State | str | None = State.JOINED
+    ) -> list[dict[str, Any]]:
         if state is None:
             rows = self._conn.execute(
                 _SELECT + " WHERE m.account = ? ORDER BY m.joined_at", (account,)
@@ -463,11 +465,6 @@ class JoinMap:
         return self._to_dict(row)
 
 
-def _iso(ts: float) -> str:
-    # The service's one date format (service/parser.py): UTC, whole seconds, a Z suffix.
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _to_dict(row: sqlite3.Row) -> dict[str, Any]:
     return {
         "peer": {
@@ -478,7 +475,7 @@ def _to_dict(row: sqlite3.Row) -> dict[str, Any]:
         },
         "account": row["account"],
         "state": row["state"],
-        "joined_at": _iso(row["joined_at"]),
-        "updated_at": _iso(row["updated_at"]),
+        "joined_at": utc_iso(row["joined_at"]),
+        "updated_at": utc_iso(row["updated_at"]),
         "last_message_id": row["last_message_id"],
     }

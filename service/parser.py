@@ -37,6 +37,7 @@ from telethon.tl import types
 from telethon.tl.tlobject import TLObject
 from telethon.utils import get_peer_id
 
+from common.utils import utc_iso
 from model.media import Media, media_from_document, media_from_photo
 
 log = logging.getLogger(__name__)
@@ -96,19 +97,6 @@ _INT64 = 2**63
 # -- plain values ---------------------------------------------------------------------
 
 
-def iso(value: dt.datetime | None) -> str | None:
-    """ISO 8601 UTC with a Z suffix; Telethon's datetimes are aware, naive ones are UTC."""
-    if value is None:
-        return None
-    if value.tzinfo is not None and value.tzinfo is not dt.UTC:
-        value = value.astimezone(dt.UTC)
-    # Formatted by hand: strftime is ~3x slower, and a page has hundreds of dates.
-    return (
-        f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
-        f"T{value.hour:02d}:{value.minute:02d}:{value.second:02d}Z"
-    )
-
-
 def marked_id(peer: Any) -> int | None:
     """The Bot-API marked id of a Peer (or a User, Chat, Channel), None for None."""
     if peer is None:
@@ -155,7 +143,7 @@ def plain(value: Any, prefix: str = "") -> Any:
     if isinstance(value, _PEERS):
         return marked_id(value)
     if isinstance(value, dt.datetime):
-        return iso(value)
+        return utc_iso(value)
     if isinstance(value, bytes | bytearray):
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, list | tuple):
@@ -194,8 +182,8 @@ def parse_message(msg: Any, account: str) -> tuple[dict[str, Any], list[Media]]:
     out: dict[str, Any] = {
         "id": msg.id,
         "peer_id": peer_id,
-        "date": iso(msg.date),
-        "edit_date": iso(getattr(msg, "edit_date", None)),
+        "date": utc_iso(msg.date),
+        "edit_date": utc_iso(getattr(msg, "edit_date", None)),
         "text": msg.message or "",
         "entities": _entities(msg.entities),
         "from_id": marked_id(msg.from_id),
@@ -258,7 +246,7 @@ def _fwd_from(fwd: types.MessageFwdHeader | None) -> dict[str, Any] | None:
     return {
         "from_id": marked_id(fwd.from_id),
         "from_name": fwd.from_name,
-        "date": iso(fwd.date),
+        "date": utc_iso(fwd.date),
         "channel_post": fwd.channel_post,
         "post_author": fwd.post_author,
         "saved_from_peer": marked_id(fwd.saved_from_peer),
@@ -400,7 +388,7 @@ def _base_peer(entity: Any, kind: str) -> dict[str, Any]:
         "verified": bool(getattr(entity, "verified", False)),
         "scam": bool(getattr(entity, "scam", False)),
         "fake": bool(getattr(entity, "fake", False)),
-        "date": iso(getattr(entity, "date", None)),
+        "date": utc_iso(getattr(entity, "date", None)),
         "linked_chat_id": None,
         "photo": None,
     }
@@ -481,7 +469,7 @@ def _status(status: Any) -> dict[str, Any] | None:
         return None
     out: dict[str, Any] = {"type": _snake(type(status).__name__, "UserStatus")}
     if isinstance(status, types.UserStatusOffline):
-        out["was_online"] = iso(status.was_online)
+        out["was_online"] = utc_iso(status.was_online)
     return out
 
 

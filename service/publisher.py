@@ -49,7 +49,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,7 @@ from pamqp import commands as spec
 
 from common.errors import ShuttingDown
 from common.sqlite import checkpoint, open_db, write
-from service.parser import iso
+from common.utils import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def make_event(
     if id_suffix is not None:
         parts.append(id_suffix)
     when = clock() if at is None else at
-    body: dict[str, Any] = {"event": event, "peer": peer, "account": account, "at": _iso(when)}
+    body: dict[str, Any] = {"event": event, "peer": peer, "account": account, "at": utc_iso(when)}
     if message is not None:
         body["message"] = message
     if extra:
@@ -146,13 +146,6 @@ def _unix(value: float | int | str | datetime) -> int:
     if isinstance(value, str):
         return int(datetime.fromisoformat(value).timestamp())
     return int(value)
-
-
-def _iso(value: float | datetime) -> str:
-    # The service's one date format (service/parser.py): UTC, whole seconds, a Z suffix.
-    if not isinstance(value, datetime):
-        value = datetime.fromtimestamp(value, UTC)
-    return iso(value) or ""  # iso() is None only for None
 
 
 # --- the outbox -----------------------------------------------------------------------------
@@ -192,7 +185,9 @@ class Outbox:
     cursor never skips a row, even after the table was emptied.
     """
 
-    def __init__(self, db_path: str | Path, max_events: int, *, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self, db_path: str | Path, max_events: int, *, synchronous: str = "NORMAL"
+    ) -> None:
         if max_events < 1:
             raise ValueError("max_events must be positive")
         self.max_events = max_events
@@ -343,7 +338,9 @@ class Publisher:
         self._update_room()
         self._checkpoints = asyncio.create_task(self._checkpoint_loop(), name="outbox-checkpoint")
         if not self._url:
-            log.warning("rabbitmq.url is empty: events stay in the outbox (%d now)", self.outbox.size)
+            log.warning(
+                "rabbitmq.url is empty: events stay in the outbox (%d now)", self.outbox.size
+            )
             return
         self._task = asyncio.create_task(self._run(), name="publisher")
 
@@ -456,7 +453,9 @@ class Publisher:
                     "OUTBOX FULL: %d events wait for the broker; new events wait for room", size
                 )
             else:
-                log.warning("outbox near its bound: %d of %d events wait for the broker", size, bound)
+                log.warning(
+                    "outbox near its bound: %d of %d events wait for the broker", size, bound
+                )
         elif level < self._warned_level and level == 0:
             log.warning("outbox back to %d events", size)
         self._warned_level = level
@@ -694,6 +693,7 @@ class _Metrics:
             "tgc_outbox_max_events", "The outbox's bound.", value=p.outbox.max_events
         )
         yield GaugeMetricFamily(
-            "tgc_publisher_connected", "1 when connected to the broker.",
+            "tgc_publisher_connected",
+            "1 when connected to the broker.",
             value=float(p.connected.is_set()),
         )

@@ -1,5 +1,6 @@
-"""Peer strings, phone masking and media keys."""
+"""Peer strings and marked ids, phone masking, media keys, the date format."""
 
+import datetime as dt
 import re
 
 import pytest
@@ -7,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from common.errors import InvalidParam
-from common.utils import PeerRef, mask_phone, media_key, parse_peer
+from common.utils import PeerRef, is_basic_group, mask_phone, media_key, parse_peer, utc_iso
 
 usernames = st.from_regex(r"[A-Za-z][A-Za-z0-9_]{4,31}", fullmatch=True)
 
@@ -121,3 +122,44 @@ def test_every_parsed_id_fits_telegrams_range(raw: str) -> None:
         return
     assert ref.id is not None and 0 < ref.id < 2**53
     assert all(-(2**63) <= marked < 2**63 for marked in ref.marked_ids())
+
+
+def test_utc_iso_of_naive_other_zones_and_unix_times() -> None:
+    assert utc_iso(dt.datetime(2024, 1, 1, 1, 2, 3)) == "2024-01-01T01:02:03Z"
+    plus2 = dt.timezone(dt.timedelta(hours=2))
+    assert utc_iso(dt.datetime(2024, 1, 1, 3, 0, tzinfo=plus2)) == "2024-01-01T01:00:00Z"
+    assert utc_iso(None) is None
+    assert utc_iso(1_700_000_000.9) == "2023-11-14T22:13:20Z"
+
+
+# strftime pads years below 1000 by platform; Telegram dates start in 2013.
+@given(st.datetimes(min_value=dt.datetime(1970, 1, 1), timezones=st.just(dt.UTC)))
+def test_utc_iso_matches_strftime(value: dt.datetime) -> None:
+    assert utc_iso(value) == value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.parametrize(
+    ("marked", "kind", "bare"),
+    [
+        (42, "user", 42),
+        (-42, "chat", 42),
+        # A basic group whose id starts with 100 is still a basic group (not channel 123).
+        (-100123, "chat", 100123),
+        (-1001234567890, "channel", 1234567890),
+        (-(10**12) - 5, "channel", 5),
+    ],
+)
+def test_from_marked_id(marked: int, kind: str, bare: int) -> None:
+    ref = PeerRef.from_marked_id(marked)
+    assert (ref.kind, ref.id, ref.raw) == (kind, bare, str(marked))
+    assert ref.marked_ids() == [marked]
+    assert is_basic_group(marked) == (kind == "chat")
+
+
+@given(st.integers(min_value=-(2**52), max_value=2**52).filter(bool))
+def test_from_marked_id_agrees_with_parse_peer(marked: int) -> None:
+    ref = PeerRef.from_marked_id(marked)
+    parsed = parse_peer(str(marked))
+    assert ref.id == parsed.id
+    if marked < 0:
+        assert ref.kind == parsed.kind

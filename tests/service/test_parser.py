@@ -20,7 +20,6 @@ from service.parser import (
     MESSAGE_FIELDS,
     PEER_FIELDS,
     fresh_reference,
-    iso,
     parse_message,
     parse_messages,
     parse_peer,
@@ -411,13 +410,6 @@ def test_parse_messages_keeps_places() -> None:
     assert len(media) == 1 and media[0].msg_id == 3
     with pytest.raises(TypeError):
         parse_message(types.MessageEmpty(id=2, peer_id=CHANNEL), "acc")
-
-
-def test_iso_of_naive_and_other_zones() -> None:
-    assert iso(dt.datetime(2024, 1, 1, 1, 2, 3)) == "2024-01-01T01:02:03Z"
-    plus2 = dt.timezone(dt.timedelta(hours=2))
-    assert iso(dt.datetime(2024, 1, 1, 3, 0, tzinfo=plus2)) == "2024-01-01T01:00:00Z"
-    assert iso(None) is None
 
 
 def test_plain_handles_odd_values() -> None:
