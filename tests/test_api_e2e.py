@@ -32,6 +32,7 @@ from service.cryptor import Signer
 from tests.fakedc import demo_world as dw
 from tests.fixtures.api_server import ApiServer, demo_dispatcher
 from tests.fixtures.rabbitmq import Rabbit
+from tests.fixtures.wait import wait_for
 
 RESOLVE = "contacts.resolveUsername"
 HISTORY = "messages.getHistory"
@@ -47,15 +48,6 @@ def fakedc_dispatcher() -> Any:
 def marked(channel_id: int) -> int:
     """The Bot-API id of a channel: -100 followed by its id."""
     return -(10**12) - channel_id
-
-
-async def wait_for(condition: Callable[[], bool], within: float = 10.0) -> None:
-    """Polls `condition` until it holds (never a fixed sleep)."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met in {within} s")
-        await asyncio.sleep(0.02)
 
 
 async def ok(server: ApiServer, uri: str) -> Any:
@@ -128,7 +120,11 @@ async def test_peer_of_every_kind(api_server: ApiServer) -> None:
     assert (missing.status, missing.code) == (404, "PEER_NOT_FOUND")
     await api_server.rpc.post_message(dw.SMALL, "hi again", from_id=dw.USER_ALICE)
     account_a = api_server.pool.get(f"acc{dw.ACCOUNT_A}")
-    await wait_for(lambda: account_a.knows(parse_peer(f"-{dw.SMALL}")))
+    await wait_for(
+        lambda: account_a.knows(parse_peer(f"-{dw.SMALL}")),
+        within=10.0,
+        what="account A knowing the basic group",
+    )
     small = await ok(api_server, f"/api/v1/peer?peer=-{dw.SMALL}")
     assert (small["id"], small["type"], small["title"]) == (-dw.SMALL, "group", "Small Group")
     assert small["participants_count"] == 3
@@ -249,13 +245,10 @@ async def test_media_state_after_a_page_with_media(api_server: ApiServer) -> Non
             answer = await api_server.get(f"/api/v1/media/{p['key']}")
             assert answer.ok, answer
             states[p["key"]] = answer.data
+        assert all(s["state"] != "failed" for s in states.values()), states
         return all(s["state"] == "stored" for s in states.values())
 
-    deadline = time.monotonic() + 30
-    while not await poll():
-        assert time.monotonic() < deadline, states
-        assert all(s["state"] != "failed" for s in states.values()), states
-        await asyncio.sleep(0.05)
+    await wait_for(poll, within=30, what="both photos stored", step=0.05)
     for p in photos:
         record = states[p["key"]]
         assert (record["key"], record["size"], record["mime_type"]) == (

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from start import Server
 from tests.fakedc import demo_world as dw
 from tests.fakedc.cluster import FakeTelegram
 from tests.fakedc.rpc import TelegramRpc
+from tests.fixtures.wait import wait_for
 
 TOKEN = "privacy-token-0123456789abcdef"
 AES_KEY = "6b" * 32
@@ -52,14 +52,6 @@ def write_config(tmp_path: Path) -> Path:
     return path
 
 
-async def wait_for(cond: Callable[[], bool], limit: float = 20.0) -> None:
-    deadline = time.monotonic() + limit
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
 def assert_no_phone(where: str, text: str) -> None:
     found = LEAK.search(text)
     assert found is None, f"{where} shows a phone number: ...{text[max(0, found.start() - 80):found.end() + 80]}..."
@@ -73,7 +65,7 @@ async def test_no_answer_page_or_event_shows_a_session_phone(
     config = write_config(tmp_path)
     server = Server(load_settings(config, env={}))
     task = asyncio.create_task(server.serve())
-    await wait_for(lambda: server.url_file.exists() or task.done())
+    await wait_for(lambda: server.url_file.exists() or task.done(), what="the server's url file")
     rpc: TelegramRpc = fake_telegram.dispatcher
     answers: dict[str, Any] = {}
     http = AsyncHTTPClient(force_instance=True)
@@ -103,8 +95,8 @@ async def test_no_answer_page_or_event_shows_a_session_phone(
             def events() -> list[dict[str, Any]]:
                 return [orjson.loads(r.body) for r in server.outbox.read(0, 10_000)]
 
-            await wait_for(lambda: any(e["event"] == "message.new" and e["message"]["id"] == post.id for e in events()))
-            await wait_for(lambda: any(e["event"] == "media.stored" for e in events()))
+            await wait_for(lambda: any(e["event"] == "message.new" and e["message"]["id"] == post.id for e in events()), what="message.new of the post")
+            await wait_for(lambda: any(e["event"] == "media.stored" for e in events()), what="media.stored")
             for key in keys:
                 await ask("GET", f"/api/v1/media/{key}")
             # A flood wait on every account: warnings that name the accounts (shown on

@@ -28,6 +28,7 @@ from tests.fakedc.api import CallContext
 from tests.fakedc.authkeys import AuthKeyRegistry
 from tests.fakedc.cluster import FakeTelegram
 from tests.fakedc.session import make_session
+from tests.fixtures.wait import wait_for
 
 ClientFactory = Callable[..., TelegramClient]
 
@@ -45,14 +46,6 @@ def connect(
         return client
 
     return make
-
-
-async def wait_for(cond: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 async def test_made_session_connects_and_get_me(
@@ -148,7 +141,9 @@ async def test_ping_delay_disconnect_closes_an_idle_connection(
     connections = mini_tg.stats["connection"]
     await client(functions.PingDelayDisconnectRequest(ping_id=1, disconnect_delay=1))
     # No further ping: the server closes it after a second, and Telethon reconnects.
-    await wait_for(lambda: mini_tg.stats["connection"] > connections)
+    await wait_for(
+        lambda: mini_tg.stats["connection"] > connections, within=5.0, what="a reconnection"
+    )
     assert (await client.get_me()).id == 1000
 
 
@@ -213,12 +208,16 @@ async def test_pushed_updates_fire_handlers(mini_tg: FakeTelegram, connect: Clie
     now = dt.datetime.now(dt.UTC)
     typing = types.UpdateUserTyping(user_id=2000, action=types.SendMessageTypingAction())
     assert mini_tg.push(1000, types.UpdateShort(update=typing, date=now)) == 1
-    await wait_for(lambda: any(isinstance(u, types.UpdateUserTyping) for u in raw))
+    await wait_for(
+        lambda: any(isinstance(u, types.UpdateUserTyping) for u in raw),
+        within=5.0,
+        what="the typing update",
+    )
     msg = types.UpdateShortMessage(
         id=1, user_id=2000, message="hello", pts=2, pts_count=1, date=now
     )
     assert mini_tg.push(1000, msg) == 1
-    await wait_for(lambda: new_messages == ["hello"])
+    await wait_for(lambda: new_messages == ["hello"], within=5.0, what="the new message")
     # Another user's connections get nothing.
     assert mini_tg.push(3000, types.UpdateShort(update=typing, date=now)) == 0
 

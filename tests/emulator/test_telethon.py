@@ -3,7 +3,6 @@ with the demo world's dispatcher. Asserts what Telethon returns, raises and fire
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -37,6 +36,7 @@ from tests.fakedc.demo_world import (
 from tests.fakedc.rpc import TelegramRpc
 from tests.fakedc.world import World
 from tests.fixtures.fakedc import FAKEDC_API_HASH, FAKEDC_API_ID
+from tests.fixtures.wait import wait_for
 
 ClientFactory = Callable[..., TelegramClient]
 
@@ -89,14 +89,6 @@ def collect(into: list[Any], pick: Callable[[Any], Any] = lambda e: e) -> Callab
         into.append(pick(event))
 
     return handler
-
-
-async def wait_for(cond: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 # --- entities and reading -------------------------------------------------------------
@@ -394,16 +386,16 @@ async def test_pushed_updates_fire_telethons_events(connect: Any, rpc: TelegramR
     client.add_event_handler(collect(got["raw"]), events.Raw(types=T.UpdateChannel))
     await client.get_entity("tgc_news")  # a request after connect: the key gets updates
     msg = await rpc.post_message(NEWS, "hot news")
-    await wait_for(lambda: len(got["new"]) == 1)
+    await wait_for(lambda: len(got["new"]) == 1, within=10.0, what="the NewMessage event")
     assert got["new"][0].message.id == msg.id and got["new"][0].raw_text == "hot news"
     await rpc.edit_message(NEWS, msg.id, "hot news (edited)")
-    await wait_for(lambda: len(got["edit"]) == 1)
+    await wait_for(lambda: len(got["edit"]) == 1, within=10.0, what="the MessageEdited event")
     assert got["edit"][0].raw_text == "hot news (edited)"
     await rpc.delete_messages(NEWS, [msg.id, 149])
-    await wait_for(lambda: len(got["del"]) == 1)
+    await wait_for(lambda: len(got["del"]) == 1, within=10.0, what="the MessageDeleted event")
     assert sorted(got["del"][0].deleted_ids) == [149, msg.id]
     await rpc.kick(ACCOUNT_B, NEWS)
-    await wait_for(lambda: len(got["raw"]) == 1)
+    await wait_for(lambda: len(got["raw"]) == 1, within=10.0, what="the UpdateChannel")
     assert got["raw"][0].channel_id == NEWS
 
 
@@ -415,12 +407,12 @@ async def test_a_pts_gap_is_filled_by_get_channel_difference(
     client.add_event_handler(collect(texts, lambda e: e.raw_text), events.NewMessage(chats=[NEWS]))
     await client.get_entity("tgc_news")
     await rpc.post_message(NEWS, "one")
-    await wait_for(lambda: texts == ["one"])
+    await wait_for(lambda: texts == ["one"], within=10.0, what="the first post")
     rpc.drop_next_posts(NEWS, 2)
     await rpc.post_message(NEWS, "two (lost)")
     await rpc.post_message(NEWS, "three (lost)")
     await rpc.post_message(NEWS, "four")
-    await wait_for(lambda: len(texts) == 4)
+    await wait_for(lambda: len(texts) == 4, within=10.0, what="the lost posts filled in")
     assert sorted(texts) == sorted(["one", "two (lost)", "three (lost)", "four"])
     assert rpc.count("updates.getChannelDifference", user_id=ACCOUNT_C) >= 1
 
@@ -479,7 +471,8 @@ async def test_catch_up_after_being_offline(
         await first.connect()
         await first.get_entity("tgc_news")
         await rpc.post_message(NEWS, "online")
-        await wait_for(lambda: seen == ["online"])  # the client now tracks NEWS's pts
+        # Once seen, the client tracks NEWS's pts.
+        await wait_for(lambda: seen == ["online"], within=10.0, what="the online post")
     finally:
         await first.disconnect()  # saves the update state in the session file
     await rpc.post_message(NEWS, "missed 1")
@@ -489,7 +482,7 @@ async def test_catch_up_after_being_offline(
     caught: list[str] = []
     again.add_event_handler(collect(caught, lambda e: e.raw_text), events.NewMessage(chats=[NEWS]))
     await again.connect()
-    await wait_for(lambda: len(caught) == 2)
+    await wait_for(lambda: len(caught) == 2, within=10.0, what="the missed posts caught up")
     assert caught == ["missed 1", "missed 2"]
     assert rpc.count("updates.getDifference", user_id=ACCOUNT_A) >= 1
     assert rpc.count("updates.getChannelDifference", user_id=ACCOUNT_A) >= 1
@@ -505,11 +498,11 @@ async def test_a_gap_in_a_basic_group_is_filled_by_get_difference(
     client.add_event_handler(collect(texts, lambda e: e.raw_text), events.NewMessage(chats=[-SMALL]))
     await client.get_dialogs()
     await rpc.post_message(SMALL, "first", from_id=USER_ALICE)
-    await wait_for(lambda: texts == ["first"])
+    await wait_for(lambda: texts == ["first"], within=10.0, what="the first post")
     rpc.drop_next_posts(SMALL, 1)
     await rpc.post_message(SMALL, "lost", from_id=USER_ALICE)
     await rpc.post_message(SMALL, "last", from_id=USER_ALICE)
-    await wait_for(lambda: len(texts) == 3)
+    await wait_for(lambda: len(texts) == 3, within=10.0, what="the lost post filled in")
     assert sorted(texts) == ["first", "last", "lost"]
     assert rpc.count("updates.getDifference", user_id=ACCOUNT_B) >= 1
 

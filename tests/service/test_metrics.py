@@ -19,7 +19,8 @@ from service.metrics import (
     observable_subscriber,
 )
 from service.publisher import make_event
-from tests.fixtures.ops import OpsStack, wait_for
+from tests.fixtures.ops import OpsStack
+from tests.fixtures.wait import wait_for
 
 # --- the minute ring ------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from common.errors import ShuttingDown
 from service.publisher import Outbox, Publisher, make_event
 from tests.fixtures.rabbitmq import BrokerProxy, Rabbit
+from tests.fixtures.wait import wait_for
 
 PEER = {"id": -1001234567890, "type": "channel", "title": "News", "username": "news"}
 
@@ -34,13 +35,6 @@ def event_for(i: int) -> tuple[str, dict, str]:
         at=1_700_000_000 + i,
     )
     return ev.routing_key, ev.body, ev.message_id
-
-
-async def wait_for(predicate, within: float = 30.0, step: float = 0.01) -> None:  # type: ignore[no-untyped-def]
-    """Polls a condition of another component (no event to wait on from outside)."""
-    async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110 - the publisher has no event for this
-            await asyncio.sleep(step)
 
 
 @pytest.fixture
@@ -210,7 +204,7 @@ async def test_broker_down_at_start_then_back(
     for i in range(1, 101):
         await pub.publish(*event_for(i))  # returns: the outbox has it
     assert outbox.size == 100
-    await wait_for(lambda: pub.reconnects >= 2)  # it keeps trying
+    await wait_for(lambda: pub.reconnects >= 2, within=30, what="two reconnects")  # it keeps trying
     async with rabbit.consumer() as consumer:
         await broker_proxy.accept()
         await consumer.wait_for_count(100)
@@ -226,7 +220,7 @@ async def test_full_outbox_makes_publish_wait_not_drop(
     for i in range(1, 101):
         await pub.publish(*event_for(i))
     blocked = asyncio.ensure_future(pub.publish(*event_for(101)))
-    await wait_for(lambda: pub.waiting == 1, within=5)  # it waits for room, not written
+    await wait_for(lambda: pub.waiting == 1, within=5, what="a waiting publish")  # not written
     assert not blocked.done() and box.size == 100
     async with rabbit.consumer() as consumer:
         await broker_proxy.accept()
@@ -242,7 +236,7 @@ async def test_stop_wakes_a_waiting_publish(tmp_path: Path, publisher_factory) -
     pub = await publisher_factory("", outbox=box)
     await pub.publish(*event_for(1))
     blocked = asyncio.ensure_future(pub.publish(*event_for(2)))
-    await wait_for(lambda: pub.waiting == 1, within=5)  # blocked on the full outbox
+    await wait_for(lambda: pub.waiting == 1, within=5, what="a publish blocked on the full outbox")
     await pub.stop()
     with pytest.raises(ShuttingDown):
         await blocked
@@ -258,7 +252,7 @@ async def test_a_deleted_queue_is_declared_again(
     async with rabbit.channel() as channel:
         await channel.queue_delete(rabbit.queue)  # an operator's mistake
     await pub.publish(*event_for(1))  # comes back unroutable (mandatory)
-    await wait_for(lambda: pub.returned >= 1)
+    await wait_for(lambda: pub.returned >= 1, within=30, what="the event returned")
     async with rabbit.consumer() as consumer:
         await consumer.wait_for_ids([event_for(1)[2]])
 
@@ -277,7 +271,7 @@ async def test_nacked_events_are_sent_again(
     pub = await publisher_factory(rabbit.url, rabbit)
     for i in range(1, 11):
         await pub.publish(*event_for(i))
-    await wait_for(lambda: pub.nacked >= 5)
+    await wait_for(lambda: pub.nacked >= 5, within=30, what="five nacks")
     async with rabbit.channel() as channel:
         await channel.queue_delete(extra)  # the obstacle is gone: the retries go through
     await asyncio.wait_for(pub.wait_empty(), 20)
@@ -319,12 +313,28 @@ async def test_ten_thousand_events_through_drops_and_refusals(
             while not producing.done() or cuts < 3:
                 # Only a live connection is cut (each cut is one the publisher must see),
                 # once it carried traffic (a confirm came back) unless there is none left.
-                await wait_for(lambda: pub.connected.is_set() and broker_proxy.clients > 0)
+                await wait_for(
+                    lambda: pub.connected.is_set() and broker_proxy.clients > 0,
+                    within=30,
+                    what="a live connection",
+                )
                 confirmed = pub.published
-                await wait_for(lambda c=confirmed: pub.published > c or idle())
-                await broker_proxy.drop() if cuts % 2 else await broker_proxy.cut()
+                await wait_for(
+                    lambda c=confirmed: pub.published > c or idle(),
+                    within=30,
+                    what="a confirm on this connection",
+                )
+                seen = pub.reconnects
+                refusing = cuts % 2 == 0
+                await broker_proxy.cut() if refusing else await broker_proxy.drop()
                 cuts += 1
-                await asyncio.sleep(0.1)  # refused (or reconnecting) for a while
+                # The publisher has seen the connection lost, and after a cut also had an
+                # attempt refused, before the proxy listens again.
+                await wait_for(
+                    lambda s=seen, n=2 if refusing else 1: pub.reconnects >= s + n,
+                    within=30,
+                    what="the cut seen by the publisher",
+                )
                 await broker_proxy.accept()
             return cuts
 
@@ -336,7 +346,7 @@ async def test_ten_thousand_events_through_drops_and_refusals(
     assert set(counts) == {e[2] for e in events}
     # The last cut can land after every event was confirmed: then nothing waits on the
     # reconnect it causes, so wait for the publisher to have seen every cut.
-    await wait_for(lambda: pub.reconnects >= cuts)
+    await wait_for(lambda: pub.reconnects >= cuts, within=30, what="every cut seen")
     duplicates = sum(c - 1 for c in counts.values())
     print(f"cuts={cuts} reconnects={pub.reconnects} resent={pub.resent} duplicates={duplicates}")
     assert cuts >= 3 and pub.reconnects >= 3

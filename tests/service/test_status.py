@@ -24,7 +24,8 @@ from service.cryptor import Cipher, Signer
 from service.handler import make_app, make_server
 from service.metrics import ServiceMetrics
 from service.status import MESSAGE_MAX, ErrorLog, StatusPage
-from tests.fixtures.ops import OpsStack, status_allow_from, wait_for
+from tests.fixtures.ops import OpsStack, status_allow_from
+from tests.fixtures.wait import wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
