@@ -30,7 +30,7 @@ import sqlite3
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +52,7 @@ from tests.fakedc.world import World
 from tests.fixtures.nginx import Nginx
 from tests.fixtures.server_config import AES_KEY, ROOT, TOKEN, write_config
 from tests.fixtures.server_config import SUBPROCESS_ENV as ENV
+from tests.fixtures.wait import wait_for
 
 PART_SIZE = 512 * 1024
 # A 1.3 MB document posted 10 times in the media channel: one key, three parts.
@@ -195,8 +196,16 @@ class ServerProcess:
             )  # fmt: skip
         proc = self.proc
         # A SIGKILLed predecessor leaves its url file: wait for this process's pid file.
-        await wait_for(lambda: self._pid() == proc.pid or proc.returncode is not None, 20)
-        await wait_for(lambda: self.url_file.exists() or proc.returncode is not None, 20)
+        await wait_for(
+            lambda: self._pid() == proc.pid or proc.returncode is not None,
+            within=20,
+            what="the pid file of this process",
+        )
+        await wait_for(
+            lambda: self.url_file.exists() or proc.returncode is not None,
+            within=20,
+            what="the url file",
+        )
         assert proc.returncode is None, out.read_text()[-3000:]
         return self.url_file.read_text().strip()
 
@@ -245,20 +254,6 @@ async def server(config: Path) -> Any:
             await s.proc.wait()
 
 
-async def wait_for(cond: Callable[[], bool], limit: float = 20.0) -> None:
-    deadline = time.monotonic() + limit
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-async def wait_until(cond: Callable[[], Awaitable[bool]], limit: float = 20.0) -> None:
-    deadline = time.monotonic() + limit
-    while not await cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
 async def page_media(api: ApiClient) -> dict[int, dict[str, Any]]:
     """The media descriptors of one history page of the media channel, by message id."""
     answer = await api.request("GET", PAGE)
@@ -290,7 +285,7 @@ async def all_stored(
         return all(r["state"] == "stored" for r in found.values())
 
     try:
-        await wait_until(done, limit)
+        await wait_for(done, within=limit, what="every item stored", step=0.05)
     except AssertionError:
         raise AssertionError({k: r["state"] for k, r in found.items()}) from None
     return found
@@ -389,7 +384,7 @@ async def test_sigkill_mid_download_then_a_restart_stores_everything_once(
                 and bool(stored)
             )
 
-        await wait_for(mid_download, 20)
+        await wait_for(mid_download, within=20, what="both files mid-download")
     await server.kill()
     killed_at = time.monotonic()
     at_kill = server.rows()
@@ -470,7 +465,7 @@ async def parts_written(server: ServerProcess, key: str, at_least: int) -> set[i
         assert state in ("", "pending", "downloading"), state  # not finished yet
         return state == "downloading" and len(written) >= at_least
 
-    await wait_for(enough, 15)
+    await wait_for(enough, within=15, what=f"{at_least} parts of {key} written")
     return {i * PART_SIZE for i in written}
 
 
@@ -551,7 +546,7 @@ async def test_flood_wait_on_get_file_is_waited_out_and_shown_on_the_account(
             account = next(a for a in answer.data["accounts"] if a["user_id"] == user)
             return bool(account["state"] == "flood_wait")
 
-        await wait_until(flood_waited, 10)
+        await wait_for(flood_waited, within=10, what="the account in flood_wait", step=0.05)
         seen = time.time()
         until = datetime.fromisoformat(account["flood_wait_until"]).timestamp()
         assert seen - 1 <= until <= seen + FLOOD + 1, (account, seen)
@@ -635,7 +630,7 @@ async def test_nginx_away_for_a_while_items_wait_then_are_stored_once(
             attempts = storage_attempts(server)
             return uploading == keys and all(attempts[k] >= 2 for k in keys)
 
-        await wait_until(waiting, 15)
+        await wait_for(waiting, within=15, what="two failed attempts for each item", step=0.05)
         assert successful_puts(nginx_dav) == Counter() and nginx_dav.files() == []
         nginx_dav.start()
         stored = await all_stored(api, keys)

@@ -33,6 +33,7 @@ from tests.fakedc.cluster import FakeTelegram
 from tests.fakedc.rpc import TelegramRpc
 from tests.fixtures import server_config
 from tests.fixtures.server_config import AES_KEY, ROOT, SUBPROCESS_ENV, TOKEN
+from tests.fixtures.wait import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -65,14 +66,6 @@ def refusing_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def wait_for(cond: Callable[[], bool], limit: float, what: str) -> None:
-    deadline = time.monotonic() + limit
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not in {limit} s")
-        await asyncio.sleep(0.01)
-
-
 async def spawn(config: Path) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -99,7 +92,7 @@ async def serving_url(proc: asyncio.subprocess.Process, run_dir: Path) -> str:
         except (FileNotFoundError, ValueError):
             return False
 
-    await wait_for(up, 30, "the server serving")
+    await wait_for(up, within=30, what="the server serving")
     if proc.returncode is not None:
         _, err = await proc.communicate()
         raise AssertionError(f"the server exited {proc.returncode}: {err.decode()[-2000:]}")
@@ -172,14 +165,18 @@ async def test_sigterm_under_load_answers_persists_and_resumes(
                 if (m.get("media") or {}).get("key")
             ]
             assert len(keys) >= 8, page.data
+
             # Some stored (their media.stored events wait in the outbox), some on their way.
-            deadline = time.monotonic() + 20
-            while True:
-                states = await media_states(api, keys)
-                if "stored" in states.values() and "downloading" in states.values():
-                    break
-                assert time.monotonic() < deadline, states
-                await asyncio.sleep(0.05)
+            async def some_stored_some_downloading() -> bool:
+                states = set((await media_states(api, keys)).values())
+                return "stored" in states and "downloading" in states
+
+            await wait_for(
+                some_stored_some_downloading,
+                within=20,
+                what="a file stored and one downloading",
+                step=0.05,
+            )
             assert rows(data / "outbox.sqlite3", "SELECT count(*) FROM outbox")[0][0] >= 2
 
             warm = await api.request("GET", "/api/v1/peer?peer=@tgc_news")  # resolved once
@@ -196,8 +193,8 @@ async def test_sigterm_under_load_answers_persists_and_resumes(
             # Every request of the burst has reached Telegram: accepted, in flight.
             await wait_for(
                 lambda: rpc.count("messages.getHistory") - before >= BURST,
-                15,
-                "the burst in flight",
+                within=15,
+                what="the burst in flight",
             )
             t0 = time.monotonic()
             proc.send_signal(signal.SIGTERM)
@@ -255,10 +252,11 @@ async def test_sigterm_under_load_answers_persists_and_resumes(
         try:
             url = await serving_url(again, settings.run_dir)
             async with ApiClient(url, TOKEN, AES_KEY) as api:
-                deadline = time.monotonic() + 30
-                while set((states := await media_states(api, keys)).values()) != {"stored"}:
-                    assert time.monotonic() < deadline, states
-                    await asyncio.sleep(0.05)
+
+                async def all_stored() -> bool:
+                    return set((await media_states(api, keys)).values()) == {"stored"}
+
+                await wait_for(all_stored, within=30, what="every file stored", step=0.05)
             # What the first life kept, and a media.stored for each file stored now.
             await consumer.wait_for_ids([m for _, m in outbox], within=20)
             await consumer.wait_until(
@@ -274,8 +272,8 @@ async def test_sigterm_under_load_answers_persists_and_resumes(
             )
             await wait_for(
                 lambda: rows(data / "outbox.sqlite3", "SELECT count(*) FROM outbox")[0][0] == 0,
-                20,
-                "the outbox drained",
+                within=20,
+                what="the outbox drained",
             )
             again.send_signal(signal.SIGTERM)
             _, err = await asyncio.wait_for(again.communicate(), 30)

@@ -29,14 +29,7 @@ from tests.fakedc import demo_world as dw
 from tests.fakedc.cluster import FakeTelegram
 from tests.fakedc.rpc import TelegramRpc
 from tests.fixtures.server_config import AES_KEY, ROOT, SUBPROCESS_ENV, TOKEN, write_config
-
-
-async def wait_for(cond: Callable[[], bool], limit: float = 10.0) -> None:
-    deadline = time.monotonic() + limit
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+from tests.fixtures.wait import wait_for
 
 
 @pytest.fixture
@@ -209,7 +202,9 @@ def slow_app(server: Server) -> tornado.web.Application:
 
 async def run_server(server: Server) -> asyncio.Task[int]:
     task = asyncio.create_task(server.serve())
-    await wait_for(lambda: server.url_file.exists() or task.done())
+    await wait_for(
+        lambda: server.url_file.exists() or task.done(), within=10.0, what="the url file"
+    )
     return task
 
 
@@ -225,7 +220,11 @@ async def test_sigterm_answers_every_accepted_request_then_exits_0(tmp_path: Pat
             for i in range(20)
         ]
         assert server.inflight is not None
-        await wait_for(lambda: server.inflight is not None and server.inflight.active == 20)
+        await wait_for(
+            lambda: server.inflight is not None and server.inflight.active == 20,
+            within=10.0,
+            what="20 requests in flight",
+        )
         t0 = time.monotonic()
         os.kill(os.getpid(), signal.SIGTERM)
         assert await asyncio.wait_for(task, 30) == 0
@@ -248,7 +247,11 @@ async def test_in_flight_requests_are_bounded_by_shutdown_timeout(tmp_path: Path
     http = AsyncHTTPClient(force_instance=True)
     try:
         stuck = asyncio.ensure_future(http.fetch(f"{server.url}/slow?s=30", request_timeout=40))
-        await wait_for(lambda: server.inflight is not None and server.inflight.active == 1)
+        await wait_for(
+            lambda: server.inflight is not None and server.inflight.active == 1,
+            within=10.0,
+            what="the request in flight",
+        )
         t0 = time.monotonic()
         server.request_stop()
         assert await asyncio.wait_for(task, 10) == 0
@@ -455,7 +458,7 @@ async def spawn(*args: str, launcher: bool = False) -> asyncio.subprocess.Proces
 
 
 async def wait_file(path: Path, proc: asyncio.subprocess.Process, limit: float = 30) -> None:
-    await wait_for(lambda: path.exists() or proc.returncode is not None, limit)
+    await wait_for(lambda: path.exists() or proc.returncode is not None, within=limit, what=str(path))
     assert proc.returncode is None, await proc.communicate()
 
 
@@ -517,7 +520,11 @@ async def test_a_second_signal_forces_the_exit(tmp_path: Path, sig: signal.Signa
         finally:
             http.close()
         proc.send_signal(sig)
-        await wait_for(lambda: "waiting up to 60 s for 1 requests" in _log(settings.log.file), 10)
+        await wait_for(
+            lambda: "waiting up to 60 s for 1 requests" in _log(settings.log.file),
+            within=10,
+            what="the drain logged",
+        )
         assert proc.returncode is None  # still draining
         proc.send_signal(sig)
         assert await asyncio.wait_for(proc.wait(), 10) == code
@@ -540,7 +547,11 @@ async def test_sigkill_then_the_next_start_recovers(tmp_path: Path) -> None:
     assert settings.run_dir.joinpath("tgc.pid").exists()  # stale, but not locked
     again = await spawn("serve", "--config", str(config), "--no-console")
     try:
-        await wait_for(lambda: _pid_in(settings.run_dir / "tgc.pid") == again.pid, 30)
+        await wait_for(
+            lambda: _pid_in(settings.run_dir / "tgc.pid") == again.pid,
+            within=30,
+            what="the new pid file",
+        )
         await wait_file(url_file, again)
         again.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(again.wait(), 30) == 0
@@ -621,7 +632,11 @@ async def test_sigterm_during_a_burst_answers_every_accepted_api_request(
             )
             for i in range(40)
         ]
-        await wait_for(lambda: server.inflight is not None and server.inflight.active == 40)
+        await wait_for(
+            lambda: server.inflight is not None and server.inflight.active == 40,
+            within=10.0,
+            what="40 requests in flight",
+        )
         t0 = time.monotonic()
         os.kill(os.getpid(), signal.SIGTERM)
         assert await asyncio.wait_for(task, 30) == 0
@@ -678,19 +693,21 @@ async def test_a_stop_persists_the_media_queue_and_a_restart_resumes_it(
     task = await run_server(again)
     try:
         async with ApiClient(again.url, TOKEN, AES_KEY) as api:
-            deadline = time.monotonic() + 40
-            while True:
-                states = await _states(api, keys)
-                if all(s == "stored" for s in states.values()) or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.1)
-        assert set(states.values()) == {"stored"}, states
+
+            async def all_stored() -> bool:
+                return set((await _states(api, keys)).values()) == {"stored"}
+
+            await wait_for(all_stored, within=40, what="every file stored", step=0.1)
         media_dir = settings.data.dir / "media"
         for key, size in keys.items():
             stored = [p for p in media_dir.rglob(f"{key}*") if p.is_file()]
             assert len(stored) == 1 and stored[0].stat().st_size == size, (key, stored)
         # Each stored file left a media.stored event in the outbox (no broker configured).
-        await wait_for(lambda: len(_stored_events(again)) >= len(keys))
+        await wait_for(
+            lambda: len(_stored_events(again)) >= len(keys),
+            within=10.0,
+            what="a media.stored event per file",
+        )
         assert {e["media"]["key"] for e in _stored_events(again)} >= set(keys)
     finally:
         again.request_stop()
@@ -800,10 +817,11 @@ async def test_media_max_file_bytes_reaches_the_processor(accounts_config: Path)
                 f"file is 20.0 MB ({dw.VIDEO_SIZE} bytes), over media.max_file_bytes=1M"
             )
             states = {small["key"]: small["size"]}
-            deadline = time.monotonic() + 20
-            while await _states(api, states) != {small["key"]: "stored"}:
-                assert time.monotonic() < deadline, "the small file was not stored"
-                await asyncio.sleep(0.05)
+
+            async def small_stored() -> bool:
+                return await _states(api, states) == {small["key"]: "stored"}
+
+            await wait_for(small_stored, within=20, what="the small file stored", step=0.05)
     finally:
         server.request_stop()
         assert await task == 0
@@ -830,7 +848,11 @@ async def test_without_auto_download_answers_and_events_describe_files_only(
         post = await fake_telegram.dispatcher.post_message(
             dw.CHAT, "a picture", media={"photo": dw.PHOTO_DC1}
         )
-        await wait_for(lambda: any(e.get("message", {}).get("id") == post.id for e in _events(server)))
+        await wait_for(
+            lambda: any(e.get("message", {}).get("id") == post.id for e in _events(server)),
+            within=10.0,
+            what="the post's event",
+        )
         event = next(e for e in _events(server) if e.get("message", {}).get("id") == post.id)
         assert event["message"]["media"]["type"] == "photo"
         assert event["message"]["media"]["state"] is None
@@ -906,10 +928,13 @@ async def test_sigkill_mid_download_then_a_restart_stores_everything_once(
         async with ApiClient(url_file.read_text().strip(), TOKEN, AES_KEY) as api:
             keys = await _media_keys(api)
             assert len(keys) >= 10
-            deadline = time.monotonic() + 20
-            while "downloading" not in (states := await _states(api, keys)).values():
-                assert time.monotonic() < deadline, states
-                await asyncio.sleep(0.02)
+            states: dict[str, str] = {}
+
+            async def one_downloading() -> bool:
+                states.update(await _states(api, keys))
+                return "downloading" in states.values()
+
+            await wait_for(one_downloading, within=20, what="a file downloading", step=0.02)
         proc.kill()
         assert await proc.wait() == -signal.SIGKILL
         assert set(states.values()) != {"stored"}
@@ -921,13 +946,18 @@ async def test_sigkill_mid_download_then_a_restart_stores_everything_once(
     rpc.set_latency({"*": 0.0})
     again = await spawn("serve", "--config", str(accounts_config), "--no-console", launcher=True)
     try:
-        await wait_for(lambda: _pid_in(settings.run_dir / "tgc.pid") == again.pid, 30)
+        await wait_for(
+            lambda: _pid_in(settings.run_dir / "tgc.pid") == again.pid,
+            within=30,
+            what="the new pid file",
+        )
         await wait_file(url_file, again)
         async with ApiClient(url_file.read_text().strip(), TOKEN, AES_KEY) as api:
-            deadline = time.monotonic() + 40
-            while set((states := await _states(api, keys)).values()) != {"stored"}:
-                assert time.monotonic() < deadline, states
-                await asyncio.sleep(0.1)
+
+            async def all_stored() -> bool:
+                return set((await _states(api, keys)).values()) == {"stored"}
+
+            await wait_for(all_stored, within=40, what="every file stored", step=0.1)
         again.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(again.wait(), 30) == 0
     finally:
@@ -971,7 +1001,7 @@ async def test_the_outbox_persists_across_a_restart_and_drains_to_the_broker(
             got = consumer.messages[0]
             assert got.routing_key == "subscription.changed" and got.delivery_mode == 2
             assert got.body["peer"]["id"] == -1000000000000 - dw.CHAT
-            await wait_for(lambda: server.outbox.size == 0)
+            await wait_for(lambda: server.outbox.size == 0, within=10.0, what="the outbox drained")
         finally:
             server.request_stop()
             assert await task == 0
