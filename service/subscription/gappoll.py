@@ -86,10 +86,10 @@ class GapPoller:
             return 0
         if is_basic_group(peer_id):
             return await self._poll_group(sub)
-        if peer_id > -(10**12):
+        ref = PeerRef.from_marked_id(peer_id)
+        if ref.kind != "channel":
             return 0  # not a chat
         self._shared.counts.polls += 1
-        ref = PeerRef.from_marked_id(peer_id)
         joinmap = self._shared.joinmap
         low = joinmap.last_message_id(peer_id)
         if low == 0:
