@@ -1,0 +1,157 @@
+"""What the subscription flow's parts share, and the small pieces they all use.
+
+`Shared` is built once per `Subscriber` and handed to each part: the pool, the join map, the
+publisher, the media queue, the clock, the bounded set of recently published ids (`Recent`),
+the counters /metrics and /status read (`Counters`), the lock that makes the API's joins and
+the takeovers one at a time, the queue of chats to poll (`PollQueue`) and the watermarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from model.joinmap import JoinMap, State
+from model.teleclient import TeleClients
+from service import parser, queries
+from service.publisher import Publisher
+from service.subscription.watermarks import Watermarks
+
+
+class Recent:
+    """A bounded set remembering the most recent keys (oldest forgotten first)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._keys: OrderedDict[str, None] = OrderedDict()
+
+    def claim(self, key: str) -> bool:
+        """True the first time a key is seen (and remembers it), False after."""
+        if key in self._keys:
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self._size:
+            self._keys.popitem(last=False)
+        return True
+
+    def forget(self, key: str) -> None:
+        """Forgets a key (claimed, but its event never reached the outbox)."""
+        self._keys.pop(key, None)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+
+@dataclass
+class Counters:
+    """The flow's plain counters, read by SubscriberCollector and the /status page."""
+
+    published: int = 0  # events handed to the publisher
+    duplicates: int = 0  # events dropped as already published
+    polls: int = 0  # chats polled
+    poll_found: int = 0  # messages a poll published that the updates had missed
+
+
+class PollQueue:
+    """The chats the gap poller reads next: some at once (a gap, a reconnect, a takeover),
+    or every joined chat (the first round after start, and each interval)."""
+
+    def __init__(self) -> None:
+        self._chats: set[int] = set()
+        self._all = True  # the first poll covers every chat (missed while down)
+        self._wake = asyncio.Event()
+        self._waiting = False
+
+    def soon(self, peer_id: int | None = None) -> None:
+        """Asks for a poll of one chat (or, with None, of every chat) at once."""
+        if peer_id is None:
+            self._all = True
+        else:
+            self._chats.add(peer_id)
+        self._wake.set()
+
+    def take(self) -> tuple[bool, set[int]]:
+        """What was asked for since the last take: (every chat?, the chats named)."""
+        everything, chats = self._all, set(self._chats)
+        self._all = False
+        self._chats.clear()
+        return everything, chats
+
+    @property
+    def pending(self) -> bool:
+        """Whether a poll was asked for and not taken yet."""
+        return self._all or bool(self._chats)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the poller is waiting (in `wait`) for the next ask or the interval."""
+        return self._waiting
+
+    async def wait(self, interval: float) -> None:
+        """Returns when a poll is asked for, or after `interval` s (then every chat is due)."""
+        if self.pending:
+            return
+        self._wake.clear()
+        self._waiting = True
+        try:
+            # Not wait_for: on 3.11 it can swallow the cancel of stop() (bpo-42130).
+            async with asyncio.timeout(interval):
+                await self._wake.wait()
+        except TimeoutError:
+            self._all = True
+        finally:
+            self._waiting = False
+
+
+class Shared:
+    """What the subscription flow's parts share (see the module's docstring)."""
+
+    def __init__(
+        self,
+        pool: TeleClients,
+        joinmap: JoinMap,
+        publisher: Publisher,
+        *,
+        media_queue: queries.MediaQueue | None,
+        clock: Callable[[], float],
+        recent_size: int,
+    ) -> None:
+        self.pool = pool
+        self.joinmap = joinmap
+        self.publisher = publisher
+        self.media_queue = media_queue
+        self.clock = clock
+        self.recent = Recent(recent_size)
+        self.counts = Counters()
+        # One join or leave at a time (the API's and the takeovers'): two POSTs for one chat
+        # must not join two accounts, nor a takeover beside an API join of the same chat.
+        self.api_lock = asyncio.Lock()
+        self.polls = PollQueue()
+        self.watermarks = Watermarks(joinmap, self.polls.soon)
+        self.running = False  # the pool keeps calling back until it stops: ignored after
+
+    def joined(self, peer_id: int | None) -> dict[str, Any] | None:
+        """The chat's subscription if an account is in it, else None."""
+        sub = self.joinmap.get(peer_id) if peer_id is not None else None
+        if sub is None or sub["state"] != State.JOINED:
+            return None
+        return sub
+
+    def joined_accounts(self, peer_id: int) -> list[str]:
+        """The accounts in the chat, oldest membership first."""
+        members = self.joinmap.memberships(peer_id)
+        return [m["account"] for m in members if m["state"] == State.JOINED]
+
+
+def peer_of(entity: Any) -> dict[str, Any]:
+    """The peer dict (as the API answers it) of a Telethon chat entity."""
+    peer, _ = parser.parse_peer(entity)
+    return peer
+
+
+def event_peer(peer: dict[str, Any]) -> dict[str, Any]:
+    """The part of a peer dict an event carries."""
+    return {k: peer.get(k) for k in ("id", "type", "title", "username")}
