@@ -100,6 +100,7 @@ from common.utils import PeerRef, parse_peer
 from model.joinmap import CHANNELS_PER_ACCOUNT, JoinMap, State
 from model.media import Media
 from model.teleclient import AccountState, JoinRequestSent, TeleClient, TeleClients
+from model.telethon_internals import update_entities
 from service import parser, queries
 from service.publisher import Event, Publisher, make_event
 
@@ -635,7 +636,7 @@ class Subscriber:
         )
         if member is None or member["state"] != State.JOINED or (peer_id, tc.name) in self._leaving:
             return
-        entity = getattr(update, "_entities", {}).get(peer_id)
+        entity = update_entities(update).get(peer_id)
         if entity is None:
             try:
                 entity = await tc.get_entity(parse_peer(str(peer_id)))
