@@ -194,9 +194,11 @@ async def measure(
 ) -> dict[str, list[dict[str, float]]]:
     """Alternates ours and stock `rounds` times (other load on the machine drifts; the
     median of alternated runs compares them fairly)."""
+    from types import SimpleNamespace
+
     from telethon import TelegramClient
 
-    from model.media import download_media
+    from model.downloader import MediaConnections, download_media
     from service.parser import parse_message
     from tests.fakedc.session import make_session
 
@@ -206,6 +208,8 @@ async def measure(
     client = TelegramClient(str(session), API_ID, API_HASH, receive_updates=False)
     client.flood_sleep_threshold = 0
     await client.connect()
+    # What download_media takes of a TeleClient: the account's media connections.
+    account = SimpleNamespace(media_connections=MediaConnections(client))
     run = Run(emu, size)
     want = expected_digest(size)
     results: dict[str, list[dict[str, float]]] = {"ours": [], "stock": []}
@@ -217,7 +221,7 @@ async def measure(
             results["ours"].append(
                 await run(
                     download_media(
-                        client, media[0], ours, parts_in_flight=window, part_size=part_size
+                        account, media[0], ours, parts_in_flight=window, part_size=part_size
                     )
                 )
             )
@@ -231,6 +235,7 @@ async def measure(
             stock.unlink()
         return results
     finally:
+        await account.media_connections.close()
         await client.disconnect()
 
 
@@ -442,7 +447,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tgc-bench-") as tmp:
         workdir = Path(tmp)
         if latencies:
-            print(f"\nstage 1: document {args.size_mb} MB; ours: model.media.download_media;"
+            print(f"\nstage 1: document {args.size_mb} MB; ours: model.downloader.download_media;"
                   f" stock: Telethon {_telethon_version()} download_media")  # fmt: skip
             print(
                 f"{'latency':>8} {'ours MB/s':>10} {'stock MB/s':>11} {'ratio':>6}"

@@ -8,7 +8,7 @@ The issue's figure, the real server's peak RSS, is stage 2 of bench/media_downlo
 (start.py as its own process); this script runs what the server runs for one media item,
 in this process: a TeleClients pool on a
 session file of the DC emulator (its own process, as in bench/media_download.py), the
-MediaProcessor with model.media.download_media into the spool, and HttpStorage streaming
+MediaProcessor with model.downloader.download_media into the spool, and HttpStorage streaming
 the spool file to nginx WebDAV (started here on a free loopback port, as the tests do).
 Part size and parts in flight are the server's shipped settings (config.properties) unless
 --part-kb / --window say otherwise. It checks the object on nginx byte for byte (SHA-256

@@ -20,6 +20,8 @@ from telethon import utils
 from telethon.sessions import SQLiteSession
 from telethon.tl.tlobject import TLObject
 
+from model.telethon_internals import session_execute
+
 # What an entity's row is made of (model: MemorySession._entity_to_row): if none of these
 # changed, neither did the row. `min` entities carry no usable hash and make no row.
 _ROW_FIELDS = ("access_hash", "min", "username", "phone", "first_name", "last_name", "title")
@@ -61,7 +63,7 @@ class EntitySession(SQLiteSession):
     def get_entity_rows_by_username(self, username: str) -> Any:
         # Telethon clears the username of the older of two rows that claim one (someone took
         # a freed username): a row changed behind our back, so forget what was written.
-        claims = self._execute("select count(*) from entities where username = ?", username)
+        claims = session_execute(self, "select count(*) from entities where username = ?", username)
         if claims and claims[0] > 1:
             self._written.clear()
         return super().get_entity_rows_by_username(username)

@@ -58,7 +58,7 @@ from common.errors import (
 from common.utils import PeerRef, mask_phone
 from model.budgetstore import UNKNOWN as UNKNOWN_SPENT
 from model.budgetstore import ResolveBudgetStore, SpentBudget
-from model.media import close_media_connection
+from model.downloader import MediaConnections
 from model.session import EntitySession
 from model.tgerrors import account_fate, rpc_error_name
 
@@ -420,6 +420,8 @@ class TeleClient:
             app_version=app_version,
             system_version=system_version,
         )
+        # The connections its downloads use besides Telethon's (model/downloader.py).
+        self.media_connections = MediaConnections(self.client)
 
     def __repr__(self) -> str:
         return f"<TeleClient {self.name} {self._state}>"
@@ -458,8 +460,8 @@ class TeleClient:
             self._watcher = None
         try:
             await self.client.disconnect()
-            # Its home-DC media connection (model/media.py) is not Telethon's to close.
-            await close_media_connection(self.client)
+            # Its home-DC media connection (model/downloader.py) is not Telethon's to close.
+            await self.media_connections.close()
         finally:
             self._lock.release()
 
@@ -941,7 +943,7 @@ class TeleClient:
     def note_error(self, error: BaseException) -> BaseException:
         """Keeps the account's state for a Telegram error met outside `_invoke`.
 
-        The downloader (model/media.py) sends `upload.getFile` over senders of its own, so
+        The downloader (model/downloader.py) sends `upload.getFile` over senders of its own, so
         its errors never pass `_invoke`. The Telethon error in `error` (or the one it was
         raised from) is classified here as `_invoke` classifies it: a flood wait sets
         `flood_until` and the flood counters (the pool skips the account until it ends), a

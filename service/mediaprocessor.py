@@ -74,7 +74,8 @@ from common.errors import (
 )
 from common.sqlite import open_db, write
 from common.utils import PeerRef
-from model.media import Media, check_part_size, download_media
+from model.downloader import MediaConnections, check_part_size, download_media
+from model.media import Media
 from service.parser import fresh_reference, parse_message
 from service.storage import (
     Storage,
@@ -102,7 +103,7 @@ class TeleClientLike(Protocol):
     """What the processor uses of `model.teleclient.TeleClient`."""
 
     name: str
-    client: Any  # telethon.TelegramClient
+    media_connections: MediaConnections  # what the downloader fetches parts over
     pending_downloads: int
 
     async def get_messages(self, ref: PeerRef, ids: list[int]) -> tuple[Any, list[Any]]: ...
@@ -118,7 +119,7 @@ class ClientLookup(Protocol):
     def get(self, name: str, /) -> Any: ...
 
 
-# model.media.download_media's signature.
+# model.downloader.download_media's signature.
 DownloadFn = Callable[..., Awaitable[None]]
 # The media.stored event: gets the record plus where the file was seen (account, peer, msg).
 OnStored = Callable[[dict[str, Any]], Awaitable[None] | None]
@@ -403,7 +404,7 @@ class MediaProcessor:
         self._set_state(item, State.DOWNLOADING)
         try:
             await self._download(
-                tele.client,
+                tele,
                 item.media,
                 path,
                 parts_in_flight=self._parts_in_flight,

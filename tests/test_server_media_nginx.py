@@ -40,7 +40,8 @@ import pytest
 from telethon.tl import functions, types
 
 from common.const import load_settings
-from model.media import media_key, part_count
+from common.utils import media_key
+from model.downloader import part_count
 from service.apiclient import ApiClient
 from service.mediaprocessor import decode_parts
 from tests.fakedc import demo_world as dw

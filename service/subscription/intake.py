@@ -39,6 +39,7 @@ from common.utils import PeerRef
 from model.joinmap import State
 from model.media import Media
 from model.teleclient import TeleClient
+from model.telethon_internals import update_entities
 from service import parser, queries
 from service.publisher import Event, make_event
 from service.subscription.joins import Joins
@@ -187,7 +188,7 @@ class Intake:
             or self._joins.leaving(peer_id, tc.name)
         ):
             return
-        entity = getattr(update, "_entities", {}).get(peer_id)
+        entity = update_entities(update).get(peer_id)
         if entity is None:
             try:
                 entity = await tc.get_entity(PeerRef.from_marked_id(peer_id))

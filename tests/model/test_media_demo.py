@@ -1,4 +1,4 @@
-"""The parser and download_media on what the emulator really sends: every message of the
+"""The parser and model/downloader.py's download_media on what the emulator really sends: every message of the
 demo world's media channel (photos on DC 1 and 2, an album, every document kind, a link
 preview) and a channel's own photo, parsed from Telethon's deserialised objects and
 downloaded byte-exact."""
@@ -14,7 +14,8 @@ import pytest
 from telethon import TelegramClient
 from telethon.tl import functions
 
-from model.media import Media, download_media
+from model.downloader import MediaConnections, download_media
+from model.media import Media
 from service.parser import MESSAGE_FIELDS, parse_messages, parse_peer
 from tests.fakedc import files, render
 from tests.fakedc.demo_world import ACCOUNT_A, ALBUM_GROUP, MEDIA_IDS, demo_world
@@ -36,10 +37,13 @@ async def client(fake_telegram: Any, telegram_session: Any) -> AsyncIterator[Tel
     TelegramClient._config = None
     tg = TelegramClient(str(path), FAKEDC_API_ID, FAKEDC_API_HASH, receive_updates=False)
     tg.flood_sleep_threshold = 0
+    # What download_media takes of a TeleClient: the account's media connections.
+    tg.media_connections = MediaConnections(tg)
     await tg.connect()
     try:
         yield tg
     finally:
+        await tg.media_connections.close()
         await tg.disconnect()
 
 

@@ -26,7 +26,8 @@ import pytest
 
 from common.errors import FloodWait
 from common.utils import parse_peer
-from model.media import Media, part_count
+from model.downloader import part_count
+from model.media import Media
 from model.teleclient import TeleClients
 from service.mediaprocessor import MediaProcessor, decode_parts, rebind_through
 from service.parser import parse_messages

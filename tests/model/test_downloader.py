@@ -1,5 +1,6 @@
-"""download_media: unit tests against a fake `client._call` (part rules, concurrency,
-faults), then integration tests against the DC emulator (tests/fakedc)."""
+"""model/downloader.py: download_media and MediaConnections. Unit tests against a fake
+Telethon client (part rules, concurrency, faults), then integration tests against the DC
+emulator (tests/fakedc)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from telethon import errors
 from telethon.tl import functions, types
 
 from common.errors import AccountUnusable, FloodWait, TelegramError
-from model import media as media_mod
-from model.media import MIB, Media, download_media, part_count
+from model import downloader as downloader_mod
+from model.downloader import MIB, MediaConnections, download_media, part_count
+from model.media import Media
 from tests.fakedc import files
+from tests.fixtures.wait import wait_for
 
 FILE_KEY = 4242
 
@@ -44,13 +47,23 @@ def make_media(size: int, dc_id: int = 1, ref: bytes = b"ref-0", file_id: int = 
 class FakeSender:
     def __init__(self, dc_id: int) -> None:
         self.dc_id = dc_id
+        self.connected = True
+
+    def is_connected(self) -> bool:
+        return self.connected
+
+    async def disconnect(self) -> None:
+        self.connected = False
 
 
 class FakeClient:
-    """What download_media touches of a TelegramClient, serving one file from
-    tests/fakedc/files.py with Telegram's part rules checked on every request."""
+    """What the downloader touches of a TelegramClient, serving one file from
+    tests/fakedc/files.py with Telegram's part rules checked on every request; and, like a
+    TeleClient, its `media_connections` (whose home-DC media connection is one more fake
+    sender, counted in `opened`)."""
 
     def __init__(self, size: int, file_dc: int = 1, home_dc: int = 1, latency: float = 0.0) -> None:
+        _fakes.append(self)
         self.size = size
         self.file_dc = file_dc
         self.session = SimpleNamespace(dc_id=home_dc)
@@ -65,6 +78,19 @@ class FakeClient:
         self.senders: dict[int, FakeSender] = {}
         # Called before answering each request; may raise (a fault) or return None.
         self.fault: Any = None
+        self.opened = 0
+        self.media_connections = MediaConnections(self, open_sender=self._open_home)
+        self._disconnected: asyncio.Future[None] | None = None
+
+    @property
+    def disconnected(self) -> asyncio.Future[None]:
+        if self._disconnected is None:
+            self._disconnected = asyncio.get_running_loop().create_future()
+        return self._disconnected
+
+    async def _open_home(self, client: Any) -> FakeSender:
+        self.opened += 1
+        return FakeSender(self.session.dc_id)
 
     async def _call(self, sender: FakeSender, request: Any) -> Any:
         assert isinstance(request, functions.upload.GetFileRequest)
@@ -95,17 +121,15 @@ class FakeClient:
         self.returned[sender.dc_id] += 1
 
 
+_fakes: list[FakeClient] = []
+
+
 @pytest.fixture(autouse=True)
-def fake_media_connection(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A FakeClient's home-DC media connection is one more fake sender it lends."""
-    original = media_mod._borrow_home_sender
-
-    async def borrow(client: Any) -> Any:
-        if isinstance(client, FakeClient):
-            return await client._borrow_exported_sender(client.session.dc_id)
-        return await original(client)
-
-    monkeypatch.setattr(media_mod, "_borrow_home_sender", borrow)
+async def close_fake_connections() -> AsyncIterator[None]:
+    """Closes the media connections of the FakeClients a test made, as TeleClient.stop does."""
+    yield
+    while _fakes:
+        await _fakes.pop().media_connections.close()
 
 
 def expected(size: int) -> bytes:
@@ -141,10 +165,18 @@ def test_any_size_part_size_and_window(
     tmp_path: Path, size: int, part_size: int, window: int
 ) -> None:
     client = FakeClient(size)
+    _fakes.remove(client)  # its own event loop: closed here
     out = tmp_path / f"{size}-{part_size}-{window}.bin"
-    asyncio.run(
-        download_media(client, make_media(size), out, parts_in_flight=window, part_size=part_size)
-    )
+
+    async def download() -> None:
+        try:
+            await download_media(
+                client, make_media(size), out, parts_in_flight=window, part_size=part_size
+            )
+        finally:
+            await client.media_connections.close()
+
+    asyncio.run(download())
     assert out.read_bytes() == expected(size)
     assert len(client.requests) == part_count(size, part_size)
     assert client.max_in_flight <= window
@@ -163,6 +195,7 @@ async def test_other_dc_uses_exported_sender(tmp_path: Path) -> None:
     assert (tmp_path / "f").read_bytes() == expected(size)
     assert {dc for dc, _, _ in client.requests} == {2}
     assert client.borrowed == Counter({2: 1}) and client.returned == Counter({2: 1})
+    assert client.opened == 0  # no home media connection for a file elsewhere
 
 
 async def test_file_migrate_switches_dc_once(tmp_path: Path) -> None:
@@ -172,7 +205,9 @@ async def test_file_migrate_switches_dc_once(tmp_path: Path) -> None:
     await download_media(client, media, tmp_path / "f", parts_in_flight=4)
     assert (tmp_path / "f").read_bytes() == expected(size)
     assert media.dc_id == 2
-    assert client.borrowed == Counter({1: 1, 2: 1}) and client.returned == Counter({1: 1, 2: 1})
+    # The home media connection, then DC 2's exported sender; both given back.
+    assert client.opened == 1 and client.media_connections.in_use == 0
+    assert client.borrowed == Counter({2: 1}) and client.returned == Counter({2: 1})
 
 
 async def test_main_connection_when_asked(tmp_path: Path) -> None:
@@ -180,6 +215,7 @@ async def test_main_connection_when_asked(tmp_path: Path) -> None:
     await download_media(client, make_media(2 * MIB), tmp_path / "f", media_connection=False)
     assert (tmp_path / "f").read_bytes() == expected(2 * MIB)
     assert not client.borrowed and {dc for dc, _, _ in client.requests} == {1}
+    assert client.opened == 0 and client.media_connections.in_use == 0
 
 
 async def test_reference_expired_mid_file_refreshes_once(tmp_path: Path) -> None:
@@ -261,7 +297,7 @@ async def test_resume_overwrites_only_missing_parts(tmp_path: Path) -> None:
 
 
 async def test_connection_error_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(media_mod, "_RETRY_DELAY", 0.0)
+    monkeypatch.setattr(downloader_mod, "_RETRY_DELAY", 0.0)
     size = 3 * MIB
     client = FakeClient(size)
     failures = iter([True, True, False])
@@ -279,7 +315,7 @@ async def test_connection_error_is_retried(tmp_path: Path, monkeypatch: pytest.M
 async def test_connection_that_stays_down_raises(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(media_mod, "_RETRY_DELAY", 0.0)
+    monkeypatch.setattr(downloader_mod, "_RETRY_DELAY", 0.0)
     client = FakeClient(MIB)
 
     def down(request: Any, sender: Any) -> None:
@@ -291,7 +327,7 @@ async def test_connection_that_stays_down_raises(
 
 
 async def test_server_errors_are_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(media_mod, "_RETRY_DELAY", 0.0)
+    monkeypatch.setattr(downloader_mod, "_RETRY_DELAY", 0.0)
     client = FakeClient(2 * MIB)
     failures = iter([True, True])
 
@@ -318,7 +354,7 @@ async def test_rpc_errors_become_domain_errors(
     client = FakeClient(MIB)
 
     def fail(request: Any, sender: Any) -> None:
-        raise error(request)  # type: ignore[call-arg]
+        raise error(request)
 
     client.fault = fail
     with pytest.raises(expected_type) as info:
@@ -406,7 +442,8 @@ def fakedc_dispatcher() -> Any:
 
 @pytest.fixture
 async def make_client(telegram_session: Any) -> AsyncIterator[Any]:
-    """Factory of connected TelegramClients of ACCOUNT (one session file per test)."""
+    """Factory of connected TelegramClients of ACCOUNT (one session file per test), each
+    given what download_media takes of a TeleClient: its `media_connections`."""
     from telethon import TelegramClient
 
     from tests.fixtures.fakedc import FAKEDC_API_HASH, FAKEDC_API_ID
@@ -423,11 +460,13 @@ async def make_client(telegram_session: Any) -> AsyncIterator[Any]:
         client.flood_sleep_threshold = 0
         await client.connect()
         assert await client.is_user_authorized()
+        client.media_connections = MediaConnections(client)
         clients.append(client)
         return client
 
     yield make
     for client in clients:
+        await client.media_connections.close()
         if client.is_connected():
             await client.disconnect()
 
@@ -471,11 +510,7 @@ async def test_emulator_home_dc_byte_exact(
     assert fake_telegram.dispatcher.count("upload.getFile") == 2 * part_count(HOME_SIZE)
     assert fake_telegram.dispatcher.count("auth.exportAuthorization") == 0
     # client.disconnect() closes the media connection too.
-    for _ in range(200):
-        if not home.connections:
-            break
-        await asyncio.sleep(0.01)
-    assert not home.connections
+    await wait_for(lambda: not home.connections, what="both connections closed")
 
 
 async def test_emulator_idle_media_connection_closes_and_reopens(
@@ -486,14 +521,10 @@ async def test_emulator_idle_media_connection_closes_and_reopens(
     try:
         media = await fetch_media(client, 1)
         # Idle for a minute, as soon as the download gave it back.
-        monkeypatch.setattr(media_mod, "_MEDIA_IDLE_CLOSE", 0.0)
+        client.media_connections.idle_close = 0.0
         await download_media(client, media, tmp_path / "a.bin")
-        for _ in range(200):
-            if len(home.connections) == 1:
-                break
-            await asyncio.sleep(0.01)
-        assert len(home.connections) == 1
-        monkeypatch.setattr(media_mod, "_MEDIA_IDLE_CLOSE", 60.0)
+        await wait_for(lambda: len(home.connections) == 1, what="the idle one closed")
+        client.media_connections.idle_close = 60.0
         await download_media(client, media, tmp_path / "b.bin")
         assert len(home.connections) == 2
     finally:
@@ -501,7 +532,7 @@ async def test_emulator_idle_media_connection_closes_and_reopens(
     assert (tmp_path / "b.bin").read_bytes() == emulated_bytes(DOC_HOME, HOME_SIZE)
 
 
-async def test_emulator_close_media_connection_closes_it_now(
+async def test_emulator_media_connections_close_closes_it_now(
     make_client: Any, fake_telegram: Any, tmp_path: Path
 ) -> None:
     home = fake_telegram.dcs[1]
@@ -510,13 +541,10 @@ async def test_emulator_close_media_connection_closes_it_now(
         media = await fetch_media(client, 1)
         await download_media(client, media, tmp_path / "a.bin")
         assert len(home.connections) == 2
-        await media_mod.close_media_connection(client)  # what TeleClient.stop calls
-        for _ in range(200):
-            if len(home.connections) == 1:
-                break
-            await asyncio.sleep(0.01)
-        assert len(home.connections) == 1 and client.is_connected()
-        await media_mod.close_media_connection(client)  # none left: harmless
+        await client.media_connections.close()  # what TeleClient.stop calls
+        await wait_for(lambda: len(home.connections) == 1, what="the media connection closed")
+        assert client.is_connected()
+        await client.media_connections.close()  # none left: harmless
     finally:
         await client.disconnect()
 
@@ -536,11 +564,7 @@ async def test_emulator_home_download_does_not_wait_for_another_dc(
         else:
             await fake_telegram.dcs[2].stop()  # Telethon retries the connect for ~5 s
         foreign = asyncio.create_task(download_media(client, dc2_media, tmp_path / "dc2.bin"))
-        for _ in range(500):
-            if client._borrow_sender_lock.locked():
-                break
-            await asyncio.sleep(0.01)
-        assert client._borrow_sender_lock.locked(), "the DC 2 borrow never started"
+        await wait_for(client._borrow_sender_lock.locked, 5, what="the DC 2 borrow started")
         await asyncio.wait_for(download_media(client, home_media, tmp_path / "home.bin"), 10)
         # Done while Telethon still connects to DC 2.
         assert client._borrow_sender_lock.locked() and not foreign.done()
@@ -569,13 +593,35 @@ async def test_emulator_banned_account_is_unusable_and_leaks_no_connection(
         with pytest.raises(AccountUnusable) as info:
             await download_media(client, media, tmp_path / "f.bin")
         assert (info.value.account, info.value.state) == ("acc1", "banned")
-        for _ in range(200):
-            if len(home.connections) == 1:
-                break
-            await asyncio.sleep(0.01)
-        assert len(home.connections) == 1
+        await wait_for(lambda: len(home.connections) == 1, what="only the main connection")
     finally:
         await client.disconnect()
+
+
+async def test_emulator_teleclient_owns_and_closes_its_media_connections(
+    telegram_session: Any, fake_telegram: Any, tmp_path: Path
+) -> None:
+    """A TeleClient is what download_media takes: its media connection is opened by the
+    download and closed by its stop()."""
+    from model.teleclient import TeleClient
+    from tests.fixtures.fakedc import FAKEDC_API_HASH, FAKEDC_API_ID
+
+    home = fake_telegram.dcs[1]
+    path = telegram_session(ACCOUNT, dc_id=1)
+    tele = TeleClient(path, FAKEDC_API_ID, FAKEDC_API_HASH, receive_updates=False)
+    await tele.start()
+    try:
+        media = await fetch_media(tele.client, 1)
+        await download_media(tele, media, tmp_path / "f.bin")
+        assert len(home.connections) == 2 and tele.media_connections.in_use == 0
+        sender = await tele.media_connections.borrow(1)  # the same, kept open
+        await tele.media_connections.give_back(sender)
+        assert len(home.connections) == 2 and sender.is_connected()
+    finally:
+        await tele.stop()
+    assert not sender.is_connected()
+    await wait_for(lambda: not home.connections, what="both connections closed")
+    assert (tmp_path / "f.bin").read_bytes() == emulated_bytes(DOC_HOME, HOME_SIZE)
 
 
 async def test_emulator_home_dc_on_main_connection(

@@ -1,0 +1,208 @@
+"""model/telethon_internals.py against the installed Telethon.
+
+Every private name the adapter relies on (its `INTERNALS`) must still exist with the kind
+it expects; a Telethon upgrade that moves one fails here, naming it, instead of at the
+first download. And no product module (common/, model/, service/, start.py) reaches a
+Telethon private attribute other than through the adapter.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import telethon
+from telethon import TelegramClient
+from telethon.sessions import MemorySession
+from telethon.tl import types
+
+from model import telethon_internals
+from model.session import EntitySession
+from model.telethon_internals import INTERNALS, Internal, session_execute, update_entities
+
+ROOT = Path(__file__).resolve().parents[2]
+PRODUCT = ["common", "model", "service", "start.py"]
+ADAPTER = Path(telethon_internals.__file__).resolve()
+_MISSING: Any = object()
+
+
+@pytest.fixture(scope="module")
+def client() -> TelegramClient:
+    """A TelegramClient as the project builds them, never connected."""
+    return TelegramClient(MemorySession(), 1, "0" * 32, receive_updates=False)
+
+
+def where(internal: Internal) -> str:
+    return (
+        f"Telethon {telethon.__version__}: {internal.label} ({internal.kind}) is what "
+        f"model/telethon_internals.py relies on for {internal.used_for}"
+    )
+
+
+@pytest.mark.parametrize("internal", INTERNALS, ids=lambda i: i.label)
+def test_telethon_still_has_it(internal: Internal, client: TelegramClient) -> None:
+    if internal.kind == "set on updates":
+        source = inspect.getsource(internal.owner)
+        assert f".{internal.name} = " in source, f"{where(internal)}: no longer set"
+        return
+    holder = client if internal.kind == "client attribute" else internal.owner
+    value: Any = getattr(holder, internal.name, _MISSING)
+    assert value is not _MISSING, f"{where(internal)}: gone"
+    if internal.kind == "coroutine function":
+        assert inspect.iscoroutinefunction(value), f"{where(internal)}: not a coroutine function"
+    elif internal.kind == "function":
+        assert callable(value) and not inspect.iscoroutinefunction(value), (
+            f"{where(internal)}: not a plain function"
+        )
+    elif internal.kind == "class":
+        assert inspect.isclass(value), f"{where(internal)}: not a class"
+    if internal.type_of is not None:
+        assert isinstance(value, internal.type_of), (
+            f"{where(internal)}: a {type(value).__name__}, not a {internal.type_of.__name__}"
+        )
+    if internal.params:
+        params = inspect.signature(value).parameters
+        missing = [p for p in internal.params if p not in params]
+        assert not missing, f"{where(internal)}: its signature lost {missing}"
+
+
+def test_every_private_name_the_adapter_uses_is_listed() -> None:
+    """The adapter's own code reaches no private Telethon name `INTERNALS` doesn't list, so
+    the test above covers all of them."""
+    listed = {i.name for i in INTERNALS}
+    used = {
+        node.attr
+        for node in ast.walk(ast.parse(ADAPTER.read_text()))
+        if isinstance(node, ast.Attribute) and _private(node.attr)
+    }
+    used |= {
+        name
+        for node in ast.walk(ast.parse(ADAPTER.read_text()))
+        if (name := _getattr_name(node)) is not None and _private(name)
+    }
+    assert used <= listed, f"not in INTERNALS: {sorted(used - listed)}"
+
+
+def test_no_product_module_reaches_telethon_internals(client: TelegramClient) -> None:
+    """The grep, kept: outside the adapter no `x._name` (nor `getattr(x, "_name")`) of a
+    private name of the Telethon classes the project uses, nor `self._name` of one in a
+    class that subclasses Telethon's."""
+    names = _telethon_private_names(client)
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {text}"
+        for path in _product_files()
+        for line, text in _private_uses(path, names)
+    ]
+    assert not found, "Telethon internals outside model/telethon_internals.py:\n" + "\n".join(found)
+
+
+def test_the_scan_sees_what_it_looks_for(tmp_path: Path, client: TelegramClient) -> None:
+    """The scan above is not vacuous: each form it forbids is found."""
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "from telethon.sessions import SQLiteSession\n"
+        "async def f(client, update):\n"
+        "    await client._call(client._sender, None)\n"
+        "    return getattr(update, '_entities', {})\n"
+        "class S(SQLiteSession):\n"
+        "    def g(self):\n"
+        "        return self._execute('select 1')\n"
+        "    def h(self):\n"
+        "        return self._mine\n"
+    )
+    lines = [line for line, _ in _private_uses(bad, _telethon_private_names(client))]
+    assert lines == [3, 3, 4, 7]
+
+
+def test_update_entities_reads_what_telethon_attached() -> None:
+    update = types.UpdateChannel(channel_id=5)
+    assert update_entities(update) == {}
+    channel = types.ChannelForbidden(id=5, access_hash=1, title="gone")
+    update._entities = {-1000000000005: channel}  # as Telethon's _preprocess_updates does
+    assert update_entities(update) == {-1000000000005: channel}
+
+
+def test_session_execute_runs_on_the_session_file(tmp_path: Path) -> None:
+    session = EntitySession(str(tmp_path / "a"))
+    try:
+        assert session_execute(
+            session, "select count(*) from entities where username = ?", "x"
+        ) == (0,)
+    finally:
+        session.close()
+
+
+# -- the scan -------------------------------------------------------------------------------
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.endswith("__")
+
+
+def _telethon_private_names(client: TelegramClient) -> set[str]:
+    """Private names of the Telethon classes the adapter deals with (class and instance
+    attributes), and whatever else `INTERNALS` lists (attributes set at run time)."""
+    owners = [i.owner for i in INTERNALS if inspect.isclass(i.owner)]
+    names = {n for owner in owners for n in dir(owner)}
+    names |= set(vars(client)) | set(vars(client.session)) | set(vars(client._sender))
+    names |= {i.name for i in INTERNALS}
+    return {n for n in names if _private(n)}
+
+
+def _product_files() -> Iterator[Path]:
+    for entry in PRODUCT:
+        path = ROOT / entry
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            if file.resolve() != ADAPTER:
+                yield file
+
+
+def _getattr_name(node: ast.AST) -> str | None:
+    """The "_x" of `getattr(obj, "_x", ...)` (or has/set/delattr); None for another node."""
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("getattr", "hasattr", "setattr", "delattr")
+        and len(node.args) > 1
+        and isinstance(node.args[1], ast.Constant)
+        and isinstance(node.args[1].value, str)
+    ):
+        return node.args[1].value
+    return None
+
+
+def _private_uses(path: Path, names: set[str]) -> Iterator[tuple[int, str]]:
+    tree = ast.parse(path.read_text())
+    telethon_subclasses = {id(node) for node in ast.walk(tree) if _subclasses_telethon(node)}
+    uses: list[tuple[int, str]] = []
+    for cls_or_module in [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef))]:
+        inside_subclass = id(cls_or_module) in telethon_subclasses
+        for node in _own_nodes(cls_or_module):
+            if isinstance(node, ast.Attribute) and node.attr in names:
+                on_self = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+                if not on_self or inside_subclass:
+                    uses.append((node.lineno, ast.unparse(node)))
+            elif isinstance(node, ast.Call) and _getattr_name(node) in names:
+                uses.append((node.lineno, ast.unparse(node)))
+    yield from sorted(set(uses))
+
+
+def _own_nodes(scope: ast.AST) -> Iterator[ast.AST]:
+    """The nodes of a module or class, not those of the classes nested in it."""
+    for child in ast.iter_child_nodes(scope):
+        if isinstance(child, ast.ClassDef):
+            continue
+        yield child
+        yield from _own_nodes(child)
+
+
+def _subclasses_telethon(node: Any) -> bool:
+    telethon_classes = {o.__name__ for o in (i.owner for i in INTERNALS) if inspect.isclass(o)}
+    telethon_classes |= {"MemorySession", "Session", "TelegramBaseClient"}
+    return isinstance(node, ast.ClassDef) and any(
+        isinstance(base, ast.Name) and base.id in telethon_classes for base in node.bases
+    )
