@@ -42,7 +42,7 @@ from telethon.tl import functions, types
 from common.const import load_settings
 from model.media import media_key, part_count
 from service.apiclient import ApiClient
-from service.mediaprocessor import decode_parts
+from service.mediastore import decode_parts
 from tests.fakedc import demo_world as dw
 from tests.fakedc import files, render
 from tests.fakedc.api import DropConnection, RpcError

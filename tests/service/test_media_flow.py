@@ -28,7 +28,9 @@ from common.errors import FloodWait
 from common.utils import parse_peer
 from model.media import Media, part_count
 from model.teleclient import TeleClients
-from service.mediaprocessor import MediaProcessor, decode_parts, rebind_through
+from service.mediaprocessor import MediaProcessor
+from service.mediasource import rebind_through
+from service.mediastore import decode_parts
 from service.parser import parse_messages
 from service.storage import HttpStorage
 from tests.fakedc import files, render

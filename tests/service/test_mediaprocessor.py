@@ -30,12 +30,9 @@ from telethon.tl import types
 from common.errors import AccountUnusable, FloodWait, NoAccountAvailable, TgcError
 from common.utils import PeerRef
 from model.media import Media
-from service.mediaprocessor import (
-    MediaProcessor,
-    decode_parts,
-    encode_parts,
-    rebind_through,
-)
+from service.mediaprocessor import MediaProcessor
+from service.mediasource import rebind_through
+from service.mediastore import decode_parts, encode_parts
 from service.storage import HttpStorage, LocalStorage, StorageError
 from tests.fakedc import files
 from tests.fixtures.nginx import Nginx
