@@ -522,7 +522,8 @@ class Server:
         await self.pool.start()
 
     async def _start_processor(self) -> None:
-        from service.mediaprocessor import MediaProcessor, rebind_through
+        from service.mediaprocessor import MediaProcessor
+        from service.mediasource import rebind_through
         from service.storage import HttpStorage, LocalStorage
 
         m, st, d = self.settings.media, self.settings.storage, self.settings.data.dir

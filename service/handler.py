@@ -60,7 +60,8 @@ from common.utils import PeerRef, parse_peer
 from service import queries
 from service.cryptor import Cipher, Signer
 from service.metrics import ServiceMetrics
-from service.queries import MediaQueue, Pool
+from service.ports import Pool
+from service.queries import MediaQueue
 from service.status import ErrorLog, StatusPage
 
 log = logging.getLogger(__name__)

@@ -12,33 +12,20 @@ job) gets the same answers. Paging rules live here, not in the handler:
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol, TypeVar
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from common.errors import NotFound
 from common.utils import PeerRef
 from model.media import Media
 from service import parser
+from service.ports import Pool
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 class Account(Protocol):
     name: str
-
-
-class Pool(Protocol):
-    """What the queries need of `model.teleclient.TeleClients`."""
-
-    async def run(
-        self, op: Callable[[Any], Awaitable[T]], peer: PeerRef | None = None
-    ) -> tuple[T, Any]: ...
-
-    def accounts(self) -> list[dict[str, Any]]: ...
-
-    def usable(self) -> bool: ...
 
 
 class MediaQueue(Protocol):

@@ -43,7 +43,7 @@ from common.const import load_settings
 from common.utils import media_key
 from model.downloader import part_count
 from service.apiclient import ApiClient
-from service.mediaprocessor import decode_parts
+from service.mediastore import decode_parts
 from tests.fakedc import demo_world as dw
 from tests.fakedc import files, render
 from tests.fakedc.api import DropConnection, RpcError

@@ -1,5 +1,5 @@
 """The media flow end to end, with every real part: the DC emulator (two DCs) behind real
-TeleClients, model.media.download_media, the processor, and nginx WebDAV.
+TeleClients, model.downloader.download_media, the processor, and nginx WebDAV.
 
 A history page of the demo world's media channel (photos on DC 1 and 2, an album, every
 document kind, a link preview's photo) is parsed and handed to the processor as the handler
@@ -29,7 +29,9 @@ from common.utils import parse_peer
 from model.downloader import part_count
 from model.media import Media
 from model.teleclient import TeleClients
-from service.mediaprocessor import MediaProcessor, decode_parts, rebind_through
+from service.mediaprocessor import MediaProcessor
+from service.mediasource import rebind_through
+from service.mediastore import decode_parts
 from service.parser import parse_messages
 from service.storage import HttpStorage
 from tests.fakedc import files, render
@@ -43,6 +45,8 @@ from tests.fakedc.demo_world import (
 )
 from tests.fixtures.fakedc import FAKEDC_API_HASH, FAKEDC_API_ID
 from tests.fixtures.nginx import Nginx
+from tests.fixtures.wait import wait_for
+from tests.service.media_rig import GatedStorage
 
 ROOT = Path(__file__).resolve().parents[2]
 GET_FILE = "upload.getFile"
@@ -89,6 +93,7 @@ class Flow:
         self.tmp, self.pool, self.nginx, self.rpc = tmp, pool, nginx, rpc
         self.stored: list[dict[str, Any]] = []
         self.processors: list[MediaProcessor] = []
+        self.storage: GatedStorage | None = None  # the last processor's (counts its puts)
 
     def processor(self, **options: Any) -> MediaProcessor:
         opts: dict[str, Any] = {
@@ -97,9 +102,9 @@ class Flow:
             "retry_base": 0.05, "retry_max": 0.2,
         }  # fmt: skip
         opts.update(options)
+        self.storage = GatedStorage(HttpStorage(self.nginx.base_url, timeout=5))
         p = MediaProcessor(
-            self.tmp / "media.db", self.tmp / "spool",
-            HttpStorage(self.nginx.base_url, timeout=5), self.pool, **opts,
+            self.tmp / "media.db", self.tmp / "spool", self.storage, self.pool, **opts,
         )  # fmt: skip
         self.processors.append(p)
         return p
@@ -132,14 +137,6 @@ def emulated(media: Media) -> bytes:
 
 def on_nginx(nginx: Nginx, media: Media) -> bytes:
     return nginx.path_of(f"{media.key[:2]}/{media.key}{media.extension}").read_bytes()
-
-
-async def wait_for(condition: Callable[[], bool], within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def all_in(p: MediaProcessor, media: list[Media], state: str) -> bool:
@@ -245,7 +242,10 @@ async def test_nginx_away_for_a_while(flow: Flow) -> None:
     for m in media:
         p.submit(m)
     await wait_for(lambda: all_in(p, media, "uploading"))
-    await asyncio.sleep(0.5)  # a few failed PUTs: the items wait, nothing fails
+    # A few failed PUTs (the two upload workers two each): the items wait, nothing fails.
+    storage = flow.storage
+    assert storage is not None
+    await wait_for(lambda: sum(storage.tried.values()) >= 4, what="four refused puts")
     assert all_in(p, media, "uploading")
     flow.nginx.start()
     await wait_for(lambda: all_in(p, media, "stored"))
