@@ -249,26 +249,6 @@ def _default_app(server: Server) -> tornado.web.Application:
     )
 
 
-def media_stored_event(record: dict[str, Any]) -> Any:
-    """The media processor's `on_stored` record → the contract's `media.stored` event."""
-    from model.teleclient import account_label
-    from service.publisher import make_event
-
-    origin = ("account", "peer_id", "msg_id")
-    media = {k: v for k, v in record.items() if k not in origin}
-    message = {"id": record["msg_id"]} if record.get("msg_id") else None
-    return make_event(
-        "media.stored",
-        {"id": record["peer_id"]},
-        # A record from before account labels names its account by the session stem, which
-        # may be a phone number: masked like a label.
-        account=account_label(record["account"]),
-        message=message,
-        extra={"media": media},
-        id_suffix=record["key"],
-    )
-
-
 def teleclient_options(settings: Settings) -> dict[str, Any]:
     """The telegram.* settings as `model.teleclient.TeleClient` keyword arguments."""
     t = settings.telegram
@@ -472,7 +452,8 @@ class Server:
         self._stack.callback(self.joinmap.close)
 
     def _build_publisher(self) -> None:
-        from service.publisher import Outbox, Publisher
+        from service.outbox import Outbox
+        from service.publisher import Publisher
 
         r = self.settings.rabbitmq
         self.outbox = Outbox(self.settings.data.dir / "outbox.sqlite3", r.outbox_max_events)
@@ -558,6 +539,8 @@ class Server:
         await self.processor.start()
 
     async def _publish_media_stored(self, record: dict[str, Any]) -> None:
+        from service.events import media_stored_event
+
         await self.publisher.publish_event(media_stored_event(record))
 
     async def _start_subscriber(self) -> None:

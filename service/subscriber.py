@@ -101,7 +101,8 @@ from model.joinmap import CHANNELS_PER_ACCOUNT, JoinMap, State
 from model.media import Media
 from model.teleclient import AccountState, JoinRequestSent, TeleClient, TeleClients
 from service import parser, queries
-from service.publisher import Event, Publisher, make_event
+from service.events import Event, make_event
+from service.publisher import Publisher
 
 log = logging.getLogger(__name__)
 

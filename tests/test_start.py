@@ -24,7 +24,7 @@ from common.const import load_settings
 from common.errors import ConfigError
 from model.teleclient import SessionLock
 from service.apiclient import ApiClient
-from start import PidFile, Server, list_accounts, login, main, media_stored_event
+from start import PidFile, Server, list_accounts, login, main
 from tests.fakedc import demo_world as dw
 from tests.fakedc.cluster import FakeTelegram
 from tests.fakedc.rpc import TelegramRpc
@@ -560,30 +560,6 @@ async def test_demo_prints_a_signed_request_and_its_answer() -> None:
     assert "start.py call --config" in text and "GET '/api/v1/peer?peer=@tgc_news'" in text
     assert '"ok": true' in text and '"title": "TGC News"' in text
     assert time.monotonic() - t0 < 30
-
-
-def test_media_stored_event_follows_the_contract() -> None:
-    record = {
-        "key": "ab" * 16,
-        "type": "photo",
-        "state": "stored",
-        "size": 10,
-        "mime_type": "image/jpeg",
-        "file_name": None,
-        "url": "http://storage/ab/abab.jpg",
-        "error": None,
-        "updated_at": "2026-01-01T00:00:00Z",
-        "account": "acc1",
-        "peer_id": -1001,
-        "msg_id": 55,
-    }
-    event = media_stored_event(record)
-    assert event.routing_key == "media.stored"
-    assert event.message_id == f"-1001:55:media.stored:{'ab' * 16}"
-    assert event.body["peer"] == {"id": -1001} and event.body["message"] == {"id": 55}
-    assert event.body["account"] == "acc1"
-    assert event.body["media"]["url"] == "http://storage/ab/abab.jpg"
-    assert "account" not in event.body["media"]
 
 
 def _log(path: Path) -> str:

@@ -23,7 +23,8 @@ from common.errors import (
 from common.utils import parse_peer
 from model.joinmap import JoinMap
 from model.teleclient import AccountState, TeleClients
-from service.publisher import Outbox, Publisher
+from service.outbox import Outbox
+from service.publisher import Publisher
 from service.subscriber import FULL_RECHECK, Subscriber, _Recent
 from tests.fixtures.fakedc import FAKEDC_API_HASH, FAKEDC_API_ID
 from tests.fixtures.rabbitmq import Consumer, Rabbit
@@ -146,7 +147,7 @@ def test_recent_claims_once_and_forgets_the_oldest() -> None:
 
 async def test_an_event_the_publisher_refused_is_not_marked_published(tmp_path: Path) -> None:
     from common.errors import ShuttingDown
-    from service.publisher import make_event
+    from service.events import make_event
 
     class Refusing:
         calls = 0
