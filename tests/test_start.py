@@ -114,6 +114,47 @@ def test_a_real_process_exits_2_on_a_missing_secret(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+SERVE_THEN_LIST_TESTS_MODULES = """
+import os, signal, sys, threading
+from pathlib import Path
+
+import start
+
+url_file = Path(sys.argv[2])
+serving = threading.Event()
+
+
+def stop_once_serving() -> None:
+    while not url_file.exists():  # the server writes it once it serves
+        serving.wait(0.02)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+threading.Thread(target=stop_once_serving, daemon=True).start()
+code = start.main(["serve", "--no-console", "--config", sys.argv[1]])
+print("tests modules:", sorted(m for m in sys.modules if m.split(".")[0] == "tests"))
+sys.exit(code)
+"""
+
+
+def test_serve_never_imports_tests(tmp_path: Path) -> None:
+    # Only `demo` may reach into tests/ (the emulator): a real server loads none of it.
+    import subprocess
+
+    config = write_config(tmp_path)
+    url_file = tmp_path / "data" / "run" / "tgc.url"
+    proc = subprocess.run(
+        [sys.executable, "-c", SERVE_THEN_LIST_TESTS_MODULES, str(config), str(url_file)],
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=45,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "tests modules: []" in proc.stdout, proc.stdout
+
+
 def test_a_log_dir_that_cant_be_made_is_a_config_error_without_traceback(tmp_path: Path) -> None:
     import subprocess
 

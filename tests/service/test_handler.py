@@ -32,8 +32,9 @@ from common.errors import (
 from common.utils import PeerRef
 from model.media import Media
 from service.apiclient import ApiClient, ApiResponse
+from service.basehandler import Lifecycle, outer_body_limit
 from service.cryptor import Cipher, Signer
-from service.handler import Lifecycle, make_app, make_server, outer_body_limit
+from service.handler import make_app, make_server
 
 TOKEN = "handler-test-token"
 KEY = "5a" * 32
@@ -676,7 +677,7 @@ async def test_unexpected_error_is_500_without_traceback(
     api: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
     api.pool.error = RuntimeError("secret detail at /srv/x.py line 3")
-    with caplog.at_level(logging.ERROR, logger="service.handler"):
+    with caplog.at_level(logging.ERROR, logger="service.basehandler"):
         answer = await api.call("GET", "/api/v1/peer?peer=news")
     assert answer.status == 500 and answer.error == {
         "code": "INTERNAL",
