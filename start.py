@@ -238,6 +238,41 @@ class _Counted(httputil.HTTPMessageDelegate):
             self._tracker.end()
 
 
+# --- stop signals --------------------------------------------------------------------------
+
+
+class StopSignals:
+    """SIGTERM and SIGINT on the running loop: the first sets `stop` (the graceful stop
+    begins), a second calls `force(code)` at once: 130 for SIGINT, 1 for SIGTERM."""
+
+    def __init__(self, stop: asyncio.Event, force: Callable[[int], None]) -> None:
+        self._stop = stop
+        self._force = force
+        self._installed: list[int] = []
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+            self._installed.append(sig)
+
+    def remove(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in self._installed:
+            loop.remove_signal_handler(sig)
+        self._installed.clear()
+
+    def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if not self._stop.is_set():
+            log.info("%s: stopping gracefully (send it again to force)", name)
+            self._stop.set()
+            return
+        code = 130 if sig == signal.SIGINT else 1
+        log.warning("%s again: forced exit (%d) without finishing the stop", name, code)
+        self._force(code)
+
+
 # --- the server ----------------------------------------------------------------------------
 
 
@@ -349,7 +384,7 @@ class Server:
         self._http: HTTPServer | None = None
         self._stack = contextlib.AsyncExitStack()
         self._stop_requested = asyncio.Event()
-        self._signals: list[int] = []
+        self._signals = StopSignals(self._stop_requested, self._force_exit)
         self._stopped = False
 
     # --- life ---
@@ -364,7 +399,7 @@ class Server:
     async def serve(self, ready: Callable[[Server], Awaitable[None]] | None = None) -> int:
         """Starts, calls `ready(self)` if given, serves until SIGTERM/SIGINT (or
         `request_stop()`), stops gracefully. Returns the exit code (0)."""
-        self.install_signal_handlers()
+        self._signals.install()
         try:
             await self.start()
             if ready is not None and not self._stop_requested.is_set():
@@ -372,7 +407,7 @@ class Server:
             await self._stop_requested.wait()
         finally:
             await self.stop()
-            self.remove_signal_handlers()
+            self._signals.remove()
         return 0
 
     def request_stop(self) -> None:
@@ -439,28 +474,7 @@ class Server:
         await self._stack.aclose()
         log.info("stopped in %.1f s", time.monotonic() - t0)
 
-    # --- signals ---
-
-    def install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal, sig)
-            self._signals.append(sig)
-
-    def remove_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in self._signals:
-            loop.remove_signal_handler(sig)
-        self._signals.clear()
-
-    def _on_signal(self, sig: int) -> None:
-        name = signal.Signals(sig).name
-        if not self._stop_requested.is_set():
-            log.info("%s: stopping gracefully (send it again to force)", name)
-            self._stop_requested.set()
-            return
-        code = 130 if sig == signal.SIGINT else 1
-        log.warning("%s again: forced exit (%d) without finishing the stop", name, code)
+    def _force_exit(self, code: int) -> None:
         self.record_exit(code)
         logging.shutdown()
         os._exit(code)
