@@ -61,7 +61,7 @@ from common.logger import setup_logging
 
 if TYPE_CHECKING:
     # The services' types, for the annotations only: each command imports what it runs
-    # when it runs it (`paths`, `call`, `accounts` start without Telethon or Tornado's app).
+    # when it runs it (`paths` and `call` start without Telethon, the services, SQLite).
     from prometheus_client import CollectorRegistry
 
     from model.joinmap import JoinMap
@@ -251,6 +251,7 @@ class StopSignals:
         self._installed: list[int] = []
 
     def install(self) -> None:
+        """Handles both signals on the running loop until `remove()`."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -411,6 +412,7 @@ class Server:
         return 0
 
     def request_stop(self) -> None:
+        """Begins the graceful stop, as a first SIGTERM would."""
         self._stop_requested.set()
 
     def record_exit(self, code: int) -> None:

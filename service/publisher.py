@@ -134,6 +134,7 @@ class Publisher:
 
     @property
     def nacked(self) -> int:
+        """Events the broker nacked (each sent again later)."""
         return self._link.nacked
 
     @property
@@ -143,6 +144,7 @@ class Publisher:
 
     @property
     def reconnects(self) -> int:
+        """Broker reconnections."""
         return self._link.reconnects
 
     @property
