@@ -40,7 +40,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import orjson
 import tornado.web
@@ -52,11 +52,27 @@ from common.const import (
     CLIENT_REQUIRED,
     SERVE_REQUIRED,
     TELEGRAM_REQUIRED,
+    Proxy,
     Settings,
     load_settings,
 )
 from common.errors import ConfigError
 from common.logger import setup_logging
+
+if TYPE_CHECKING:
+    # The services' types, for the annotations only: each command imports what it runs
+    # when it runs it (`paths` and `call` start without Telethon, the services, SQLite).
+    from prometheus_client import CollectorRegistry
+
+    from model.joinmap import JoinMap
+    from model.teleclient import TeleClients
+    from service.handler import Route
+    from service.mediaprocessor import MediaProcessor
+    from service.outbox import Outbox
+    from service.publisher import Publisher
+    from service.status import ErrorLog
+    from service.storage import Storage
+    from service.subscriber import Subscriber
 
 log = logging.getLogger("tgc.start")
 
@@ -222,16 +238,51 @@ class _Counted(httputil.HTTPMessageDelegate):
             self._tracker.end()
 
 
+# --- stop signals --------------------------------------------------------------------------
+
+
+class StopSignals:
+    """SIGTERM and SIGINT on the running loop: the first sets `stop` (the graceful stop
+    begins), a second calls `force(code)` at once: 130 for SIGINT, 1 for SIGTERM."""
+
+    def __init__(self, stop: asyncio.Event, force: Callable[[int], None]) -> None:
+        self._stop = stop
+        self._force = force
+        self._installed: list[int] = []
+
+    def install(self) -> None:
+        """Handles both signals on the running loop until `remove()`."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+            self._installed.append(sig)
+
+    def remove(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in self._installed:
+            loop.remove_signal_handler(sig)
+        self._installed.clear()
+
+    def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if not self._stop.is_set():
+            log.info("%s: stopping gracefully (send it again to force)", name)
+            self._stop.set()
+            return
+        code = 130 if sig == signal.SIGINT else 1
+        log.warning("%s again: forced exit (%d) without finishing the stop", name, code)
+        self._force(code)
+
+
 # --- the server ----------------------------------------------------------------------------
 
 
 def _default_app(server: Server) -> tornado.web.Application:
     """The service's Tornado application (service/handler.py) on the server's services."""
     from service.cryptor import Cipher, Signer
-    from service.handler import Lifecycle, make_app
+    from service.handler import make_app
 
     s = server.settings
-    server.lifecycle = Lifecycle()
     return make_app(
         pool=server.pool,
         processor=server.processor,
@@ -249,42 +300,39 @@ def _default_app(server: Server) -> tornado.web.Application:
     )
 
 
-def media_stored_event(record: dict[str, Any]) -> Any:
-    """The media processor's `on_stored` record → the contract's `media.stored` event."""
-    from model.teleclient import account_label
-    from service.publisher import make_event
+class TeleClientOptions(TypedDict):
+    """The keyword arguments of `model.teleclient.TeleClient` that come from telegram.*
+    (mypy checks them against TeleClient's signature where they are unpacked)."""
 
-    origin = ("account", "peer_id", "msg_id")
-    media = {k: v for k, v in record.items() if k not in origin}
-    message = {"id": record["msg_id"]} if record.get("msg_id") else None
-    return make_event(
-        "media.stored",
-        {"id": record["peer_id"]},
-        # A record from before account labels names its account by the session stem, which
-        # may be a phone number: masked like a label.
-        account=account_label(record["account"]),
-        message=message,
-        extra={"media": media},
-        id_suffix=record["key"],
-    )
+    proxy: Proxy | None
+    resolve_per_minute: int
+    resolve_per_day: int
+    flood_sleep_threshold: int
+    request_retries: int
+    request_timeout: float
+    reconnect_max_delay: float
+    device_model: str | None
+    app_version: str | None
+    system_version: str | None
+    lang_code: str
 
 
-def teleclient_options(settings: Settings) -> dict[str, Any]:
+def teleclient_options(settings: Settings) -> TeleClientOptions:
     """The telegram.* settings as `model.teleclient.TeleClient` keyword arguments."""
     t = settings.telegram
-    return {
-        "proxy": t.proxy,
-        "resolve_per_minute": t.resolve_per_minute,
-        "resolve_per_day": t.resolve_per_day,
-        "flood_sleep_threshold": t.flood_sleep_threshold,
-        "request_retries": t.request_retries,
-        "request_timeout": t.timeout,
-        "reconnect_max_delay": t.reconnect_max_delay,
-        "device_model": t.device_model,
-        "app_version": t.app_version,
-        "system_version": t.system_version,
-        "lang_code": t.lang_code,
-    }
+    return TeleClientOptions(
+        proxy=t.proxy,
+        resolve_per_minute=t.resolve_per_minute,
+        resolve_per_day=t.resolve_per_day,
+        flood_sleep_threshold=t.flood_sleep_threshold,
+        request_retries=t.request_retries,
+        request_timeout=t.timeout,
+        reconnect_max_delay=t.reconnect_max_delay,
+        device_model=t.device_model,
+        app_version=t.app_version,
+        system_version=t.system_version,
+        lang_code=t.lang_code,
+    )
 
 
 class Server:
@@ -293,10 +341,11 @@ class Server:
         server = Server(load_settings(path))
         exit_code = await server.serve()      # until SIGTERM/SIGINT
 
-    Services are attributes once `start()` ran (None where not configured): `pool`,
-    `joinmap`, `outbox`, `publisher`, `storage`, `processor`, `subscriber`, `registry`
-    (the Prometheus registry every metric goes to), `app`. `stopping` is true from the first
-    stop signal on (handlers answer 503 SHUTTING_DOWN to new work then).
+    Services are attributes once `start()` built them (reading one before raises
+    AttributeError): `error_log`, `registry` (the Prometheus registry every metric goes to),
+    `joinmap`, `outbox`, `publisher`, `pool`, `storage`, `processor`, `subscriber`, then
+    `app`. `lifecycle` is the app's draining flag, set at stop (handlers answer 503
+    SHUTTING_DOWN to new work then); `stopping` is true from the first stop signal on.
 
     Each piece registers its own stop when it is built, so a start that fails half-way
     stops what it had started, and `stop()` closes everything in the reverse order of the
@@ -304,7 +353,20 @@ class Server:
     the SQLite files, the pid file.
     """
 
+    # Built by start(), in this order; each registers its own stop as it is built.
+    error_log: ErrorLog  # WARNING+ records of this server's life, for /status
+    registry: CollectorRegistry
+    joinmap: JoinMap
+    outbox: Outbox
+    publisher: Publisher
+    pool: TeleClients
+    storage: Storage  # owned by the processor once that is built
+    processor: MediaProcessor
+    subscriber: Subscriber
+
     def __init__(self, settings: Settings, *, app_factory: AppFactory = _default_app) -> None:
+        from service.basehandler import Lifecycle
+
         self.settings = settings
         self.app_factory = app_factory
         self.pidfile = PidFile(settings.run_dir / "tgc.pid")
@@ -316,23 +378,14 @@ class Server:
         self.stopping = False
         self.started_at: float | None = None
         self.port: int | None = None
-        self.pool: Any = None
-        self.joinmap: Any = None
-        self.outbox: Any = None
-        self.publisher: Any = None
-        self.storage: Any = None
-        self.processor: Any = None
-        self.subscriber: Any = None
-        self.registry: Any = None
-        self.error_log: Any = None  # service.status.ErrorLog on the root logger
         self.app: tornado.web.Application | None = None
-        self.lifecycle: Any = None  # service.handler.Lifecycle: draining → 503 SHUTTING_DOWN
-        self.extra_handlers: list[Any] = []  # more routes for make_app
+        self.lifecycle = Lifecycle()  # draining → 503 SHUTTING_DOWN (the default app's)
+        self.extra_handlers: list[Route] = []  # more routes for make_app
         self.inflight: InFlight | None = None
         self._http: HTTPServer | None = None
         self._stack = contextlib.AsyncExitStack()
         self._stop_requested = asyncio.Event()
-        self._signals: list[int] = []
+        self._signals = StopSignals(self._stop_requested, self._force_exit)
         self._stopped = False
 
     # --- life ---
@@ -347,7 +400,7 @@ class Server:
     async def serve(self, ready: Callable[[Server], Awaitable[None]] | None = None) -> int:
         """Starts, calls `ready(self)` if given, serves until SIGTERM/SIGINT (or
         `request_stop()`), stops gracefully. Returns the exit code (0)."""
-        self.install_signal_handlers()
+        self._signals.install()
         try:
             await self.start()
             if ready is not None and not self._stop_requested.is_set():
@@ -355,10 +408,11 @@ class Server:
             await self._stop_requested.wait()
         finally:
             await self.stop()
-            self.remove_signal_handlers()
+            self._signals.remove()
         return 0
 
     def request_stop(self) -> None:
+        """Begins the graceful stop, as a first SIGTERM would."""
         self._stop_requested.set()
 
     def record_exit(self, code: int) -> None:
@@ -407,7 +461,7 @@ class Server:
         log.info(
             "serving on %s with %d accounts (%.1f s to start)",
             self.url,
-            len(self.pool) if self.pool is not None else 0,
+            len(self.pool),
             time.monotonic() - t0,
         )
 
@@ -422,28 +476,7 @@ class Server:
         await self._stack.aclose()
         log.info("stopped in %.1f s", time.monotonic() - t0)
 
-    # --- signals ---
-
-    def install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal, sig)
-            self._signals.append(sig)
-
-    def remove_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in self._signals:
-            loop.remove_signal_handler(sig)
-        self._signals.clear()
-
-    def _on_signal(self, sig: int) -> None:
-        name = signal.Signals(sig).name
-        if not self._stop_requested.is_set():
-            log.info("%s: stopping gracefully (send it again to force)", name)
-            self._stop_requested.set()
-            return
-        code = 130 if sig == signal.SIGINT else 1
-        log.warning("%s again: forced exit (%d) without finishing the stop", name, code)
+    def _force_exit(self, code: int) -> None:
         self.record_exit(code)
         logging.shutdown()
         os._exit(code)
@@ -472,7 +505,8 @@ class Server:
         self._stack.callback(self.joinmap.close)
 
     def _build_publisher(self) -> None:
-        from service.publisher import Outbox, Publisher
+        from service.outbox import Outbox
+        from service.publisher import Publisher
 
         r = self.settings.rabbitmq
         self.outbox = Outbox(self.settings.data.dir / "outbox.sqlite3", r.outbox_max_events)
@@ -559,6 +593,8 @@ class Server:
         await self.processor.start()
 
     async def _publish_media_stored(self, record: dict[str, Any]) -> None:
+        from service.events import media_stored_event
+
         await self.publisher.publish_event(media_stored_event(record))
 
     async def _start_subscriber(self) -> None:
@@ -588,7 +624,7 @@ class Server:
         self.inflight = InFlight(self.app)
         # make_server sets Tornado's own limits the way the handlers expect them; it is given
         # the counting wrapper, which Tornado takes like the Application it wraps.
-        self._http = make_server(cast(Any, self.inflight), s.max_body_bytes, idle_connection_timeout=60)
+        self._http = make_server(self.inflight, s.max_body_bytes, idle_connection_timeout=60)
         sockets = bind_sockets(s.port, s.host, reuse_port=False)
         self.port = sockets[0].getsockname()[1]
         self._http.add_sockets(sockets)
@@ -596,8 +632,7 @@ class Server:
 
     async def _drain_http(self) -> None:
         assert self._http is not None and self.inflight is not None
-        if self.lifecycle is not None:
-            self.lifecycle.draining = True  # new /api/v1 requests: 503 SHUTTING_DOWN
+        self.lifecycle.draining = True  # new /api/v1 requests: 503 SHUTTING_DOWN
         self._http.stop()  # no new connections
         timeout = self.settings.server.shutdown_timeout
         if self.inflight.active:
@@ -977,6 +1012,10 @@ async def demo(*, once: bool = False, say: Callable[[str], None] = print) -> int
     Imports from tests/ on purpose, and only here: the emulator is test code that the demo
     borrows so that a newcomer sees real answers without a Telegram account.
     """
+    # Product code reaching into tests/: the one place, by design. The demo runs the real
+    # server against the emulator (tests/fakedc), which is test code and stays there. The
+    # imports are local to this function so that `serve` and every other command never
+    # load tests/ (tests/test_start.py checks that `serve` doesn't).
     from tests.fakedc import demo_world as dw
     from tests.fakedc.cluster import FakeTelegram
     from tests.fakedc.rpc import TelegramRpc
@@ -985,11 +1024,7 @@ async def demo(*, once: bool = False, say: Callable[[str], None] = print) -> int
     root = Path(tempfile.mkdtemp(prefix="tgc-demo-"))
     rpc = TelegramRpc(dw.demo_world())
     tg = FakeTelegram(rpc, dc_ids=(1, 2))
-
-    def push(user_id: int, updates: Any) -> None:
-        tg.push(user_id, updates)
-
-    rpc.set_pusher(push)
+    rpc.set_pusher(tg.pusher)
     await tg.start()
     try:
         for user_id in (dw.ACCOUNT_A, dw.ACCOUNT_B, dw.ACCOUNT_C):

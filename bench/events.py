@@ -45,7 +45,9 @@ from pamqp import commands as spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.publisher import Event, Outbox, Publisher, make_event
+from service.events import Event, make_event
+from service.outbox import Outbox
+from service.publisher import Publisher
 
 PEER = {"id": -1001234567890, "type": "channel", "title": "Bench", "username": "bench"}
 

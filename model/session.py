@@ -27,7 +27,8 @@ from model.telethon_internals import session_execute
 _ROW_FIELDS = ("access_hash", "min", "username", "phone", "first_name", "last_name", "title")
 
 
-class EntitySession(SQLiteSession):
+# Telethon ships no type information (no py.typed): its classes are Any to mypy.
+class EntitySession(SQLiteSession):  # type: ignore[misc]
     """SQLiteSession that skips entities whose row it wrote already, unchanged.
 
     `remember` bounds the memory of written rows (one small tuple per entity); past it the

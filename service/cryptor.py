@@ -269,7 +269,10 @@ class _FastGcm:
         self._ecb = AES.new(key, AES.MODE_ECB)  # stateless: reused for every tag block
         self._impl = _mode_gcm._ghash_clmul or _mode_gcm._ghash_portable
         # Holding the _GHASH object keeps its expanded tables (freed with it) alive.
-        self._tables = _mode_gcm._GHASH(self._ecb.encrypt(bytes(16)), self._impl)
+        # pycryptodome's stub declares this private class without types.
+        self._tables = _mode_gcm._GHASH(  # type: ignore[no-untyped-call]
+            self._ecb.encrypt(bytes(16)), self._impl
+        )
         self._exp_key = self._tables._exp_key.get()
         self._raw = _raw_api
 

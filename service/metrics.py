@@ -34,22 +34,92 @@ the process-global one) keeps tests isolated.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import tornado.web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from service.ports import Pool
+
 log = logging.getLogger(__name__)
 
 ACCOUNT_STATES = ("ok", "flood_wait", "banned", "unauthorized", "disconnected")
 _TELEGRAM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+# --- what the metrics read of the services (their real types satisfy these) -----------
+
+
+class OutboxLevel(Protocol):
+    """How full the outbox is (service.outbox.Outbox)."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def max_events(self) -> int: ...
+
+
+class ObservedPublisher(Protocol):
+    """What /metrics and /status read of the publisher (service.publisher.Publisher)."""
+
+    @property
+    def published(self) -> int: ...
+
+    @property
+    def outbox(self) -> OutboxLevel: ...
+
+    @property
+    def connected(self) -> asyncio.Event: ...
+
+
+@runtime_checkable
+class ObservedProcessor(Protocol):
+    """A media queue that shows its queues and byte totals (the MediaProcessor does)."""
+
+    def stats(self) -> Mapping[str, int]: ...
+
+    @property
+    def downloaded_bytes(self) -> int: ...
+
+    @property
+    def uploaded_bytes(self) -> int: ...
+
+
+@runtime_checkable
+class ObservedSubscriber(Protocol):
+    """A subscriptions service that keeps the counters of SUBSCRIBER_COUNTERS."""
+
+    @property
+    def published(self) -> int: ...
+
+    @property
+    def duplicates(self) -> int: ...
+
+    @property
+    def polls(self) -> int: ...
+
+    @property
+    def poll_found(self) -> int: ...
+
+
+class JoinedChats(Protocol):
+    """What the subscriber's metrics read of the join map (model.joinmap.JoinMap)."""
+
+    def joined_peers(self) -> list[int]: ...
+
+    def orphaned(self) -> list[int]: ...
+
+
+# --- the families ----------------------------------------------------------------------
 
 
 class HttpMetrics:
@@ -154,7 +224,9 @@ class StateCollector(Collector):
     Either may be None (a server without them): their families are left out.
     """
 
-    def __init__(self, pool: Any = None, processor: Any = None) -> None:
+    def __init__(
+        self, pool: Pool | None = None, processor: ObservedProcessor | None = None
+    ) -> None:
         self.pool = pool
         self.processor = processor
 
@@ -165,6 +237,7 @@ class StateCollector(Collector):
             yield from self._media()
 
     def _accounts(self) -> Iterator[Metric]:
+        assert self.pool is not None  # collect() asks only then
         states = account_states(self.pool.accounts())
         accounts = GaugeMetricFamily("tgc_accounts", "Accounts by state", labels=["state"])
         for state, n in states.items():
@@ -180,6 +253,7 @@ class StateCollector(Collector):
 
     def _media(self) -> Iterator[Metric]:
         p = self.processor
+        assert p is not None  # collect() asks only then
         stats: Mapping[str, int] = p.stats()
         queue = GaugeMetricFamily("tgc_media_queue", "Media waiting, by queue", labels=["queue"])
         queue.add_metric(["download"], stats.get("downloads_queued", 0))
@@ -207,7 +281,7 @@ class SubscriberCollector(Collector):
     of chats).
     """
 
-    def __init__(self, subscriber: Any, joinmap: Any) -> None:
+    def __init__(self, subscriber: ObservedSubscriber, joinmap: JoinedChats) -> None:
         self.subscriber = subscriber
         self.joinmap = joinmap
 
@@ -237,21 +311,16 @@ SUBSCRIBER_COUNTERS = (
 )
 
 
-def observable_subscriber(subscriber: Any) -> Any:
+def observable_subscriber(subscriber: object | None) -> ObservedSubscriber | None:
     """The subscriber if it keeps the counters of SUBSCRIBER_COUNTERS, else None (a fake
     subscriptions service in a test, or a server without the subscription flow)."""
-    if subscriber is not None and all(hasattr(subscriber, a) for _, a, _ in SUBSCRIBER_COUNTERS):
-        return subscriber
-    return None
+    return subscriber if isinstance(subscriber, ObservedSubscriber) else None
 
 
-def observable_processor(processor: Any) -> Any:
+def observable_processor(processor: object | None) -> ObservedProcessor | None:
     """The processor if it shows its queues (`stats()`) and byte totals, else None (a
     fake in a test of something else, or a server without media)."""
-    surface = ("stats", "downloaded_bytes", "uploaded_bytes")
-    if processor is not None and all(hasattr(processor, a) for a in surface):
-        return processor
-    return None
+    return processor if isinstance(processor, ObservedProcessor) else None
 
 
 def account_states(accounts: Iterable[Mapping[str, Any]]) -> dict[str, int]:
@@ -331,17 +400,17 @@ class ServiceMetrics:
         self,
         registry: CollectorRegistry,
         *,
-        pool: Any = None,
-        processor: Any = None,
-        publisher: Any = None,
+        pool: Pool | None = None,
+        processor: object | None = None,
+        publisher: ObservedPublisher | None = None,
         minutes: int = 15,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry = registry
-        processor = observable_processor(processor)
+        observed = observable_processor(processor)
         self.http = HttpMetrics(registry)
         self.telegram = TelegramMetrics(registry)
-        registry.register(StateCollector(pool, processor))
+        registry.register(StateCollector(pool, observed))
         observe_calls = getattr(pool, "observe_calls", None)
         if observe_calls is not None:
             observe_calls(self.telegram.observe)
@@ -351,9 +420,9 @@ class ServiceMetrics:
             "telegram calls": lambda: self.telegram.total,
             "telegram errors": lambda: self.telegram.errors,
         }
-        if processor is not None:
-            sources["downloaded bytes"] = lambda: processor.downloaded_bytes
-            sources["uploaded bytes"] = lambda: processor.uploaded_bytes
+        if observed is not None:
+            sources["downloaded bytes"] = lambda: observed.downloaded_bytes
+            sources["uploaded bytes"] = lambda: observed.uploaded_bytes
         if publisher is not None:
             sources["events published"] = lambda: publisher.published
         self.throughput = Throughput(sources, minutes=minutes, clock=clock)

@@ -104,7 +104,7 @@ def marked_id(peer: Any) -> int | None:
     # The three Peer kinds directly (several per message); the rest by Telethon's rule.
     kind = type(peer)
     if kind is types.PeerChannel:
-        return -(10**12) - peer.channel_id
+        return -(10**12) - int(peer.channel_id)
     if kind is types.PeerUser:
         return int(peer.user_id)
     if kind is types.PeerChat:

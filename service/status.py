@@ -22,11 +22,13 @@ from typing import Any
 import tornado.template
 
 from service.metrics import (
+    ObservedPublisher,
     ServiceMetrics,
     account_states,
     observable_processor,
     observable_subscriber,
 )
+from service.ports import Pool
 
 MESSAGE_MAX = 500
 
@@ -82,11 +84,11 @@ class StatusPage:
     def __init__(
         self,
         *,
-        pool: Any,
-        processor: Any = None,
-        publisher: Any = None,
-        subscriber: Any = None,
-        joinmap: Any = None,
+        pool: Pool,
+        processor: object | None = None,
+        publisher: ObservedPublisher | None = None,
+        subscriber: object | None = None,
+        joinmap: object | None = None,
         metrics: ServiceMetrics | None = None,
         errors: ErrorLog | None = None,
         clock: Callable[[], float] = time.time,

@@ -24,7 +24,7 @@ from common.const import load_settings
 from common.errors import ConfigError
 from model.teleclient import SessionLock
 from service.apiclient import ApiClient
-from start import PidFile, Server, list_accounts, login, main, media_stored_event
+from start import PidFile, Server, list_accounts, login, main
 from tests.fakedc import demo_world as dw
 from tests.fakedc.cluster import FakeTelegram
 from tests.fakedc.rpc import TelegramRpc
@@ -105,6 +105,47 @@ def test_a_real_process_exits_2_on_a_missing_secret(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "api.token" in proc.stderr and str(config) in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+SERVE_THEN_LIST_TESTS_MODULES = """
+import os, signal, sys, threading
+from pathlib import Path
+
+import start
+
+url_file = Path(sys.argv[2])
+serving = threading.Event()
+
+
+def stop_once_serving() -> None:
+    while not url_file.exists():  # the server writes it once it serves
+        serving.wait(0.02)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+threading.Thread(target=stop_once_serving, daemon=True).start()
+code = start.main(["serve", "--no-console", "--config", sys.argv[1]])
+print("tests modules:", sorted(m for m in sys.modules if m.split(".")[0] == "tests"))
+sys.exit(code)
+"""
+
+
+def test_serve_never_imports_tests(tmp_path: Path) -> None:
+    # Only `demo` may reach into tests/ (the emulator): a real server loads none of it.
+    import subprocess
+
+    config = write_config(tmp_path)
+    url_file = tmp_path / "data" / "run" / "tgc.url"
+    proc = subprocess.run(
+        [sys.executable, "-c", SERVE_THEN_LIST_TESTS_MODULES, str(config), str(url_file)],
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=45,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "tests modules: []" in proc.stdout, proc.stdout
 
 
 def test_a_log_dir_that_cant_be_made_is_a_config_error_without_traceback(tmp_path: Path) -> None:
@@ -571,30 +612,6 @@ async def test_demo_prints_a_signed_request_and_its_answer() -> None:
     assert "start.py call --config" in text and "GET '/api/v1/peer?peer=@tgc_news'" in text
     assert '"ok": true' in text and '"title": "TGC News"' in text
     assert time.monotonic() - t0 < 30
-
-
-def test_media_stored_event_follows_the_contract() -> None:
-    record = {
-        "key": "ab" * 16,
-        "type": "photo",
-        "state": "stored",
-        "size": 10,
-        "mime_type": "image/jpeg",
-        "file_name": None,
-        "url": "http://storage/ab/abab.jpg",
-        "error": None,
-        "updated_at": "2026-01-01T00:00:00Z",
-        "account": "acc1",
-        "peer_id": -1001,
-        "msg_id": 55,
-    }
-    event = media_stored_event(record)
-    assert event.routing_key == "media.stored"
-    assert event.message_id == f"-1001:55:media.stored:{'ab' * 16}"
-    assert event.body["peer"] == {"id": -1001} and event.body["message"] == {"id": 55}
-    assert event.body["account"] == "acc1"
-    assert event.body["media"]["url"] == "http://storage/ab/abab.jpg"
-    assert "account" not in event.body["media"]
 
 
 def _log(path: Path) -> str:

@@ -41,7 +41,7 @@ from model.media import Media
 from model.teleclient import TeleClient
 from model.telethon_internals import update_entities
 from service import parser, queries
-from service.publisher import Event, make_event
+from service.events import Event, make_event
 from service.subscription.joins import Joins
 from service.subscription.state import Shared, event_peer, peer_of
 

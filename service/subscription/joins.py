@@ -31,7 +31,7 @@ from common.errors import (
 from common.utils import PeerRef, is_basic_group
 from model.joinmap import CHANNELS_PER_ACCOUNT, State
 from model.teleclient import JoinRequestSent, TeleClient
-from service.publisher import make_event
+from service.events import make_event
 from service.subscription.state import Shared, event_peer, peer_of
 
 # The flow's one logger, named as before it was split in parts: log filters name it.

@@ -104,7 +104,7 @@ def fingerprint() -> int:
 
 
 def _be(n: int) -> bytes:
-    return telethon_rsa.get_byte_array(n)
+    return bytes(telethon_rsa.get_byte_array(n))
 
 
 class HandshakeError(Exception):
@@ -142,7 +142,7 @@ class Handshaker:
         except Exception as e:  # any malformed step ends the connection, as on Telegram
             log.warning("handshake failed: %s: %s", type(e).__name__, e)
             return None
-        body = answer._bytes()
+        body: bytes = answer._bytes()
         return struct.pack("<qqi", 0, self._ids.next_msg_id(ANSWER), len(body)) + body
 
     def _step(self, request: object) -> types.TLObject:

@@ -705,7 +705,8 @@ class TelegramRpc(FaultKnobs):
         if isinstance(im, int):
             im = types.InputMessageID(im)
         if isinstance(im, types.InputMessageID):
-            return box.get(im.id, im.id)
+            msg_id: int = im.id
+            return box.get(msg_id, msg_id)
         if isinstance(im, types.InputMessageReplyTo):
             msg = box.get(im.id)
             target = msg.reply_to if msg is not None else None

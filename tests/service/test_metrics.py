@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from model.joinmap import JoinMap
+from service.events import make_event
 from service.metrics import (
     ServiceMetrics,
     SubscriberCollector,
@@ -18,7 +19,6 @@ from service.metrics import (
     account_states,
     observable_subscriber,
 )
-from service.publisher import make_event
 from tests.fixtures.ops import OpsStack
 from tests.fixtures.wait import wait_for
 

@@ -13,9 +13,9 @@ from prometheus_client import CollectorRegistry
 
 from common import errors
 from model.media import Media
-from service import handler
+from service.basehandler import ApiHandler, BaseHandler
 from service.cryptor import Cipher, Signer
-from service.handler import ApiHandler, make_app
+from service.handler import make_app
 from service.parser import MESSAGE_FIELDS, PEER_FIELDS
 
 DOC_PATH = Path(__file__).parents[2] / "docs" / "openapi.json"
@@ -41,7 +41,7 @@ def served_routes() -> dict[str, type[tornado.web.RequestHandler]]:
     out: dict[str, type[tornado.web.RequestHandler]] = {}
     for rule in app.wildcard_router.rules:
         target = rule.target
-        assert isinstance(target, type) and issubclass(target, handler.BaseHandler)
+        assert isinstance(target, type) and issubclass(target, BaseHandler)
         if target.route.endswith("*"):  # the /api/v1 catch-all
             continue
         out[target.route] = target
@@ -57,7 +57,7 @@ def methods_of(cls: type[tornado.web.RequestHandler]) -> set[str]:
 def _own(cls: type) -> set[str]:
     names: set[str] = set()
     for klass in cls.__mro__:
-        if klass in (ApiHandler, handler.BaseHandler, tornado.web.RequestHandler, object):
+        if klass in (ApiHandler, BaseHandler, tornado.web.RequestHandler, object):
             break
         names |= set(vars(klass))
     return names

@@ -10,7 +10,6 @@ import sqlite3
 import sys
 import textwrap
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import aiormq
@@ -19,7 +18,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from common.errors import ShuttingDown
-from service.publisher import Outbox, Publisher, make_event
+from service.events import make_event
+from service.outbox import Outbox
+from service.publisher import Publisher
 from tests.fixtures.rabbitmq import BrokerProxy, Rabbit
 from tests.fixtures.wait import wait_for
 
@@ -59,85 +60,6 @@ async def publisher_factory(outbox: Outbox) -> AsyncIterator:
     yield make
     for p in made:
         await p.stop(grace=0)
-
-
-# --- events ---------------------------------------------------------------------------------
-
-
-def test_make_event_ids_and_body() -> None:
-    new = make_event("message.new", PEER, account="a1", message={"id": 5}, at=0)
-    assert new.message_id == "-1001234567890:5:message.new"
-    assert new.body == {
-        "event": "message.new",
-        "peer": PEER,
-        "account": "a1",
-        "at": "1970-01-01T00:00:00Z",
-        "message": {"id": 5},
-    }
-    edited = make_event(
-        "message.edited",
-        PEER,
-        account="a1",
-        message={"id": 5, "edit_date": "2023-11-14T22:13:20Z"},
-    )
-    assert edited.message_id == "-1001234567890:5:message.edited:1700000000"
-    same = make_event(
-        "message.edited",
-        PEER,
-        account="a2",  # another account saw the same edit: same id
-        message={"id": 5, "edit_date": datetime.fromtimestamp(1_700_000_000, UTC)},
-    )
-    assert same.message_id == edited.message_id
-    deleted = make_event("message.deleted", PEER, account="a1", message={"id": 5})
-    assert deleted.message_id == "-1001234567890:5:message.deleted"
-    sub = make_event(
-        "subscription.changed",
-        PEER,
-        account="a1",
-        extra={"state": "kicked"},
-        id_suffix="a1:kicked:1700000000",
-    )
-    assert sub.message_id == "-1001234567890:0:subscription.changed:a1:kicked:1700000000"
-    assert sub.body["state"] == "kicked" and "message" not in sub.body
-    with pytest.raises(ValueError):
-        make_event("message.bogus", PEER, account="a1")
-    with pytest.raises(ValueError):
-        make_event("message.edited", PEER, account="a1", message={"id": 5})
-
-
-# --- the outbox -----------------------------------------------------------------------------
-
-
-def test_outbox_keeps_order_and_never_reuses_seq(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db", max_events=10)
-    assert [r.seq for r in box.append([("message.new", "a", b"1"), ("message.new", "b", b"2")])] == [1, 2]
-    assert [r.seq for r in box.append([("message.edited", "c", b"3")])] == [3]
-    rows = box.read(0, 10)
-    assert [(r.routing_key, r.message_id, r.body) for r in rows] == [
-        ("message.new", "a", b"1"),
-        ("message.new", "b", b"2"),
-        ("message.edited", "c", b"3"),
-    ]
-    assert box.read(rows[0].seq, 1) == rows[1:2]
-    assert box.delete([r.seq for r in rows]) == 3 and box.size == 0
-    assert box.delete([rows[0].seq]) == 0
-    box.append([("message.new", "d", b"4")])
-    assert box.read(0, 10)[0].seq > rows[-1].seq  # an emptied table doesn't restart at 1
-    box.close()
-    again = Outbox(tmp_path / "o.db", max_events=10)
-    assert again.size == 1 and again.read(0, 10)[0].message_id == "d"
-    again.append([("message.new", "e", b"5")])
-    assert [r.message_id for r in again.read(0, 10)] == ["d", "e"]
-    again.close()
-
-
-def test_outbox_checkpoint_moves_the_wal(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db", max_events=10_000)
-    box.append([("message.new", str(i), b"x" * 1000) for i in range(2000)])
-    busy, pages, done = box.checkpoint()  # the loop's connection never checkpoints itself
-    assert busy == 0 and pages > 500 and done == pages
-    assert box.checkpoint() == (0, pages, pages)  # nothing new
-    box.close()
 
 
 # --- the publisher against the real broker --------------------------------------------------
@@ -357,7 +279,8 @@ async def test_ten_thousand_events_through_drops_and_refusals(
 CHILD = textwrap.dedent(
     """
     import asyncio, sys
-    from service.publisher import Outbox, Publisher
+    from service.outbox import Outbox
+    from service.publisher import Publisher
 
     async def main():
         box = Outbox(sys.argv[1], max_events=100_000)

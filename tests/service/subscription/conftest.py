@@ -13,7 +13,8 @@ import pytest
 
 from model.joinmap import JoinMap
 from model.teleclient import TeleClients
-from service.publisher import Outbox, Publisher
+from service.outbox import Outbox
+from service.publisher import Publisher
 from service.subscriber import Subscriber
 from tests.fixtures.fakedc import FAKEDC_API_HASH, FAKEDC_API_ID
 from tests.fixtures.rabbitmq import Rabbit

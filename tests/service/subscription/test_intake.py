@@ -31,7 +31,7 @@ from tests.service.subscription.flow import (
 
 async def test_an_event_the_publisher_refused_is_not_marked_published(tmp_path: Path) -> None:
     from common.errors import ShuttingDown
-    from service.publisher import make_event
+    from service.events import make_event
 
     class Refusing:
         calls = 0
