@@ -251,7 +251,7 @@ def _default_app(server: Server) -> tornado.web.Application:
 
 def media_stored_event(record: dict[str, Any]) -> Any:
     """The media processor's `on_stored` record → the contract's `media.stored` event."""
-    from model.teleclient import account_label
+    from model.account import account_label
     from service.publisher import make_event
 
     origin = ("account", "peer_id", "msg_id")
@@ -493,7 +493,7 @@ class Server:
 
     async def _start_pool(self) -> None:
         from model.budgetstore import ResolveBudgetStore
-        from model.teleclient import TeleClients
+        from model.pool import TeleClients
 
         t = self.settings.telegram
         t.sessions_dir.mkdir(parents=True, exist_ok=True)
@@ -686,7 +686,7 @@ async def login(
     """
     from telethon import TelegramClient, errors
 
-    from model.teleclient import SessionLock
+    from model.session import SessionLock
 
     digits = phone_digits(phone)
     ask = ask or _ask
@@ -836,7 +836,8 @@ async def list_accounts(settings: Settings) -> list[dict[str, Any]]:
     """Every session file with its state. A session the running server holds is not
     touched (two connections on one auth key get it revoked): it shows as `in use`.
     `name` is the account's label as the server shows it, `session` the file's stem."""
-    from model.teleclient import TeleClient, account_labels
+    from model.account import account_labels
+    from model.teleclient import TeleClient
 
     t = settings.telegram
     rows: list[dict[str, Any]] = []

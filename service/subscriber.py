@@ -90,6 +90,7 @@ from common.errors import (
     AccountUnusable,
     AlreadySubscribed,
     FloodWait,
+    JoinRequestSent,
     NoAccountAvailable,
     NotSubscribed,
     PeerNotFound,
@@ -97,9 +98,11 @@ from common.errors import (
     TgcError,
 )
 from common.utils import PeerRef, parse_peer
+from model.account import AccountState
 from model.joinmap import CHANNELS_PER_ACCOUNT, JoinMap, State
 from model.media import Media
-from model.teleclient import AccountState, JoinRequestSent, TeleClient, TeleClients
+from model.pool import TeleClients
+from model.teleclient import TeleClient
 from service import parser, queries
 from service.publisher import Event, Publisher, make_event
 

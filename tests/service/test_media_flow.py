@@ -27,7 +27,7 @@ import pytest
 from common.errors import FloodWait
 from common.utils import parse_peer
 from model.media import Media, part_count
-from model.teleclient import TeleClients
+from model.pool import TeleClients
 from service.mediaprocessor import MediaProcessor, decode_parts, rebind_through
 from service.parser import parse_messages
 from service.storage import HttpStorage

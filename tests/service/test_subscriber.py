@@ -21,8 +21,9 @@ from common.errors import (
     PeerPrivate,
 )
 from common.utils import parse_peer
+from model.account import AccountState
 from model.joinmap import JoinMap
-from model.teleclient import AccountState, TeleClients
+from model.pool import TeleClients
 from service.publisher import Outbox, Publisher
 from service.subscriber import FULL_RECHECK, Subscriber, _Recent
 from tests.fixtures.fakedc import FAKEDC_API_HASH, FAKEDC_API_ID
