@@ -64,8 +64,10 @@ if TYPE_CHECKING:
     # when it runs it (`paths` and `call` start without Telethon, the services, SQLite).
     from prometheus_client import CollectorRegistry
 
+    from model.clientfactory import ClientOptions
     from model.joinmap import JoinMap
-    from model.teleclient import TeleClients
+    from model.login import Login
+    from model.pool import TeleClients
     from service.handler import Route
     from service.mediaprocessor import MediaProcessor
     from service.outbox import Outbox
@@ -527,7 +529,7 @@ class Server:
 
     async def _start_pool(self) -> None:
         from model.budgetstore import ResolveBudgetStore
-        from model.teleclient import TeleClients
+        from model.pool import TeleClients
 
         t = self.settings.telegram
         t.sessions_dir.mkdir(parents=True, exist_ok=True)
@@ -718,94 +720,63 @@ async def login(
     login failed (the half-made session file is removed then).
 
     `dc` = (dc_id, host, port) points a new session at another data centre than Telethon's
-    default (the emulator, in tests).
+    default (the emulator, in tests). The Telegram side is model.login's; here are the
+    prompts.
     """
-    from telethon import TelegramClient, errors
-
-    from model.teleclient import SessionLock
+    from common.errors import TelegramError
+    from model.login import login_session
 
     digits = phone_digits(phone)
     ask = ask or _ask
     ask_secret = ask_secret or _ask_secret
-    t = settings.telegram
-    t.sessions_dir.mkdir(parents=True, exist_ok=True)
-    path = t.sessions_dir / f"{digits}.session"
-    existed = path.exists()
-    lock = SessionLock(path)
-    lock.acquire()
-    client = TelegramClient(
-        str(path),
-        t.api_id,
-        t.api_hash,
-        proxy=t.proxy.to_telethon() if t.proxy is not None else None,
-        receive_updates=False,
-        **_client_identity(settings),
-    )
-    ok = False
-    try:
-        if dc is not None and not existed:
-            client.session.set_dc(*dc)
-        await client.connect()
-        if await client.is_user_authorized():
+    sessions_dir = settings.telegram.sessions_dir
+    sessions_dir.mkdir(parents=True, exist_ok=True)
+    path = sessions_dir / f"{digits}.session"
+    async with login_session(path, _client_options(settings), dc=dc) as session:
+        if await session.authorized():
             say(f"{path} is already logged in")
-            ok = True
             return path
         try:
-            sent = await client.send_code_request("+" + digits)
-        except errors.RPCError as e:
-            raise LoginFailed(f"Telegram sends no code to +{digits}: {e}") from None
-        ok = await _enter_code(client, errors, digits, sent.phone_code_hash, ask, ask_secret, say, attempts)
-        if not ok:
+            await session.send_code("+" + digits)
+        except TelegramError as e:
+            raise LoginFailed(f"Telegram sends no code to +{digits}: {e.message}") from None
+        if not await _enter_code(session, ask, ask_secret, say, attempts):
             return None
-        me = await client.get_me()
-        name = " ".join(x for x in (me.first_name, me.last_name) if x) or str(me.id)
-        say(f"logged in as {name} (id {me.id}); session saved to {path}")
+        me = await session.me()
+        say(f"logged in as {me.display_name} (id {me.user_id}); session saved to {path}")
         return path
-    finally:
-        await client.disconnect()
-        lock.release()
-        if not ok and not existed:
-            for leftover in (path, path.with_name(path.name + "-journal")):
-                with contextlib.suppress(FileNotFoundError):
-                    leftover.unlink()
 
 
 async def _enter_code(
-    client: Any,
-    errors: Any,
-    digits: str,
-    code_hash: str,
+    session: Login,
     ask: Callable[[str], str],
     ask_secret: Callable[[str], str],
     say: Callable[[str], None],
     attempts: int,
 ) -> bool:
+    from model.login import SignIn
+
     for _ in range(attempts):
-        code = ask("Code Telegram sent: ").strip()
-        try:
-            await client.sign_in("+" + digits, code, phone_code_hash=code_hash)
+        answer = await session.sign_in(ask("Code Telegram sent: ").strip())
+        if answer is SignIn.DONE:
             return True
-        except errors.PhoneCodeInvalidError:
-            say("wrong code")
-        except errors.PhoneCodeExpiredError:
+        if answer is SignIn.PASSWORD_NEEDED:
+            return await _enter_password(session, ask_secret, say, attempts)
+        if answer is SignIn.CODE_EXPIRED:
             say("the code expired: run login again")
             return False
-        except errors.SessionPasswordNeededError:
-            return await _enter_password(client, errors, ask_secret, say, attempts)
+        say("wrong code")
     say(f"{attempts} wrong codes: giving up")
     return False
 
 
 async def _enter_password(
-    client: Any, errors: Any, ask_secret: Callable[[str], str], say: Callable[[str], None], attempts: int
+    session: Login, ask_secret: Callable[[str], str], say: Callable[[str], None], attempts: int
 ) -> bool:
     for _ in range(attempts):
-        password = ask_secret("2FA password: ")
-        try:
-            await client.sign_in(password=password)
+        if await session.check_password(ask_secret("2FA password: ")):
             return True
-        except errors.PasswordHashInvalidError:
-            say("wrong password")
+        say("wrong password")
     say(f"{attempts} wrong passwords: giving up")
     return False
 
@@ -824,14 +795,20 @@ def _ask_secret(prompt: str) -> str:
     return _ask(prompt)  # piped in (scripts, tests): nothing to hide from
 
 
-def _client_identity(settings: Settings) -> dict[str, Any]:
+def _client_options(settings: Settings) -> ClientOptions:
+    """The telegram.* settings a Telethon client is built with (model.clientfactory)."""
+    from model.clientfactory import ClientOptions
+
     t = settings.telegram
-    out: dict[str, Any] = {"lang_code": t.lang_code, "system_lang_code": t.lang_code}
-    for name in ("device_model", "app_version", "system_version"):
-        value = getattr(t, name)
-        if value:
-            out[name] = value
-    return out
+    return ClientOptions(
+        t.api_id,
+        t.api_hash,
+        proxy=t.proxy,
+        device_model=t.device_model,
+        app_version=t.app_version,
+        system_version=t.system_version,
+        lang_code=t.lang_code,
+    )
 
 
 def cmd_login(args: argparse.Namespace) -> int:
@@ -872,7 +849,8 @@ async def list_accounts(settings: Settings) -> list[dict[str, Any]]:
     """Every session file with its state. A session the running server holds is not
     touched (two connections on one auth key get it revoked): it shows as `in use`.
     `name` is the account's label as the server shows it, `session` the file's stem."""
-    from model.teleclient import TeleClient, account_labels
+    from model.account import account_labels
+    from model.teleclient import TeleClient
 
     t = settings.telegram
     rows: list[dict[str, Any]] = []

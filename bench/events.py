@@ -226,7 +226,7 @@ async def push_flow(
     import subprocess
 
     from model.joinmap import JoinMap
-    from model.teleclient import TeleClients
+    from model.pool import TeleClients
     from service.subscriber import Subscriber
     from tests.fakedc.handshake import add_emulator_key
     from tests.fakedc.session import make_session

@@ -118,7 +118,7 @@ async def run_service(workdir: Path, profile: bool) -> None:
     from tornado.netutil import bind_sockets
 
     from model.joinmap import JoinMap
-    from model.teleclient import TeleClients
+    from model.pool import TeleClients
     from service.cryptor import Cipher, Signer
     from service.handler import make_app, make_server
     from service.mediaprocessor import MediaProcessor

@@ -83,7 +83,7 @@ async def move(
     emu: Emulator, nginx: Any, workdir: Path, size: int, window: int, part_size: int
 ) -> dict[str, Any]:
     from common.utils import parse_peer
-    from model.teleclient import TeleClients
+    from model.pool import TeleClients
     from service.mediaprocessor import MediaProcessor
     from service.parser import parse_messages
     from service.storage import HttpStorage

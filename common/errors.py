@@ -5,11 +5,17 @@ each class's `status` and `code`. Nothing below the handler knows HTTP, the numb
 are just data the handler reads::
 
     TgcError                          500 INTERNAL
-    ├── InvalidParam                  400 INVALID_PARAM      (param)
+    ├── InvalidParam                  400 INVALID_PARAM      (param): a request's parameter
+    ├── InvalidArgument               400 INVALID_PARAM      (argument): a model method's own
+    │                                     argument; the handler answers the API's param
     ├── Unauthorized                  401 UNAUTHORIZED
     ├── PeerPrivate                   403 PEER_PRIVATE       (peer)
+    │   └── JoinRequestSent           403 PEER_PRIVATE       (peer, account): join filed
+    │                                     for an admin's approval; not tried elsewhere
     ├── NotFound                      404 NOT_FOUND
     │   └── PeerNotFound              404 PEER_NOT_FOUND     (peer)
+    │       └── UnknownUsername       404 PEER_NOT_FOUND     (peer, username): nobody holds
+    │                                     it; the pool remembers that for a while
     ├── AlreadySubscribed             409 ALREADY_SUBSCRIBED (peer, subscription)
     ├── NotSubscribed                 409 NOT_SUBSCRIBED     (peer)
     ├── BodyTooLarge                  413 BODY_TOO_LARGE
@@ -19,9 +25,9 @@ are just data the handler reads::
     ├── TelegramError                 502 TELEGRAM_ERROR     (rpc error name)
     ├── Unavailable                   503
     │   ├── NoAccountAvailable        503 NO_ACCOUNT_AVAILABLE
+    │   │   └── AccountUnusable       503 NO_ACCOUNT_AVAILABLE (account, state): banned,
+    │   │                                 unauthorized, disconnected: the pool moves on
     │   └── ShuttingDown              503 SHUTTING_DOWN
-    ├── AccountUnusable               503 NO_ACCOUNT_AVAILABLE (account, state): banned,
-    │                                     unauthorized; the pool takes it out of rotation
     └── ConfigError                   (not HTTP: start.py exits with code 2; key, file)
 """
 
@@ -61,6 +67,19 @@ class InvalidParam(TgcError):
         self.param = param
 
 
+class InvalidArgument(TgcError):
+    """A method refused one of its own arguments: `argument` names it as the method's
+    signature does (Telegram refused it, or it does not fit the peer). Raised below the
+    service layer, which knows which API parameter the argument came from."""
+
+    status, code = 400, "INVALID_PARAM"
+
+    def __init__(self, argument: str, reason: str) -> None:
+        super().__init__(f"{argument}: {reason}", argument=argument)
+        self.argument = argument
+        self.reason = reason
+
+
 class Unauthorized(TgcError):
     status, code = 401, "UNAUTHORIZED"
 
@@ -73,6 +92,20 @@ class PeerPrivate(TgcError):
         self.peer = peer
 
 
+class JoinRequestSent(PeerPrivate):
+    """A join met INVITE_REQUEST_SENT: the chat admits members only with an admin's
+    approval, and Telegram has filed the account's request. Not tried on another account
+    (each would file one more request)."""
+
+    def __init__(self, peer: str, account: str) -> None:
+        super().__init__(
+            peer,
+            f"{peer} needs an admin's approval to join: account {account} sent a join request;"
+            " subscribe again once an admin has approved it",
+        )
+        self.account = account
+
+
 class NotFound(TgcError):
     status, code = 404, "NOT_FOUND"
 
@@ -83,6 +116,15 @@ class PeerNotFound(NotFound):
     def __init__(self, peer: str, message: str = "") -> None:
         super().__init__(message or f"{peer} not found", peer=peer)
         self.peer = peer
+
+
+class UnknownUsername(PeerNotFound):
+    """contacts.resolveUsername answered that nobody holds `username`; the pool remembers
+    it for a while (model.pool.UNKNOWN_USERNAME_TTL)."""
+
+    def __init__(self, username: str, peer: str, message: str = "") -> None:
+        super().__init__(peer, message)
+        self.username = username
 
 
 class AlreadySubscribed(TgcError):

@@ -1,8 +1,9 @@
-"""What each account has spent of its username-resolution budget, kept across restarts.
+"""Each account's username-resolution budget, and what it has spent, kept across restarts.
 
-`model.teleclient.ResolveBudget` is a pair of token buckets (per minute, per day) in memory;
-without this store a restart, or a crash loop under systemd/startup.sh, would refill both and
-the daily cap would not hold. Each spend writes one row here, each start reads it back.
+`ResolveBudget` is a pair of token buckets (`TokenBucket`: per minute, per day) in memory;
+without `ResolveBudgetStore` a restart, or a crash loop under systemd/startup.sh, would refill
+both and the daily cap would not hold. Each spend writes one row there, each start reads it
+back.
 
 Where: one small SQLite file under data.dir (data.dir/resolve_budget.sqlite3, through
 common/sqlite.py like the join map), not beside the session files. The sessions folder holds
@@ -42,6 +43,8 @@ from pathlib import Path
 from common.sqlite import open_db, write
 
 log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
 
 _MIGRATIONS = (
     """
@@ -162,3 +165,95 @@ class ResolveBudgetStore:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+class TokenBucket:
+    """`capacity` tokens, refilled continuously over `period` seconds."""
+
+    def __init__(self, capacity: float, period: float, clock: Clock) -> None:
+        self.capacity = capacity
+        self.rate = capacity / period
+        self._clock = clock
+        self._tokens = capacity
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+
+    def ready_in(self) -> float:
+        """Seconds until one token is there (0 when one is there now)."""
+        self._refill()
+        if self._tokens >= 1:
+            return 0.0
+        return (1 - self._tokens) / self.rate
+
+    def take(self) -> None:
+        """Spends one token (the bucket may go below zero: `ready_in` then waits longer)."""
+        self._refill()
+        self._tokens -= 1
+
+    def spent(self) -> float:
+        """Tokens missing now (0: full)."""
+        self._refill()
+        return self.capacity - self._tokens
+
+    def restore(self, spent: float, elapsed: float) -> None:
+        """Sets the bucket to `spent` tokens missing `elapsed` seconds ago (at most all of
+        them: a spend recorded under a higher capacity leaves it empty, not in debt)."""
+        tokens = self.capacity - min(max(spent, 0.0), self.capacity)
+        self._tokens = min(self.capacity, tokens + max(elapsed, 0.0) * self.rate)
+        self._at = self._clock()
+
+
+class ResolveBudget:
+    """How many `contacts.resolveUsername` one account may send: per minute and per day.
+
+    The per-minute bucket is what keeps bursts away, the daily one caps a busy day. With a
+    `store` (under data.dir) both survive a restart: what `account` had spent is read back
+    here and every `take` records it; without one they live in memory and a restart refills
+    them.
+    """
+
+    def __init__(
+        self,
+        per_minute: float,
+        per_day: float,
+        clock: Clock = time.monotonic,
+        *,
+        store: ResolveBudgetStore | None = None,
+        account: str = "",
+    ) -> None:
+        self._minute = TokenBucket(per_minute, 60, clock)
+        self._day = TokenBucket(per_day, 86400, clock)
+        self._buckets = [self._minute, self._day]
+        self._store = store
+        self._account = account
+        if store is not None:
+            self._restore(store)
+
+    def _restore(self, store: ResolveBudgetStore) -> None:
+        saved = store.load(self._account)
+        if saved is None:
+            return  # never spent anything: full
+        elapsed = 0.0 if saved.at is None else store.clock() - saved.at
+        self._minute.restore(saved.minute, elapsed)
+        self._day.restore(saved.day, elapsed)
+        if saved is UNKNOWN:
+            self._save()  # the empty start, so the next start does not come back full
+
+    def _save(self) -> None:
+        if self._store is not None:
+            spent = SpentBudget(self._minute.spent(), self._day.spent(), None)
+            self._store.save(self._account, spent)
+
+    def ready_in(self) -> float:
+        """Seconds until a resolution may be sent (0: now)."""
+        return max(b.ready_in() for b in self._buckets)
+
+    def take(self) -> None:
+        """Spends one resolution from both buckets (and records it in the store)."""
+        for bucket in self._buckets:
+            bucket.take()
+        self._save()

@@ -1,4 +1,8 @@
-"""The session file of one account: Telethon's SQLiteSession, minus rewriting what it has.
+"""The session file of one account: who may open it (`SessionLock`) and how it is written
+(`EntitySession`: Telethon's SQLiteSession, minus rewriting what it has).
+
+One process owns a session file: `SessionLock` holds an exclusive `flock` on
+`<session>.lock` for as long as an account (or a login) has the file open.
 
 Telethon hands the users and chats of every update it receives to
 `Session.process_entities`, and SQLiteSession answers with an ``INSERT OR REPLACE`` of every
@@ -9,22 +13,62 @@ of the ~120 µs Telethon spends per update here (bench/events.py --push), and WA
 `EntitySession` writes a row only when what Telethon stores of the entity (its access hash,
 username, phone, display name) may have changed since this process wrote it. The file stays
 Telethon's own format: any Telethon can open it, and the entity cache by id and by username
-(what model/teleclient.py relies on) sees the same rows.
+(what model/resolver.py relies on) sees the same rows.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+from pathlib import Path
 from typing import Any
 
 from telethon import utils
 from telethon.sessions import SQLiteSession
 from telethon.tl.tlobject import TLObject
 
+from common.errors import ConfigError
 from model.telethon_internals import session_execute
 
 # What an entity's row is made of (model: MemorySession._entity_to_row): if none of these
 # changed, neither did the row. `min` entities carry no usable hash and make no row.
 _ROW_FIELDS = ("access_hash", "min", "username", "phone", "first_name", "last_name", "title")
+
+
+class SessionLock:
+    """An exclusive `flock` on `<session>.lock`: one process owns a session file.
+
+    Two processes on one session would share its auth key, which Telegram answers with
+    AUTH_KEY_DUPLICATED and kills the key for good; refusing to start is far cheaper.
+    """
+
+    def __init__(self, session_path: Path) -> None:
+        self.path = session_path.with_name(session_path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Takes the lock; ConfigError when another process holds it."""
+        if self._fd is not None:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                "telegram.sessions_dir",
+                str(self.path.with_suffix("")),
+                "the session file is in use by another process (lock held on "
+                f"{self.path}); a session file can serve one process only",
+            ) from None
+        self._fd = fd
+
+    def release(self) -> None:
+        """Frees the lock (harmless when not held)."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
 
 # Telethon ships no type information (no py.typed): its classes are Any to mypy.

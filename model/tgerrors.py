@@ -1,22 +1,68 @@
-"""Telegram's RPC errors, named and classified once for every caller in model/.
+"""Telegram's RPC errors, named and classified once for every caller.
 
-The account's calls (`TeleClient._invoke`) and the downloader's own connections
-(`model/media.py`) meet the same errors; both ask here what an error says about the
-account, so a ban or a logout reads the same to the pool's state and to a media item.
+An account's calls (model/connection.py), the downloader's own connections and the media
+processor meet the same errors; all of them ask here what an error is in the service's
+terms (`domain_error`) and what it says about the account (`account_fate`), so a ban, a
+logout or a flood wait reads the same to the pool's state and to a media item.
+
+Requests are named here too: `request_name` is the bounded label metrics count calls by,
+`request_kind` the flood-wait bucket a request's FLOOD_WAIT goes to.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from telethon import errors
+from telethon import errors, functions
 from telethon.errors.rpcerrorlist import rpc_errors_dict, rpc_errors_re
+
+from common.errors import (
+    AccountUnusable,
+    FloodWait,
+    InvalidArgument,
+    PeerNotFound,
+    PeerPrivate,
+    TelegramError,
+    TgcError,
+)
 
 _ERROR_NAMES = {cls: name for name, cls in rpc_errors_dict.items()}
 _ERROR_NAMES.update({cls: pattern.replace(r"(\d+)", "X") for pattern, cls in rpc_errors_re})
 
 # The account is gone for good: Telegram banned it, or its key is in use elsewhere.
 BANNED = frozenset({"USER_DEACTIVATED", "USER_DEACTIVATED_BAN", "AUTH_KEY_DUPLICATED"})
+
+# About the peer a call named (PeerNotFound, PeerPrivate), not about the account.
+NOT_FOUND = frozenset(
+    {
+        "USERNAME_NOT_OCCUPIED",
+        "USERNAME_INVALID",
+        "PEER_ID_INVALID",
+        "CHANNEL_INVALID",
+        "CHAT_ID_INVALID",
+        "USER_ID_INVALID",
+        "INVITE_HASH_EXPIRED",
+        "INVITE_HASH_INVALID",
+        "INVITE_HASH_EMPTY",
+    }
+)
+PRIVATE = frozenset(
+    {
+        "CHANNEL_PRIVATE",
+        "CHAT_FORBIDDEN",
+        "CHAT_ADMIN_REQUIRED",
+        "USER_BANNED_IN_CHANNEL",
+        "CHANNEL_PUBLIC_GROUP_NA",
+    }
+)
+
+# Flood waits are kept per request kind: a wait on contacts.resolveUsername (the sensitive
+# one, hours long after bursts) must not stop the account from reading peers it knows.
+RESOLVE = "resolve"
+OTHER = "other"
+# What metrics name a flood wait by, whatever its seconds (FLOOD_WAIT_X, FLOOD_PREMIUM_WAIT_X).
+FLOOD_WAIT = "FLOOD_WAIT"
 
 Fate = Literal["banned", "unauthorized"]
 
@@ -37,3 +83,72 @@ def account_fate(exc: errors.RPCError) -> Fate | None:
     if isinstance(exc, (errors.UnauthorizedError, errors.AuthKeyError)):
         return "unauthorized"
     return None
+
+
+def is_flood(exc: BaseException) -> bool:
+    """Whether Telegram asked to wait before the next such request (FLOOD_WAIT_X, and its
+    premium variant)."""
+    return isinstance(exc, (errors.FloodWaitError, errors.FloodPremiumWaitError))
+
+
+def error_label(exc: errors.RPCError) -> str:
+    """The name metrics count an error by: FLOOD_WAIT for every flood wait, else Telegram's."""
+    return FLOOD_WAIT if is_flood(exc) else rpc_error_name(exc)
+
+
+def telethon_cause(error: BaseException | None) -> errors.RPCError | None:
+    """The Telethon RPC error `error` is, or was raised from (`raise ... from e`)."""
+    for _ in range(5):  # a short chain: the downloader wraps once
+        if error is None or isinstance(error, errors.RPCError):
+            return error
+        error = error.__cause__
+    return None
+
+
+def domain_error(
+    exc: errors.RPCError,
+    account: str,
+    *,
+    peer: str = "",
+    blame: Mapping[str, str] | None = None,
+) -> TgcError:
+    """The service's error for Telegram's `exc`, met by `account` on a call about `peer`.
+
+    In this order: a flood wait is FloodWait (the seconds Telegram asked for, at least 1);
+    a name in `blame` (Telegram name → the caller's argument it blames) is InvalidArgument
+    on that argument; an error that says the account is banned or logged out is
+    AccountUnusable with that state; with a `peer`, the NOT_FOUND names are PeerNotFound
+    and the PRIVATE names PeerPrivate; anything else is TelegramError with its name. The
+    caller keeps the account's state from the answer (model.account.AccountStatus)."""
+    if isinstance(exc, (errors.FloodWaitError, errors.FloodPremiumWaitError)):
+        return FloodWait(max(1, exc.seconds), account)
+    name = rpc_error_name(exc)
+    if blame and name in blame:
+        return InvalidArgument(blame[name], f"Telegram refused it ({name})")
+    fate = account_fate(exc)
+    if fate is not None:
+        return AccountUnusable(account, fate, name)
+    if peer and name in NOT_FOUND:
+        return PeerNotFound(peer, f"{peer} not found ({name})")
+    if peer and name in PRIVATE:
+        return PeerPrivate(peer, f"{peer} is not visible to the service ({name})")
+    return TelegramError(name)
+
+
+def _unwrapped(request: Any) -> Any:
+    while hasattr(request, "query"):  # invokeWithLayer & co wrap the real request
+        request = request.query
+    return request
+
+
+def request_kind(request: Any) -> str:
+    """The flood-wait bucket of a request: RESOLVE for contacts.resolveUsername, else OTHER."""
+    resolve = isinstance(_unwrapped(request), functions.contacts.ResolveUsernameRequest)
+    return RESOLVE if resolve else OTHER
+
+
+def request_name(request: Any) -> str:
+    """`channels.GetFullChannelRequest(...)` → "channels.GetFullChannel" (a bounded label)."""
+    request = _unwrapped(request)
+    module = type(request).__module__.rpartition(".")[2]
+    return f"{module}.{type(request).__name__.removesuffix('Request')}"

@@ -30,6 +30,7 @@ from tornado.http1connection import HTTP1Connection
 from common.errors import (
     AlreadySubscribed,
     BodyTooLarge,
+    InvalidArgument,
     InvalidParam,
     NotFound,
     RateLimited,
@@ -205,7 +206,14 @@ _HTTP_ERRORS: dict[int, type[TgcError]] = {
 }
 
 
+# The model names the argument of its own method it refuses (InvalidArgument); the routes
+# hand it the API's parameters under the same names, but for `peer`, parsed into `ref`.
+_PARAM_OF_ARGUMENT = {"ref": "peer"}
+
+
 def _as_tgc_error(exc: BaseException | None, status_code: int) -> TgcError:
+    if isinstance(exc, InvalidArgument):
+        return InvalidParam(_PARAM_OF_ARGUMENT.get(exc.argument, exc.argument), exc.reason)
     if isinstance(exc, TgcError):
         return exc
     if isinstance(exc, tornado.web.HTTPError) and exc.status_code in _HTTP_ERRORS:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from common.utils import utc_iso
-from model.teleclient import account_label
+from model.account import account_label
 
 ROUTING_KEYS = (
     "message.new",

@@ -23,7 +23,7 @@ from typing import Any
 
 from common.utils import PeerRef
 from model.joinmap import CHANNELS_PER_ACCOUNT, JoinMap
-from model.teleclient import TeleClients
+from model.pool import TeleClients
 from service import queries
 from service.publisher import Publisher
 from service.subscription.accounts import AccountWatch

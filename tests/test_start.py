@@ -22,7 +22,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 import start
 from common.const import load_settings
 from common.errors import ConfigError
-from model.teleclient import SessionLock
+from model.session import SessionLock
 from service.apiclient import ApiClient
 from start import PidFile, Server, list_accounts, login, main
 from tests.fakedc import demo_world as dw

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from model.teleclient import AccountState
+from model.account import AccountState
 from service.subscription.state import Shared
 from service.subscription.takeover import Takeover
 

@@ -23,6 +23,7 @@ from typing import Any
 from common.errors import (
     AccountUnusable,
     AlreadySubscribed,
+    JoinRequestSent,
     NoAccountAvailable,
     NotSubscribed,
     TelegramError,
@@ -30,7 +31,7 @@ from common.errors import (
 )
 from common.utils import PeerRef, is_basic_group
 from model.joinmap import CHANNELS_PER_ACCOUNT, State
-from model.teleclient import JoinRequestSent, TeleClient
+from model.teleclient import TeleClient
 from service.events import make_event
 from service.subscription.state import Shared, event_peer, peer_of
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from model.joinmap import JoinMap, State
-from model.teleclient import TeleClients
+from model.pool import TeleClients
 from service import parser, queries
 from service.publisher import Publisher
 from service.subscription.watermarks import Watermarks

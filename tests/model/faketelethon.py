@@ -1,4 +1,4 @@
-"""A tiny in-memory Telegram for unit tests of model/teleclient.py: no network, no MTProto.
+"""A tiny in-memory Telegram for unit tests of TeleClient and the pool: no network, no MTProto.
 
 `FakeTelegram` is a world of a few channels, groups and accounts that answers raw Telethon
 requests the way the real one does for what TeleClient sends (per-account access hashes,
@@ -22,9 +22,17 @@ from typing import Any
 from telethon import errors, types
 from telethon._updates import EntityCache
 
+from model.clientfactory import ClientOptions
 from model.teleclient import TeleClient
 
 DATE = datetime(2024, 1, 1, tzinfo=UTC)
+
+# The account and chats of the world tests/model/conftest.py builds.
+ME = 101
+NEWS = 2001  # a public broadcast channel
+TALK = 2002  # a public megagroup
+GROUP = 2003  # a basic group
+SECRET = 2004  # a private channel
 
 
 @dataclass
@@ -287,12 +295,15 @@ class FakeClient:
 def fake_account(
     world: FakeTelegram, tmp: Path, name: str, user_id: int, **options: Any
 ) -> TeleClient:
-    """A real TeleClient on a real session file in `tmp`, its network replaced by `world`."""
+    """A real TeleClient on a real session file in `tmp`, its network replaced by `world`:
+    its client factory builds a FakeClient around the session TeleClient opened."""
     world.users[user_id] = f"4470000{user_id:05d}"
-    tc = TeleClient(tmp / f"{name}.session", 1, "hash", receive_updates=False, **options)
-    session = tc.client.session
-    tc.client = FakeClient(world, user_id, session)  # type: ignore[assignment]
-    return tc
+
+    def fake_client(session: Any, options: ClientOptions) -> FakeClient:
+        return FakeClient(world, user_id, session)
+
+    path = tmp / f"{name}.session"
+    return TeleClient(path, 1, "hash", receive_updates=False, client_factory=fake_client, **options)
 
 
 class FakeClock:
@@ -306,3 +317,14 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def learn_group(tc: TeleClient, world: FakeTelegram) -> None:
+    """The account meets the basic group in some answer (basic groups have no username)."""
+    group = world.channel(tc.client.user_id, world.chats[GROUP])
+    tc.client.session.process_entities(types.messages.Chats([group]))
+
+
+def channel_id(bare: int) -> str:
+    """The Bot-API (marked) id of a channel, as the API takes it."""
+    return str(-(10**12) - bare)

@@ -1,5 +1,5 @@
-"""The resolution budget store (model/budgetstore.py) on real SQLite files in tmp_path, and
-`ResolveBudget` reading it back: what was spent survives a new store on the same file, the
+"""The resolution budget (model/budgetstore.py): `ResolveBudget`'s two token buckets, its
+store on real SQLite files in tmp_path, and `ResolveBudget` reading it back: what was spent survives a new store on the same file, the
 wall-clock time between refills it, and an unreadable file starts every account EMPTY.
 
 One FakeClock serves as both the buckets' monotonic clock and the store's wall clock."""
@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from model.budgetstore import UNKNOWN, ResolveBudgetStore, SpentBudget
-from model.teleclient import ResolveBudget
+from model.budgetstore import UNKNOWN, ResolveBudget, ResolveBudgetStore, SpentBudget, TokenBucket
 from tests.model.faketelethon import FakeClock
 
 PER_DAY = 4  # one token every 21600 s
@@ -26,6 +25,29 @@ def clock() -> FakeClock:
 
 def budget(store: ResolveBudgetStore, clock: FakeClock, account: str = "acc1") -> ResolveBudget:
     return ResolveBudget(per_minute=10, per_day=PER_DAY, clock=clock, store=store, account=account)
+
+
+def test_budget_refills_per_minute_and_per_day() -> None:
+    clock = FakeClock()
+    budget = ResolveBudget(per_minute=2, per_day=3, clock=clock)
+    budget.take()
+    budget.take()
+    assert budget.ready_in() == pytest.approx(30)  # 2 a minute: one token every 30 s
+    clock.advance(30)
+    assert budget.ready_in() == 0
+    budget.take()  # the day's third
+    clock.advance(60)
+    assert budget.ready_in() == pytest.approx(86400 / 3 - 90, abs=1)
+
+
+def test_a_bucket_restored_from_a_bigger_spend_is_empty_not_in_debt() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(4, 60, clock)
+    assert (bucket.spent(), bucket.ready_in()) == (0, 0)
+    bucket.restore(spent=10, elapsed=0)  # spent under a higher capacity
+    assert bucket.spent() == 4 and bucket.ready_in() == pytest.approx(15)
+    bucket.restore(spent=2, elapsed=15)  # two missing 15 s ago: one came back since
+    assert bucket.spent() == pytest.approx(1) and bucket.ready_in() == 0
 
 
 def test_saved_rows_survive_a_new_store(tmp_path: Path, clock: FakeClock) -> None:

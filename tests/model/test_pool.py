@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from common.errors import (
     ConfigError,
@@ -25,7 +23,9 @@ from common.errors import (
     RateLimited,
 )
 from common.utils import parse_peer
-from model.teleclient import AccountState, TeleClient, TeleClients, account_label, account_labels
+from model.account import AccountState
+from model.pool import TeleClients
+from model.teleclient import TeleClient
 from tests.model.faketelethon import FakeChat, FakeClient, FakeClock, FakeTelegram, fake_account
 
 A, B, C = 101, 102, 103
@@ -378,54 +378,7 @@ def test_from_sessions_dir_builds_one_account_per_session_file(tmp_path: Path) -
             account.client.session.close()
 
 
-# --- account labels: a session named by a phone number never shows it ---
-
-
-@pytest.mark.parametrize(
-    ("stem", "label"),
-    [
-        ("15550001001", "+15*******01"),
-        ("+15550001001", "+15*******01"),
-        ("4470000101", "+44******01"),
-        ("1234567", "+12***67"),  # 7 digits: the shortest number taken for a phone
-        ("123456", "123456"),
-        ("1234567890123456", "1234567890123456"),  # 16: not a phone number
-        ("acc101", "acc101"),
-        ("ops-1555000100", "ops-1555000100"),
-    ],
-)
-def test_account_label_masks_a_phone_stem(stem: str, label: str) -> None:
-    assert account_label(stem) == label
-
-
-def test_account_labels_tell_colliding_masks_apart_by_stem_order() -> None:
-    stems = ["15550009901", "acc1", "15550001001", "15550001002", "+15550007701"]
-    labels = account_labels(stems)
-    assert labels == {
-        "+15550007701": "+15*******01",  # "+" sorts before digits
-        "15550001001": "+15*******01#2",
-        "15550009901": "+15*******01#3",
-        "15550001002": "+15*******02",
-        "acc1": "acc1",
-    }
-    # The order of the files does not matter; only the set of stems does.
-    assert account_labels(reversed(stems)) == labels
-
-
-def test_a_generated_suffix_never_takes_another_accounts_own_name() -> None:
-    labels = account_labels(["15550001001", "15550009901", "+15*******01#2"])
-    assert labels["+15*******01#2"] == "+15*******01#2"
-    assert sorted(labels.values()) == ["+15*******01", "+15*******01#2", "+15*******01#3"]
-
-
-@given(st.lists(st.from_regex(r"\+?[0-9]{7,15}|[a-z0-9_-]{1,12}", fullmatch=True), max_size=12))
-def test_account_labels_are_unique_and_never_a_phone(stems: list[str]) -> None:
-    labels = account_labels(stems)
-    assert set(labels) == set(stems)
-    assert len(set(labels.values())) == len(labels)
-    for stem, label in labels.items():
-        if account_label(stem) != stem:  # a phone number
-            assert stem.lstrip("+") not in label and label.startswith(account_label(stem))
+# --- account labels (model/account.py, tests/model/test_account.py) in the pool ---
 
 
 async def test_a_pool_on_phone_named_sessions_shows_labels_and_finds_by_either(

@@ -1,16 +1,19 @@
-"""EntitySession: Telethon's session file, written only when an entity changed."""
+"""model/session.py: the session file's lock (one process per file) and EntitySession,
+Telethon's session file written only when an entity changed."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from telethon import types
 from telethon.sessions import SQLiteSession
 
-from model.session import EntitySession
+from common.errors import ConfigError
+from model.session import EntitySession, SessionLock
 
 
 def user(
@@ -121,3 +124,18 @@ def test_the_file_ends_as_telethons_own_would(tmp_path_factory, seq) -> None:  #
         s.save()
         s.close()
     assert rows(d / "ours.session") == rows(d / "theirs.session")
+
+
+def test_a_session_file_is_locked_by_one_owner_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "acc.session"
+    first, second = SessionLock(path), SessionLock(path)
+    first.acquire()
+    first.acquire()  # taking it again is harmless
+    assert first.path == tmp_path / "acc.session.lock"
+    with pytest.raises(ConfigError, match="in use by another process") as caught:
+        second.acquire()  # flock: another open file, even in this process, is refused
+    assert caught.value.key == "telegram.sessions_dir"
+    first.release()
+    first.release()  # and so is releasing twice
+    second.acquire()
+    second.release()

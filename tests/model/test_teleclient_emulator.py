@@ -17,10 +17,13 @@ from typing import Any
 import pytest
 
 from common.const import KEYS_BY_NAME
-from common.errors import FloodWait, InvalidParam, PeerNotFound, PeerPrivate, RateLimited
+from common.errors import FloodWait, InvalidArgument, PeerNotFound, PeerPrivate, RateLimited
 from common.utils import parse_peer
-from model.teleclient import AccountState, TeleClient, TeleClients
+from model.account import AccountState
+from model.pool import TeleClients
+from model.teleclient import TeleClient
 from tests.fixtures.fakedc import FAKEDC_API_HASH, FAKEDC_API_ID
+from tests.model.faketelethon import FakeClock
 
 ACCOUNTS = (1001, 1002, 1003)
 NEWS = 2001  # public broadcast channel, 30 posts
@@ -277,14 +280,6 @@ async def test_unknown_username_is_peer_not_found(
         await run_history(pool, "@news")
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def ask_dead(pool: TeleClients, peer: str) -> None:
     with pytest.raises(PeerNotFound):
         await run_history(pool, peer, limit=1)
@@ -420,9 +415,9 @@ async def test_a_search_query_telegram_finds_too_short_blames_q(
     make_pool: Callable[..., Any], fake_telegram: Any
 ) -> None:
     pool = await make_pool()
-    with pytest.raises(InvalidParam) as caught:
+    with pytest.raises(InvalidArgument) as caught:
         await pool.run(lambda tc: tc.search("new"))
-    assert caught.value.param == "q" and "QUERY_TOO_SHORT" in caught.value.message
+    assert caught.value.argument == "q" and "QUERY_TOO_SHORT" in caught.value.message
     # The caller's mistake: one account asked, none taken out of rotation.
     assert sum(rpc_of(fake_telegram).count("contacts.search", u) for u in ACCOUNTS) == 1
     assert all(a["state"] == "ok" for a in pool.accounts())

@@ -16,6 +16,7 @@ from tornado.netutil import bind_sockets
 
 from common.errors import (
     FloodWait,
+    InvalidArgument,
     NoAccountAvailable,
     PeerNotFound,
     PeerPrivate,
@@ -160,6 +161,24 @@ async def test_domain_errors_map_to_the_contract(
     body = assert_error(answer, status, code)
     assert body.get("retry_after") == retry_after
     assert answer.headers.get("Retry-After") == (None if retry_after is None else str(retry_after))
+
+
+@pytest.mark.parametrize(
+    ("argument", "uri", "param"),
+    [
+        ("ref", "/api/v1/participants?peer=someone", "peer"),
+        ("q", "/api/v1/search?q=ab", "q"),
+        ("max_id", "/api/v1/messages?peer=news&max_id=9", "max_id"),
+    ],
+)
+async def test_an_argument_the_model_refuses_is_400_naming_the_parameter(
+    api: Api, argument: str, uri: str, param: str
+) -> None:
+    # The model names its own method's argument; the answer names the API's parameter.
+    api.pool.error = InvalidArgument(argument, "Telegram refused it (SOME_ERROR)")
+    error = assert_error(await api.call("GET", uri), 400, "INVALID_PARAM")
+    assert error["param"] == param
+    assert error["message"] == f"{param}: Telegram refused it (SOME_ERROR)"
 
 
 async def test_each_failed_request_is_logged_once_naming_its_error(

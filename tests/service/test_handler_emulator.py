@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from tornado.netutil import bind_sockets
 
 from model.media import Media
-from model.teleclient import TeleClients
+from model.pool import TeleClients
 from service.apiclient import ApiClient
 from service.cryptor import Cipher, Signer
 from service.handler import make_app, make_server
@@ -142,3 +142,14 @@ async def test_telegram_errors_over_the_emulator(api: ApiClient) -> None:
     assert (missing.status, missing.code) == (404, "PEER_NOT_FOUND")
     unknown_id = await api.request("GET", "/api/v1/messages?peer=-1000000009999")
     assert (unknown_id.status, unknown_id.code) == (404, "PEER_NOT_FOUND")
+
+
+async def test_a_peer_the_call_does_not_fit_is_400_on_peer(api: ApiClient) -> None:
+    # The model refuses its `ref` argument (a user has no participants); the API names the
+    # parameter that carried it.
+    members = await api.request("GET", "/api/v1/participants?peer=talk&limit=3")
+    user_id = members.data["participants"][0]["id"]  # now known to the account that asked
+    answer = await api.request("GET", f"/api/v1/participants?peer={user_id}")
+    assert (answer.status, answer.code) == (400, "INVALID_PARAM"), answer
+    assert answer.error is not None and answer.error["param"] == "peer"
+    assert "users have no participants" in answer.error["message"]

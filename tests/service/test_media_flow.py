@@ -28,7 +28,7 @@ from common.errors import FloodWait
 from common.utils import parse_peer
 from model.downloader import part_count
 from model.media import Media
-from model.teleclient import TeleClients
+from model.pool import TeleClients
 from service.mediaprocessor import MediaProcessor
 from service.mediasource import rebind_through
 from service.mediastore import decode_parts

@@ -14,7 +14,7 @@ from common.errors import AccountUnusable
 from common.utils import PeerRef
 from model.downloader import download_media
 from model.media import Media
-from model.teleclient import TeleClients
+from model.pool import TeleClients
 from service.mediaprocessor import MediaProcessor
 from service.mediasource import rebind_through
 from service.parser import parse_messages

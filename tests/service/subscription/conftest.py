@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from model.joinmap import JoinMap
-from model.teleclient import TeleClients
+from model.pool import TeleClients
 from service.outbox import Outbox
 from service.publisher import Publisher
 from service.subscriber import Subscriber

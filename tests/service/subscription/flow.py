@@ -15,7 +15,7 @@ import pytest
 from common.errors import AccountUnusable
 from common.utils import parse_peer
 from model.joinmap import JoinMap
-from model.teleclient import TeleClients
+from model.pool import TeleClients
 from service.publisher import Publisher
 from service.subscriber import Subscriber
 from tests.fixtures.rabbitmq import Consumer

@@ -4,7 +4,7 @@ of the time it was away may be lost). Bans and recoveries: test_takeover.py."""
 from __future__ import annotations
 
 from common.utils import parse_peer
-from model.teleclient import AccountState
+from model.account import AccountState
 from tests.fixtures.rabbitmq import Rabbit
 from tests.service.subscription.flow import NEWS, NEWS_ID, Flow
 

@@ -11,7 +11,7 @@ import pytest
 from common.errors import AlreadySubscribed
 from common.utils import parse_peer
 from model.joinmap import JoinMap
-from model.teleclient import TeleClients
+from model.pool import TeleClients
 from service.subscriber import Subscriber
 from tests.fixtures.rabbitmq import Rabbit
 from tests.fixtures.wait import wait_for

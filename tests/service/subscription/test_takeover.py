@@ -15,8 +15,8 @@ import pytest
 
 from common.errors import AccountUnusable, NotSubscribed
 from common.utils import parse_peer
+from model.account import AccountState
 from model.joinmap import JoinMap, State
-from model.teleclient import AccountState
 from service.subscription.takeover import Backoff
 from tests.fixtures.rabbitmq import Consumer, Rabbit
 from tests.fixtures.wait import wait_for

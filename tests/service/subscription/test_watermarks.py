@@ -10,7 +10,7 @@ import pytest
 
 import service.subscription.watermarks as watermarks_module
 from model.joinmap import JoinMap
-from model.teleclient import TeleClients
+from model.pool import TeleClients
 from service.subscription.state import Shared
 from tests.fixtures.wait import wait_for
 from tests.service.subscription.flow import NEWS_ID

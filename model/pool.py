@@ -1,0 +1,277 @@
+"""The pool of accounts: `TeleClients` picks the account for each call.
+
+Bursts of resolutions are what get accounts flood-waited for hours, so `run` prefers
+accounts that already hold the peer's access hash: a peer is resolved at most once per
+account, and the session file keeps it across restarts. Each account's Telethon client
+sleeps through no flood wait (telegram.flood_sleep_threshold is 0 by default): the pool
+answers FloodWait by moving the call to another account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from telethon import events
+
+from common.errors import (
+    AccountUnusable,
+    FloodWait,
+    JoinRequestSent,
+    NoAccountAvailable,
+    PeerNotFound,
+    PeerPrivate,
+    RateLimited,
+    UnknownUsername,
+)
+from common.utils import PeerRef
+from model.account import Clock, account_label, account_labels
+from model.connection import CallObserver
+from model.resolver import unknown_id_message
+from model.teleclient import TeleClient
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+UpdateCallback = Callable[[TeleClient, Any], Awaitable[None]]
+
+# The pool's negative cache: a username Telegram says nobody holds (USERNAME_NOT_OCCUPIED,
+# USERNAME_INVALID) is answered PeerNotFound from memory for UNKNOWN_USERNAME_TTL seconds
+# instead of a contacts.resolveUsername (and a budget token) per ask. A crawler that retries
+# a dead @name from a post would otherwise spend every account's budget (5 a minute) in a
+# minute and real resolutions would be refused. Five minutes turns a retry loop's ~75
+# resolutions into one while a name registered meanwhile is unknown for at most five
+# minutes; it must expire because usernames are registered (and freed) all the time. At
+# most UNKNOWN_USERNAMES_MAX names are kept (the oldest forgotten first): ~1 MB, whatever
+# a crawler sends.
+UNKNOWN_USERNAME_TTL = 300.0
+UNKNOWN_USERNAMES_MAX = 10_000
+
+
+class TeleClients:
+    """The pool of accounts.
+
+    `run(op, peer)` picks an account and runs `op` on it. Accounts that already hold the
+    peer's access hash come first; among them (or among all, when none does) the choice is
+    weighted by pending downloads: the least busy account wins, ties go to the account
+    picked least recently. A call that meets FLOOD_WAIT, or an
+    account that turns out banned or disconnected, moves to the next account; when none
+    is left the caller gets FloodWait or RateLimited with the earliest time one is ready.
+    A username Telegram says nobody holds is PeerNotFound from memory for a while after
+    (`UnknownUsernames`, the negative cache): no resolution, no budget spent.
+    """
+
+    def __init__(
+        self,
+        clients: Iterable[TeleClient],
+        clock: Clock = time.monotonic,
+        *,
+        unknown_username_ttl: float = UNKNOWN_USERNAME_TTL,
+        unknown_usernames_max: int = UNKNOWN_USERNAMES_MAX,
+    ) -> None:
+        clients = list(clients)
+        labels = account_labels(c.session_name for c in clients)
+        for c in clients:
+            c.name = labels[c.session_name]
+        self._clients: dict[str, TeleClient] = {c.name: c for c in clients}
+        # Rows written before labels existed name the account by its stem: still found.
+        self._by_session: dict[str, TeleClient] = {c.session_name: c for c in clients}
+        self._last_pick: dict[str, int] = dict.fromkeys(self._clients, 0)
+        self._seq = 0
+        self._callbacks: list[UpdateCallback] = []
+        self._unknown = UnknownUsernames(clock, unknown_username_ttl, unknown_usernames_max)
+
+    @classmethod
+    def from_sessions_dir(
+        cls, sessions_dir: str | os.PathLike[str], api_id: int, api_hash: str, **options: Any
+    ) -> TeleClients:
+        """One TeleClient per `*.session` file in the folder (options go to TeleClient)."""
+        paths = sorted(Path(sessions_dir).glob("*.session"))
+        return cls([TeleClient(p, api_id, api_hash, **options) for p in paths])
+
+    # --- life ---
+
+    async def start(self) -> None:
+        """Starts every account; a session held by another process stops the start."""
+        results = await asyncio.gather(
+            *(c.start() for c in self._clients.values()), return_exceptions=True
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            await self.stop()
+            raise failures[0]
+        log.info("%d accounts, %d usable", len(self._clients), sum(c.usable for c in self))
+
+    async def stop(self) -> None:
+        """Stops every account (each one's failure is its own)."""
+        await asyncio.gather(*(c.stop() for c in self._clients.values()), return_exceptions=True)
+
+    def __iter__(self) -> Iterator[TeleClient]:
+        return iter(self._clients.values())
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def get(self, name: str) -> TeleClient:
+        """The account of that label, or of that session stem (media are bound to the
+        account that fetched them; rows from before labels hold stems)."""
+        found = self._clients.get(name) or self._by_session.get(name)
+        if found is None:
+            raise NoAccountAvailable(f"no account named {account_label(name)}")
+        return found
+
+    def relabeled(self) -> dict[str, str]:
+        """{session stem: label} of the accounts whose label is not their stem (to move rows
+        that name an account by its stem over to its label)."""
+        return {c.session_name: c.name for c in self if c.session_name != c.name}
+
+    def accounts(self) -> list[dict[str, Any]]:
+        """Every account's public description (`TeleClient.describe`), in pool order."""
+        return [c.describe() for c in self._clients.values()]
+
+    def usable(self) -> bool:
+        """Whether any account could serve a call now or after a flood wait (for /healthz)."""
+        return any(c.ready_in(None) is not None for c in self._clients.values())
+
+    def observe_calls(self, observer: CallObserver | None) -> None:
+        """Tells `observer(method, error, seconds)` of every request any account sends."""
+        for c in self._clients.values():
+            c.call_observer = observer
+
+    # --- updates ---
+
+    def on_update(self, callback: UpdateCallback) -> None:
+        """Calls `callback(teleclient, update)` for every raw update of every account."""
+        if not self._callbacks:
+            for c in self._clients.values():
+                c.client.add_event_handler(self._dispatcher(c), events.Raw)
+        self._callbacks.append(callback)
+
+    def _dispatcher(self, account: TeleClient) -> Callable[[Any], Awaitable[None]]:
+        async def dispatch(update: Any) -> None:
+            for callback in list(self._callbacks):
+                try:
+                    await callback(account, update)
+                except Exception:
+                    log.exception("update callback failed on account %s", account.name)
+
+        return dispatch
+
+    # --- running calls ---
+
+    async def run(
+        self, op: Callable[[TeleClient], Awaitable[T]], peer: PeerRef | None = None
+    ) -> tuple[T, TeleClient]:
+        """Runs `op(account)` on the best account for `peer`; returns (result, account)."""
+        if peer is not None and (gone := self._unknown.answer(peer, self._known)) is not None:
+            raise gone
+        tried: set[str] = set()
+        only_knowers = False
+        private: PeerPrivate | None = None
+        while True:
+            account = self._pick(peer, tried, only_knowers)
+            if account is None:
+                if private is not None:
+                    raise private
+                raise self._nobody(peer, tried)
+            tried.add(account.name)
+            try:
+                return await op(account), account
+            except UnknownUsername as e:
+                self._unknown.remember(e)
+                raise
+            except JoinRequestSent:
+                raise  # a PeerPrivate, but one request to the admins is enough
+            except (FloodWait, AccountUnusable) as e:
+                log.info("account %s can't serve now (%s); trying another", account.name, e)
+            except RateLimited:
+                pass  # its budget ran out between the pick and the call
+            except PeerPrivate as e:
+                # Maybe only this account is banned from the peer: ask the others that know
+                # it (asking costs no resolution), then give up.
+                private, only_knowers = e, True
+
+    def _known(self, peer: PeerRef) -> bool:
+        return any(c.knows(peer) for c in self._clients.values())
+
+    def _pick(self, peer: PeerRef | None, tried: set[str], only_knowers: bool) -> TeleClient | None:
+        ready = [c for c in self._clients.values() if c.name not in tried and c.ready_in(peer) == 0]
+        if peer is not None and (peer.username or peer.id):
+            knowers = [c for c in ready if c.knows(peer)]
+            if knowers or only_knowers:
+                ready = knowers
+        elif only_knowers:
+            ready = []
+        if not ready:
+            return None
+        # The owner's note asked for a weighted choice kept in a heap. A heap kept across
+        # calls would go stale: the weights (pending downloads) and who is ready (flood
+        # waits, the peer's knowers, the accounts already tried) change between calls and
+        # outside the pool. Rebuilt per call, a heap only serves its minimum, which min()
+        # over this short list (one entry per account) finds in the same O(n), always fresh.
+        best = min(ready, key=lambda c: (c.pending_downloads, self._last_pick[c.name]))
+        self._seq += 1
+        self._last_pick[best.name] = self._seq
+        return best
+
+    def _nobody(self, peer: PeerRef | None, tried: set[str]) -> Exception:
+        """The error when no account can take the call: the soonest any becomes ready."""
+        waits = [
+            (wait, c)
+            for c in self._clients.values()
+            if (wait := c.ready_in(peer)) is not None and wait > 0
+        ]
+        if waits:
+            wait, account = min(waits, key=lambda x: x[0])
+            budget = (
+                peer is not None
+                and peer.username is not None
+                and not account.knows(peer)
+                and account.resolve_blocked_by_budget()
+            )
+            if budget:
+                return RateLimited(wait, "every account spent its username resolutions")
+            return FloodWait(wait, account.name, f"every account able to serve waits {wait:.0f} s")
+        # "Nobody knows this id" only means something when an account could have known it;
+        # with none usable, the answer is that nothing can be served, not PeerNotFound.
+        usable = [c for c in self._clients.values() if c.usable]
+        if peer is not None and peer.id is not None and usable:
+            if not any(c.knows(peer) for c in usable):
+                return PeerNotFound(str(peer), unknown_id_message(peer))
+        return NoAccountAvailable("no account can serve this call now")
+
+
+class UnknownUsernames:
+    """The negative cache: usernames nobody holds, each remembered for `ttl` seconds on
+    `clock` (see UNKNOWN_USERNAME_TTL), at most `limit` of them, the oldest forgotten first."""
+
+    def __init__(self, clock: Clock, ttl: float, limit: int) -> None:
+        self._clock = clock
+        self._ttl = ttl
+        self._limit = limit
+        # username -> (until when on `clock`, the PeerNotFound's message)
+        self._entries: OrderedDict[str, tuple[float, str]] = OrderedDict()
+
+    def remember(self, e: UnknownUsername) -> None:
+        """Keeps what Telegram answered of `e.username`, for the TTL from now."""
+        self._entries.pop(e.username, None)  # re-inserted last: the newest is kept longest
+        self._entries[e.username] = (self._clock() + self._ttl, e.message)
+        while len(self._entries) > self._limit:
+            self._entries.popitem(last=False)
+
+    def answer(self, peer: PeerRef, known: Callable[[PeerRef], bool]) -> PeerNotFound | None:
+        """The PeerNotFound of a username held here, unless it expired or an account has
+        met the name since (`known`: its entity came in an update or another answer)."""
+        if peer.username is None or (entry := self._entries.get(peer.username)) is None:
+            return None
+        until, message = entry
+        if until <= self._clock() or known(peer):
+            del self._entries[peer.username]
+            return None
+        return PeerNotFound(str(peer), message)

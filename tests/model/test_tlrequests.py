@@ -1,0 +1,74 @@
+"""model/tlrequests.py: which TL request fits a channel, a basic group or a user, and what
+of Telegram's answer is kept. Pure functions over real Telethon TL objects."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from telethon import functions, types
+
+from model import tlrequests as tl
+
+DATE = datetime(2024, 1, 1, tzinfo=UTC)
+CHANNEL = types.InputPeerChannel(2001, 77)
+CHAT = types.InputPeerChat(2003)
+USER = types.InputPeerUser(301, 55)
+
+
+def channel(cid: int, username: str | None = None, **kw: Any) -> types.Channel:
+    return types.Channel(
+        cid, f"c{cid}", types.ChatPhotoEmpty(), DATE, access_hash=1, username=username, **kw
+    )
+
+
+def test_each_peer_kind_gets_its_own_request() -> None:
+    assert isinstance(tl.full_request(CHANNEL), functions.channels.GetFullChannelRequest)
+    assert tl.full_request(CHANNEL).channel == types.InputChannel(2001, 77)
+    assert isinstance(tl.full_request(CHAT), functions.messages.GetFullChatRequest)
+    assert isinstance(tl.full_request(USER), functions.users.GetFullUserRequest)
+    assert isinstance(tl.messages_request(CHANNEL, [1]), functions.channels.GetMessagesRequest)
+    assert isinstance(tl.messages_request(CHAT, [1]), functions.messages.GetMessagesRequest)
+    assert isinstance(tl.leave_request(CHANNEL), functions.channels.LeaveChannelRequest)
+    assert isinstance(tl.leave_request(CHAT), functions.messages.DeleteChatUserRequest)
+    assert tl.leave_request(USER) is None  # nothing to leave
+
+
+def test_the_history_window_starts_at_the_lower_of_offset_and_max() -> None:
+    assert tl.history_request(CHANNEL, 10, 0, 0, 0).offset_id == 0  # the newest
+    assert tl.history_request(CHANNEL, 10, 50, 0, 0).offset_id == 50
+    far = tl.history_request(CHANNEL, 10, 0, 5, 14)
+    assert (far.offset_id, far.max_id, far.min_id) == (14, 14, 5)
+    assert tl.history_request(CHANNEL, 10, 9, 0, 14).offset_id == 9
+
+
+def test_a_bad_message_id_blames_the_first_one_given() -> None:
+    assert tl.history_blame(offset_id=0, max_id=9, min_id=3) == {
+        "LIMIT_INVALID": "limit",
+        "MSG_ID_INVALID": "max_id",
+    }
+    assert tl.history_blame(offset_id=0, max_id=0, min_id=0) == {"LIMIT_INVALID": "limit"}
+
+
+def test_messages_by_id_keep_the_order_asked_and_only_this_peers() -> None:
+    mine = [types.Message(i, types.PeerChannel(2001), DATE, "m") for i in (3, 1)]
+    other = types.Message(2, types.PeerChannel(9), DATE, "elsewhere")
+    found = tl.by_id_of([*mine, other], -(10**12) - 2001, [1, 2, 3])
+    assert [m.id if m else None for m in found] == [1, None, 3]
+
+
+def test_search_keeps_public_chats_results_first_each_once_cut_to_limit() -> None:
+    public, mega = channel(1, "pub", broadcast=True), channel(2, "mega", megagroup=True)
+    private = channel(3)  # no username: a chat the account is in must not show through
+    collectible = channel(
+        4, usernames=[types.Username("nft", active=True)], broadcast=True
+    )  # an active collectible username is public
+    group = types.Chat(5, "basic", types.ChatPhotoEmpty(), 3, DATE, 1)
+    res = types.contacts.Found(
+        my_results=[types.PeerChannel(3), types.PeerChannel(1), types.PeerChannel(4)],
+        results=[types.PeerChannel(2), types.PeerChat(5), types.PeerChannel(1)],
+        chats=[public, mega, private, collectible, group],
+        users=[],
+    )
+    assert [c.id for c in tl.public_chats(res, 10)] == [2, 1, 4]
+    assert [c.id for c in tl.public_chats(res, 2)] == [2, 1]
