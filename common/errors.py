@@ -1,6 +1,6 @@
 """The one exception hierarchy of the service.
 
-Services raise these; `service/handler.py` maps them to HTTP answers in one place through
+Services raise these; `service/basehandler.py` maps them to HTTP answers in one place through
 each class's `status` and `code`. Nothing below the handler knows HTTP, the numbers here
 are just data the handler reads::
 

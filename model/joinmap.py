@@ -1,7 +1,7 @@
 """The join map: which account is in which group or channel, since when, and in what state.
 
-It changes through the API (join, leave) and through Telegram's own updates (a kick, an
-account banned), so `GET /api/v1/subscriptions` answers from here without asking Telegram.
+It changes through the service's joins and leaves and through Telegram's own updates (a kick,
+an account banned), so the list of subscriptions is answered from here without asking Telegram.
 It also remembers, per chat, the last message id published, from which the subscriber polls
 `messages.getHistory(min_id=...)` for what the updates missed.
 
@@ -13,7 +13,7 @@ sit in one chat, each with its own state).
 An orphaned chat is derived, not stored: nobody is in it, and its latest membership change is
 banned_account (the account in it was banned or logged out and no other could take over).
 It is still wanted: `orphaned()` lists it for the subscriber to join again, `subscriptions()`
-(GET /api/v1/subscriptions) shows it. A later left (the API) or kicked (the chat's admins)
+shows it. A later left (a leave asked of the service) or kicked (the chat's admins)
 ends that: such a chat is not joined again.
 
 Ids only: this module knows nothing of Telethon; callers pass marked ids and plain strings.
@@ -404,7 +404,7 @@ class JoinMap:
         return self.count(account) < limit
 
     def subscriptions(self) -> list[dict[str, Any]]:
-        """What `GET /api/v1/subscriptions` returns, oldest first: every joined membership,
+        """The subscriptions as the service lists them, oldest first: every joined membership,
         and each orphaned chat's latest (state banned_account: nobody is in it until an
         account can take it over)."""
         rows = self._conn.execute(
@@ -417,7 +417,7 @@ class JoinMap:
     def list(self, state: State | str | None = State.JOINED) -> list[dict[str, Any]]:
         """Subscriptions (one per chat and account), oldest first; `state=None` for all.
 
-        The same dicts as `subscriptions()`, which GET /api/v1/subscriptions returns.
+        The same dicts as `subscriptions()`.
         """
         if state is None:
             rows = self._conn.execute(_SELECT + " ORDER BY m.joined_at, m.peer_id, m.account")

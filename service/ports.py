@@ -1,6 +1,6 @@
 """What service/ needs of model/'s accounts, written once as protocols.
 
-`model.teleclient.TeleClients` satisfies `Pool` and `ClientLookup`, `TeleClient` satisfies
+`model.pool.TeleClients` satisfies `Pool` and `ClientLookup`, `TeleClient` satisfies
 `TeleClientLike`; tests hand in fakes with the same few members. The queries, the handler
 and the media pipeline all type against these, so a change of the pool's surface shows in
 one place.
@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 
 class Pool(Protocol):
-    """What the service needs of `model.teleclient.TeleClients`: run an operation on the
+    """What the service needs of `model.pool.TeleClients`: run an operation on the
     best account for a peer (the next one when an account can't serve), and describe the
     accounts."""
 
