@@ -120,6 +120,7 @@ def _fields(cls: type) -> tuple[str, ...]:
     names = _FIELDS.get(cls)
     if names is None:
         # Classes without fields inherit object.__init__, which has no __code__.
+        # mypy: accessing __init__ on a class is "unsound" in general; here it is only read.
         code = getattr(cls.__init__, "__code__", None)  # type: ignore[misc]
         names = tuple(code.co_varnames[1 : code.co_argcount]) if code else ()
         _FIELDS[cls] = names

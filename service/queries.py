@@ -144,7 +144,8 @@ def attach_media(
 
 
 def _apply_record(descriptor: dict[str, Any], records: dict[str, dict[str, Any]]) -> None:
-    record = records.get(descriptor.get("key"))  # type: ignore[arg-type]
+    key = descriptor.get("key")
+    record = records.get(key) if isinstance(key, str) else None
     if record is None or "state" not in descriptor:
         return
     descriptor["state"] = record.get("state", descriptor["state"])
