@@ -46,7 +46,6 @@ import orjson
 import tornado.web
 from tornado import httputil
 from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
 
 from common.const import (
     CLIENT_REQUIRED,
@@ -58,6 +57,7 @@ from common.const import (
 )
 from common.errors import ConfigError
 from common.logger import setup_logging
+from common.private import describe, make_private_dir, open_to_others, private_files
 
 if TYPE_CHECKING:
     # The services' types, for the annotations only: each command imports what it runs
@@ -69,6 +69,7 @@ if TYPE_CHECKING:
     from model.login import Login
     from model.pool import TeleClients
     from service.handler import Route
+    from service.listener import AcceptGuard
     from service.mediaprocessor import MediaProcessor
     from service.outbox import Outbox
     from service.publisher import Publisher
@@ -106,7 +107,7 @@ class PidFile:
 
     def acquire(self, source: Path) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             reason = f"{self.path.parent} can't be created: {e.strerror or e}"
             raise ConfigError("data.dir", str(source), reason) from None
@@ -385,6 +386,8 @@ class Server:
         self.extra_handlers: list[Route] = []  # more routes for make_app
         self.inflight: InFlight | None = None
         self._http: HTTPServer | None = None
+        self._sockets: list[socket.socket] = []  # bound at the start, served at its end
+        self.accept_guard: AcceptGuard | None = None  # pauses accepting without descriptors
         self._stack = contextlib.AsyncExitStack()
         self._stop_requested = asyncio.Event()
         self._signals = StopSignals(self._stop_requested, self._force_exit)
@@ -441,7 +444,8 @@ class Server:
             self.exit_file.unlink()  # the previous server's
         with contextlib.suppress(FileNotFoundError):
             self.url_file.unlink()  # a killed server's: startup.sh waits for a fresh one
-        s.data.dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(s.data.dir, "data.dir", s.source)
+        self._bind()  # a bad host or a busy port stops the start before any account connects
         log.info("starting: config %s, data %s, pid %d", s.source, s.data.dir, os.getpid())
 
         self._watch_errors()
@@ -532,7 +536,7 @@ class Server:
         from model.pool import TeleClients
 
         t = self.settings.telegram
-        t.sessions_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(t.sessions_dir, "telegram.sessions_dir", self.settings.source)
         # What each account spent of its resolutions survives a restart (never fails: an
         # unreadable file is logged and the accounts start with their budget spent).
         budgets = ResolveBudgetStore(self.settings.data.dir / "resolve_budget.sqlite3")
@@ -618,6 +622,17 @@ class Server:
         self._stack.push_async_callback(self.subscriber.stop)
         await self.subscriber.start()
 
+    def _bind(self) -> None:
+        from service.listener import AcceptGuard, bind
+
+        s = self.settings
+        self.accept_guard = AcceptGuard()
+        # Guarded: out of descriptors, accepting pauses instead of spinning (service/listener.py).
+        self._sockets = [
+            self.accept_guard.guard(sock) for sock in bind(s.server.host, s.server.port, s.source)
+        ]
+        self._stack.callback(_close_all, self._sockets)  # until the HTTP server owns them
+
     def _listen(self) -> None:
         from service.handler import make_server
 
@@ -627,9 +642,8 @@ class Server:
         # make_server sets Tornado's own limits the way the handlers expect them; it is given
         # the counting wrapper, which Tornado takes like the Application it wraps.
         self._http = make_server(self.inflight, s.max_body_bytes, idle_connection_timeout=60)
-        sockets = bind_sockets(s.port, s.host, reuse_port=False)
-        self.port = sockets[0].getsockname()[1]
-        self._http.add_sockets(sockets)
+        self.port = self._sockets[0].getsockname()[1]
+        self._http.add_sockets(self._sockets)
         self._stack.push_async_callback(self._drain_http)
 
     async def _drain_http(self) -> None:
@@ -648,6 +662,11 @@ class Server:
             self.url_file.unlink()
 
 
+def _close_all(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()  # a no-op for one the HTTP server closed already
+
+
 # --- commands ------------------------------------------------------------------------------
 
 
@@ -661,19 +680,40 @@ def start_logging(settings: Settings, *, console: bool = False) -> None:
         raise ConfigError("log.dir", str(settings.source), reason) from None
 
 
+def prepare_process(settings: Settings) -> None:
+    """For a serving process, once logging is up: the descriptor limit raised (logged), and
+    a warning naming what other users can read of the sessions, data and logs (the umask
+    keeps new files private; existing ones keep the mode ops gave them)."""
+    from service.listener import raise_descriptor_limit
+
+    raise_descriptor_limit()
+    folders = (settings.telegram.sessions_dir, settings.data.dir, settings.log.dir)
+    found = open_to_others(folders)
+    if found:
+        opened = " ".join(shlex.quote(str(path)) for path, _ in found if path in folders)
+        log.warning(
+            "readable by other users of this machine (session files hold the accounts' auth "
+            "keys): %s; new files are private, these keep their mode: chmod -R go-rwx %s",
+            describe(found),
+            opened,
+        )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, require=SERVE_REQUIRED)
-    start_logging(settings, console=not args.no_console)
-    server = Server(settings)
-    code = 1  # an exception out of serve(): main() exits 1
-    try:
-        code = asyncio.run(server.serve())
-    except KeyboardInterrupt:
-        code = 130
-        raise
-    finally:
-        server.record_exit(code)
-    return code
+    with private_files():  # sessions, SQLite files, logs: 0600 in 0700 folders
+        start_logging(settings, console=not args.no_console)
+        prepare_process(settings)
+        server = Server(settings)
+        code = 1  # an exception out of serve(): main() exits 1
+        try:
+            code = asyncio.run(server.serve())
+        except KeyboardInterrupt:
+            code = 130
+            raise
+        finally:
+            server.record_exit(code)
+        return code
 
 
 def cmd_paths(args: argparse.Namespace) -> int:
@@ -730,7 +770,7 @@ async def login(
     ask = ask or _ask
     ask_secret = ask_secret or _ask_secret
     sessions_dir = settings.telegram.sessions_dir
-    sessions_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(sessions_dir, "telegram.sessions_dir", settings.source)
     path = sessions_dir / f"{digits}.session"
     async with login_session(path, _client_options(settings), dc=dc) as session:
         if await session.authorized():
@@ -815,8 +855,9 @@ def cmd_login(args: argparse.Namespace) -> int:
     phone_digits(args.phone)  # a usage error before anything else
     dc = login_dc(args.dc, args.dc_rsa_key)
     settings = load_settings(args.config, require=TELEGRAM_REQUIRED)
-    start_logging(settings)
-    path = asyncio.run(login(settings, args.phone, dc=dc))
+    with private_files():  # the session file holds the account's auth key
+        start_logging(settings)
+        path = asyncio.run(login(settings, args.phone, dc=dc))
     return 0 if path is not None else 1
 
 
@@ -875,8 +916,9 @@ async def list_accounts(settings: Settings) -> list[dict[str, Any]]:
 
 def cmd_accounts(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, require=TELEGRAM_REQUIRED)
-    start_logging(settings)
-    rows = asyncio.run(list_accounts(settings))
+    with private_files():  # the log, and the journals SQLite writes beside the sessions
+        start_logging(settings)
+        rows = asyncio.run(list_accounts(settings))
     if not rows:
         print(f"no session files in {settings.telegram.sessions_dir}; add one with "
               "python start.py login --phone +NUMBER")
@@ -1011,6 +1053,7 @@ async def demo(*, once: bool = False, say: Callable[[str], None] = print) -> int
         config = _write_demo_config(root)
         settings = load_settings(config, env={}, require=SERVE_REQUIRED)
         start_logging(settings)
+        prepare_process(settings)
         server = Server(settings)
 
         async def ready(server: Server) -> None:
@@ -1080,7 +1123,8 @@ def _self_command() -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return asyncio.run(demo(once=args.once))
+    with private_files():
+        return asyncio.run(demo(once=args.once))
 
 
 # --- the command line ------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import ipaddress
 import math
 import os
 import re
+import stat
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -342,20 +343,50 @@ def api_id(value: str, base: Path) -> int:
     return result
 
 
+TOKEN_MIN, TOKEN_MAX = 16, 1024
+URL_MAX = 2048  # storage.url, rabbitmq.url, telegram.proxy
+
+
 def token(value: str, _base: Path) -> str:
-    # Never echo the value: it is a secret.
-    if value and len(value) < 16:
-        raise ValueError(f"too short: use at least 16 characters (got {len(value)})")
+    # Fixed messages, only the length shows: "too short" masked where the value was "short"
+    # showed the value by the gap.
+    if value and not TOKEN_MIN <= len(value) <= TOKEN_MAX:
+        raise ValueError(
+            f"must be at least {TOKEN_MIN} and at most {TOKEN_MAX} characters (got {len(value)})"
+        )
     if any(c.isspace() or not c.isprintable() for c in value):
         raise ValueError("must be printable, with no whitespace")
     return value
 
 
+def _bounded(value: str, limit: int = URL_MAX) -> None:
+    if len(value) > limit:
+        raise ValueError(f"must be at most {limit} characters (got {len(value)})")
+
+
 def path(value: str, base: Path) -> Path:
+    """A directory the service creates if missing: not a file, nor under one."""
     if not value:
         raise ValueError("must name a directory")
     p = Path(value).expanduser()
-    return p if p.is_absolute() else (base / p).resolve()
+    p = p if p.is_absolute() else (base / p).resolve()
+    _check_directory(p)
+    return p
+
+
+def _check_directory(p: Path) -> None:
+    # The nearest part of the path that exists must be a directory, or no mkdir can make it.
+    for part in (p, *p.parents):
+        try:
+            st = part.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return  # can't look (permissions): making it at the start will tell
+        if not stat.S_ISDIR(st.st_mode):
+            where = "is" if part == p else f"is under {part}, which is"
+            raise ValueError(f"{p} {where} a file, not a directory")
+        return
 
 
 def _host_port(parts: Any, default_port: int | None) -> tuple[str, int]:
@@ -378,6 +409,7 @@ def url(*schemes: str, default_ports: Mapping[str, int] | None = None) -> Parser
     def parse(value: str, _base: Path) -> str:
         if not value:
             return ""
+        _bounded(value)
         parts = urlsplit(value)
         if parts.scheme.lower() not in schemes:
             raise ValueError(f"must start with {' or '.join(s + '://' for s in schemes)}")
@@ -390,6 +422,7 @@ def url(*schemes: str, default_ports: Mapping[str, int] | None = None) -> Parser
 def proxy(value: str, _base: Path) -> Proxy | None:
     if not value:
         return None
+    _bounded(value)
     parts = urlsplit(value)
     scheme = parts.scheme.lower()
     scheme = "socks5" if scheme == "socks5h" else scheme  # remote DNS: always on (rdns)
@@ -557,9 +590,15 @@ def load_settings(
 
 
 def _reason(key: Key, value: str, error: ValueError) -> str:
-    """A parser's complaint; a secret's value is masked even if a parser quoted it."""
+    """A parser's complaint. Secrets' parsers never echo the value; as a net, a secret's
+    value is masked if quoted (`!r`), or bare if too long to be a word of the message."""
     reason = str(error)
-    return reason.replace(value, "<hidden>") if key.secret and value else reason
+    if not key.secret or not value:
+        return reason
+    reason = reason.replace(repr(value), "'<hidden>'")
+    if len(value) >= TOKEN_MIN:
+        reason = reason.replace(value, "<hidden>")
+    return reason
 
 
 def _read_file(source: Path) -> dict[str, str]:

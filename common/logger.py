@@ -31,7 +31,8 @@ def setup_logging(
     formatter = logging.Formatter(FORMAT, DATEFMT)
     formatter.converter = time.gmtime  # UTC, like every date the service writes
 
-    settings.dir.mkdir(parents=True, exist_ok=True)
+    # Private: the log names chats and accounts (start.py's umask makes the file 0600 too).
+    settings.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     handlers: list[logging.Handler] = [
         logging.handlers.RotatingFileHandler(
             settings.file,

@@ -166,6 +166,67 @@ def test_a_log_dir_that_cant_be_made_is_a_config_error_without_traceback(tmp_pat
     assert "Traceback" not in proc.stderr
 
 
+def run_serve(config: Path) -> tuple[int, str]:
+    """`start.py serve` as a process until it exits by itself: (exit code, stderr)."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "start.py", "serve", "--no-console", "--config", str(config)],
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return proc.returncode, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("props", "key", "reason"),
+    [
+        # 192.0.2.1 (TEST-NET-1): nobody's address; bind() fails before any packet is sent.
+        ({"server.host": "192.0.2.1"}, "server.host", "is not an address of this machine"),
+        ({"telegram.sessions_dir": "a-file/sessions"}, "telegram.sessions_dir", "which is a file"),
+        ({"data.dir": "a-file"}, "data.dir", "is a file, not a directory"),
+    ],
+)
+def test_a_process_on_a_bad_place_exits_2_naming_the_key(
+    tmp_path: Path, props: dict[str, str], key: str, reason: str
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    config = write_config(tmp_path, props)
+    code, err = run_serve(config)
+    assert code == 2, err
+    assert f"{config}: {key}: " in err and reason in err
+    assert "Traceback" not in err
+
+
+def test_a_process_on_a_port_in_use_exits_2_naming_server_port(tmp_path: Path) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        config = write_config(tmp_path, server__port=str(port))
+        code, err = run_serve(config)
+    assert code == 2, err
+    assert f"{config}: server.port: port {port} on 127.0.0.1 is already in use" in err
+    assert "Traceback" not in err
+
+
+async def test_a_busy_port_stops_the_start_before_any_account_connects(tmp_path: Path) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        config = write_config(tmp_path, server__port=str(other.getsockname()[1]))
+        server = Server(load_settings(config, env={}))
+        with pytest.raises(ConfigError) as caught:
+            await server.start()
+        await server.stop()
+    assert caught.value.key == "server.port"
+    assert not hasattr(server, "pool")  # nothing past the bind was built
+    assert not (tmp_path / "data" / "run" / "tgc.pid").exists()  # released
+
+
 def test_a_data_dir_that_cant_be_made_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
     pidfile = PidFile(tmp_path / "a-file" / "run" / "tgc.pid")

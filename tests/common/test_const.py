@@ -318,6 +318,59 @@ def test_a_secret_is_masked_even_if_its_parser_quotes_it(
     assert "'bad-LOUD' is no good" in str(e.value)  # not a secret: shown as it is
 
 
+@pytest.mark.parametrize("value", ["short", "a", "characters", "s3cr3tZ", "x" * 10_000_000])
+def test_a_tokens_bad_length_is_told_by_the_length_alone(tmp_path: Path, value: str) -> None:
+    # "too short" masked where the value was "short" read "too <hidden>": the value by its gap.
+    with pytest.raises(ConfigError) as e:
+        load_settings(write(tmp_path, {}), env={**SECRETS, "TGC_API_TOKEN": value})
+    assert e.value.key == "api.token"
+    reason = str(e.value).split("api.token: ", 1)[1]
+    assert reason == f"must be at least 16 and at most 1024 characters (got {len(value)})"
+
+
+def test_a_token_of_the_longest_length_is_accepted(tmp_path: Path) -> None:
+    token = "t" * 1024
+    assert load_settings(write(tmp_path, {}), env={**SECRETS, "TGC_API_TOKEN": token}).api.token == token
+
+
+@pytest.mark.parametrize("key", ["storage.url", "rabbitmq.url", "telegram.proxy"])
+def test_a_huge_url_is_refused_by_its_length(tmp_path: Path, key: str) -> None:
+    value = "http://" + "h" * 3000
+    with pytest.raises(ConfigError) as e:
+        load_settings(write(tmp_path, {key: value}), env=SECRETS)
+    assert e.value.key == key and "must be at most 2048 characters (got 3007)" in str(e.value)
+    assert "hhhh" not in str(e.value)
+
+
+def test_a_short_secret_is_not_masked_inside_the_words_of_the_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fussy(value: str, _base: Path) -> str:
+        raise ValueError("must be printable, with no whitespace")
+
+    keys = tuple(dataclasses.replace(k, parse=fussy) if k.name == "api.token" else k for k in KEYS)
+    monkeypatch.setattr(const, "KEYS", keys)
+    with pytest.raises(ConfigError) as e:
+        load_settings(write(tmp_path, {}), env={**SECRETS, "TGC_API_TOKEN": "a"})
+    assert str(e.value).endswith("api.token: must be printable, with no whitespace")
+
+
+@pytest.mark.parametrize("key", ["telegram.sessions_dir", "data.dir", "log.dir"])
+def test_a_directory_under_a_file_names_the_key_and_the_file(tmp_path: Path, key: str) -> None:
+    (tmp_path / "a-file").write_text("")
+    path = write(tmp_path, {key: "a-file/below"})
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, env=SECRETS)
+    assert e.value.key == key and e.value.file == str(path)
+    assert f"{tmp_path / 'a-file' / 'below'} is under {tmp_path / 'a-file'}, which is a file" in (
+        str(e.value)
+    )
+    itself = write(tmp_path, {key: "a-file"}, "itself.properties")
+    with pytest.raises(ConfigError) as e:
+        load_settings(itself, env=SECRETS)
+    assert e.value.key == key and f"{tmp_path / 'a-file'} is a file, not a directory" in str(e.value)
+
+
 def test_no_secret_shows_in_the_settings_repr(tmp_path: Path) -> None:
     given_values = {
         "storage.url": "https://user:pw-storage@files.lan/media",
