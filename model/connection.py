@@ -8,7 +8,10 @@ classified the same way by `note_error`.
 
 Telethon reconnects by itself for a short while; when it gives up, `Connection` reconnects
 with a capped exponential backoff for as long as the account runs, and calls `on_connect`
-(the account reading who it is) after each connect that succeeds.
+(the account reading who it is) after each connect that succeeds. A connect that fails
+through `telegram.proxy` is explained by asking the proxy (`model.proxycheck.diagnose`):
+the account's reason says whether the proxy was unreachable, refused the credentials,
+refused the tunnel or timed out, naming its host and port.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from typing import Any
 
 from telethon import errors
 
+from common.const import Proxy
 from common.errors import AccountUnusable, FloodWait, TelegramError, TgcError
 from model.account import AccountState, AccountStatus
+from model.proxycheck import diagnose
 from model.tgerrors import (
     domain_error,
     error_label,
@@ -33,6 +38,9 @@ from model.tgerrors import (
 
 # (method, error name or None, seconds): told of every request sent (for /metrics).
 CallObserver = Callable[[str, str | None, float], None]
+
+# How long `diagnose` waits for each step of the proxy's answer.
+PROXY_CHECK_TIMEOUT = 10.0
 
 
 class Connection:
@@ -51,6 +59,7 @@ class Connection:
         timeout: float = 30.0,
         reconnect_delay: float = 1.0,
         reconnect_max_delay: float = 60.0,
+        proxy: Proxy | None = None,
     ) -> None:
         self.client = client
         self.call_observer: CallObserver | None = None
@@ -59,6 +68,7 @@ class Connection:
         self._timeout = timeout
         self._reconnect_delay = reconnect_delay
         self._reconnect_max_delay = reconnect_max_delay
+        self._proxy = proxy
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -92,10 +102,29 @@ class Connection:
             async with asyncio.timeout(self._timeout):  # not wait_for: see invoke
                 await self.client.connect()
         except Exception as e:  # OSError, a timeout, or Telethon's own view of a bad key
-            self._status.set_disconnected(f"connect failed: {e.__class__.__name__}: {e}")
+            self._status.set_disconnected(f"connect failed: {await self._why(e)}")
             return False
         self._status.set_connected()
         return True
+
+    async def _why(self, error: Exception) -> str:
+        """What stopped a connect: the proxy's part when there is a proxy and it failed,
+        else the error (a bare timeout said nothing: "TimeoutError:")."""
+        if isinstance(error, TimeoutError) and not str(error):
+            said = f"no connection to Telegram in {self._timeout:g} s"
+        else:
+            said = f"{error.__class__.__name__}: {error}"
+        if self._proxy is None:
+            return said
+        session = self.client.session
+        address = getattr(session, "server_address", None)
+        target = (address, session.port) if address else None
+        timeout = min(self._timeout, PROXY_CHECK_TIMEOUT)
+        found = await diagnose(self._proxy, target, timeout)
+        if found is not None:
+            return found
+        proxy = f"{self._proxy.scheme} proxy {self._proxy.host}:{self._proxy.port}"
+        return f"{said} (through the {proxy}, which lets the connection through)"
 
     async def _watch(self) -> None:
         """Waits for Telethon to give up reconnecting (its own retries are short), then

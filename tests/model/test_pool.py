@@ -331,6 +331,7 @@ async def test_get_and_accounts(make_pool: Callable[..., Any]) -> None:
         "phone": "+44********02",
         "user_id": B,
         "state": "ok",
+        "reason": None,
         "flood_wait_until": None,
         "pending_downloads": 3,
     }
