@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ipaddress
 import os
 import socket
@@ -188,4 +189,6 @@ async def diagnose(proxy: Proxy, target: tuple[str, int] | None, step_timeout: f
         return f"proxy refused the connection ({where} closed it at {probe.step})"
     finally:
         writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
     return None
