@@ -23,6 +23,9 @@ are just data the handler reads::
     │   ├── FloodWait                 429 FLOOD_WAIT         (account, retry_after)
     │   └── RateLimited               429 RATE_LIMITED       (retry_after)
     ├── TelegramError                 502 TELEGRAM_ERROR     (rpc error name)
+    │   └── TransientTelegramError    502 TELEGRAM_ERROR     (rpc error name, account): a 500,
+    │                                     a -503 or a connection lost mid-call; the pool
+    │                                     tries another account at once
     ├── Unavailable                   503
     │   ├── NoAccountAvailable        503 NO_ACCOUNT_AVAILABLE
     │   │   └── AccountUnusable       503 NO_ACCOUNT_AVAILABLE (account, state): banned,
@@ -182,6 +185,18 @@ class TelegramError(TgcError):
     def __init__(self, rpc_error: str, message: str = "") -> None:
         super().__init__(message or f"Telegram answered {rpc_error}", rpc_error=rpc_error)
         self.rpc_error = rpc_error
+
+
+class TransientTelegramError(TelegramError):
+    """Telegram failed this call on one account for a passing reason: one of its 500s
+    (INTERNAL, RPC_CALL_FAIL, ...), a -503 timeout, or the account's connection dropped
+    while the call waited. The same call may succeed at once on another account, so the
+    pool moves it there; the crawler sees the 502 only when no account could serve."""
+
+    def __init__(self, rpc_error: str, account: str, message: str = "") -> None:
+        super().__init__(rpc_error, message or f"Telegram answered {rpc_error}")
+        self.account = account
+        self.context["account"] = account
 
 
 class Unavailable(TgcError):

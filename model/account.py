@@ -131,10 +131,14 @@ class AccountStatus:
         self._state, self.reason = state, reason
 
     def set_disconnected(self, reason: str) -> None:
-        """Disconnected until a reconnect succeeds (an unusable account stays unusable)."""
+        """Disconnected until a reconnect succeeds (an unusable account stays unusable).
+        Logged when it happens, and again when a failed reconnect finds another reason
+        (the proxy's password fixed, the data centre still down)."""
         if self.usable:
             if self._state is not AccountState.DISCONNECTED:
                 log.warning("account %s disconnected: %s", self.name, reason)
+            elif reason != self.reason:
+                log.warning("account %s still disconnected: %s", self.name, reason)
             self._state, self.reason = AccountState.DISCONNECTED, reason
 
     def set_connected(self) -> None:

@@ -8,6 +8,17 @@ Telethon sleeps through flood waits shorter than `flood_sleep_threshold` inside 
 (and ignores a per-call threshold in 1.45), so an account's threshold is 0 by default
 (telegram.flood_sleep_threshold) and the pool answers a flood wait by moving the call to
 another account.
+
+Telegram's transient failures (its 500s, a -503) are not left to Telethon's retries either,
+and no setting here could do that: `_call` sleeps 2 s after each such failure, after the
+last try too, so even request_retries=0 holds a call 2 s (3, the shipped value, held each
+soak INTERNAL 8 s before a 502). An account's calls go through
+`model.telethon_internals.call_once`, which raises them at once for the pool to move.
+`request_retries` (telegram.request_retries) stays what Telethon retries otherwise:
+migrations and the flood waits it sleeps through, for the accounts' calls; for the file
+parts the downloader sends through `_call` itself, its 500s too (a background download
+loses nothing by waiting). `raise_last_call_error` stays True: when those retries run out,
+the last error keeps Telegram's name (TelegramError) instead of Telethon's bare ValueError.
 """
 
 from __future__ import annotations
@@ -51,8 +62,8 @@ def build_client(session: Any, options: ClientOptions) -> Any:
         proxy=options.proxy.to_telethon() if options.proxy is not None else None,
         flood_sleep_threshold=options.flood_sleep_threshold,
         request_retries=options.request_retries,
-        # After its retries on Telegram's 500s, Telethon raises a bare ValueError unless
-        # told to raise the last error, which keeps Telegram's name for TelegramError.
+        # After its retries run out, Telethon raises a bare ValueError unless told to raise
+        # the last error, which keeps Telegram's name for TelegramError (module docstring).
         raise_last_call_error=True,
         auto_reconnect=True,
         receive_updates=options.receive_updates,

@@ -6,9 +6,17 @@ them: a flood wait per request kind, banned or logged out for good, disconnected
 background reconnect succeeds. Errors met outside it (the downloader's own senders) are
 classified the same way by `note_error`.
 
+Requests go out through `model.telethon_internals.call_once`: Telethon's handling of an
+answer, without its retries of Telegram's transient failures (a 500, a -503) on the same
+connection, nor a wait on a connection that dropped under the call. Both become
+TransientTelegramError at once, and the pool moves the call to another account.
+
 Telethon reconnects by itself for a short while; when it gives up, `Connection` reconnects
 with a capped exponential backoff for as long as the account runs, and calls `on_connect`
-(the account reading who it is) after each connect that succeeds.
+(the account reading who it is) after each connect that succeeds. A connect that fails
+through `telegram.proxy` is explained by asking the proxy (`model.proxycheck.diagnose`):
+the account's reason says whether the proxy was unreachable, refused the credentials,
+refused the tunnel or timed out, naming its host and port.
 """
 
 from __future__ import annotations
@@ -21,11 +29,17 @@ from typing import Any
 
 from telethon import errors
 
+from common.const import Proxy
 from common.errors import AccountUnusable, FloodWait, TelegramError, TgcError
 from model.account import AccountState, AccountStatus
+from model.proxycheck import diagnose
+from model.telethon_internals import Link, call_once
 from model.tgerrors import (
+    CONNECTION_LOST,
+    ConnectionLost,
     domain_error,
     error_label,
+    lost_connection_error,
     request_kind,
     request_name,
     telethon_cause,
@@ -33,6 +47,14 @@ from model.tgerrors import (
 
 # (method, error name or None, seconds): told of every request sent (for /metrics).
 CallObserver = Callable[[str, str | None, float], None]
+
+# A call whose connection dropped waits this long for Telethon to reconnect before it is
+# given up (TransientTelegramError CONNECTION_LOST) and moved to another account: a
+# reconnect to a live DC takes a round trip or two, after which Telethon sends the call
+# again; a longer outage (the DC or the proxy gone) would hold it until telegram.timeout.
+CONNECTION_GRACE = 0.5
+# How long `diagnose` waits for each step of the proxy's answer.
+PROXY_CHECK_TIMEOUT = 10.0
 
 
 class Connection:
@@ -51,6 +73,8 @@ class Connection:
         timeout: float = 30.0,
         reconnect_delay: float = 1.0,
         reconnect_max_delay: float = 60.0,
+        proxy: Proxy | None = None,
+        connection_grace: float = CONNECTION_GRACE,
     ) -> None:
         self.client = client
         self.call_observer: CallObserver | None = None
@@ -59,6 +83,8 @@ class Connection:
         self._timeout = timeout
         self._reconnect_delay = reconnect_delay
         self._reconnect_max_delay = reconnect_max_delay
+        self._proxy = proxy
+        self._link = Link(lost_after=connection_grace, poll=min(0.1, connection_grace / 2))
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -92,10 +118,29 @@ class Connection:
             async with asyncio.timeout(self._timeout):  # not wait_for: see invoke
                 await self.client.connect()
         except Exception as e:  # OSError, a timeout, or Telethon's own view of a bad key
-            self._status.set_disconnected(f"connect failed: {e.__class__.__name__}: {e}")
+            self._status.set_disconnected(f"connect failed: {await self._why(e)}")
             return False
         self._status.set_connected()
         return True
+
+    async def _why(self, error: Exception) -> str:
+        """What stopped a connect: the proxy's part when there is a proxy and it failed,
+        else the error (a bare timeout said nothing: "TimeoutError:")."""
+        if isinstance(error, TimeoutError) and not str(error):
+            said = f"no connection to Telegram in {self._timeout:g} s"
+        else:
+            said = f"{error.__class__.__name__}: {error}"
+        if self._proxy is None:
+            return said
+        session = self.client.session
+        address = getattr(session, "server_address", None)
+        target = (address, session.port) if address else None
+        timeout = min(self._timeout, PROXY_CHECK_TIMEOUT)
+        found = await diagnose(self._proxy, target, timeout)
+        if found is not None:
+            return found
+        proxy = f"{self._proxy.scheme} proxy {self._proxy.host}:{self._proxy.port}"
+        return f"{said} (through the {proxy}, which lets the connection through)"
 
     async def _watch(self) -> None:
         """Waits for Telethon to give up reconnecting (its own retries are short), then
@@ -136,11 +181,16 @@ class Connection:
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
             # meets the answer (bpo-42130), and a stopping service then never stops.
             async with asyncio.timeout(self._timeout):
-                result = await self.client(request)
+                result = await call_once(self.client, request, self._link)
         except errors.RPCError as e:
             self._observe(request, error_label(e), t0)
             raise self._account_error(e, peer, blame) from None
+        except ConnectionLost:
+            # Telethon is reconnecting (the account stays ok; its watch sees if it gives up).
+            self._observe(request, CONNECTION_LOST, t0)
+            raise lost_connection_error(status.name, self._link.lost_after) from None
         except TimeoutError:  # before OSError, of which it is a subclass
+            # Not moved to another account: this call had its telegram.timeout already.
             self._observe(request, "TIMEOUT", t0)
             message = f"Telegram did not answer in {self._timeout:.0f} s"
             raise TelegramError("TIMEOUT", message) from None

@@ -4,7 +4,11 @@ Bursts of resolutions are what get accounts flood-waited for hours, so `run` pre
 accounts that already hold the peer's access hash: a peer is resolved at most once per
 account, and the session file keeps it across restarts. Each account's Telethon client
 sleeps through no flood wait (telegram.flood_sleep_threshold is 0 by default): the pool
-answers FloodWait by moving the call to another account.
+answers FloodWait by moving the call to another account. A transient failure (Telegram's
+500s, a -503, the connection dropped mid-call: TransientTelegramError) moves it too, at
+once: Telethon does not retry those on the same account (model/telethon_internals.py
+call_once), so a call costs one round trip per account that fails it, and the crawler sees
+502 only when every account able to serve failed it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from common.errors import (
     PeerNotFound,
     PeerPrivate,
     RateLimited,
+    TransientTelegramError,
     UnknownUsername,
 )
 from common.utils import PeerRef
@@ -60,9 +65,10 @@ class TeleClients:
     `run(op, peer)` picks an account and runs `op` on it. Accounts that already hold the
     peer's access hash come first; among them (or among all, when none does) the choice is
     weighted by pending downloads: the least busy account wins, ties go to the account
-    picked least recently. A call that meets FLOOD_WAIT, or an
-    account that turns out banned or disconnected, moves to the next account; when none
-    is left the caller gets FloodWait or RateLimited with the earliest time one is ready.
+    picked least recently. A call that meets FLOOD_WAIT or a transient failure, or an
+    account that turns out banned or disconnected, moves to the next account at once; when
+    none is left the caller gets the last transient failure if there was one (502), else
+    FloodWait or RateLimited with the earliest time one is ready.
     A username Telegram says nobody holds is PeerNotFound from memory for a while after
     (`UnknownUsernames`, the negative cache): no resolution, no budget spent.
     """
@@ -174,9 +180,14 @@ class TeleClients:
         tried: set[str] = set()
         only_knowers = False
         private: PeerPrivate | None = None
+        transient: TransientTelegramError | None = None
         while True:
             account = self._pick(peer, tried, only_knowers)
             if account is None:
+                # A transient failure first: asked again, the call may well succeed, where
+                # a PeerPrivate or a flood wait would send the crawler away for longer.
+                if transient is not None:
+                    raise transient
                 if private is not None:
                     raise private
                 raise self._nobody(peer, tried)
@@ -190,6 +201,9 @@ class TeleClients:
                 raise  # a PeerPrivate, but one request to the admins is enough
             except (FloodWait, AccountUnusable) as e:
                 log.info("account %s can't serve now (%s); trying another", account.name, e)
+            except TransientTelegramError as e:
+                log.info("account %s: %s; trying another", account.name, e)
+                transient = e
             except RateLimited:
                 pass  # its budget ran out between the pick and the call
             except PeerPrivate as e:

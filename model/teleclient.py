@@ -108,6 +108,7 @@ class TeleClient:
             timeout=request_timeout,
             reconnect_delay=reconnect_delay,
             reconnect_max_delay=reconnect_max_delay,
+            proxy=proxy,
         )
         self._invoke = self._connection.invoke
         # Keyed by the stem: a label can move to another account (see model.budgetstore).
@@ -240,7 +241,8 @@ class TeleClient:
 
     def describe(self, wall_clock: Clock = time.time) -> dict[str, Any]:
         """The account as its public description lists it: label, masked phone, user id,
-        state, the end of its flood wait (a UTC date) and its pending downloads."""
+        state, why it is banned, unauthorized or disconnected (`reason`, else None), the
+        end of its flood wait (a UTC date) and its pending downloads."""
         until = self.flood_until
         wall = None if until is None else wall_clock() + (until - self._clock())
         return {
@@ -248,6 +250,7 @@ class TeleClient:
             "phone": mask_phone(self.phone) if self.phone else None,
             "user_id": self.user_id,
             "state": str(self.state),
+            "reason": self.reason,
             "flood_wait_until": utc_iso(wall),
             "pending_downloads": self.pending_downloads,
         }

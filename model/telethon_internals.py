@@ -16,6 +16,7 @@ here starts relying on one.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
@@ -25,6 +26,8 @@ from telethon.network import ConnectionTcpFull, ConnectionTcpIntermediate, MTPro
 from telethon.sessions import SQLiteSession
 from telethon.tl import functions
 from telethon.tl.alltlobjects import LAYER
+
+from model.tgerrors import ConnectionLost, is_transient
 
 # Telethon's `MTProtoSender` (untyped): a connection and its MTProto session. Opaque to
 # callers: they borrow it, pass it to `call` and give it back.
@@ -83,6 +86,8 @@ INTERNALS: tuple[Internal, ...] = (
     Internal(MTProtoSender, "send", "function", "open_home_sender: initConnection",
              params=("request",)),
     Internal(MTProtoSender, "is_connected", "function", "sender_connected"),
+    Internal(MTProtoSender, "_transport_connected", "function",
+             "call_once: a call leaves a connection that dropped"),
     Internal(MTProtoSender, "disconnect", "coroutine function", "close_sender"),
     Internal(ConnectionTcpIntermediate, "__init__", "function",
              "open_home_sender: the transport of the media connection",
@@ -118,6 +123,85 @@ async def call(client: TelegramClient, sender: Sender, request: Any) -> Any:
     """Sends `request` over `sender` as `client(request)` would over the main connection:
     Telethon's retries, flood-wait handling and error conversion included."""
     return await client._call(sender, request)
+
+
+@dataclass
+class Link:
+    """How `call_once` watches one client's connection: a call waiting on a connection that
+    has been down `lost_after` seconds (checked every `poll`) gives up; `down_since` (on
+    the loop's clock) is when the calls last saw it go down, kept across calls so that the
+    next one gives up at once while it stays down."""
+
+    lost_after: float = 0.5
+    poll: float = 0.1
+    down_since: float | None = None
+
+    def down_for(self, sender: Sender) -> float:
+        """Seconds the connection has been seen down while Telethon reconnects it (0: it is
+        up, or Telethon gave up, which its own ConnectionError reports)."""
+        if not sender.is_connected() or sender._transport_connected():
+            self.down_since = None
+            return 0.0
+        now = asyncio.get_running_loop().time()
+        if self.down_since is None:
+            self.down_since = now
+        return now - self.down_since
+
+
+async def call_once(client: TelegramClient, request: Any, link: Link) -> Any:
+    """`client(request)` through Telethon's own `_call` (the answer's entities cached, flood
+    waits slept up to the client's threshold, migrations followed), but left at the first
+    transient failure.
+
+    `_call` retries Telegram's 500s and -503s on the same connection, sleeping 2 s before
+    each retry and once more after the last try, even with request_retries=0; the pool can
+    serve the call with another account at once instead. Such an error is raised here as
+    Telegram's own, as soon as it comes. And a call whose connection drops stays pending in
+    Telethon until it reconnects (its retries can take a minute when the DC or the proxy is
+    gone): once the connection has been down `link.lost_after` s, ConnectionLost."""
+    if link.down_for(client._sender) >= link.lost_after:
+        raise ConnectionLost("the connection is down")
+    try:
+        return await client._call(_SendOnce(client._sender, link), request)
+    except _Transient as e:
+        raise e.error from None
+
+
+class _Transient(Exception):
+    """Carries a transient RPC error past `_call`'s retry loop, which catches only RPC
+    errors of its own lists."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _SendOnce:
+    """Stands in for the client's sender in `_call`: sends through it, then waits for the
+    answer while watching the connection (see `call_once`)."""
+
+    def __init__(self, sender: Sender, link: Link) -> None:
+        self.sender = sender
+        self.link = link
+
+    def send(self, request: Any, ordered: bool = False) -> asyncio.Future[Any]:
+        return asyncio.ensure_future(self.answer(self.sender.send(request, ordered=ordered)))
+
+    async def answer(self, future: asyncio.Future[Any]) -> Any:
+        link = self.link
+        try:
+            while not future.done():
+                await asyncio.wait((future,), timeout=link.poll)
+                if not future.done() and link.down_for(self.sender) >= link.lost_after:
+                    future.cancel()  # Telethon would send it again after reconnecting
+                    raise ConnectionLost(f"not back in {link.lost_after:g} s")
+        except asyncio.CancelledError:
+            future.cancel()  # as awaiting Telethon's future directly would have
+            raise
+        error = future.exception()
+        if error is not None and is_transient(error):
+            raise _Transient(error)
+        return future.result()
 
 
 async def open_home_sender(client: TelegramClient) -> Sender:

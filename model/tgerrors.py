@@ -5,6 +5,11 @@ processor meet the same errors; all of them ask here what an error is in the ser
 terms (`domain_error`) and what it says about the account (`account_fate`), so a ban, a
 logout or a flood wait reads the same to the pool's state and to a media item.
 
+A transient failure (`is_transient`: one of Telegram's 500s, a -503 timeout) is neither the
+call's fault nor the account's: it becomes TransientTelegramError, which the pool answers by
+moving the call to another account at once, as it does a flood wait; so does a call whose
+connection dropped under it (`ConnectionLost`, named CONNECTION_LOST).
+
 Requests are named here too: `request_name` is the bounded label metrics count calls by,
 `request_kind` the flood-wait bucket a request's FLOOD_WAIT goes to.
 """
@@ -25,6 +30,7 @@ from common.errors import (
     PeerPrivate,
     TelegramError,
     TgcError,
+    TransientTelegramError,
 )
 
 _ERROR_NAMES = {cls: name for name, cls in rpc_errors_dict.items()}
@@ -66,6 +72,20 @@ FLOOD_WAIT = "FLOOD_WAIT"
 
 Fate = Literal["banned", "unauthorized"]
 
+# Telegram's own failures, about neither the call nor the account: its 500s (INTERNAL,
+# RPC_CALL_FAIL, INTERDC_X_CALL_ERROR, "No workers running" as -500) and -503 "Timeout".
+# The same call can succeed at once elsewhere; Telethon's _call would retry it on the same
+# connection, 2 s apart (see model/telethon_internals.py call_once).
+TRANSIENT = (errors.ServerError, errors.TimedOutError)
+# What metrics and the 502 name a call by whose connection dropped while it waited.
+CONNECTION_LOST = "CONNECTION_LOST"
+
+
+class ConnectionLost(Exception):
+    """The connection a call waited on dropped and was not back in time: the answer may
+    never come on this account (Telethon sends the request again once it reconnects), so
+    the call is given up here and can be served by another account."""
+
 
 def rpc_error_name(exc: errors.RPCError) -> str:
     """Telegram's own name of an error (CHANNEL_PRIVATE, FLOOD_WAIT_X, ...)."""
@@ -89,6 +109,21 @@ def is_flood(exc: BaseException) -> bool:
     """Whether Telegram asked to wait before the next such request (FLOOD_WAIT_X, and its
     premium variant)."""
     return isinstance(exc, (errors.FloodWaitError, errors.FloodPremiumWaitError))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether Telegram failed the call for a passing reason of its own (a 500, a -503):
+    another account, or this one a moment later, may answer it."""
+    return isinstance(exc, TRANSIENT)
+
+
+def lost_connection_error(account: str, seconds: float) -> TransientTelegramError:
+    """The service's error for a call whose connection dropped (`ConnectionLost`)."""
+    return TransientTelegramError(
+        CONNECTION_LOST,
+        account,
+        f"the connection to Telegram dropped during the call and was not back in {seconds:g} s",
+    )
 
 
 def error_label(exc: errors.RPCError) -> str:
@@ -115,7 +150,7 @@ def domain_error(
     """The service's error for Telegram's `exc`, met by `account` on a call about `peer`.
 
     In this order: a flood wait is FloodWait (the seconds Telegram asked for, at least 1);
-    a name in `blame` (Telegram name → the caller's argument it blames) is InvalidArgument
+    a transient failure (`is_transient`) is TransientTelegramError; a name in `blame` (Telegram name → the caller's argument it blames) is InvalidArgument
     on that argument; an error that says the account is banned or logged out is
     AccountUnusable with that state; with a `peer`, the NOT_FOUND names are PeerNotFound
     and the PRIVATE names PeerPrivate; anything else is TelegramError with its name. The
@@ -123,6 +158,8 @@ def domain_error(
     if isinstance(exc, (errors.FloodWaitError, errors.FloodPremiumWaitError)):
         return FloodWait(max(1, exc.seconds), account)
     name = rpc_error_name(exc)
+    if is_transient(exc):
+        return TransientTelegramError(name, account)
     if blame and name in blame:
         return InvalidArgument(blame[name], f"Telegram refused it ({name})")
     fate = account_fate(exc)

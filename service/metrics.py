@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -53,6 +54,26 @@ log = logging.getLogger(__name__)
 ACCOUNT_STATES = ("ok", "flood_wait", "banned", "unauthorized", "disconnected")
 _TELEGRAM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+# What a request can put in its access line (an unknown parameter's name, the method, an
+# error's message) must neither start a line of its own in tgc.log nor steer the terminal
+# that shows it: C0 and C1 controls (NEL \x85 included), DEL, the Unicode line and
+# paragraph separators and the bidirectional overrides are written as Python escapes.
+_UNPRINTABLE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def printable(text: str) -> str:
+    """`text` on one line, every control character escaped (\\n, \\x1b, \\u2028).
+
+    A backslash is left as it is: the line is meant to be read, and escaping it too would
+    double the backslashes of the values already quoted with repr() in error messages."""
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    return repr(match.group())[1:-1]
 
 
 # --- what the metrics read of the services (their real types satisfy these) -----------
@@ -167,15 +188,18 @@ class HttpMetrics:
         level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.WARNING
         if log.isEnabledFor(level):
             failure = getattr(handler, "failure", None)
+            # The message of an INVALID_PARAM names the parameter as the request spelled it
+            # (its value is quoted with repr() where it is shown): escaped here, once for
+            # every error, rather than at each place that names a parameter.
             log.log(
                 level,
                 "%s %s %d %.1f ms from %s%s",
-                method,
+                printable(method),
                 route,
                 status,
                 1000 * handler.request.request_time(),
-                handler.request.remote_ip,
-                f": {failure.code} {failure.message}" if failure is not None else "",
+                printable(handler.request.remote_ip or ""),
+                printable(f": {failure.code} {failure.message}") if failure is not None else "",
             )
 
 

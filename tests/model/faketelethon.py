@@ -241,8 +241,21 @@ class FakeTelegram:
         return types.Updates([], [], [self.channel(viewer, chat)], DATE, 1)
 
 
+class FakeSender:
+    """The client's sender as model.telethon_internals.call_once watches it: always up."""
+
+    def is_connected(self) -> bool:
+        return True
+
+    def _transport_connected(self) -> bool:
+        return True
+
+
 class FakeClient:
-    """What TeleClient uses of telethon.TelegramClient, answered by a FakeTelegram."""
+    """What TeleClient uses of telethon.TelegramClient, answered by a FakeTelegram.
+
+    Requests come through `_call(sender, request)` (as Telethon's `_call`, which
+    model.telethon_internals.call_once uses), which answers as `client(request)` does."""
 
     def __init__(self, world: FakeTelegram, user_id: int, session: Any) -> None:
         self.world = world
@@ -256,6 +269,10 @@ class FakeClient:
         self.at_gate = 0  # requests waiting for the gate now
         self.refuse_connects = 0  # how many connects fail before one succeeds
         self._disconnected: asyncio.Future[None] | None = None
+        self._sender = FakeSender()
+
+    async def _call(self, sender: Any, request: Any) -> Any:
+        return await self(request)
 
     async def __call__(self, request: Any) -> Any:
         if not self.connected:

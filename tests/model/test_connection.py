@@ -3,18 +3,22 @@ service's, and the account's state follows them (flood waits per request kind, b
 logouts for good, disconnects healed in the background), for requests the account sends
 and for errors the downloader meets on its own senders (`note_error`).
 
-Telegram is `FakeTelegram` (tests/model/faketelethon.py); fixtures in conftest.py.
+Telegram is `FakeTelegram` (tests/model/faketelethon.py); fixtures in conftest.py. The
+proxy tests at the end run Telethon through a real SOCKS5 proxy to the emulator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from telethon import errors, functions, types
 
+from common.const import Proxy
 from common.errors import (
     AccountUnusable,
     FloodWait,
@@ -24,6 +28,11 @@ from common.errors import (
 )
 from common.utils import parse_peer
 from model.account import AccountState
+from model.teleclient import TeleClient
+from tests.fakedc.demo_world import ACCOUNT_A
+from tests.fakedc.demo_world import NEWS as DEMO_NEWS
+from tests.fixtures.fakedc import FAKEDC_API_HASH, FAKEDC_API_ID
+from tests.fixtures.socks5 import Socks5Proxy, free_port, microsocks
 from tests.fixtures.wait import wait_for
 from tests.model.faketelethon import (
     ME,
@@ -217,3 +226,112 @@ async def test_a_logout_met_outside_invoke_makes_the_account_unauthorized(
     unusable = tc.note_error(error)
     assert isinstance(unusable, AccountUnusable) and unusable.state == AccountState.UNAUTHORIZED
     assert tc.state is AccountState.UNAUTHORIZED and tc.reason == "AUTH_KEY_UNREGISTERED"
+
+
+# --- through a SOCKS5 proxy, to the emulator (tests/fakedc) --------------------------------
+#
+# The proxy is tests/fixtures/socks5.py's (RFC 1928/1929, forwarding for real) or Debian's
+# microsocks. An account that can't connect through it says which step failed and where,
+# never the password.
+
+PROXY_USER, PROXY_PASSWORD = "tgc", "Pr0xy-s3cret"
+WRONG_PASSWORD = "not-the-Pa55word"
+# Short enough that a test does not wait out Telethon's five connect attempts.
+CONNECT_TIMEOUT = 2.0
+
+
+@contextlib.asynccontextmanager
+async def socks5_port(kind: str) -> AsyncIterator[int]:
+    if kind == "microsocks":
+        async with microsocks(PROXY_USER, PROXY_PASSWORD) as port:
+            yield port
+    else:
+        async with Socks5Proxy(PROXY_USER, PROXY_PASSWORD) as proxy:
+            yield proxy.port
+
+
+def socks5(port: int, password: str = PROXY_PASSWORD) -> Proxy:
+    return Proxy("socks5", "127.0.0.1", port, PROXY_USER, password)
+
+
+@contextlib.asynccontextmanager
+async def account_through(session: Path, proxy: Proxy) -> AsyncIterator[TeleClient]:
+    """A started TeleClient on the emulator's session file, connecting through `proxy`;
+    its background reconnects far apart (the test reads the first failure)."""
+    tc = TeleClient(
+        session,
+        FAKEDC_API_ID,
+        FAKEDC_API_HASH,
+        proxy=proxy,
+        request_timeout=CONNECT_TIMEOUT,
+        reconnect_delay=600,
+    )
+    await tc.start()
+    try:
+        yield tc
+    finally:
+        await tc.stop()
+
+
+def assert_disconnected_because(
+    tc: TeleClient, begins: str, caplog: pytest.LogCaptureFixture
+) -> str:
+    """The account is disconnected with a reason that begins so, shown the same in its
+    description and in the log, and no password anywhere."""
+    assert tc.state is AccountState.DISCONNECTED
+    reason = tc.reason or ""
+    assert reason.startswith(f"connect failed: {begins}"), reason
+    assert tc.describe()["reason"] == reason
+    assert any(reason in r.getMessage() for r in caplog.records), "not in the log"
+    shown = caplog.text + repr(tc.describe())
+    assert PROXY_PASSWORD not in shown and WRONG_PASSWORD not in shown
+    return reason
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "microsocks"])
+async def test_through_a_socks5_proxy_the_password_works_and_a_wrong_one_is_named(
+    kind: str, telegram_session: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with socks5_port(kind) as port:
+        async with account_through(telegram_session(ACCOUNT_A), socks5(port)) as good:
+            assert (good.state, good.user_id, good.reason) == (AccountState.OK, ACCOUNT_A, None)
+            entity, messages = await good.get_history(parse_peer("@tgc_news"), limit=2)
+            assert entity.id == DEMO_NEWS and len(messages) == 2
+        bad_proxy = socks5(port, WRONG_PASSWORD)
+        async with account_through(telegram_session(ACCOUNT_A), bad_proxy) as bad:
+            reason = assert_disconnected_because(bad, "proxy authentication failed", caplog)
+            assert f"socks5 proxy 127.0.0.1:{port}" in reason
+            assert "TimeoutError" not in reason
+
+
+async def test_a_dead_proxy_port_is_unreachable(
+    telegram_session: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    async with account_through(telegram_session(ACCOUNT_A), socks5(port)) as tc:
+        reason = assert_disconnected_because(tc, "proxy unreachable", caplog)
+        assert f"127.0.0.1:{port}: Connection refused" in reason
+
+
+async def test_a_proxy_that_refuses_the_tunnel_says_what_it_answered(
+    telegram_session: Callable[..., Path],
+    fake_telegram: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with Socks5Proxy(PROXY_USER, PROXY_PASSWORD) as proxy:
+        proxy.reply = 2  # RFC 1928: connection not allowed by ruleset
+        async with account_through(telegram_session(ACCOUNT_A), socks5(proxy.port)) as tc:
+            reason = assert_disconnected_because(tc, "proxy refused the connection", caplog)
+            dc = fake_telegram.dcs[1]
+            assert f"'connection not allowed by ruleset' to CONNECT {dc.host}:{dc.port}" in reason
+
+
+async def test_a_proxy_that_never_answers_is_a_timeout_at_the_greeting(
+    telegram_session: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Socks5Proxy(PROXY_USER, PROXY_PASSWORD) as proxy:
+        proxy.silent = True
+        async with account_through(telegram_session(ACCOUNT_A), socks5(proxy.port)) as tc:
+            reason = assert_disconnected_because(tc, "proxy timed out", caplog)
+            assert f"127.0.0.1:{proxy.port} did not answer the greeting in 2 s" in reason

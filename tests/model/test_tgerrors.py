@@ -3,6 +3,8 @@ service's error for each, and the names and flood-wait kinds of requests."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from telethon import errors, functions
 
@@ -13,14 +15,18 @@ from common.errors import (
     PeerNotFound,
     PeerPrivate,
     TelegramError,
+    TransientTelegramError,
 )
 from model.tgerrors import (
+    CONNECTION_LOST,
     OTHER,
     RESOLVE,
     account_fate,
     domain_error,
     error_label,
     is_flood,
+    is_transient,
+    lost_connection_error,
     request_kind,
     request_name,
     rpc_error_name,
@@ -130,3 +136,47 @@ def test_error_labels_fold_every_flood_wait() -> None:
     assert error_label(errors.ChannelPrivateError(None)) == "CHANNEL_PRIVATE"
     assert is_flood(errors.FloodWaitError(None, capture=5))
     assert not is_flood(errors.ChannelPrivateError(None))
+
+
+# --- transient failures: Telegram's own, moved to another account ---
+
+
+def telegram_says(code: int, message: str) -> errors.RPCError:
+    """The Telethon error for an rpc_error as it comes off the wire."""
+    raw = SimpleNamespace(error_code=code, error_message=message)
+    error: errors.RPCError = errors.rpc_message_to_error(raw, None)
+    return error
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "transient"),
+    [
+        (500, "INTERNAL", True),
+        (-500, "No workers running", True),
+        (500, "RPC_CALL_FAIL", True),
+        (500, "INTERDC_2_CALL_ERROR", True),
+        (-503, "Timeout", True),
+        (503, "TIMEOUT", True),
+        (420, "FLOOD_WAIT_5", False),
+        (400, "CHANNEL_INVALID", False),
+        (401, "AUTH_KEY_UNREGISTERED", False),
+        (406, "SOMETHING_ELSE", False),
+    ],
+)
+def test_transient_failures_are_telegrams_500s_and_503s(
+    code: int, message: str, transient: bool
+) -> None:
+    error = telegram_says(code, message)
+    assert is_transient(error) is transient
+    service = domain_error(error, ACCOUNT, peer="@news")
+    assert isinstance(service, TransientTelegramError) is transient
+    if transient:
+        assert isinstance(service, TelegramError) and service.status == 502
+        assert (service.rpc_error, service.account) == (rpc_error_name(error), ACCOUNT)
+
+
+def test_a_lost_connection_is_a_transient_failure_named_connection_lost() -> None:
+    error = lost_connection_error(ACCOUNT, 0.5)
+    assert isinstance(error, TransientTelegramError)
+    assert (error.rpc_error, error.account, error.code) == (CONNECTION_LOST, ACCOUNT, "TELEGRAM_ERROR")
+    assert "0.5 s" in error.message

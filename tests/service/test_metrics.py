@@ -3,10 +3,15 @@ family of GET /metrics after real activity (emulator, pool, processor, broker)."
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import unicodedata
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import quote
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,7 +23,9 @@ from service.metrics import (
     Throughput,
     account_states,
     observable_subscriber,
+    printable,
 )
+from tests.fixtures.handler_app import serving_api
 from tests.fixtures.ops import OpsStack
 from tests.fixtures.wait import wait_for
 
@@ -273,3 +280,71 @@ async def test_every_family_after_real_activity(ops_stack: OpsStack) -> None:
     # Events: published and the outbox empty.
     assert value(fams, "tgc_events_published") == 1
     assert value(fams, "tgc_outbox_events") == 0
+
+
+# --- the access line: a request's own text stays on its line ----------------------------------
+
+# What must never reach a log record raw: C0/C1 controls (Cc) and the line/paragraph separators.
+HOSTILE = "a\nb\rc\x1b[31md\x00e\x85f\u2028g\u2029h\x7f"
+
+
+def raw_controls(text: str) -> list[str]:
+    return [c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
+
+
+async def raw_request(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            return await reader.read(65536)
+    finally:
+        writer.close()
+
+
+def test_printable_escapes_controls_and_leaves_the_rest() -> None:
+    assert printable(HOSTILE) == r"a\nb\rc\x1b[31md\x00e\x85f\u2028g\u2029h\x7f"
+    assert printable("café \\n 'x'") == "café \\n 'x'"
+
+
+async def test_no_raw_control_character_of_a_request_reaches_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Names, values, the path and headers of hostile requests: every log record they
+    cause is one line, their control characters escaped (a signed request used to forge
+    a line of tgc.log through an unknown parameter's name)."""
+    caplog.set_level(logging.DEBUG)
+    name = quote(HOSTILE, safe="")
+    async with serving_api("aes-256-gcm") as api:
+        # A signed GET with an unknown parameter named HOSTILE, and one with HOSTILE values.
+        answer = await api.call("GET", f"/api/v1/peer?{name}=1")
+        assert (answer.status, answer.code) == (400, "INVALID_PARAM")
+        answer = await api.call("GET", f"/api/v1/messages?peer=news&ids=1,{name}")
+        assert answer.status == 400
+        answer = await api.call("GET", f"/api/v1/peer?peer={name}")
+        assert answer.status == 400
+        # A signed POST whose JSON body has a key named HOSTILE.
+        answer = await api.call("POST", "/api/v1/subscriptions", {HOSTILE: "news"})
+        assert (answer.status, answer.code) == (400, "INVALID_PARAM")
+        # An unknown path, and headers: unsigned (401) with hostile signature headers.
+        answer = await api.call("GET", f"/api/v1/{name}")
+        assert answer.status == 404
+        port = int(api.url.rsplit(":", 1)[1])
+        # obs-text (\x85, NEL once decoded as Latin-1) is allowed in a header value by HTTP.
+        head = (
+            b"GET /api/v1/peer?peer=x HTTP/1.1\r\nHost: t\r\nX-Timestamp: 1\x85\r\n"
+            b"X-Nonce: \x85\x9b31m\r\nX-Signature: \x1b\r\n\r\n"
+        )
+        assert b" 40" in await raw_request(port, head)  # 400 from Tornado, or 401
+        head = b"GET /api/v1/peer?peer=x HTTP/1.1\r\nHost: t\r\nX-Nonce: \x85\x9bz\r\n\r\n"
+        assert b" 401 " in await raw_request(port, head)
+        await wait_for(
+            lambda: sum("/api/v1/" in r.getMessage() for r in caplog.records) >= 6,
+            what="the access lines",
+        )
+    lines = [r.getMessage() for r in caplog.records]
+    forged = [line for line in lines if raw_controls(line)]
+    assert not forged, forged
+    unknown = [line for line in lines if "unknown parameter" in line]
+    assert any(printable(HOSTILE) in line for line in unknown), unknown
