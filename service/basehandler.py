@@ -396,6 +396,10 @@ class ApiHandler(BaseHandler):
 def peer_param(values: Mapping[str, Any], name: str = "peer") -> PeerRef:
     """The peer named by `values[name]` (a query value or a JSON body's field)."""
     value = values.get(name)
+    if isinstance(value, float) and value.is_integer():
+        # JSON has one number type: -2201.0 is the id -2201 (JSON Schema, and so the spec's
+        # "integer", say so too; some encoders write every number with a fraction).
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, str | int | None):
         raise InvalidParam(name, "must be a string")
     return parse_peer(value, name)

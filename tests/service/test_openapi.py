@@ -1,19 +1,26 @@
 """docs/openapi.json is kept true: every route make_app serves is documented, with the same
-methods and parameters, and nothing else is; its schemas carry the fields the code emits."""
+methods and parameters, and nothing else is; its schemas carry the fields the code emits;
+what its parameter schemas call valid the handlers take; each error status lists the codes
+the errors of that status carry. (tests/service/test_schemathesis.py sends the spec's
+requests to the real server and checks its answers against it.)"""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tornado.web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from common import errors
+from common.utils import parse_peer
 from model.media import Media
-from service.basehandler import ApiHandler, BaseHandler
+from service.basehandler import ApiHandler, BaseHandler, Forbidden, MethodNotAllowed, ids_param
 from service.cryptor import Cipher, Signer
 from service.handler import make_app
 from service.parser import MESSAGE_FIELDS, PEER_FIELDS
@@ -156,3 +163,111 @@ def test_every_reference_resolves(doc: dict[str, Any]) -> None:
                 walk(value)
 
     walk(doc)
+
+
+def _param(doc: dict[str, Any], path: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(
+        p for p in doc["paths"][path]["get"]["parameters"] if p["name"] == name
+    )
+    return found
+
+
+_DOC: dict[str, Any] = json.loads(DOC_PATH.read_text())
+_PEER = _param(_DOC, "/api/v1/peer", "peer")["schema"]
+_BODY_PEER = _DOC["paths"]["/api/v1/subscriptions"]["post"]["requestBody"]["content"][
+    "application/json"
+]["schema"]["properties"]["peer"]["oneOf"]
+_IDS = _param(_DOC, "/api/v1/messages", "ids")["schema"]
+_Q = _param(_DOC, "/api/v1/search", "q")["schema"]
+
+
+def test_every_peer_parameter_has_the_one_peer_schema(doc: dict[str, Any]) -> None:
+    for path, item in doc["paths"].items():
+        for op in item.values():
+            for param in op.get("parameters", []):
+                if param["name"] == "peer":
+                    assert param["schema"] == _PEER, path
+    assert _BODY_PEER[0] == _PEER
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(st.from_regex(_PEER["pattern"], fullmatch=True))
+def test_a_peer_the_spec_calls_well_formed_parses(peer: str) -> None:
+    parse_peer(peer)  # no InvalidParam: the spec is not looser than the parser
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(st.integers(_BODY_PEER[1]["minimum"], _BODY_PEER[1]["maximum"]).filter(bool))
+def test_a_peer_id_the_spec_takes_parses(peer: int) -> None:
+    parse_peer(peer)
+
+
+def test_the_peer_id_bounds_are_the_parsers() -> None:
+    low, high = _BODY_PEER[1]["minimum"], _BODY_PEER[1]["maximum"]
+    for outside in (low - 1, high + 1, 0):
+        with pytest.raises(errors.InvalidParam):
+            parse_peer(outside)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(st.from_regex(_IDS["pattern"], fullmatch=True))
+def test_ids_the_spec_calls_valid_are_taken(ids: str) -> None:
+    assert len(ids_param(ids)) == ids.count(",") + 1
+
+
+@pytest.mark.parametrize("outside", ["0", "2147483648", "1," * 100 + "1"])
+def test_ids_the_handler_refuses_the_spec_refuses_too(outside: str) -> None:
+    assert not re.search(_IDS["pattern"], outside)
+    with pytest.raises(errors.InvalidParam):
+        ids_param(outside)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(st.text(max_size=_Q["maxLength"]).filter(lambda q: bool(re.search(_Q["pattern"], q))))
+def test_a_query_the_spec_calls_valid_is_not_blank_to_the_handler(q: str) -> None:
+    assert q.strip()  # SearchHandler strips q and refuses an empty one
+
+
+def _status_codes() -> dict[int, set[str]]:
+    by_status: dict[int, set[str]] = {}
+
+    def walk(cls: type[errors.TgcError]) -> None:
+        for sub in cls.__subclasses__():
+            if sub not in (errors.ConfigError, errors.RetryLater):
+                by_status.setdefault(sub.status, set()).add(sub.code)
+            walk(sub)
+
+    walk(errors.TgcError)
+    by_status.setdefault(500, set()).add("INTERNAL")
+    return by_status
+
+
+def _allowed_codes(response: dict[str, Any]) -> set[str]:
+    schema = response["content"]["text/plain"]["x-plaintext"]
+    code = schema["allOf"][1]["properties"]["error"]["properties"]["code"]
+    return set(code.get("enum", [code.get("const")]))
+
+
+def test_each_error_status_lists_the_codes_its_errors_carry(doc: dict[str, Any]) -> None:
+    responses = doc["components"]["responses"]
+    for status, codes in _status_codes().items():
+        if status in (401, Forbidden.status):
+            continue  # 401: the plain Unauthorized schema; 403 below
+        assert _allowed_codes(responses[f"E{status}"]) == codes, status
+    assert _allowed_codes(responses["E403"]) == {"PEER_PRIVATE"}
+    assert MethodNotAllowed.code in _allowed_codes(responses["E405"])
+
+
+def test_every_required_field_is_a_property(doc: dict[str, Any]) -> None:
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            # (A refinement inside allOf, with no type, may require what its sibling lists.)
+            if "type" in node and "required" in node and "properties" in node:
+                assert set(node["required"]) <= set(node["properties"]), where
+            for key, value in node.items():
+                walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}/{i}")
+
+    walk(doc, "#")
