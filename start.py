@@ -151,15 +151,20 @@ class PidFile:
 
 
 class InFlight(httputil.HTTPServerConnectionDelegate):
-    """Wraps the Application to count requests from their headers to the end of their answer.
+    """Wraps the Application to count requests from the end of their body to the end of
+    their answer (`active`), and those still sending their body (`receiving`).
 
     Tornado's `close_all_connections` closes connections whatever they are doing; the stop
-    instead waits for this count to reach zero (bounded by server.shutdown_timeout).
+    instead waits for `active` to reach zero (bounded by server.shutdown_timeout). A
+    request still sending its body is not waited for: a client that sends part of one and
+    goes quiet must not hold the stop (it would only get 503 SHUTTING_DOWN once its body
+    came); its connection is closed with the others after the wait.
     """
 
     def __init__(self, app: httputil.HTTPServerConnectionDelegate) -> None:
         self.app = app
         self.active = 0
+        self.receiving = 0
         self.served = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -193,6 +198,9 @@ class InFlight(httputil.HTTPServerConnectionDelegate):
 
 
 class _Counted(httputil.HTTPMessageDelegate):
+    """One request's passage: headers → (receiving its body) → active → answered, or
+    closed at any point."""
+
     def __init__(
         self,
         tracker: InFlight,
@@ -202,16 +210,17 @@ class _Counted(httputil.HTTPMessageDelegate):
         self._tracker = tracker
         self._inner = inner
         self._conn = conn
-        self._open = False
+        self._state = "new"  # → receiving → active → done
 
     def headers_received(
         self,
         start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
         headers: httputil.HTTPHeaders,
     ) -> Awaitable[None] | None:
-        self._open = True
-        self._tracker.begin()
-        # The answer is complete when the handler finishes it on the connection.
+        self._state = "receiving"
+        self._tracker.receiving += 1
+        # The answer is complete when the handler finishes it on the connection (which it
+        # may do before the body came: a 413 or 429 refuses a body unread).
         finish = self._conn.finish
 
         def finished() -> None:
@@ -227,6 +236,11 @@ class _Counted(httputil.HTTPMessageDelegate):
         return self._inner.data_received(chunk)
 
     def finish(self) -> None:
+        # The whole request is in (Tornado calls this before the handler runs its verb).
+        if self._state == "receiving":
+            self._state = "active"
+            self._tracker.receiving -= 1
+            self._tracker.begin()
         self._inner.finish()
 
     def on_connection_close(self) -> None:
@@ -236,9 +250,11 @@ class _Counted(httputil.HTTPMessageDelegate):
             self._done()
 
     def _done(self) -> None:
-        if self._open:
-            self._open = False
+        if self._state == "receiving":
+            self._tracker.receiving -= 1
+        elif self._state == "active":
             self._tracker.end()
+        self._state = "done"
 
 
 # --- stop signals --------------------------------------------------------------------------
@@ -295,6 +311,9 @@ def _default_app(server: Server) -> tornado.web.Application:
         cipher=Cipher.create(s.api.cipher, s.api.aes_key),
         metrics=server.registry,
         max_body_bytes=s.server.max_body_bytes,
+        body_timeout=s.server.body_timeout,
+        unverified_body_bytes=s.server.unverified_body_bytes,
+        unverified_bodies=s.server.unverified_bodies,
         lifecycle=server.lifecycle,
         status_allow=s.server.status_allowed,
         extra_handlers=server.extra_handlers,
@@ -641,7 +660,12 @@ class Server:
         self.inflight = InFlight(self.app)
         # make_server sets Tornado's own limits the way the handlers expect them; it is given
         # the counting wrapper, which Tornado takes like the Application it wraps.
-        self._http = make_server(self.inflight, s.max_body_bytes, idle_connection_timeout=60)
+        self._http = make_server(
+            self.inflight,
+            s.max_body_bytes,
+            body_timeout=s.body_timeout,
+            idle_timeout=s.idle_timeout,
+        )
         self.port = self._sockets[0].getsockname()[1]
         self._http.add_sockets(self._sockets)
         self._stack.push_async_callback(self._drain_http)
@@ -655,6 +679,9 @@ class Server:
             log.info("waiting up to %.0f s for %d requests", timeout, self.inflight.active)
         if not await self.inflight.wait_idle(timeout):
             log.warning("%d requests still running after %.0f s: cut", self.inflight.active, timeout)
+        if self.inflight.receiving:
+            # Not waited for (see InFlight): closed with every idle connection.
+            log.info("closing %d requests still sending their body", self.inflight.receiving)
         await self._http.close_all_connections()
 
     def _remove_url_file(self) -> None:

@@ -90,6 +90,10 @@ class ServerSettings:
     max_body_bytes: int
     shutdown_timeout: float
     status_allow: tuple[IPNetwork, ...]
+    body_timeout: float
+    idle_timeout: float
+    unverified_body_bytes: int
+    unverified_bodies: int
 
     def status_allowed(self, address: str) -> bool:
         """Whether a client address may see /status."""
@@ -480,6 +484,10 @@ KEYS: tuple[Key, ...] = (
     Key("server.max_body_bytes", "1M", size(1024, 1024**3)),
     Key("server.shutdown_timeout", "30", seconds(0, 3600)),
     Key("server.status_allow", "127.0.0.0/8, ::1/128", networks),
+    Key("server.body_timeout", "10", seconds(0.1, 3600)),
+    Key("server.idle_timeout", "60", seconds(1, 86400)),
+    Key("server.unverified_body_bytes", "16M", size(1024, 1024**3)),
+    Key("server.unverified_bodies", "64", integer(1, 100_000)),
     Key("api.token", "", token, secret=True),
     Key("api.aes_key", "", hex_string(64), secret=True),
     Key("api.cipher", "aes-256-gcm", choice("aes-256-gcm", "aes-256-cbc")),

@@ -2,10 +2,16 @@
 properties, the one error→HTTP mapping) and `ApiHandler` (the signed, size-bounded,
 encrypted /api/v1 request), with the parameter readers the routes use.
 
-A /api/v1 request goes: `prepare` (signature headers well formed and fresh, body size)
-→ the body streams in (bounded) → `_serve`: full signature check (HMAC over the body,
-nonce replay) → draining? → the route's `on_<verb>` → `{"ok": true, "data": ...}` as
+A /api/v1 request goes: `prepare` (signature headers well formed and fresh; a body only
+on POST, within its size, and within the `BodyBudget` of unverified bodies) → the body
+streams in (bounded in bytes and time) → `_serve`: full signature check (HMAC over the
+body, nonce replay) → draining? → the route's `on_<verb>` → `{"ok": true, "data": ...}` as
 orjson, encrypted with the request's nonce as associated data.
+
+Every handler streams its body (`stream_request_body`), so each decides in `prepare`,
+before a byte of it is read: the routes outside /api/v1 take none (400), a GET or DELETE
+takes none (413), and what the unverified bodies hold together is bounded (429). Tornado
+never parses a form body here.
 
 Every error goes through the one `write_error`: a `common.errors.TgcError` answers its
 `status` and `code` (429 with `retry_after` and `Retry-After`), anything else is a logged
@@ -17,6 +23,7 @@ contract leaves open are listed in service/handler.py's docstring.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -40,6 +47,7 @@ from common.errors import (
     Unavailable,
 )
 from common.utils import PeerRef, parse_peer
+from service.bodybudget import BodyBudget, Hold, announced_body
 from service.cryptor import Cipher, Signer
 from service.ports import Pool
 from service.queries import MediaQueue
@@ -50,6 +58,15 @@ API = "/api/v1"
 _UNAUTHORIZED = orjson.dumps({"ok": False, "error": {"code": "UNAUTHORIZED"}})
 _INT = re.compile(r"[0-9]{1,10}")
 MAX_IDS = 100
+# Methods whose request takes no body (RFC 9110 gives a body on them no meaning): one is
+# refused before it is read.
+BODYLESS = frozenset({"GET", "HEAD", "DELETE"})
+# The defaults of server.body_timeout, server.idle_timeout, server.unverified_body_bytes
+# and server.unverified_bodies (common/const.py), for apps and servers built in tests.
+BODY_TIMEOUT = 10.0
+IDLE_TIMEOUT = 60.0
+UNVERIFIED_BODY_BYTES = 16 * 1024 * 1024
+UNVERIFIED_BODIES = 64
 
 
 class Subscriptions(Protocol):
@@ -78,6 +95,11 @@ class Forbidden(TgcError):
     status, code = 403, "FORBIDDEN"
 
 
+class BodiesBusy(RateLimited):
+    """The budget of unverified request bodies is spent (HTTP-only): the contract's 429
+    RATE_LIMITED, "the service's own budget is spent", retry after a body timeout."""
+
+
 @dataclass
 class Lifecycle:
     """Mutable state the Server flips: `draining` makes /api/v1 answer 503 SHUTTING_DOWN
@@ -99,8 +121,14 @@ def outer_body_limit(max_body_bytes: int) -> int:
 # --- the one base handler ---------------------------------------------------------------
 
 
+@tornado.web.stream_request_body
 class BaseHandler(tornado.web.RequestHandler):
-    """Services as typed properties; one `write_error` for every answer that fails."""
+    """Services as typed properties; one `write_error` for every answer that fails.
+
+    Streams its body: `prepare` runs before any of it is read. Outside /api/v1 no route
+    takes a body: one announced is refused there (400 INVALID_PARAM `body`) unread, and so
+    is a multipart Content-Type (a multipart body is never empty: Tornado used to parse it
+    and fail with a 500)."""
 
     route: ClassVar[str] = "unmatched"
     # The error this request was answered with: the access line (service/metrics.py, one
@@ -150,6 +178,16 @@ class BaseHandler(tornado.web.RequestHandler):
         return limit
 
     @property
+    def body_timeout(self) -> float:
+        timeout: float = self.settings["tgc_body_timeout"]
+        return timeout
+
+    @property
+    def body_budget(self) -> BodyBudget:
+        budget: BodyBudget = self.settings["tgc_body_budget"]
+        return budget
+
+    @property
     def draining(self) -> bool:
         lifecycle: Lifecycle = self.settings["tgc_lifecycle"]
         return lifecycle.draining
@@ -157,6 +195,32 @@ class BaseHandler(tornado.web.RequestHandler):
     def status_allowed(self) -> bool:
         allow: Callable[[str], bool] = self.settings["tgc_status_allow"]
         return allow(self.request.remote_ip or "")
+
+    def prepare(self) -> Awaitable[None] | None:
+        if self.request.method not in self.allowed_methods():
+            raise MethodNotAllowed(f"{self.request.method} is not served here")
+        self.refuse_body()
+        return None
+
+    def refuse_body(self) -> None:
+        """400 INVALID_PARAM `body` if the request announces a body, before it is read."""
+        if announced_body(self.request.headers) is not None:
+            raise InvalidParam("body", "this route takes no body")
+        if self.request.headers.get("Content-Type", "").lower().startswith("multipart/"):
+            raise InvalidParam("body", "a multipart Content-Type announces a body: none here")
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return None  # never called: prepare refused any body before it was read
+
+    @classmethod
+    def allowed_methods(cls) -> list[str]:
+        """The methods this route serves (the `Allow` header of its 405): those it defines."""
+        base = tornado.web.RequestHandler
+        return [
+            m
+            for m in cls.SUPPORTED_METHODS
+            if getattr(cls, m.lower()) is not getattr(base, m.lower())
+        ]
 
     def compute_etag(self) -> str | None:
         return None  # answers are fresh ciphertext every time: an ETag is a wasted hash
@@ -179,6 +243,8 @@ class BaseHandler(tornado.web.RequestHandler):
         document = {"ok": False, "error": _error_object(error)}
         if error.retry_after is not None:
             self.set_header("Retry-After", str(error.retry_after))
+        if error.status == 405:  # RFC 9110: a 405 lists what the route serves
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.send_document(document)
 
     def send_document(self, document: dict[str, Any]) -> None:
@@ -199,7 +265,10 @@ def _exception(kwargs: Mapping[str, Any]) -> BaseException | None:
     return exc_info[1] if exc_info else None
 
 
-_HTTP_ERRORS: dict[int, type[TgcError]] = {
+# Tornado's own HTTPErrors. Its 400 (a malformed request Tornado found before the route ran,
+# e.g. a path argument that is not UTF-8) is the contract's 400, never a 500.
+_HTTP_ERRORS: dict[int, Callable[[], TgcError]] = {
+    400: lambda: InvalidParam("request", "is malformed"),
     404: NotFound,
     405: MethodNotAllowed,
     413: BodyTooLarge,
@@ -250,34 +319,70 @@ class ApiHandler(BaseHandler):
         self._received = 0
         self._verified = False
         self._nonce: bytes | None = None
+        self._hold: Hold | None = None  # this body's share of the unverified-body budget
 
     async def prepare(self) -> None:
         # Headers only: the body has not been read yet. A request that can't be genuine
-        # is refused before it costs a read; so is a body announced as too large.
+        # is refused before it costs a read; so is a body where none belongs, one announced
+        # as too large, and one beyond the budget of bodies not yet verified.
         self.signer.check_headers(self.request.headers)
         self._nonce = self.request.headers["X-Nonce"].encode()
-        # Tornado's own limit for this request's body, whatever the HTTPServer was given
-        # (its default is 100 MB): the outer guard behind the count in data_received.
+        # Tornado's own limits for this request's body, whatever the HTTPServer was given
+        # (its defaults: 100 MB, no time limit): the outer guard behind the count in
+        # data_received, and the time the body may take to arrive.
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):
             connection.set_max_body_size(outer_body_limit(self.max_body_bytes))
-        length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            connection.set_body_timeout(self.body_timeout)
+        size = announced_body(self.request.headers)
+        if size is None:
+            return
+        if self.request.method in BODYLESS:
+            raise BodyTooLarge(f"a {self.request.method} request takes no body")
+        if size > self.max_body_bytes:
             raise BodyTooLarge(f"the body is larger than {self.max_body_bytes} bytes")
+        self._hold = self.body_budget.admit(size)
+        if self._hold is None:
+            raise self._busy()
 
     def data_received(self, chunk: bytes) -> None:
         # A chunked body (no Content-Length for prepare to check) is counted here: past the
-        # limit, the 413 goes out at once and nothing more is kept. Tornado delivers no more
-        # once the answer is finished, and closes the connection after it.
+        # limit, or past what the budget can add to its hold, the 413 (429) goes out at once
+        # and nothing more is kept. Tornado delivers no more once the answer is finished,
+        # and closes the connection after it.
         if self._finished:
             return
         self._received += len(chunk)
+        error: TgcError | None = None
         if self._received > self.max_body_bytes:
-            self._chunks.clear()
             error = BodyTooLarge(f"the body is larger than {self.max_body_bytes} bytes")
-            self.send_error(413, exc_info=(BodyTooLarge, error, None))
+        elif self._hold is not None and not self._hold.cover(self._received):
+            error = self._busy()
+        if error is not None:
+            self._drop_body()
+            self.send_error(error.status, exc_info=(type(error), error, None))
             return
         self._chunks.append(chunk)
+
+    def _busy(self) -> BodiesBusy:
+        # Retry once a held body is surely gone: verified, or timed out.
+        return BodiesBusy(
+            math.ceil(self.body_timeout), "too many request bodies are arriving at once"
+        )
+
+    def _drop_body(self) -> None:
+        """What this request holds of its body, and its share of the budget, given back."""
+        self._chunks = []
+        if self._hold is not None:
+            self._hold.release()
+
+    def on_finish(self) -> None:
+        self._drop_body()
+
+    def on_connection_close(self) -> None:
+        # The client left, or the body timed out (Tornado closes the connection then).
+        self._drop_body()
+        super().on_connection_close()
 
     @property
     def body(self) -> bytes:
@@ -316,13 +421,26 @@ class ApiHandler(BaseHandler):
     async def _not_allowed(self, *args: str) -> dict[str, Any]:
         raise MethodNotAllowed(f"{self.request.method} is not served here")
 
+    @classmethod
+    def allowed_methods(cls) -> list[str]:
+        """The verbs whose `on_<verb>` the route defines."""
+        return [
+            verb
+            for verb in ("GET", "POST", "DELETE")
+            if getattr(cls, f"on_{verb.lower()}") is not getattr(ApiHandler, f"on_{verb.lower()}")
+        ]
+
     async def _serve(
         self, on_verb: Callable[..., Awaitable[dict[str, Any]]], args: tuple[str, ...]
     ) -> None:
         if self._finished:  # answered 413 while the body came in (data_received)
             return
         request = self.request
-        self.signer.verify(request.method or "", request.uri or "", request.headers, self.body)
+        try:
+            self.signer.verify(request.method or "", request.uri or "", request.headers, self.body)
+        finally:
+            if self._hold is not None:  # checked: no longer the budget's
+                self._hold.release()
         self._verified = True
         if self.draining:
             raise ShuttingDown("the server is shutting down")
@@ -342,7 +460,7 @@ class ApiHandler(BaseHandler):
         # RateLimited from the signer means the signature was right but its nonce can't
         # be remembered now. Any other failure before the check is just a 401.
         unsigned = not self._verified and not isinstance(exc, BodyTooLarge | RateLimited)
-        if isinstance(exc, BodyTooLarge):
+        if isinstance(exc, BodyTooLarge | BodiesBusy):
             # The rest of the body is never read: this connection ends with the answer.
             self.set_header("Connection", "close")
         if isinstance(exc, Unauthorized) or unsigned or self._nonce is None:

@@ -22,7 +22,16 @@ Decisions the contract leaves open (also in docs/openapi.json):
   dropped, the rest is not delivered, the connection closes after the answer). Tornado's
   own limit (`outer_body_limit`) is only the outer guard: a chunk header announcing more
   than it, before the count reached the limit, still gets Tornado's bare 400.
-- A method a route doesn't serve is 405 METHOD_NOT_ALLOWED (after the signature check).
+- A method a route doesn't serve is 405 METHOD_NOT_ALLOWED (after the signature check),
+  with `Allow` naming the route's methods.
+- A GET or DELETE with a body is 413 BODY_TOO_LARGE (their limit is 0 bytes), before the
+  body is read, like any 413.
+- Bodies not yet verified hold at most `unverified_body_bytes` and `unverified_bodies`
+  together (`BodyBudget`); a new one beyond that is 429 RATE_LIMITED (the service's own
+  budget), `retry_after` the body timeout, before it is read. A body must arrive within
+  `body_timeout` or its connection is closed.
+- Outside /api/v1 no route takes a body: one announced (or a multipart Content-Type) is
+  400 INVALID_PARAM `body`, unread.
 """
 
 from __future__ import annotations
@@ -41,6 +50,10 @@ from common.errors import InvalidParam, NotFound
 from service import queries
 from service.basehandler import (
     API,
+    BODY_TIMEOUT,
+    IDLE_TIMEOUT,
+    UNVERIFIED_BODIES,
+    UNVERIFIED_BODY_BYTES,
     ApiHandler,
     BaseHandler,
     Forbidden,
@@ -52,6 +65,7 @@ from service.basehandler import (
     outer_body_limit,
     peer_param,
 )
+from service.bodybudget import BodyBudget, BudgetCollector, MemoryTrim
 from service.cryptor import Cipher, Signer
 from service.metrics import ObservedPublisher, ServiceMetrics
 from service.ports import Pool
@@ -74,6 +88,9 @@ def make_app(
     cipher: Cipher,
     metrics: CollectorRegistry,
     max_body_bytes: int = 1024 * 1024,
+    body_timeout: float = BODY_TIMEOUT,
+    unverified_body_bytes: int = UNVERIFIED_BODY_BYTES,
+    unverified_bodies: int = UNVERIFIED_BODIES,
     lifecycle: Lifecycle | None = None,
     status_allow: Callable[[str], bool] | None = None,
     extra_handlers: Sequence[Route] = (),
@@ -85,7 +102,9 @@ def make_app(
     the subscriber's SubscriberCollector);
     `status_allow(ip)` says who may see the /status page (nobody when not given), which
     shows the pool, the processor, the `publisher`'s outbox, the subscriber's counts and the
-    `error_log`."""
+    `error_log`. An /api/v1 body must arrive within `body_timeout` seconds; those not yet
+    verified hold at most `unverified_body_bytes` and `unverified_bodies` together (the
+    app's one `BodyBudget`, whose state /metrics shows)."""
     service_metrics = ServiceMetrics(
         metrics, pool=pool, processor=processor, publisher=publisher
     )
@@ -98,6 +117,8 @@ def make_app(
         metrics=service_metrics,
         errors=error_log,
     )
+    budget = BodyBudget(unverified_body_bytes, unverified_bodies, on_drained=MemoryTrim().soon)
+    metrics.register(BudgetCollector(budget))
     routes: list[Route] = [
         (API + "/peer", PeerHandler),
         (API + "/messages", MessagesHandler),
@@ -126,22 +147,33 @@ def make_app(
         tgc_registry=metrics,
         tgc_status_page=status_page,
         tgc_max_body_bytes=max_body_bytes,
+        tgc_body_timeout=body_timeout,
+        tgc_body_budget=budget,
         tgc_lifecycle=lifecycle or Lifecycle(),
         tgc_status_allow=status_allow or (lambda ip: False),
     )
 
 
 def make_server(
-    app: httputil.HTTPServerConnectionDelegate, max_body_bytes: int, **kwargs: Any
+    app: httputil.HTTPServerConnectionDelegate,
+    max_body_bytes: int,
+    *,
+    body_timeout: float = BODY_TIMEOUT,
+    idle_timeout: float = IDLE_TIMEOUT,
+    **kwargs: Any,
 ) -> HTTPServer:
     """An HTTPServer with Tornado's own limits set from `max_body_bytes`: the outer guard
-    (the API routes count their bodies themselves) and the limit of the non-API routes.
+    (the API routes count their bodies themselves) and the limit of the non-API routes; a
+    body must arrive within `body_timeout` s (the API routes set it again on their
+    connection), a connection that sends no request headers for `idle_timeout` s is closed.
     `app` is the Application, or a delegate that wraps it (start.py's request counter);
     `kwargs` go to HTTPServer as they are."""
     return HTTPServer(
         app,
         max_body_size=outer_body_limit(max_body_bytes),
         max_buffer_size=max_body_bytes + 64 * 1024,
+        body_timeout=body_timeout,
+        idle_connection_timeout=idle_timeout,
         **kwargs,
     )
 
@@ -311,7 +343,9 @@ class StatusHandler(BaseHandler):
 
 
 class NotFoundHandler(BaseHandler):
-    """Tornado's default handler for unmatched paths: plain JSON 404."""
+    """Tornado's default handler for unmatched paths: plain JSON 404 (400 first for a body,
+    which no route here takes)."""
 
     def prepare(self) -> None:
+        self.refuse_body()
         raise NotFound(f"no route {self.request.path}")

@@ -4,6 +4,7 @@ data.dir), login against the emulator's auth flow, accounts, call, and the demo.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -564,15 +565,6 @@ async def wait_file(path: Path, proc: asyncio.subprocess.Process, limit: float =
     assert proc.returncode is None, await proc.communicate()
 
 
-async def partial_request(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A request whose body never completes: in flight until the server gives up on it."""
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
-    await writer.drain()
-    return reader, writer
-
-
 @pytest.mark.slow
 async def test_process_sigterm_exits_0_and_a_second_start_refuses(tmp_path: Path) -> None:
     config = write_config(tmp_path)
@@ -607,30 +599,36 @@ async def test_process_sigterm_exits_0_and_a_second_start_refuses(tmp_path: Path
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 1), (signal.SIGINT, 130)])
-async def test_a_second_signal_forces_the_exit(tmp_path: Path, sig: signal.Signals, code: int) -> None:
-    config = write_config(tmp_path, server__shutdown_timeout="60")
+async def test_a_second_signal_forces_the_exit(
+    accounts_config: Path, fake_telegram: FakeTelegram, sig: signal.Signals, code: int
+) -> None:
+    config = write_config(accounts_config.parent, server__shutdown_timeout="60")
     settings = load_settings(config, env={})
+    rpc: TelegramRpc = fake_telegram.dispatcher
     proc = await spawn("serve", "--config", str(config), "--no-console")
     try:
         await wait_file(settings.run_dir / "tgc.url", proc)
         url = (settings.run_dir / "tgc.url").read_text().strip()
-        _, writer = await partial_request(url)
-        # An answered request on another connection: the partial one was read by then.
-        http = AsyncHTTPClient(force_instance=True)
-        try:
-            await http.fetch(f"{url}/healthz", raise_error=False)
-        finally:
-            http.close()
-        proc.send_signal(sig)
-        await wait_for(
-            lambda: "waiting up to 60 s for 1 requests" in _log(settings.log.file),
-            within=10,
-            what="the drain logged",
-        )
-        assert proc.returncode is None  # still draining
-        proc.send_signal(sig)
-        assert await asyncio.wait_for(proc.wait(), 10) == code
-        writer.close()
+        # A request the emulator holds for a minute keeps the graceful stop waiting (a
+        # body that never completes would not: the stop does not wait for those).
+        rpc.slow("messages.getHistory", 60, times=1)
+        async with ApiClient(url, TOKEN, AES_KEY) as api:
+            held = asyncio.ensure_future(api.request("GET", "/api/v1/messages?peer=@tgc_news"))
+            await wait_for(
+                lambda: rpc.count("messages.getHistory") == 1, within=20, what="the call held"
+            )
+            proc.send_signal(sig)
+            await wait_for(
+                lambda: "waiting up to 60 s for 1 requests" in _log(settings.log.file),
+                within=10,
+                what="the drain logged",
+            )
+            assert proc.returncode is None  # still draining
+            proc.send_signal(sig)
+            assert await asyncio.wait_for(proc.wait(), 10) == code
+            held.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await held
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -19,6 +19,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from service.cryptor import Signer
+from tests.fakedc import demo_world as dw
+from tests.fakedc.cluster import FakeTelegram
+from tests.fakedc.rpc import TelegramRpc
+from tests.fixtures.wait import wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
 SECRETS = {
     "TGC_API_TOKEN": "startup-sh-token-0123456789",
@@ -138,52 +144,79 @@ def test_restart_gives_a_new_process(config: Path) -> None:
     assert _gone(int(pids[0])) and _alive(int(pids[1]))
 
 
-def test_stop_forces_a_server_that_does_not_finish(config: Path) -> None:
-    text = config.read_text().replace("server.shutdown_timeout=30", "server.shutdown_timeout=600")
-    config.write_text(text)
-    started = sh("start", "--config", str(config))
+@pytest.fixture
+def busy_config(
+    config: Path, telegram_session: Callable[..., Path], fake_telegram: FakeTelegram
+) -> Path:
+    """The config, with one account of the emulator (its session in the config's sessions
+    folder) and a graceful stop allowed 600 s: see `_busy_request`."""
+    telegram_session(dw.ACCOUNT_A, name="acc")
+    config.write_text(
+        config.read_text().replace("server.shutdown_timeout=30", "server.shutdown_timeout=600")
+    )
+    return config
+
+
+async def _busy_request(url: str, rpc: TelegramRpc) -> socket.socket:
+    """A signed request the emulator holds for 600 s: it keeps a graceful stop waiting (a
+    body that never completes would not: the stop does not wait for those)."""
+    rpc.slow("messages.getHistory", 600, times=1)
+    uri = "/api/v1/messages?peer=@tgc_news&limit=1"
+    headers = Signer(SECRETS["TGC_API_TOKEN"]).sign("GET", uri)
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    held = socket.create_connection((host, int(port)))
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    held.sendall(f"GET {uri} HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode())
+    await wait_for(lambda: rpc.count("messages.getHistory") == 1, within=20, what="the call held")
+    return held
+
+
+async def test_stop_forces_a_server_that_does_not_finish(
+    busy_config: Path, fake_telegram: FakeTelegram
+) -> None:
+    config = busy_config
+    started = await asyncio.to_thread(sh, "start", "--config", str(config))
     assert started.returncode == 0, started.stderr
     url = re.search(r"on (http://\S+);", started.stdout).group(1)  # type: ignore[union-attr]
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    # A request whose body never completes keeps the graceful stop waiting.
-    with socket.create_connection((host, int(port))) as stuck:
-        stuck.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
-        _get(url + "/healthz")  # answered: the server has read the partial request too
-        stopped = sh("stop", "--config", str(config), extra_env={"STOP_WAIT": "1"})
+    with await _busy_request(url, fake_telegram.dispatcher):
+        stopped = await asyncio.to_thread(
+            sh, "stop", "--config", str(config), extra_env={"STOP_WAIT": "1"}
+        )
     assert stopped.returncode == 1
     assert "had to force it (SIGKILL)" in stopped.stderr
-    assert sh("status", "--config", str(config)).returncode == 3
+    assert (await asyncio.to_thread(sh, "status", "--config", str(config))).returncode == 3
 
 
-def _stuck_stop(config: Path, tmp_path: Path) -> tuple[int, socket.socket, subprocess.Popen[str]]:
-    """A server kept draining by a request whose body never completes, and a `stop` waiting
-    for it: (the server's pid, the stuck connection, the running stop)."""
-    text = config.read_text().replace("server.shutdown_timeout=30", "server.shutdown_timeout=600")
-    config.write_text(text)
-    started = sh("start", "--config", str(config))
+async def _stuck_stop(
+    config: Path, tmp_path: Path, rpc: TelegramRpc
+) -> tuple[int, socket.socket, asyncio.subprocess.Process]:
+    """A server kept draining by a request in flight, and a `stop` waiting for it: (the
+    server's pid, the request's connection, the running stop)."""
+    started = await asyncio.to_thread(sh, "start", "--config", str(config))
     assert started.returncode == 0, started.stderr
     m = re.search(r"tgc started \(pid (\d+)\) on (http://\S+);", started.stdout)
     assert m, started.stdout
     pid, url = int(m.group(1)), m.group(2)
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    stuck = socket.create_connection((host, int(port)))
-    stuck.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
-    _get(url + "/healthz")  # answered: the server has read the partial request too
+    held = await _busy_request(url, rpc)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TGC_")}
-    stop = subprocess.Popen(
-        [str(ROOT / "startup.sh"), "stop", "--config", str(config)],
+    stop = await asyncio.create_subprocess_exec(
+        str(ROOT / "startup.sh"),
+        "stop",
+        "--config",
+        str(config),
         cwd="/",
         env={**env, **SECRETS, "STOP_WAIT": "40"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     log = tmp_path / "logs" / "tgc.log"
-    deadline = time.monotonic() + 20
-    while "waiting up to 600 s for 1 requests" not in log.read_text():
-        assert stop.poll() is None and time.monotonic() < deadline, stop.communicate()
-        time.sleep(0.05)
-    return pid, stuck, stop
+
+    def draining() -> bool:
+        assert stop.returncode is None, "stop ended early"
+        return "waiting up to 600 s for 1 requests" in log.read_text()
+
+    await wait_for(draining, within=20, what="the drain logged")
+    return pid, held, stop
 
 
 @pytest.mark.parametrize(
@@ -195,23 +228,28 @@ def _stuck_stop(config: Path, tmp_path: Path) -> tuple[int, socket.socket, subpr
         (signal.SIGKILL, "left no exit code"),
     ],
 )
-def test_stop_reports_the_exit_code_not_the_locks_release(
-    config: Path, tmp_path: Path, sig: signal.Signals, said: str
+async def test_stop_reports_the_exit_code_not_the_locks_release(
+    busy_config: Path,
+    tmp_path: Path,
+    fake_telegram: FakeTelegram,
+    sig: signal.Signals,
+    said: str,
 ) -> None:
-    pid, stuck, stop = _stuck_stop(config, tmp_path)
+    pid, stuck, stop = await _stuck_stop(busy_config, tmp_path, fake_telegram.dispatcher)
     try:
         os.kill(pid, sig)
-        out, err = stop.communicate(timeout=30)
+        raw_out, raw_err = await asyncio.wait_for(stop.communicate(), 30)
     finally:
         stuck.close()
-        if stop.poll() is None:
+        if stop.returncode is None:
             stop.kill()
-            stop.communicate()
+            await stop.communicate()
+    out, err = raw_out.decode(), raw_err.decode()
     assert stop.returncode == 1, (out, err)
     assert said in err, (out, err)
     assert "gracefully" not in out + err
     assert "had to force it" not in err  # stop itself sent one SIGTERM, nothing more
-    assert _gone(pid)
+    assert await asyncio.to_thread(_gone, pid)
 
 
 def test_demo_through_startup_sh_answers(tmp_path: Path) -> None:

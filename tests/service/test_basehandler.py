@@ -129,14 +129,30 @@ async def test_the_api_root_itself_is_signed_like_the_rest(api: Api) -> None:
 
 
 async def test_methods_not_served(api: Api) -> None:
-    assert_error(await api.call("PUT", "/api/v1/accounts", {}), 405, "METHOD_NOT_ALLOWED")
-    assert_error(await api.call("POST", "/api/v1/accounts", {}), 405, "METHOD_NOT_ALLOWED")
+    put = await api.call("PUT", "/api/v1/accounts", {})
+    assert_error(put, 405, "METHOD_NOT_ALLOWED")
+    assert put.headers["Allow"] == "GET"  # RFC 9110: a 405 says what the route serves
+    post = await api.call("POST", "/api/v1/accounts", {})
+    assert_error(post, 405, "METHOD_NOT_ALLOWED")
+    assert post.headers["Allow"] == "GET"
+    patch = await api.call("PATCH", "/api/v1/subscriptions", {})
+    assert_error(patch, 405, "METHOD_NOT_ALLOWED")
+    assert patch.headers["Allow"] == "GET, POST, DELETE"
     head = await api.raw("HEAD", "/api/v1/accounts", Signer(TOKEN).sign("HEAD", "/api/v1/accounts"))
-    assert head.code == 405 and head.body == b""
+    assert head.code == 405 and head.body == b"" and head.headers["Allow"] == "GET"
     # A method Tornado itself refuses never reaches the signature check: still just 401.
     _unauthorized(
         await api.raw("BREW", "/api/v1/accounts", Signer(TOKEN).sign("BREW", "/api/v1/accounts"))
     )
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/metrics", "/status"])
+@pytest.mark.parametrize("method", ["POST", "DELETE", "PUT", "BREW"])
+async def test_methods_not_served_outside_the_api_say_allow(api: Api, path: str, method: str) -> None:
+    # BREW is refused by Tornado itself (not a method it knows): mapped the same way.
+    response = await api.raw(method, path, body=b"{}" if method in ("POST", "PUT") else None)
+    assert response.code == 405 and response.headers["Allow"] == "GET"
+    assert orjson.loads(response.body)["error"]["code"] == "METHOD_NOT_ALLOWED"
 
 
 # --- errors -----------------------------------------------------------------------------

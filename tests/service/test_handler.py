@@ -308,3 +308,31 @@ async def test_metrics_count_requests_by_route_and_status(api: Api) -> None:
     assert (
         'tgc_http_request_duration_seconds_count{method="GET",route="/api/v1/accounts"} 3.0' in text
     )
+
+
+# --- hostile requests outside /api/v1 ---------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/metrics", "/status", "/nope"])
+@pytest.mark.parametrize(
+    "content_type",
+    ["multipart/form-data", "multipart/form-data; boundary=xyz", "Multipart/Mixed"],
+)
+async def test_a_multipart_header_outside_the_api_is_400_not_500(
+    api: Api, path: str, content_type: str
+) -> None:
+    # Tornado used to parse it as a form (no body: no final boundary) and its 400 became
+    # a 500 INTERNAL: a false server error for health probes and the metrics.
+    response = await api.raw("GET", path, {"Content-Type": content_type})
+    assert response.code == 400
+    assert orjson.loads(response.body)["error"] == {
+        "code": "INVALID_PARAM",
+        "param": "body",
+        "message": "body: a multipart Content-Type announces a body: none here",
+    }
+    text = (await api.raw("GET", "/metrics")).body.decode()
+    route = {"/nope": "unmatched"}.get(path, path)
+    assert f'method="GET",route="{route}",status="400"}} 1.0' in text
+    assert 'status="5' not in text  # no server error counted
+    # The same request without the header is served as before.
+    assert (await api.raw("GET", path)).code in (200, 403, 404)

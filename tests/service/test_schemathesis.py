@@ -317,8 +317,6 @@ def checks(api: ThreadedApi) -> list[Any]:
     phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
 )
 def test_the_server_answers_as_the_spec_says(case: schemathesis.Case, live: ThreadedApi) -> None:
-    if _multipart_on_an_unsigned_route(case):
-        return  # issue 11 item 5, see test_a_multipart_content_type_is_no_server_error
     case.call_and_validate(base_url=live.url, timeout=30, checks=checks(live))
 
 
@@ -382,24 +380,14 @@ def test_a_json_number_with_a_zero_fraction_is_an_id(live: ThreadedApi) -> None:
     assert answers[0][0] == 404
 
 
-def _multipart_on_an_unsigned_route(case: schemathesis.Case) -> bool:
-    content_type = str((case.headers or {}).get("Content-Type", ""))
-    return not case.path.startswith("/api/v1/") and content_type.startswith("multipart/")
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 5: Tornado's own 400 for a multipart Content-Type on a route outside"
-    " /api/v1 answers 500 (fixed on branch w2/http: remove this mark, and the skip above, once"
-    " it is merged)",
-)
 @pytest.mark.parametrize("path", ["/healthz", "/metrics", "/status"])
 def test_a_multipart_content_type_is_no_server_error(live: ThreadedApi, path: str) -> None:
     # What schemathesis's coverage phase sends (its content-type probe).
     answer = requests.get(
         live.url + path, headers={"Content-Type": "multipart/form-data"}, timeout=30
     )
-    assert answer.status_code < 500, answer.text
+    # Issue 11 item 5: this was 500 (Tornado's own 400, unmapped); the spec says 400 `body`.
+    assert answer.status_code == 400, answer.text
 
 
 def test_every_documented_operation_is_generated() -> None:
