@@ -4,8 +4,9 @@ Telethon's public API downloads one part per round trip over the main connection
 parallel downloader (model/downloader.py) needs what Telethon's own downloads use inside:
 its sender for another DC (auth exported once, the connection shared), a call through a
 given sender, and a second connection to the home DC opened the way Telethon opens its
-own. The entity session (model/session.py) reads a row count with Telethon's SQL helper,
-and an `updateChannel` comes with the entities Telethon attaches to raw updates.
+own (which must not receive updates: it has no queue for them). The entity session
+(model/session.py) reads a row count with Telethon's SQL helper, and an `updateChannel`
+comes with the entities Telethon attaches to raw updates.
 
 None of that is public: any Telethon release may rename it. So every such name is used
 here and only here, and `INTERNALS` lists each with the kind it must have;
@@ -16,6 +17,7 @@ here starts relying on one.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
@@ -25,6 +27,8 @@ from telethon.network import ConnectionTcpFull, ConnectionTcpIntermediate, MTPro
 from telethon.sessions import SQLiteSession
 from telethon.tl import functions
 from telethon.tl.alltlobjects import LAYER
+
+log = logging.getLogger(__name__)
 
 # Telethon's `MTProtoSender` (untyped): a connection and its MTProto session. Opaque to
 # callers: they borrow it, pass it to `call` and give it back.
@@ -77,7 +81,10 @@ INTERNALS: tuple[Internal, ...] = (
     Internal(TelegramClient, "_local_addr", "client attribute",
              "open_home_sender: the client's local address"),
     Internal(telethon.network, "MTProtoSender", "class",
-             "open_home_sender: a second connection", params=("auth_key", "loggers")),
+             "open_home_sender: a second connection, its updates to an UpdateSink",
+             params=("auth_key", "loggers", "updates_queue")),
+    Internal(MTProtoSender, "_handle_update", "coroutine function",
+             "UpdateSink: a sender hands each update pushed to it to its queue's put_nowait"),
     Internal(MTProtoSender, "connect", "coroutine function", "open_home_sender",
              params=("connection",)),
     Internal(MTProtoSender, "send", "function", "open_home_sender: initConnection",
@@ -124,18 +131,39 @@ async def open_home_sender(client: TelegramClient) -> Sender:
     """A new connection to the client's home DC with the client's auth key, introduced with
     the client's own initConnection: one more MTProto session of the same authorization
     (Telegram allows several per key), nothing to export or import. The caller closes it
-    (`close_sender`); the client's `disconnect` does not know it."""
+    (`close_sender`); the client's `disconnect` does not know it.
+
+    It never subscribes to updates: Telegram subscribes a connection when it sends a query
+    not wrapped in invokeWithoutUpdates (file queries excepted: core.telegram.org/api/
+    updates), so its initConnection goes wrapped, as Telethon's `receive_updates=False`
+    does. A Telethon sender built without an updates queue fails on every update pushed
+    to it (an ERROR traceback each); this one drops them into an `UpdateSink`, should
+    Telegram push one all the same."""
     session = client.session
-    sender = MTProtoSender(session.auth_key, loggers=client._log)
+    sink = UpdateSink()
+    sender = MTProtoSender(session.auth_key, loggers=client._log, updates_queue=sink)
     await sender.connect(_home_connection(client))
     try:
         client._init_request.query = functions.help.GetConfigRequest()
-        await sender.send(functions.InvokeWithLayerRequest(LAYER, client._init_request))
+        init = functions.InvokeWithoutUpdatesRequest(client._init_request)
+        await sender.send(functions.InvokeWithLayerRequest(LAYER, init))
     except BaseException:
         await sender.disconnect()
         raise
     sender.dc_id = session.dc_id  # as Telethon marks its exported senders
     return sender
+
+
+class UpdateSink:
+    """The updates queue of a sender that never asked for updates: what Telegram pushes to
+    it anyway is counted and dropped (the main connection gets the account's updates)."""
+
+    def __init__(self) -> None:
+        self.dropped = 0
+
+    def put_nowait(self, update: Any) -> None:
+        self.dropped += 1
+        log.debug("a media connection dropped a %s pushed to it", type(update).__name__)
 
 
 def _home_connection(client: TelegramClient) -> Any:
