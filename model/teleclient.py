@@ -349,6 +349,15 @@ class TeleClient:
             await self.updates.follow(entity, self._invoke)
         return entity
 
+    async def follow_updates(self, ref: PeerRef) -> None:
+        """Tracks the updates of a channel the account is in (joined before its updates
+        were tracked, or dropped since) from now on, so a catch-up after a stop asks for
+        them; nothing when it does already, for another peer, or without updates."""
+        feed = self.updates
+        if feed is None or ref.kind != "channel" or ref.id is None or feed.follows(ref.id):
+            return
+        await feed.follow(await self.get_entity(ref), self._invoke)
+
     async def leave(self, ref: PeerRef) -> Entity:
         """Leaves a channel, megagroup or basic group; leaving twice is not an error."""
         return await self._membership.leave(ref)

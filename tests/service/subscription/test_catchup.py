@@ -264,3 +264,33 @@ async def test_what_comes_while_stopping_is_caught_up_on_next_start(
         finally:
             await stack.stop()
     assert consumer.counts()[edited(late)] == 1
+
+
+async def test_a_channel_joined_before_its_updates_were_tracked_is_from_its_first_poll(
+    fake_telegram: Any,
+    telegram_session: Callable[..., Path],
+    tmp_path: Path,
+    rabbit: Rabbit,
+) -> None:
+    """Session files from before the update state was kept (or an account that stopped
+    tracking the channel): the first poll after the start has it tracked again."""
+    sessions = [telegram_session(u, name=f"acc{u}") for u in ACCOUNTS]
+    rpc = fake_telegram.dispatcher
+    async with rabbit.consumer() as consumer:
+        stack = await Stack(sessions[0].parent, tmp_path, rabbit).start()
+        sub = await stack.subscriber.subscribe(parse_peer("@news"))
+        await stack.stop()
+        session = sessions[0].parent / f"{sub['account']}.session"
+        with sqlite3.connect(session) as db:
+            db.execute("delete from update_state where id = ?", (NEWS,))
+        stack = await Stack(sessions[0].parent, tmp_path, rabbit).start()  # its first poll
+        pts = rpc.world.chats[NEWS].pts
+        await wait_for(lambda: saved_channel_pts(session, NEWS) == pts, what="NEWS tracked")
+        await stack.stop()
+        old = await rpc.edit_message(NEWS, 3, "post 3, corrected")
+        stack = await Stack(sessions[0].parent, tmp_path, rabbit).start()
+        try:
+            await after_restart(rpc, consumer, [edited(old)])
+        finally:
+            await stack.stop()
+    assert consumer.counts()[edited(old)] == 1
