@@ -81,7 +81,7 @@ class UpdateFeed:
         """Lets the updates (those held, and every one after) on to the other handlers."""
         self._open.set()
 
-    async def hold(self, within: float = 5.0) -> None:
+    async def hold(self, within: float = 2.0) -> None:
         """Holds every update from now on, and saves the state as of now once the updates
         already let on are handled (if they are within `within` s)."""
         self._open.clear()
