@@ -55,8 +55,8 @@ class Internal:
     function or a plain function of `owner`, a class, any other attribute of `owner` (a
     constant, a slot), an attribute a constructed `TelegramClient` has (of type `type_of`
     when given), or an attribute Telethon sets on raw updates (`owner` is the module that
-    sets it). `params` are parameter names its
-    signature must still have; `used_for` says what breaks when it moves.
+    sets it). `params` are parameter names its signature must still have; `used_for` says
+    what breaks when it moves.
     """
 
     owner: Any
@@ -275,9 +275,10 @@ def update_state(client: TelegramClient) -> UpdateState | None:
 
 
 def dispatch_tasks(client: TelegramClient) -> set[asyncio.Task[Any]]:
-    """The tasks handing updates to the client's handlers now. Telethon creates one per
-    update as it applies the update to its MessageBox, without yielding in between: every
-    update an `update_state` covers is in one of these, or was handled."""
+    """The tasks handing updates to the client's handlers now. Telethon (without
+    sequential_updates, as the project builds it) creates one per update as it applies the
+    update to its MessageBox, without yielding in between: every update an `update_state`
+    covers is in one of these, or was handled."""
     return set(client._event_handler_tasks)
 
 
