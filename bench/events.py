@@ -275,6 +275,9 @@ async def push_flow(
         done = asyncio.Event()
         if stage == "telethon":
             pool.on_update(count)
+            for account in pool:  # what Subscriber.start does: updates held until then
+                if account.updates is not None:
+                    account.updates.open()
         else:
             await sub.start()
         # The account must know the channel before its pushes are its updates.

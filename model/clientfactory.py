@@ -42,6 +42,9 @@ class ClientOptions:
     flood_sleep_threshold: int = 0
     request_retries: int = 2
     receive_updates: bool = True
+    # Load the update state saved in the session at connect and ask Telegram for what was
+    # missed since (model/updatefeed.py); without it Telethon starts from the current state.
+    catch_up: bool = False
     # Telethon fills what is None from this machine (platform, its own version).
     device_model: str | None = None
     app_version: str | None = None
@@ -67,6 +70,7 @@ def build_client(session: Any, options: ClientOptions) -> Any:
         raise_last_call_error=True,
         auto_reconnect=True,
         receive_updates=options.receive_updates,
+        catch_up=options.catch_up,
         lang_code=options.lang_code,
         system_lang_code=options.lang_code,
         device_model=options.device_model,

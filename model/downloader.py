@@ -85,7 +85,9 @@ class MediaConnections:
     A file on the home DC goes over a media connection of our own: same auth key as the
     main connection (nothing to export or import; Telegram allows several connections,
     each its own MTProto session, per key), what Telegram's own apps do for media, so the
-    account's API calls don't queue behind megabytes of parts. It is opened on the first
+    account's API calls don't queue behind megabytes of parts. It never subscribes to the
+    account's updates (they come on the main connection; see
+    `model.telethon_internals.open_home_sender`). It is opened on the first
     borrow, shared by the account's home-DC downloads, and closed after `idle_close`
     seconds unused, when the client disconnects (Telethon's disconnect closes only its own
     senders), or by `close()`; a later borrow opens a new one.

@@ -14,6 +14,12 @@ of the ~120 µs Telethon spends per update here (bench/events.py --push), and WA
 username, phone, display name) may have changed since this process wrote it. The file stays
 Telethon's own format: any Telethon can open it, and the entity cache by id and by username
 (what model/resolver.py relies on) sees the same rows.
+
+Its update state (the `update_state` table Telethon loads at connect to catch up) is
+written only by `save_update_state`: Telethon's own writes (each minute, and at disconnect
+after cancelling the handlers still running) may be ahead of what the account's updates
+consumer was handed, which a catch-up would then never bring again (see
+model/updatefeed.py).
 """
 
 from __future__ import annotations
@@ -25,10 +31,13 @@ from typing import Any
 
 from telethon import utils
 from telethon.sessions import SQLiteSession
+from telethon.tl import types
 from telethon.tl.tlobject import TLObject
 
 from common.errors import ConfigError
-from model.telethon_internals import session_execute
+from model.telethon_internals import UpdateState, session_execute
+
+_ACCOUNT_ROW = 0  # Telethon's id of the account's own row in `update_state`
 
 # What an entity's row is made of (model: MemorySession._entity_to_row): if none of these
 # changed, neither did the row. `min` entities carry no usable hash and make no row.
@@ -84,6 +93,39 @@ class EntitySession(SQLiteSession):  # type: ignore[misc]
         self._remember = remember
         self._written: dict[tuple[type, int], tuple[Any, ...]] = {}
         self.skipped = 0  # entities not rewritten (for tests and curiosity)
+        self._state_written: UpdateState | None = None
+
+    def set_update_state(self, entity_id: int, state: Any) -> None:
+        """Telethon's own writes of its update state: ignored (see the module docstring)."""
+
+    def save_update_state(self, state: UpdateState) -> None:
+        """Writes the account's update state (the rows that changed since the last write;
+        channels no longer tracked lose theirs) and commits."""
+        before = self._state_written
+        if state == before:
+            return
+        account = (state.pts, state.qts, state.date, state.seq)
+        if before is None or account != (before.pts, before.qts, before.date, before.seq):
+            row = types.updates.State(*account, unread_count=0)
+            super().set_update_state(_ACCOUNT_ROW, row)
+        old = before.channels if before is not None else {}
+        for channel_id, pts in state.channels.items():
+            if old.get(channel_id) != pts:
+                row = types.updates.State(pts, 0, state.date, 0, unread_count=0)
+                super().set_update_state(channel_id, row)
+        gone = [c for c in old if c not in state.channels] if before is not None else None
+        self._forget_channels(gone, keep=list(state.channels))
+        self.save()
+        self._state_written = state
+
+    def _forget_channels(self, gone: list[int] | None, keep: list[int]) -> None:
+        # None: what the file holds is not known yet (the first write): keep only `keep`.
+        if gone is None:
+            marks = ",".join("?" * len(keep))
+            where = f"id != {_ACCOUNT_ROW}" + (f" and id not in ({marks})" if keep else "")
+            session_execute(self, f"delete from update_state where {where}", *keep)
+        for channel_id in gone or ():
+            session_execute(self, "delete from update_state where id = ?", channel_id)
 
     def process_entities(self, tlo: Any) -> None:
         if not self.save_entities:

@@ -7,7 +7,9 @@ Telethon's errors turned into the service's, the account's `AccountStatus` kept)
 `model.resolver.PeerResolver` (peers from the session's cache first, a username resolution
 paid from the account's budget last) and its `model.membership.Membership` (joins and
 leaves). The TL shape of each call is `model.tlrequests`'s; the pool of accounts is
-`model.pool.TeleClients`.
+`model.pool.TeleClients`. Its updates (when it receives them) are its
+`model.updatefeed.UpdateFeed`'s: caught up at start on what it missed while down, held
+until the consumer opens the feed.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from model.membership import Membership
 from model.resolver import Cached, Entity, PeerResolver, pick_entity
 from model.session import EntitySession, SessionLock
 from model.tgerrors import OTHER
+from model.updatefeed import UpdateFeed
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,9 @@ class TeleClient:
     it queues a download bound to this account, down when it ends); the pool gives busy
     accounts less new work. `flood_waits` and `flood_wait_seconds` count the flood waits
     met; `call_observer` (set by `TeleClients.observe_calls`) is told of every request.
+    `updates` is its UpdateFeed (None when built with receive_updates=False): the
+    consumer of its updates opens it once its callbacks are registered, and holds it when
+    it stops.
     """
 
     def __init__(
@@ -95,12 +101,15 @@ class TeleClient:
             flood_sleep_threshold=flood_sleep_threshold,
             request_retries=request_retries,
             receive_updates=receive_updates,
+            catch_up=receive_updates,
             device_model=device_model,
             app_version=app_version,
             system_version=system_version,
             lang_code=lang_code,
         )
-        self.client = client_factory(EntitySession(str(path)), options)
+        session = EntitySession(str(path))
+        self.client = client_factory(session, options)
+        self.updates = UpdateFeed(self.client, session) if receive_updates else None
         self._connection = Connection(
             self.client,
             self._status,
@@ -135,6 +144,8 @@ class TeleClient:
         self._lock.acquire()
         self._started = True
         await self._connection.open()
+        if self.updates is not None:
+            self.updates.start()
 
     async def stop(self) -> None:
         """Disconnects (Telethon saves the session's entities then) and frees the lock.
@@ -145,6 +156,8 @@ class TeleClient:
         self._started = False
         await self._connection.stop_watching()
         try:
+            if self.updates is not None:
+                await self.updates.stop()
             await self.client.disconnect()
             # Its home-DC media connection (model/downloader.py) is not Telethon's to close.
             await self.media_connections.close()
@@ -332,8 +345,21 @@ class TeleClient:
 
     async def join(self, ref: PeerRef) -> Entity:
         """Joins a channel or megagroup (by username or id) or any chat by invite link:
-        see `model.membership.Membership.join` (JoinRequestSent when an admin must approve)."""
-        return await self._membership.join(ref)
+        see `model.membership.Membership.join` (JoinRequestSent when an admin must approve).
+        A channel's updates are tracked from the join on (a catch-up asks for them)."""
+        entity = await self._membership.join(ref)
+        if self.updates is not None:
+            await self.updates.follow(entity, self._invoke)
+        return entity
+
+    async def follow_updates(self, ref: PeerRef) -> None:
+        """Tracks the updates of a channel the account is in (joined before its updates
+        were tracked, or dropped since) from now on, so a catch-up after a stop asks for
+        them; nothing when it does already, for another peer, or without updates."""
+        feed = self.updates
+        if feed is None or ref.kind != "channel" or ref.id is None or feed.follows(ref.id):
+            return
+        await feed.follow(await self.get_entity(ref), self._invoke)
 
     async def leave(self, ref: PeerRef) -> Entity:
         """Leaves a channel, megagroup or basic group; leaving twice is not an error."""

@@ -4,8 +4,12 @@ Telethon's public API downloads one part per round trip over the main connection
 parallel downloader (model/downloader.py) needs what Telethon's own downloads use inside:
 its sender for another DC (auth exported once, the connection shared), a call through a
 given sender, and a second connection to the home DC opened the way Telethon opens its
-own. The entity session (model/session.py) reads a row count with Telethon's SQL helper,
-and an `updateChannel` comes with the entities Telethon attaches to raw updates.
+own (which must not receive updates: it has no queue for them). The entity session
+(model/session.py) reads a row count with Telethon's SQL helper, and an `updateChannel`
+comes with the entities Telethon attaches to raw updates. An account's update feed
+(model/updatefeed.py) reads the update state of Telethon's MessageBox and the dispatch
+tasks under way, seeds a joined channel's pts, and gives the client a MessageBox that
+keeps what a difference hands back (see `KeepingMessageBox`).
 
 None of that is public: any Telethon release may rename it. So every such name is used
 here and only here, and `INTERNALS` lists each with the kind it must have;
@@ -17,23 +21,32 @@ here starts relying on one.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import datetime
+import logging
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
+import telethon._updates.messagebox as messagebox
 import telethon.client.updates
 from telethon import TelegramClient
+from telethon._updates import EntityCache, MessageBox
+from telethon._updates.messagebox import ENTRY_ACCOUNT, ENTRY_SECRET, PtsInfo
 from telethon.network import ConnectionTcpFull, ConnectionTcpIntermediate, MTProtoSender
 from telethon.sessions import SQLiteSession
-from telethon.tl import functions
+from telethon.tl import functions, types
 from telethon.tl.alltlobjects import LAYER
 
 from model.tgerrors import ConnectionLost, is_transient
+
+log = logging.getLogger(__name__)
 
 # Telethon's `MTProtoSender` (untyped): a connection and its MTProto session. Opaque to
 # callers: they borrow it, pass it to `call` and give it back.
 Sender: TypeAlias = Any
 
-Kind = Literal["coroutine function", "function", "class", "client attribute", "set on updates"]
+Kind = Literal[
+    "coroutine function", "function", "class", "attribute", "client attribute", "set on updates"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +54,11 @@ class Internal:
     """One private piece of Telethon this module uses.
 
     `owner` is where it lives (a class or a module); `kind` what it must be: a coroutine
-    function or a plain function of `owner`, a class, an attribute a constructed
-    `TelegramClient` has (of type `type_of` when given), or an attribute Telethon sets on
-    raw updates (`owner` is the module that sets it). `params` are parameter names its
-    signature must still have; `used_for` says what breaks when it moves.
+    function or a plain function of `owner`, a class, any other attribute of `owner` (a
+    constant, a slot), an attribute a constructed `TelegramClient` has (of type `type_of`
+    when given), or an attribute Telethon sets on raw updates (`owner` is the module that
+    sets it). `params` are parameter names its signature must still have; `used_for` says
+    what breaks when it moves.
     """
 
     owner: Any
@@ -80,7 +94,10 @@ INTERNALS: tuple[Internal, ...] = (
     Internal(TelegramClient, "_local_addr", "client attribute",
              "open_home_sender: the client's local address"),
     Internal(telethon.network, "MTProtoSender", "class",
-             "open_home_sender: a second connection", params=("auth_key", "loggers")),
+             "open_home_sender: a second connection, its updates to an UpdateSink",
+             params=("auth_key", "loggers", "updates_queue")),
+    Internal(MTProtoSender, "_handle_update", "coroutine function",
+             "UpdateSink: a sender hands each update pushed to it to its queue's put_nowait"),
     Internal(MTProtoSender, "connect", "coroutine function", "open_home_sender",
              params=("connection",)),
     Internal(MTProtoSender, "send", "function", "open_home_sender: initConnection",
@@ -96,6 +113,33 @@ INTERNALS: tuple[Internal, ...] = (
              "session_execute: the entity session's username count", params=("stmt",)),
     Internal(telethon.client.updates, "_entities", "set on updates",
              "update_entities: the entities that came with an update"),
+    Internal(TelegramClient, "_message_box", "client attribute",
+             "the update feed: the update state, a joined channel's pts", type_of=MessageBox),
+    Internal(TelegramClient, "_mb_entity_cache", "client attribute",
+             "follow_channel: the hash getChannelDifference needs", type_of=EntityCache),
+    Internal(TelegramClient, "_event_handler_tasks", "client attribute",
+             "dispatch_tasks: the updates handed to handlers and not handled yet", type_of=set),
+    Internal(MessageBox, "session_state", "function", "update_state"),
+    Internal(MessageBox, "is_empty", "function", "update_state"),
+    Internal(MessageBox, "try_set_channel_state", "function", "follow_channel",
+             params=("id", "pts")),
+    Internal(MessageBox, "load", "function", "KeepingMessageBox: a reload starts over",
+             params=("session_state", "channel_states")),
+    Internal(MessageBox, "apply_difference_type", "function",
+             "KeepingMessageBox: an account difference's other updates",
+             params=("diff", "chat_hashes")),
+    Internal(MessageBox, "apply_channel_difference", "function",
+             "KeepingMessageBox: a channel difference's other updates",
+             params=("request", "diff", "chat_hashes")),
+    Internal(MessageBox, "getting_diff_for", "attribute", "KeepingMessageBox.load"),
+    Internal(MessageBox, "possible_gaps", "attribute", "KeepingMessageBox.load"),
+    Internal(PtsInfo, "from_update", "function", "KeepingMessageBox: an update's entry",
+             params=("update",)),
+    Internal(messagebox, "ENTRY_ACCOUNT", "attribute",
+             "KeepingMessageBox: the account's entry"),
+    Internal(messagebox, "ENTRY_SECRET", "attribute",
+             "KeepingMessageBox: the secret chats' entry"),
+    Internal(EntityCache, "extend", "function", "follow_channel", params=("users", "chats")),
 )  # fmt: skip
 
 
@@ -208,18 +252,39 @@ async def open_home_sender(client: TelegramClient) -> Sender:
     """A new connection to the client's home DC with the client's auth key, introduced with
     the client's own initConnection: one more MTProto session of the same authorization
     (Telegram allows several per key), nothing to export or import. The caller closes it
-    (`close_sender`); the client's `disconnect` does not know it."""
+    (`close_sender`); the client's `disconnect` does not know it.
+
+    It never subscribes to updates: Telegram subscribes a connection when it sends a query
+    not wrapped in invokeWithoutUpdates (file queries excepted: core.telegram.org/api/
+    updates), so its initConnection goes wrapped, as Telethon's `receive_updates=False`
+    does. A Telethon sender built without an updates queue fails on every update pushed
+    to it (an ERROR traceback each); this one drops them into an `UpdateSink`, should
+    Telegram push one all the same."""
     session = client.session
-    sender = MTProtoSender(session.auth_key, loggers=client._log)
+    sink = UpdateSink()
+    sender = MTProtoSender(session.auth_key, loggers=client._log, updates_queue=sink)
     await sender.connect(_home_connection(client))
     try:
         client._init_request.query = functions.help.GetConfigRequest()
-        await sender.send(functions.InvokeWithLayerRequest(LAYER, client._init_request))
+        init = functions.InvokeWithoutUpdatesRequest(client._init_request)
+        await sender.send(functions.InvokeWithLayerRequest(LAYER, init))
     except BaseException:
         await sender.disconnect()
         raise
     sender.dc_id = session.dc_id  # as Telethon marks its exported senders
     return sender
+
+
+class UpdateSink:
+    """The updates queue of a sender that never asked for updates: what Telegram pushes to
+    it anyway is counted and dropped (the main connection gets the account's updates)."""
+
+    def __init__(self) -> None:
+        self.dropped = 0
+
+    def put_nowait(self, update: Any) -> None:
+        self.dropped += 1
+        log.debug("a media connection dropped a %s pushed to it", type(update).__name__)
 
 
 def _home_connection(client: TelegramClient) -> Any:
@@ -263,3 +328,103 @@ def update_entities(update: Any) -> dict[int, Any]:
     them before dispatching it; empty when it attached none."""
     entities = getattr(update, "_entities", None)
     return entities if isinstance(entities, dict) else {}
+
+
+# -- the update state -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpdateState:
+    """Where an account's updates stand (what Telethon's MessageBox holds): the account's
+    pts, qts, date and seq, and each tracked channel's pts. What getDifference and
+    getChannelDifference continue from."""
+
+    pts: int
+    qts: int
+    date: datetime.datetime
+    seq: int
+    channels: dict[int, int] = field(default_factory=dict)
+
+
+def update_state(client: TelegramClient) -> UpdateState | None:
+    """The client's update state now; None while it has none (not logged in yet)."""
+    box = client._message_box
+    if box.is_empty():
+        return None
+    account, channels = box.session_state()
+    return UpdateState(
+        account["pts"], account["qts"], account["date"], account["seq"], dict(channels)
+    )
+
+
+def dispatch_tasks(client: TelegramClient) -> set[asyncio.Task[Any]]:
+    """The tasks handing updates to the client's handlers now. Telethon (without
+    sequential_updates, as the project builds it) creates one per update as it applies the
+    update to its MessageBox, without yielding in between: every update an `update_state`
+    covers is in one of these, or was handled."""
+    return set(client._event_handler_tasks)
+
+
+def follow_channel(client: TelegramClient, channel: Any, pts: int) -> None:
+    """Makes the client track a channel's updates from `pts` on (unless it does already),
+    so a later catch-up asks getChannelDifference for it: Telethon starts tracking a
+    channel only at its first update, which a quiet channel may not send before a stop."""
+    client._mb_entity_cache.extend([], [channel])
+    client._message_box.try_set_channel_state(channel.id, pts)
+
+
+def follows_channel(client: TelegramClient, channel_id: int) -> bool:
+    """Whether the client tracks the channel's updates."""
+    _, channels = client._message_box.session_state()
+    return channel_id in channels
+
+
+def install_message_box(client: TelegramClient) -> None:
+    """Gives a client that has not connected yet a `KeepingMessageBox`."""
+    client._message_box = KeepingMessageBox(client._log["messagebox"])
+
+
+class KeepingMessageBox(MessageBox):  # type: ignore[misc]
+    """Telethon's MessageBox, keeping the updates a difference hands back.
+
+    Telethon 1.45 applies a difference by setting the entry's pts to the difference's and
+    then sending `other_updates` through its pts check, which drops every one that carries
+    a pts (all of them are at or below the new pts; an account difference's are also
+    skipped as "being fetched"): the edits and deletions a catch-up was for never reach a
+    handler. Here those are handed on (before the new messages, as Telethon orders the
+    rest); each is new to the client, since the difference starts at its pts.
+
+    And a `load` (each connect of a client with catch_up) starts over from the state
+    loaded: a difference under way for the state before is dropped (its entry may not be
+    in the loaded state, which Telethon's update loop would die on).
+    """
+
+    def load(self, session_state: Any, channel_states: Any) -> None:
+        self.getting_diff_for.clear()
+        self.possible_gaps.clear()
+        super().load(session_state, channel_states)
+
+    def apply_difference_type(self, diff: Any, chat_hashes: Any) -> Any:
+        updates, users, chats = super().apply_difference_type(diff, chat_hashes)
+        kept = _kept(diff.other_updates, (ENTRY_ACCOUNT, ENTRY_SECRET), updates)
+        return [*kept, *updates], users, chats
+
+    def apply_channel_difference(self, request: Any, diff: Any, chat_hashes: Any) -> Any:
+        updates, users, chats = super().apply_channel_difference(request, diff, chat_hashes)
+        if isinstance(diff, types.updates.ChannelDifference):
+            kept = _kept(diff.other_updates, (request.channel.channel_id,), updates)
+            updates = [*kept, *updates]
+        return updates, users, chats
+
+
+def _kept(other: list[Any], entries: tuple[Any, ...], handed: list[Any]) -> list[Any]:
+    """The updates of `other` that carry a pts of one of `entries` and are not in
+    `handed` already, in pts order."""
+    kept = []
+    for update in other:
+        if isinstance(update, types.UpdateChannelTooLong) or any(update is h for h in handed):
+            continue
+        info = PtsInfo.from_update(update)
+        if info is not None and info.entry in entries:
+            kept.append((info.pts, update))
+    return [u for _, u in sorted(kept, key=lambda p: p[0])]

@@ -82,11 +82,15 @@ class Subscriber:
     # --- life ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Listens to the pool's updates and starts the poll loop, the account check (its
+        """Listens to the pool's updates (and lets on those each account held since it
+        connected: what it caught up on), and starts the poll loop, the account check (its
         first check at once) and the watermarks' flush."""
         self._shared.running = True
         self.accounts.start()
         self._shared.pool.on_update(self.intake.on_update)
+        for account in self._shared.pool:
+            if account.updates is not None:
+                account.updates.open()
         self._tasks = [
             asyncio.create_task(self.poller.run(), name="subscriber-poll"),
             asyncio.create_task(self.accounts.run(), name="subscriber-accounts"),
@@ -94,7 +98,11 @@ class Subscriber:
         ]
 
     async def stop(self) -> None:
-        """Ends the loops and a takeover batch under way; writes the watermarks."""
+        """Holds the accounts' updates (the update state saved once those let on are
+        published: the next start catches up on the rest), ends the loops and a takeover
+        batch under way; writes the watermarks."""
+        feeds = [a.updates for a in self._shared.pool if a.updates is not None]
+        await asyncio.gather(*(feed.hold() for feed in feeds))
         self._shared.running = False  # the pool keeps calling back until it stops: ignore it
         self._shared.watermarks.stop()
         tasks = list(self._tasks)

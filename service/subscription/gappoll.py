@@ -7,6 +7,10 @@ One getHistory when a chat is caught up or fewer than HISTORY_PAGE messages behi
 usual case); a longer backlog is walked in windows from the watermark up, at most
 MAX_PAGES_PER_POLL per chat and poll (a long outage drains over several polls).
 
+A channel's poll also has each account in it track the channel's updates if it does not
+yet (joined before they were tracked, or dropped since: one channels.getFullChannel each,
+once), so that a catch-up after a stop asks for its edits and deletions, which no poll sees.
+
 A basic group is read as each account with ids waiting past its cursor (only a read in its
 own ids settles those), else as one joined account, the first with a cursor (one without
 starts it at the newest, publishing nothing, as for channels), with
@@ -103,7 +107,18 @@ class GapPoller:
             count = await self._publish_page(tc, sub, page)  # all there is after `low`
         else:
             count = await self._walk_backlog(sub, ref, low)
+        await self._follow(peer_id, ref)
         return self._found(peer_id, count)
+
+    async def _follow(self, peer_id: int, ref: PeerRef) -> None:
+        """Each account in the channel tracks its updates (see the module docstring)."""
+        for account in self._shared.joined_accounts(peer_id):
+            try:
+                tc = self._shared.pool.get(account)
+                if tc.ready_in(ref) == 0:
+                    await tc.follow_updates(ref)
+            except TgcError as e:
+                log.info("account %s does not track %s yet: %s", account, peer_id, e.code)
 
     def _found(self, peer_id: int, count: int) -> int:
         self._shared.counts.poll_found += count

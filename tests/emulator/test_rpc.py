@@ -673,6 +673,51 @@ async def test_pushes_of_a_basic_group_move_each_accounts_pts(
     assert isinstance(empty, T.updates.DifferenceEmpty)
 
 
+async def test_get_difference_keeps_a_basic_groups_edits_and_deletions(
+    rpc: TelegramRpc, world: World
+) -> None:
+    """What Telegram keeps for getDifference: a message edited since (once, as it is now,
+    at the pts of its last edit) and each deletion (the account's own id), with their pts;
+    a message both new and edited since comes once, as new."""
+    old = await rpc.post_message(SMALL, "old", from_id=USER_ALICE)
+    gone = await rpc.post_message(SMALL, "gone soon", from_id=USER_ALICE)
+    state = await call(rpc, F.updates.GetStateRequest())
+    await rpc.edit_message(SMALL, old.id, "old, edited")
+    await rpc.edit_message(SMALL, old.id, "old, edited twice")
+    await rpc.delete_messages(SMALL, [gone.id])
+    fresh = await rpc.post_message(SMALL, "fresh", from_id=USER_ALICE)
+    await rpc.edit_message(SMALL, fresh.id, "fresh, edited")
+    diff = await call(rpc, F.updates.GetDifferenceRequest(pts=state.pts, date=state.date, qts=0))
+    assert diff.state.pts == state.pts + 5
+    assert [(m.id, m.message) for m in diff.new_messages] == [
+        (world.own_id(ACCOUNT_A, fresh.id), "fresh, edited")
+    ]
+    edit, deletion = diff.other_updates
+    assert isinstance(edit, T.UpdateEditMessage) and edit.message.message == "old, edited twice"
+    assert (edit.message.id, edit.pts, edit.pts_count) == (
+        world.own_id(ACCOUNT_A, old.id), state.pts + 2, 1
+    )
+    assert isinstance(deletion, T.UpdateDeleteMessages)
+    assert (deletion.messages, deletion.pts) == ([world.own_id(ACCOUNT_A, gone.id)], state.pts + 3)
+
+
+async def test_get_channel_difference_gives_each_edited_message_once(
+    rpc: TelegramRpc, world: World
+) -> None:
+    ic = ichan(world, ACCOUNT_A, NEWS)
+    old = await rpc.post_message(NEWS, "old")
+    pts = world.chats[NEWS].pts
+    post = await rpc.post_message(NEWS, "first")  # pts + 1
+    await rpc.edit_message(NEWS, old.id, "old, edited")  # pts + 2
+    await rpc.edit_message(NEWS, old.id, "old, edited again")  # pts + 3
+    await rpc.edit_message(NEWS, post.id, "first, edited")  # pts + 4: new in this difference
+    diff = await call(rpc, F.updates.GetChannelDifferenceRequest(ic, T.ChannelMessagesFilterEmpty(), pts, 100))
+    assert [(m.id, m.message) for m in diff.new_messages] == [(post.id, "first, edited")]
+    (edit,) = diff.other_updates
+    assert isinstance(edit, T.UpdateEditChannelMessage)
+    assert (edit.message.id, edit.message.message, edit.pts) == (old.id, "old, edited again", pts + 3)
+
+
 async def test_basic_group_ids_are_each_accounts_own(
     rpc: TelegramRpc, world: World, pushed: list[tuple[int, Any]]
 ) -> None:

@@ -13,10 +13,8 @@ core.telegram.org/mtproto/mtproto-transports: an unknown auth_key_id gets error 
   may do.
 - Each key has one current server salt (random, per key); a message with another salt is
   answered `bad_server_salt` with this one.
-- A key is subscribed to updates once a request of the `updates.*` family comes in on it
-  without `invokeWithoutUpdates`; only subscribed keys get pushed updates. Telethon's main
-  connection calls `updates.getState` on connect; the senders it opens for files on other
-  DCs never do, and have no update queue to receive them.
+- Which connections of a key get pushed updates is the session's business (server.py):
+  a key knows nothing of it.
 - Optional keys file, so a separate process (`python -m tests.fakedc make-session`) can add
   keys to a running `serve`: one JSON object per line,
   ``{"auth_key": "<hex>", "user_id": N|null, "dc_id": N}``, appended in a single write (a
@@ -46,7 +44,6 @@ class KeyRecord:
     dc_id: int  # the DC that knows the key (its home DC, or the one that ran the DH)
     user_id: int | None = None
     salt: int = field(default_factory=lambda: int.from_bytes(os.urandom(8), "little", signed=True))
-    subscribed: bool = False
 
 
 class AuthKeyRegistry:

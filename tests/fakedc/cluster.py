@@ -27,7 +27,7 @@ from typing import Any
 from .api import DcOption, Dispatcher
 from .authkeys import AuthKeyRegistry
 from .handshake import Handshaker
-from .server import DcServer, tune_malloc
+from .server import ClientConnection, DcServer, tune_malloc
 from .session import make_session
 
 log = logging.getLogger(__name__)
@@ -110,10 +110,22 @@ class FakeTelegram:
         dc = self.dcs[self.main_dc_id if dc_id is None else dc_id]
         return make_session(path, dc.dc_id, dc.host, dc.port, user_id, registry=self.registry)
 
-    def push(self, user_id: int, updates: Any) -> int:
+    def push(self, user_id: int, updates: Any, *, force: bool = False) -> int:
         """Sends a TL `Updates` object to every live, update-subscribed connection of the
-        user on any DC, at once; returns how many connections it was sent to."""
-        return sum(dc.push(user_id, updates) for dc in self.dcs.values())
+        user on any DC (with `force`, to every live connection of the user: what a client
+        does with an update it did not subscribe to), at once; returns how many connections
+        it was sent to."""
+        return sum(dc.push(user_id, updates, force=force) for dc in self.dcs.values())
+
+    def connections(self, user_id: int | None = None) -> list[ClientConnection]:
+        """The live connections (of one user, if given) on every DC: their `requests` and
+        `pushes` say what went through each."""
+        return [
+            conn
+            for dc in self.dcs.values()
+            for conn in dc.connections
+            if user_id is None or (conn.key is not None and conn.key.user_id == user_id)
+        ]
 
     def pusher(self, user_id: int, updates: Any) -> None:
         """`push` shaped as the seam's `Pusher` (returns None), to hand to the world."""

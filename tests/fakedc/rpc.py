@@ -24,8 +24,8 @@ tests/emulator/test_rpc.py):
 - Basic-group and private messages carry the viewing account's own ids (World.seen_by):
   the same message has another id for each account, in answers, pushes and requests alike.
 - Channel updates carry the channel's own pts (one per new or edited message, one per
-  deleted id); they are pushed only to member accounts; getChannelDifference replays the
-  log (ChannelDifferenceTooLong when it reaches further back than the log).
+  deleted id); they are pushed only to member accounts. updates.getDifference and
+  getChannelDifference give what an account missed since a state: see difference.py.
 
 Requests answered (everything else: 400 METHOD_INVALID, logged and listed in rpc.unknown):
     help.getConfig, help.getNearestDc, users.getUsers, users.getFullUser,
@@ -72,7 +72,7 @@ from typing import Any
 
 from telethon.tl import functions, types
 
-from tests.fakedc import files, render
+from tests.fakedc import difference, files, render
 from tests.fakedc.api import CallContext, Pusher, RpcError
 from tests.fakedc.faults import FaultKnobs
 from tests.fakedc.srp import SrpServer
@@ -88,7 +88,6 @@ MAX_PARTICIPANTS = 200
 # lists the error without the number; TDLib keeps 4 as the "server-side limit"
 # (MIN_SEARCH_PUBLIC_DIALOG_PREFIX_LEN; 5 in older releases).
 MIN_SEARCH_QUERY = 4
-DIFF_TIMEOUT = 30
 LOGIN_CODE = "12345"
 _USERNAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]{3,31}$")
 # Methods an unauthorised key may call (everything else: 401 AUTH_KEY_UNREGISTERED).
@@ -1044,110 +1043,30 @@ class TelegramRpc(FaultKnobs):
         )
 
     async def _get_difference(self, ctx: CallContext, req: Any) -> Any:
-        """Replays the account's common-box events after pts (new messages of basic groups
-        and private chats) and, as Telegram does, names every joined channel that changed
-        since `date` with updateChannelTooLong, so the client asks getChannelDifference."""
+        """See difference.py: the common box's events after pts, and every joined channel
+        that changed since `date` named by updateChannelTooLong."""
         me = self._me(ctx)
-        pts = self.world.account_pts.get(me.id, 1)
         since = _ts(req.date) or 0
         stale = [
-            types.UpdateChannelTooLong(channel_id=c.id, pts=c.pts)
+            c
             for c in self.world.joined_channels(me.id)
             if not self._forbidden(c, me.id) and c.log and c.log[-1].date >= since
         ]
-        if req.pts >= pts and not stale:
-            return types.updates.DifferenceEmpty(date=self._now(), seq=0)
-        events = [e for e in self.world.account_log.get(me.id, []) if e[0] > req.pts]
-        new_ids = [i for _, i, kind in events if kind == "new"]
-        msgs = [
-            self.world.seen_by(self.world.common[i], me.id)
-            for i in dict.fromkeys(new_ids)
-            if i in self.world.common
-        ]
-        users, chats = self._entities_for(msgs, me.id)
-        for update in stale:
-            if not any(c.id == update.channel_id for c in chats):
-                chats.append(self._chat_view(self.world.chats[update.channel_id], me.id))
-        state = types.updates.State(pts=pts, qts=0, date=self._now(), seq=0, unread_count=0)
-        return types.updates.Difference(
-            new_messages=[render.message(self.world, m, me.id) for m in msgs],
-            new_encrypted_messages=[],
-            other_updates=list(stale),
-            chats=chats,
-            users=users,
-            state=state,
+        return difference.account_difference(
+            self.world, self._viewer(me.id), req.pts, stale, self._now()
         )
 
     async def _get_channel_difference(self, ctx: CallContext, req: Any) -> Any:
         chat = self._channel_from_input(ctx, req.channel)
         self._check_readable(ctx, chat)
-        viewer = self._me(ctx).id
-        if req.pts <= 0:
-            raise RpcError(400, "PERSISTENT_TIMESTAMP_EMPTY")
-        if req.pts > chat.pts:
-            raise RpcError(400, "PERSISTENT_TIMESTAMP_INVALID")
-        events = self.world.events_since(chat, req.pts)
-        if events == []:
-            return types.updates.ChannelDifferenceEmpty(
-                pts=chat.pts, final=True, timeout=DIFF_TIMEOUT
-            )
-        limit = max(1, min(req.limit, 100_000))
-        if events is None or len(events) > limit:
-            return self._difference_too_long(chat, viewer, limit)
-        new_ids = [i for e in events if e.kind == "new" for i in e.ids]
-        new_msgs = [chat.messages[i] for i in new_ids if i in chat.messages]
-        other: list[Any] = []
-        for e in events:
-            if e.kind == "edit" and e.ids[0] not in new_ids and e.ids[0] in chat.messages:
-                m = render.message(self.world, chat.messages[e.ids[0]], viewer)
-                other.append(
-                    types.UpdateEditChannelMessage(message=m, pts=e.pts, pts_count=e.pts_count)
-                )
-            elif e.kind == "delete":
-                other.append(
-                    types.UpdateDeleteChannelMessages(
-                        channel_id=chat.id, messages=e.ids, pts=e.pts, pts_count=e.pts_count
-                    )
-                )
-        touched = new_msgs + [chat.messages[e.ids[0]] for e in events if e.kind == "edit" and e.ids[0] in chat.messages]
-        users, chats = self._entities_for(touched, viewer)
-        if not any(c.id == chat.id for c in chats):
-            chats.append(self._chat_view(chat, viewer))
-        return types.updates.ChannelDifference(
-            pts=chat.pts,
-            new_messages=[render.message(self.world, m, viewer) for m in new_msgs],
-            other_updates=other,
-            chats=chats,
-            users=users,
-            final=True,
-            timeout=DIFF_TIMEOUT,
-        )
+        viewer = self._viewer(self._me(ctx).id)
+        return difference.channel_difference(self.world, chat, viewer, req.pts, req.limit)
 
-    def _difference_too_long(self, chat: ChatSpec, viewer: int, limit: int) -> Any:
-        latest = sorted(chat.messages.values(), key=lambda m: m.id, reverse=True)[:limit]
-        top = latest[0].id if latest else 0
-        users, chats = self._entities_for(latest, viewer)
-        if not any(c.id == chat.id for c in chats):
-            chats.append(self._chat_view(chat, viewer))
-        dialog = types.Dialog(
-            peer=types.PeerChannel(chat.id),
-            top_message=top,
-            read_inbox_max_id=top,
-            read_outbox_max_id=top,
-            unread_count=0,
-            unread_mentions_count=0,
-            unread_reactions_count=0,
-            unread_poll_votes_count=0,
-            notify_settings=types.PeerNotifySettings(),
-            pts=chat.pts,
-        )
-        return types.updates.ChannelDifferenceTooLong(
-            dialog=dialog,
-            messages=[render.message(self.world, m, viewer) for m in latest],
-            chats=chats,
-            users=users,
-            final=True,
-            timeout=DIFF_TIMEOUT,
+    def _viewer(self, viewer: int) -> difference.Viewer:
+        return difference.Viewer(
+            viewer,
+            entities=lambda msgs: self._entities_for(msgs, viewer),
+            chat=lambda chat: self._chat_view(chat, viewer),
         )
 
     # === pushes (called by tests) =========================================================

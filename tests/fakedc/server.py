@@ -42,10 +42,17 @@ Per connection (rules Telethon relies on; see mtproto.py for the wire format):
   any other exception answers `rpc_error` 500 INTERNAL. A constructor Telethon's TL classes
   do not know answers `rpc_error` 400 INPUT_METHOD_INVALID. Answers go out in the order
   they complete.
-- Pushed content (`push`) goes to the connections whose key is bound to the user and
-  subscribed to updates (see authkeys.py), in the last session seen on that connection,
-  with a msg_id that is 3 mod 4; never to a connection that has sent a request wrapped in
-  `invokeWithoutUpdates` (Telethon's `receive_updates=False` wraps its first request so).
+- Updates (core.telegram.org/api/updates, "Subscribing to updates"; the schema's
+  `invokeWithoutUpdates`: "Invoke a request without subscribing the used connection for
+  updates (this is enabled by default for file queries)"): a session is subscribed once it
+  sends a request that is not wrapped in `invokeWithoutUpdates` and is not a file query
+  (`FILE_QUERIES`: upload.*, and auth.importAuthorization, with which a client authorises
+  a connection to another DC for files). Pushed content (`push`) goes to every connection
+  of the user whose last session is subscribed, with a msg_id that is 3 mod 4. So Telethon's
+  main connection is subscribed by its first request (initConnection, unless
+  `receive_updates=False` wraps it), and its senders for files never are.
+  `push(..., force=True)` sends to every connection of the user, subscribed or not (a test
+  of what a client does with an update it did not ask for).
 - The `initConnection` fields of a connection (api_id, device_model, system_version,
   app_version, lang_code) reach the world as `CallContext.extra["init"]`.
 """
@@ -168,11 +175,28 @@ def serialize_result(result: Any) -> list[bytes]:
 _SEEN_KEPT = 512  # client (msg_id, seq_no) pairs kept per session for the seq_no check
 
 
+# Requests that don't subscribe a session to updates (see the module docstring).
+FILE_QUERIES = frozenset(
+    {
+        "upload.getFile",
+        "upload.saveFilePart",
+        "upload.saveBigFilePart",
+        "upload.getWebFile",
+        "upload.getCdnFile",
+        "upload.reuploadCdnFile",
+        "upload.getCdnFileHashes",
+        "upload.getFileHashes",
+        "auth.importAuthorization",
+    }
+)
+
+
 class _Session:
-    __slots__ = ("ids", "seen_ids", "seen_seqs", "session_id")
+    __slots__ = ("ids", "seen_ids", "seen_seqs", "session_id", "subscribed")
 
     def __init__(self, session_id: int) -> None:
         self.session_id = session_id
+        self.subscribed = False  # a request not exempt from updates came in this session
         self.ids = MsgIdSeq()
         # The client's accepted messages, sorted by msg_id (seen_seqs in the same order).
         self.seen_ids: list[int] = []
@@ -259,15 +283,16 @@ class DcServer:
             conn.abort()
         return len(victims)
 
-    def push(self, user_id: int, updates: Any) -> int:
-        """Sends `updates` to every subscribed connection of the user; returns how many."""
+    def push(self, user_id: int, updates: Any, *, force: bool = False) -> int:
+        """Sends `updates` to every subscribed connection of the user (every one of them
+        with `force`); returns how many."""
         parts = serialize_result(updates)
         sent = 0
         for conn in list(self.connections):
             key = conn.key
-            if key is None or key.user_id != user_id or not key.subscribed:
+            if key is None or key.user_id != user_id:
                 continue
-            if conn.push(parts):
+            if conn.push(parts, force=force):
                 sent += 1
         return sent
 
@@ -296,8 +321,10 @@ class ClientConnection:
         self.session: _Session | None = None  # the last one seen, for pushes
         self._session_keys: set[tuple[int, int]] = set()
         self.inflight: dict[int, asyncio.Task[None]] = {}
-        self.no_updates = False  # a request came wrapped in invokeWithoutUpdates
         self.init: dict[str, Any] = {}  # the initConnection fields, once seen
+        # What went through it, for tests: requests by method, updates pushed.
+        self.requests: Counter[str] = Counter()
+        self.pushes = 0
         self._closed = False
         self._ping_timer: asyncio.TimerHandle | None = None
 
@@ -444,10 +471,9 @@ class ClientConnection:
             return
         request, no_updates = await self._unwrap(request)
         method = method_name(request)
-        if no_updates:
-            self.no_updates = True
-        elif method.startswith("updates."):
-            rec.subscribed = True
+        self.requests[method] += 1
+        if not no_updates and method not in FILE_QUERIES:
+            session.subscribed = True
         ctx = CallContext(
             dc_id=self.dc.dc_id,
             auth_key_id=rec.key_id,
@@ -518,11 +544,13 @@ class ClientConnection:
 
     # -- writing ------------------------------------------------------------------------
 
-    def push(self, parts: list[bytes]) -> bool:
-        if self._closed or self.session is None or self.no_updates:
+    def push(self, parts: list[bytes], *, force: bool = False) -> bool:
+        session = self.session
+        if self._closed or session is None or not (session.subscribed or force):
             return False
         self.dc.stats["push"] += 1
-        return self._send_in(self.session, parts, True, PUSH)
+        self.pushes += 1
+        return self._send_in(session, parts, True, PUSH)
 
     def _send(self, obj: TLObject, *, content: bool) -> None:
         assert self.session is not None
@@ -620,4 +648,11 @@ def tune_malloc() -> bool:
     return bool(ok)
 
 
-__all__ = ["ClientConnection", "DcServer", "method_name", "serialize_result", "tune_malloc"]
+__all__ = [
+    "FILE_QUERIES",
+    "ClientConnection",
+    "DcServer",
+    "method_name",
+    "serialize_result",
+    "tune_malloc",
+]

@@ -14,6 +14,7 @@ from telethon.sessions import SQLiteSession
 
 from common.errors import ConfigError
 from model.session import EntitySession, SessionLock
+from model.telethon_internals import UpdateState
 
 
 def user(
@@ -139,3 +140,44 @@ def test_a_session_file_is_locked_by_one_owner_at_a_time(tmp_path: Path) -> None
     first.release()  # and so is releasing twice
     second.acquire()
     second.release()
+
+
+# -- the update state -------------------------------------------------------------------------
+
+
+def saved_states(path: Path) -> dict[int, tuple[int, int, int, int]]:
+    """{id: (pts, qts, date, seq)} as stock Telethon reads them at connect."""
+    plain = SQLiteSession(str(path))
+    try:
+        return {
+            i: (s.pts, s.qts, int(s.date.timestamp()), s.seq) for i, s in plain.get_update_states()
+        }
+    finally:
+        plain.close()
+
+
+def test_the_update_state_is_ours_to_write_not_telethons(tmp_path: Path) -> None:
+    """Telethon writes its update state each minute and at disconnect, maybe past what the
+    consumer was handed: ignored. save_update_state writes it (a row per channel, the rows of
+    channels no longer tracked deleted), in the table stock Telethon loads."""
+    path = tmp_path / "acc.session"
+    s = EntitySession(str(path))
+    when = datetime(2026, 1, 2, tzinfo=UTC)
+    s.set_update_state(0, types.updates.State(99, 0, when, 0, 0))  # as Telethon would
+    s.save()
+    assert saved_states(path) == {}
+    s.save_update_state(UpdateState(7, 0, when, 1, {5: 40, 6: 50}))
+    stamp = int(when.timestamp())
+    assert saved_states(path) == {0: (7, 0, stamp, 1), 5: (40, 0, stamp, 0), 6: (50, 0, stamp, 0)}
+    s.save_update_state(UpdateState(8, 0, when, 1, {5: 41}))
+    assert saved_states(path) == {0: (8, 0, stamp, 1), 5: (41, 0, stamp, 0)}
+    s.close()
+    # A new process starts from what the file holds: rows it did not write are dropped too.
+    other = SQLiteSession(str(path))
+    other.set_update_state(9, types.updates.State(1, 0, when, 0, 0))
+    other.save()
+    other.close()
+    s = EntitySession(str(path))
+    s.save_update_state(UpdateState(8, 0, when, 1, {5: 42}))
+    s.close()
+    assert saved_states(path) == {0: (8, 0, stamp, 1), 5: (42, 0, stamp, 0)}

@@ -470,6 +470,9 @@ async def test_updates_reach_the_callback_with_their_account(
             await got.put((tc.name, update))
 
     pool.on_update(callback)
+    for tc in pool:  # each account holds its updates until its consumer listens
+        assert tc.updates is not None
+        tc.updates.open()
     await each_learns(pool, "@talk")
     await rpc_of(fake_telegram).post_message(TALK, "fresh", from_id=3002)
     names = set()

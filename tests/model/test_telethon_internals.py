@@ -10,19 +10,35 @@ from __future__ import annotations
 
 import ast
 import inspect
+import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import telethon
 from telethon import TelegramClient
+from telethon._updates import ChannelState, EntityCache, MessageBox, SessionState
+from telethon._updates.messagebox import ENTRY_ACCOUNT
 from telethon.sessions import MemorySession
 from telethon.tl import types
 
 from model import telethon_internals
 from model.session import EntitySession
-from model.telethon_internals import INTERNALS, Internal, session_execute, update_entities
+from model.telethon_internals import (
+    INTERNALS,
+    Internal,
+    KeepingMessageBox,
+    UpdateState,
+    follow_channel,
+    follows_channel,
+    install_message_box,
+    session_execute,
+    update_entities,
+    update_state,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ["common", "model", "service", "start.py"]
@@ -206,3 +222,88 @@ def _subclasses_telethon(node: Any) -> bool:
     return isinstance(node, ast.ClassDef) and any(
         isinstance(base, ast.Name) and base.id in telethon_classes for base in node.bases
     )
+
+
+# -- the MessageBox that keeps what a difference hands back ---------------------------------
+# (async tests: a MessageBox reads the running loop's clock)
+
+WHEN = datetime(2026, 1, 2, tzinfo=UTC)
+
+
+def _channel_box(cls: type) -> tuple[Any, Any, EntityCache]:
+    box = cls(logging.getLogger("test.messagebox"))
+    box.load(
+        SessionState(0, 0, False, 10, 0, int(WHEN.timestamp()), 0, None), [ChannelState(5, 100)]
+    )
+    cache = EntityCache()
+    cache.extend([], [types.Channel(5, "News", types.ChatPhotoEmpty(), WHEN, access_hash=7)])
+    box.try_begin_get_diff(5, "a test")
+    return box, box.get_channel_difference(cache), cache
+
+
+def _message(msg_id: int, peer: Any) -> types.Message:
+    return types.Message(msg_id, peer, WHEN, "text")
+
+
+async def test_a_channel_difference_hands_on_its_edits_and_deletions() -> None:
+    edit = types.UpdateEditChannelMessage(_message(3, types.PeerChannel(5)), pts=102, pts_count=1)
+    deletion = types.UpdateDeleteChannelMessages(5, [4], pts=103, pts_count=1)
+    diff = types.updates.ChannelDifference(
+        104, [_message(9, types.PeerChannel(5))], [deletion, edit], [], [], final=True
+    )
+    box, request, cache = _channel_box(MessageBox)
+    stock, _, _ = box.apply_channel_difference(request, diff, cache)
+    # Telethon 1.45 drops them (if this fails, Telethon keeps them now: KeepingMessageBox
+    # can go).
+    assert [type(u) for u in stock] == [types.UpdateNewChannelMessage]
+    box, request, cache = _channel_box(KeepingMessageBox)
+    updates, _, _ = box.apply_channel_difference(request, diff, cache)
+    assert updates[:2] == [edit, deletion] and len(updates) == 3
+    assert update_state_of(box).channels == {5: 104}
+
+
+async def test_an_account_difference_hands_on_its_edits_and_deletions() -> None:
+    peer = types.PeerChat(8)
+    edit = types.UpdateEditMessage(_message(3, peer), pts=11, pts_count=1)
+    deletion = types.UpdateDeleteMessages([4], pts=12, pts_count=1)
+    too_long = types.UpdateChannelTooLong(5, pts=120)
+    state = types.updates.State(12, 0, WHEN, 0, 0)
+    diff = types.updates.Difference(
+        [_message(9, peer)], [], [too_long, deletion, edit], [], [], state
+    )
+    box = KeepingMessageBox(logging.getLogger("test.messagebox"))
+    box.load(
+        SessionState(0, 0, False, 10, 0, int(WHEN.timestamp()), 0, None), [ChannelState(5, 100)]
+    )
+    box.try_begin_get_diff(ENTRY_ACCOUNT, "a test")
+    updates, _, _ = box.apply_difference(diff, EntityCache())
+    assert updates[:2] == [edit, deletion] and isinstance(updates[2], types.UpdateNewMessage)
+    assert box.getting_diff_for == {5}  # the channel named too long is asked next
+
+
+async def test_a_load_starts_over() -> None:
+    box, _, _ = _channel_box(KeepingMessageBox)
+    box.load(SessionState(0, 0, False, 10, 0, int(WHEN.timestamp()), 0, None), [])
+    assert not box.getting_diff_for and not box.possible_gaps
+
+
+async def test_the_update_state_and_a_followed_channel() -> None:
+    fresh = TelegramClient(MemorySession(), 1, "0" * 32, receive_updates=False)
+    install_message_box(fresh)
+    assert update_state(fresh) is None  # nothing known before the login
+    box = fresh._message_box
+    box.load(SessionState(0, 0, False, 10, 2, int(WHEN.timestamp()), 3, None), [])
+    channel = types.Channel(5, "News", types.ChatPhotoEmpty(), WHEN, access_hash=7)
+    assert not follows_channel(fresh, 5)
+    follow_channel(fresh, channel, 100)
+    follow_channel(fresh, channel, 90)  # tracked already: kept as it is
+    assert follows_channel(fresh, 5)
+    assert update_state(fresh) == UpdateState(10, 2, WHEN, 3, {5: 100})
+    assert fresh._mb_entity_cache.get(5).hash == 7
+
+
+def update_state_of(box: Any) -> UpdateState:
+    holder = SimpleNamespace(_message_box=box)
+    state = update_state(holder)  # type: ignore[arg-type]
+    assert state is not None
+    return state
