@@ -56,6 +56,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,10 +155,12 @@ class Soak:
     # --- the whole run ----------------------------------------------------------------------
 
     async def run(self) -> Results:
-        control = await self.emulator.start()
-        await asyncio.to_thread(self.nginx.start)
-        await self.proxy.accept()
+        """The whole run; a part that breaks it (a life that does not start, a warm-up that
+        never ends) is recorded in `fatal`, and the checks still run on what was seen."""
         try:
+            control = await self.emulator.start()
+            await asyncio.to_thread(self.nginx.start)
+            await self.proxy.accept()
             async with self.rabbit.consumer() as consumer:
                 self.res.consumer = consumer
                 await self._start_server()
@@ -172,6 +175,9 @@ class Soak:
                 code, took = await self.server.terminate(limit=40)
                 self.res.sigterm = (code, took)
                 self.res.tail = self.server.tail() if code != 0 else ""
+        except Exception as e:
+            self.res.fatal = f"{type(e).__name__}: {e}"
+            (self.workdir / "fatal.txt").write_text(traceback.format_exc())
         finally:
             await self._cleanup()
         self.res.storage_files = self.nginx.files()

@@ -61,6 +61,7 @@ class Results:
     log_files: list[Path] = field(default_factory=list)
     storage_files: list[Path] = field(default_factory=list)
     tail: str = ""
+    fatal: str = ""  # what ended the run early (its traceback: fatal.txt in the workdir)
 
     @property
     def posted(self) -> list[rig.Posted]:
@@ -163,7 +164,9 @@ def print_table(rows: list[dict[str, Any]], slot: float) -> None:
 
 def check_all(res: Results, source: rig.FileSource, nginx: Any) -> list[Check]:
     rows = table(res)
+    done = Check("the run completed", not res.fatal, res.fatal or "warm-up, run, drain, stop")
     return [
+        done,
         *memory_checks(rows),
         *event_checks(res),
         *storage_checks(res, source, nginx),
@@ -409,6 +412,27 @@ def log_check(res: Results) -> Check:
 # --- the report --------------------------------------------------------------------------
 
 
+def summary(res: Results, rows: list[dict[str, Any]]) -> str:
+    """The figures issue 11's note asks for, on one line."""
+    rss = [r["rss"] for r in rows[1:] if r["rss"] is not None]
+    fds = [r["fds"] for r in rows[1:] if r["fds"] is not None]
+    answered = [o.seconds for o in res.outcomes if isinstance(o.status, int)]
+    survived = sum(1 for f in res.faults if f.recovered is not None)
+    stored = {m.message_id for m in res.received("media.stored")}
+    new = {m.message_id for m in res.received("message.new")}
+    delivered = sum(1 for p in res.posted if p.event_id in new)
+    minutes = res.duration / 60
+    return (
+        f"{minutes:g} min, {len(res.outcomes)} requests; RSS {rss[0] if rss else 0:.1f} → "
+        f"{rss[-1] if rss else 0:.1f} MB (highest {max(rss, default=0):.1f}); fds "
+        f"{fds[0] if fds else 0:.0f} → {fds[-1] if fds else 0:.0f}; p99 "
+        f"{pct(answered, 0.99):.2f} s, max {max(answered, default=0):.2f} s; faults survived "
+        f"{survived}/{len(res.faults)}; files stored {len(res.storage_files)} "
+        f"({len(stored)} media.stored events); message.new delivered for {delivered} of "
+        f"{len(res.posted)} posts; events received {len(res.received())}"
+    )
+
+
 def print_report(res: Results, checks: list[Check]) -> dict[str, Any]:
     rows = table(res)
     print_table(rows, res.slot)
@@ -419,12 +443,15 @@ def print_report(res: Results, checks: list[Check]) -> dict[str, Any]:
             f"  {f.start - res.t0:6.0f} s  {f.kind:16} {f.note}; over after "
             f"{f.end - f.start:.1f} s, recovered {back} later"
         )
+    line = summary(res, rows)
+    print(f"\nsummary: {line}")
     print("\nchecks:")
     for c in checks:
         print(f"  {'PASS' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
     labels = Counter(f"{o.label} {o.status}" for o in res.outcomes)
     print("\nanswers by request: " + ", ".join(f"{k} x{n}" for k, n in sorted(labels.items())))
     return {
+        "summary": line,
         "rows": rows,
         "faults": [vars(f) for f in res.faults],
         "checks": [vars(c) for c in checks],
