@@ -32,9 +32,10 @@ Then the load and the posts stop, every post's `message.new` and every file are 
 (bounded), the server gets SIGTERM, and the checks run.
 
 Targets (issue 11), each printed PASS/FAIL, exit status 1 if any fails:
-- RSS from minute 2 (the second slot) to the end within +10% (each slot's median);
+- RSS from minute 2 (the second slot) to the end within +10% (each slot's median), for
+  each life of the server (the one after the SIGKILL from its first whole slot);
 - descriptors flat: each slot's lowest count (what stays open between requests) within
-  +10% (or 5) of the second slot's;
+  +10% (or 5) of the same first slot's, per life;
 - 0 posts lost; duplicates of `message.new` only across the SIGKILL and the broker cut
   (counted apart: at-least-once, docs/EVENTS.md);
 - every file seen stored, byte-exact; 0 stored twice (a second PUT of a file whose first

@@ -385,7 +385,7 @@ class Mix:
             Req("unknown peer", "GET", "/api/v1/peer?peer=-1000009999999"),
             Req("body too large", "POST", "/api/v1/subscriptions", body={"peer": "x" * 70_000}),
             Req("query too short", "GET", "/api/v1/search?q=ab"),
-            # Tornado's own 400 for a form body it can't parse, on a route with no form.
+            # A form's Content-Type on a route that takes none (issue 11 item 5: was a 500).
             Req("healthz multipart", "GET", "/healthz", raw=True,
                 headers={"Content-Type": "multipart/form-data; boundary=soak"}),
         ]  # fmt: skip

@@ -111,3 +111,16 @@ def test_second_copies_and_second_puts_are_counted_apart_only_after_their_fault(
     assert checks.resend_cause(res, 1050.0) is None  # before any fault
     assert checks.resend_cause(res, 1200.0) is None  # long after the last one
     assert checks.cut_off(res, 1059.5) and not checks.cut_off(res, 1040.0)
+
+
+def test_memory_is_judged_per_life_of_the_server() -> None:
+    """The second life (after the SIGKILL) starts lower: its growth is measured from its own
+    first whole slot, so a leak there is not hidden under the first life's figures."""
+    res = checks.Results(duration=120, slot=15, slots=8, t0=0.0)
+    res.samples = [(t + 0.5, 1, 85.0, 40) for t in range(60)]
+    res.samples += [(t + 0.5, 2, 70.0 if t < 105 else 90.0, 38) for t in range(62, 120)]
+    rss, fds = checks.memory_checks(res)
+    assert not rss.ok and "life 2 from 75 s: 70.0 MB, highest 90.0 (+28.6%" in rss.detail
+    assert fds.ok
+    res.samples = [s for s in res.samples if s[2] < 90]  # no leak: both lives flat
+    assert all(c.ok for c in checks.memory_checks(res))
