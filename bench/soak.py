@@ -110,7 +110,7 @@ def server_props(
 ) -> dict[str, str]:
     """The server's config: the shipped defaults but for the parts' addresses, the test
     secrets, and the waits that set how soon it comes back after a fault (a retry or
-    reconnect at most 5-10 s away, the gap poll every slot), a 64 KB body limit (a 413
+    reconnect at most 3-10 s away, the gap poll every slot), a 64 KB body limit (a 413
     costs little) and 20 s to stop."""
     return {
         "server.port": str(port),
@@ -125,11 +125,11 @@ def server_props(
         "data.dir": "data",
         "log.dir": "logs",
         "storage.url": nginx.base_url,
-        "storage.retry_max_delay": "5",
+        "storage.retry_max_delay": "3",
         "rabbitmq.url": proxy.url,
         "rabbitmq.exchange": rabbit.exchange,
         "rabbitmq.queue": rabbit.queue,
-        "rabbitmq.reconnect_max_delay": "5",
+        "rabbitmq.reconnect_max_delay": "3",
         "subscriptions.poll_interval": str(plan.poll_interval),
     }
 
