@@ -1,7 +1,7 @@
 """The emulator as a process.
 
     python -m tests.fakedc serve --port PORT [--world FILE.json] [--dc2-port P] [--latency S]
-                                 [--keys FILE]
+                                 [--keys FILE] [--control-port N] [--ready-file FILE]
     python -m tests.fakedc make-session --port PORT --out PATH [--user-id N] [--dc-id N]
                                         [--keys FILE]
 
@@ -20,6 +20,12 @@ Delete the file to forget every key. While `serve` runs with the default keys fi
 default name is a symlink to it, so `make-session --port <DC 2's port> --dc-id 2` needs no
 --keys.
 
+`--control-port N` (0: a free port) also serves the loopback control channel of
+tests/fakedc/control.py on 127.0.0.1: the fault and latency knobs, the pushes (post, edit,
+delete, kick), new files and the counters, for a test or bench in another process.
+`--ready-file FILE` is written (atomically) once everything listens: JSON
+`{"dcs": {"1": port, "2": port}, "control": port or null, "keys": path, "pid": pid}`.
+
 For the DH handshake from another process, the client calls
 `tests.fakedc.handshake.add_emulator_key()` (the emulator's RSA key is fixed).
 """
@@ -28,13 +34,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import signal
 import sys
 import tempfile
 from pathlib import Path
 
 from .cluster import FakeTelegram
+from .control import Control, ControlServer
 from .session import make_session
 
 DEFAULT_HOST = "127.0.0.1"
@@ -55,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--latency", type=float, default=0.0, help="seconds added to each answer")
     serve.add_argument("--keys", type=Path, help="keys file (default: per port, in tmpdir)")
     serve.add_argument("--log-level", default="INFO")
+    serve.add_argument(
+        "--control-port", type=int, default=None, help="serve the control channel (0: free)"
+    )
+    serve.add_argument("--ready-file", type=Path, help="JSON of the ports, written when serving")
 
     make = sub.add_parser("make-session", help="write a logged-in Telethon session file")
     make.add_argument("--port", type=int, required=True, help="the port of the DC")
@@ -80,19 +93,40 @@ async def _serve(args: argparse.Namespace) -> int:
     await tg.start()
     # `make-session --port <DC 2's port> --dc-id 2` finds the same keys file by default.
     alias = _alias_keys_file(keys, tg.dc_options[-1].port) if not args.keys else None
+    control: ControlServer | None = None
+    if args.control_port is not None:
+        control = ControlServer(Control(rpc, tg), args.control_port)
+        await control.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     dcs = ", ".join(f"DC {o.id} {o.host}:{o.port}" for o in tg.dc_options)
-    print(f"fakedc: serving {dcs}; keys file {keys}", flush=True)
+    listening = f"; control 127.0.0.1:{control.port}" if control is not None else ""
+    print(f"fakedc: serving {dcs}; keys file {keys}{listening}", flush=True)
+    if args.ready_file is not None:
+        _write_ready(args.ready_file, tg, control, keys)
     try:
         await stop.wait()
     finally:
+        if control is not None:
+            await control.stop()
         await tg.stop()
         if alias is not None:
             alias.unlink(missing_ok=True)
     return 0
+
+
+def _write_ready(path: Path, tg: FakeTelegram, control: ControlServer | None, keys: Path) -> None:
+    ready = {
+        "dcs": {str(o.id): o.port for o in tg.dc_options},
+        "control": control.port if control is not None else None,
+        "keys": str(keys),
+        "pid": os.getpid(),
+    }
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(ready), encoding="utf-8")
+    partial.replace(path)  # the other process never reads half a file
 
 
 def _alias_keys_file(keys: Path, port: int) -> Path | None:
