@@ -23,7 +23,16 @@ into a channel one account is subscribed to, as fast as it can; Telethon receive
 pushes, the Subscriber parses them and hands them to the Publisher, the broker confirms.
 Timed from the first post to the last confirm, and beside it raw aiormq publishing the
 very bodies that flow published. The emulator (its MTProto encryption) is part of that
-path, so its CPU is printed too. """
+path, so its CPU is printed too. The service's CPU per event is set beside the floor (Telethon
+receiving the push + raw aiormq publishing it), PASS within 1.3x (issue 14).
+
+    .venv/bin/python bench/events.py --skip-publisher --latency 200,1000 [--duration 30]
+
+the latency a consumer can see: the emulator posts at a steady rate (paced, each post at its
+due time, not a burst) for --duration s; each event's time from the push (stamped in the
+message by the emulator just before it sends the update) to the broker's confirm reaching the
+publisher, p50/p99/max; PASS when p99 < 100 ms at 1,000/s. Every process of the flow shares
+the machine: other load on it shows up in the tail first. """
 
 from __future__ import annotations
 
@@ -156,8 +165,12 @@ API_ID, API_HASH = 12345, "0123456789abcdef0123456789abcdef"
 TEXT = "lorem ipsum dolor sit amet " * 30
 
 
-async def serve_push(n: int, keys_file: str, ports_file: str) -> None:
-    """The emulator process: posts n messages into the channel on each SIGUSR1."""
+async def serve_push(n: int, keys_file: str, ports_file: str, rate: float = 0.0) -> None:
+    """The emulator process: posts n messages into the channel on each SIGUSR1, as fast as
+    it can, or paced at `rate` per second (each at its due time, never in bursts). Each
+    message's text starts with its index and the monotonic time (ns) it was posted at,
+    taken just before the emulator builds and sends the update: CLOCK_MONOTONIC is the
+    same clock in every process of the machine, so the subscriber's side can subtract."""
     import json
     import signal
 
@@ -191,8 +204,13 @@ async def serve_push(n: int, keys_file: str, ports_file: str) -> None:
         stopper.cancel()
         if go.is_set():
             go.clear()
+            start = time.monotonic()
             for i in range(n):
-                await rpc.post_message(CHANNEL, f"{i} {TEXT}")
+                if rate:
+                    due = start + i / rate
+                    if due > time.monotonic():
+                        await asyncio.sleep(due - time.monotonic())
+                await rpc.post_message(CHANNEL, f"{i} {time.monotonic_ns()} {TEXT}")
     await tg.stop()
 
 
@@ -215,12 +233,22 @@ def broker_pid() -> int | None:
 
 
 async def push_flow(
-    args: Any, exchange: str, queue: str, workdir: Path, stage: str = "broker"
+    args: Any,
+    exchange: str,
+    queue: str,
+    workdir: Path,
+    stage: str = "broker",
+    *,
+    n: int = 0,
+    rate: float = 0.0,
+    latencies: list[float] | None = None,
 ) -> tuple[Rate, list[Event], float, float]:
     """One round of the push flow; returns its rate, the events it published, the
     emulator's and the broker's CPU seconds. `stage` says how far the flow goes: "telethon" (the pool's
     update callback only counts), "outbox" (Subscriber + Publisher without a broker), or
-    "broker" (the whole flow, to the broker's confirm)."""
+    "broker" (the whole flow, to the broker's confirm). `n` posts (default --push), paced at
+    `rate` per second if given; `latencies` gets each event's push → confirm time (s)."""
+    n = n or args.push
     import json
     import signal
     import subprocess
@@ -234,7 +262,7 @@ async def push_flow(
     add_emulator_key()
     keys, ports = workdir / "keys.jsonl", workdir / "ports.json"
     child = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block; waited below
-        [sys.executable, __file__, "--serve-push", str(args.push), str(keys), str(ports)],
+        [sys.executable, __file__, "--serve-push", str(n), str(keys), str(ports), str(rate)],
         cwd=ROOT,
     )
     try:
@@ -250,16 +278,21 @@ async def push_flow(
         joinmap = JoinMap(workdir / "joinmap.db")
         joinmap.record_join(CHANNEL_ID, "bench", type="channel", title="Bench", username="benchnews")
         joinmap.set_last_message_id(CHANNEL_ID, 1)
-        box = Outbox(workdir / "outbox.db", max_events=args.push + 10)
+        box = Outbox(workdir / "outbox.db", max_events=n + 10)
         captured: list[Event] = []
+        pushed_at: dict[str, int] = {}  # message_id → the emulator's monotonic ns at the push
 
         class Capturing(Publisher):
             async def publish(self, routing_key: str, body: dict[str, Any], message_id: str) -> None:
                 captured.append(Event(routing_key, body, message_id))
+                if latencies is not None:
+                    pushed_at[message_id] = int(body["message"]["text"].split(" ", 2)[1])
                 await super().publish(routing_key, body, message_id)
 
         url = args.url if stage == "broker" else ""
         pub = Capturing(box, url, exchange, queue, max_in_flight=args.in_flight)
+        if latencies is not None:
+            time_confirms(pub, pushed_at, latencies)
         await pub.start()
         if url:
             await pub.connected.wait()
@@ -269,7 +302,7 @@ async def push_flow(
         async def count(tc: Any, update: Any) -> None:
             nonlocal seen
             seen += 1
-            if seen == args.push:
+            if seen == n:
                 done.set()
 
         done = asyncio.Event()
@@ -291,12 +324,12 @@ async def push_flow(
         if stage == "telethon":
             await done.wait()
         else:
-            while sub.published < args.push:  # noqa: ASYNC110 - the flow has no event for it
+            while sub.published < n:  # noqa: ASYNC110 - the flow has no event for it
                 await asyncio.sleep(0.005)
         if stage == "broker":
             await pub.wait_empty()
         elapsed = time.perf_counter() - start
-        rate = Rate(args.push / elapsed, args.push / (time.process_time() - cpu0))
+        result = Rate(n / elapsed, n / (time.process_time() - cpu0))
         emu_cpu = cpu_seconds(child.pid) - emu0
         broker_cpu = cpu_seconds(beam) - beam0
         if stage != "telethon":
@@ -305,10 +338,58 @@ async def push_flow(
         await pub.stop()
         box.close()
         joinmap.close()
-        return rate, captured, emu_cpu, broker_cpu
+        return result, captured, emu_cpu, broker_cpu
     finally:
         child.send_signal(signal.SIGTERM)
         child.wait(10)
+
+
+def time_confirms(pub: Publisher, pushed_at: dict[str, int], latencies: list[float]) -> None:
+    """Records, for each event the broker confirms, the time from its push (stamped by the
+    emulator in the message) to the moment the confirm reaches the publisher's callback."""
+    link = pub._link  # the bench looks inside: the product has no per-event hook on purpose
+    on_confirm = link._on_confirm
+
+    def timed(generation: int, row: Any, task: asyncio.Future[Any]) -> None:
+        now = time.monotonic_ns()
+        on_confirm(generation, row, task)
+        pushed = pushed_at.pop(row.message_id, None)
+        if pushed is not None and not task.cancelled() and task.exception() is None:
+            latencies.append((now - pushed) / 1e9)
+
+    link._on_confirm = timed  # type: ignore[method-assign]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def latency_bench(args: Any) -> None:
+    """The paced push flow: the emulator posts at a steady rate for --duration s, and each
+    event's time from the push to the broker's confirm is recorded (the confirm, not a
+    consumer's receipt: once confirmed the event is the broker's, CONTRACT.md section 3)."""
+    tag = uuid.uuid4().hex[:8]
+    exchange, queue = f"tgc.bench.{tag}", f"tgc.bench.{tag}.events"
+    await declare(args.url, exchange, queue)
+    try:
+        for rate in args.latency:
+            n = int(rate * args.duration)
+            latencies: list[float] = []
+            with tempfile.TemporaryDirectory() as tmp:
+                flow, _, emu_cpu, _ = await push_flow(
+                    args, exchange, queue, Path(tmp), n=n, rate=rate, latencies=latencies
+                )
+            await purge(args.url, queue)
+            p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+            verdict = "PASS" if rate < 1000 or p99 < 0.100 else "FAIL"
+            print(f"paced {rate:.0f} ev/s for {n / flow.wall:.0f} s ({len(latencies)} confirmed of "
+                  f"{n}): push → confirm p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms, max "
+                  f"{max(latencies) * 1e3:.1f} ms; client CPU {1e6 / flow.cpu:.0f} µs/event "
+                  f"(paced, idle turns included); emulator {emu_cpu / n * 1e6:.0f} µs/event"
+                  + (f"  [{verdict}: p99 < 100 ms at 1,000/s]" if rate >= 1000 else ""))
+    finally:
+        await cleanup(args.url, exchange, queue)
 
 
 async def push_bench(args: Any) -> None:
@@ -342,6 +423,11 @@ async def push_bench(args: Any) -> None:
                   f" + Subscriber, parser, outbox {costs['outbox'] - costs['telethon']:.0f} µs"
                   f" + publishing to the broker {costs['broker'] - costs['outbox']:.0f} µs"
                   f" = {costs['broker']:.0f} µs; raw aiormq alone {1e6 / raw_rate.cpu:.0f} µs")
+            floor = costs["telethon"] + 1e6 / raw_rate.cpu
+            ratio = costs["broker"] / floor
+            print(f"   service CPU per event {costs['broker']:.0f} µs vs the floor (Telethon + raw "
+                  f"aiormq) {floor:.0f} µs: {ratio:.2f}x  [{'PASS' if ratio <= 1.3 else 'FAIL'}:"
+                  f" within 1.3x]")
             print_budget(args.push, costs, emu_cpu, broker_cpu, raw_rate, raw_broker)
     finally:
         await cleanup(args.url, exchange, queue)
@@ -408,8 +494,8 @@ async def main(args: Any) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--serve-push":
-        asyncio.run(serve_push(int(sys.argv[2]), sys.argv[3], sys.argv[4]))
+    if len(sys.argv) == 6 and sys.argv[1] == "--serve-push":
+        asyncio.run(serve_push(int(sys.argv[2]), sys.argv[3], sys.argv[4], float(sys.argv[5])))
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=20_000)
@@ -418,7 +504,18 @@ if __name__ == "__main__":
     parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/")
     parser.add_argument("--push", type=int, default=0,
                         help="also run the emulator → subscriber → broker flow with N posts")
+    parser.add_argument("--latency", type=lambda v: [float(r) for r in v.split(",")],
+                        default=[], metavar="RATES",
+                        help="also the paced flow at each rate (ev/s), e.g. 200,1000: "
+                        "push → confirm p50/p99 (target p99 < 100 ms at 1,000/s)")
+    parser.add_argument("--duration", type=float, default=30.0,
+                        help="seconds each --latency rate is sustained")
+    parser.add_argument("--skip-publisher", action="store_true",
+                        help="skip the raw-vs-outbox rounds (only --push / --latency)")
     args = parser.parse_args()
-    asyncio.run(main(args))
+    if not args.skip_publisher:
+        asyncio.run(main(args))
     if args.push:
         asyncio.run(push_bench(args))
+    if args.latency:
+        asyncio.run(latency_bench(args))

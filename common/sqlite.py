@@ -51,16 +51,35 @@ def open_db(
     return conn
 
 
-def checkpoint(path: str | Path) -> tuple[int, int, int]:
-    """A PASSIVE WAL checkpoint through a connection of its own (blocking: call it in a
-    thread). Returns SQLite's (busy, wal pages, pages checkpointed)."""
+CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
+
+
+def checkpoint(path: str | Path, mode: str = "PASSIVE") -> tuple[int, int, int]:
+    """A WAL checkpoint through a connection of its own (blocking: call it in a thread).
+    Returns SQLite's (busy, wal pages, pages checkpointed).
+
+    PASSIVE never blocks a writer, but under a steady stream of commits it never lets the
+    WAL rewind either (frames are appended while it runs, so it never ends with all of them
+    copied) and the WAL file grows without bound: see `wal_bytes` and the outbox's
+    `checkpoint`. TRUNCATE holds the writers off while it copies what is left and
+    truncates the WAL to zero bytes."""
+    if mode not in CHECKPOINT_MODES:
+        raise ValueError(f"checkpoint mode {mode!r}")
     conn = sqlite3.connect(str(path), isolation_level=None)
     try:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        busy, log_pages, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        busy, log_pages, done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         return int(busy), int(log_pages), int(done)
     finally:
         conn.close()
+
+
+def wal_bytes(path: str | Path) -> int:
+    """The size of the database's WAL file (0 when there is none)."""
+    try:
+        return Path(f"{path}-wal").stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 @contextmanager

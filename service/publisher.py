@@ -10,7 +10,7 @@ them in (group commit, back-pressure) and owns the link's life.
 
 How an event travels::
 
-    publish() ──(group commit, one transaction per loop turn)──▶ Outbox (SQLite, WAL)
+    publish() ──(group commit, at most one transaction per 2 ms)──▶ Outbox (SQLite, WAL)
                                                                     │ read in seq order
     drain task ── basic_publish × up to max_in_flight, unawaited ◀──┘
         │ confirm (Basic.Ack) ──▶ delete from the outbox (batched)
@@ -76,7 +76,8 @@ class Publisher:
     `publish()` returns once the event is in the outbox; the drain task (a `BrokerLink`,
     service/broker.py) sends it. With `url=""` events stay in the outbox. `linger` (s, 0 to
     turn it off) is how long a drain that found fewer than 32 events waits for more before
-    sending again. Counters for /metrics are plain attributes (`published`, `resent`,
+    sending again; `commit_every` (s) is the least time between two outbox commits (0: one
+    per loop turn). Counters for /metrics are plain attributes (`published`, `resent`,
     `nacked`, `returned`, `reconnects`, `outbox.size`) and, when a prometheus `registry` is
     given, metrics registered in it.
     """
@@ -94,8 +95,12 @@ class Publisher:
         clock: Callable[[], float] = time.monotonic,
         registry: CollectorRegistry | None = None,
         linger: float = 0.002,
+        commit_every: float = 0.002,
     ) -> None:
         self.outbox = outbox
+        self._commit_every = commit_every
+        self._last_commit = float("-inf")  # loop time of the last outbox commit
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._url = url
         self._link = BrokerLink(
             outbox,
@@ -217,8 +222,7 @@ class Publisher:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((routing_key, message_id, data, future))
         if len(self._pending) == 1:
-            # Group commit: every publish() of this loop turn goes in one transaction.
-            asyncio.get_running_loop().call_soon(self._flush_pending)
+            self._schedule_flush()
         await future
 
     async def wait_empty(self) -> None:
@@ -234,10 +238,27 @@ class Publisher:
     def _full(self) -> bool:
         return self.outbox.size + len(self._pending) >= self.outbox.max_events
 
+    def _schedule_flush(self) -> None:
+        # Group commit: every publish() until the flush goes in one transaction. At most one
+        # commit per `commit_every` s: events that trickle in one per loop turn (each update
+        # is its own turn) share a commit instead of paying one each (a commit costs about
+        # as much as three rows in one: 48 vs 23 µs of CPU per event measured, with the
+        # delete); a publish() that comes after a quiet spell is committed at once.
+        loop = asyncio.get_running_loop()
+        wait = self._last_commit + self._commit_every - loop.time()
+        if wait > 0:
+            self._flush_timer = loop.call_later(wait, self._flush_pending)
+        else:
+            loop.call_soon(self._flush_pending)
+
     def _flush_pending(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         batch, self._pending = self._pending, []
         if not batch:
             return
+        self._last_commit = asyncio.get_running_loop().time()
         try:
             written = self.outbox.append([(rk, mid, data) for rk, mid, data, _ in batch])
         except Exception as exc:

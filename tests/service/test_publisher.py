@@ -118,6 +118,23 @@ async def test_empty_url_keeps_events_and_a_later_start_drains_them(
     await asyncio.wait_for(pub.wait_empty(), 20)
 
 
+async def test_events_trickling_in_share_a_commit(publisher_factory, outbox: Outbox) -> None:  # type: ignore[no-untyped-def]
+    """Updates arrive one per loop turn: at most one outbox commit per `commit_every`, so
+    they share one (each publish() still returns only once its event is committed, in
+    order); the first after a quiet spell is committed at once."""
+    pub = await publisher_factory("", commit_every=0.2)
+    await asyncio.wait_for(pub.publish(*event_for(1)), 0.1)  # at once: nothing committed lately
+    assert outbox.writes == 1 and outbox.size == 1
+    tasks = []
+    for i in range(2, 12):
+        tasks.append(asyncio.ensure_future(pub.publish(*event_for(i))))
+        await asyncio.sleep(0)  # the next one comes a loop turn later, like updates do
+    assert outbox.size == 1  # within commit_every of the last commit: held
+    await asyncio.gather(*tasks)
+    assert outbox.writes == 2 and outbox.size == 11  # one transaction for the ten
+    assert [r.message_id for r in outbox.read(0, 20)] == [event_for(i)[2] for i in range(1, 12)]
+
+
 async def test_broker_down_at_start_then_back(
     rabbit: Rabbit, broker_proxy: BrokerProxy, publisher_factory, outbox: Outbox  # type: ignore[no-untyped-def]
 ) -> None:
