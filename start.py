@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from model.pool import TeleClients
     from service.handler import Route
     from service.mediaprocessor import MediaProcessor
+    from service.noncestore import SqliteNonceStore
     from service.outbox import Outbox
     from service.publisher import Publisher
     from service.status import ErrorLog
@@ -290,7 +291,7 @@ def _default_app(server: Server) -> tornado.web.Application:
         processor=server.processor,
         joinmap=server.joinmap,
         subscriptions=server.subscriber,
-        signer=Signer(s.api.token, s.api.signature_window),
+        signer=Signer(s.api.token, s.api.signature_window, nonces=server.nonces),
         cipher=Cipher.create(s.api.cipher, s.api.aes_key),
         metrics=server.registry,
         max_body_bytes=s.server.max_body_bytes,
@@ -345,8 +346,8 @@ class Server:
 
     Services are attributes once `start()` built them (reading one before raises
     AttributeError): `error_log`, `registry` (the Prometheus registry every metric goes to),
-    `joinmap`, `outbox`, `publisher`, `pool`, `storage`, `processor`, `subscriber`, then
-    `app`. `lifecycle` is the app's draining flag, set at stop (handlers answer 503
+    `joinmap`, `nonces` (the Signer's `SqliteNonceStore`), `outbox`, `publisher`, `pool`,
+    `storage`, `processor`, `subscriber`, then `app`. `lifecycle` is the app's draining flag, set at stop (handlers answer 503
     SHUTTING_DOWN to new work then); `stopping` is true from the first stop signal on.
 
     Each piece registers its own stop when it is built, so a start that fails half-way
@@ -359,6 +360,7 @@ class Server:
     error_log: ErrorLog  # WARNING+ records of this server's life, for /status
     registry: CollectorRegistry
     joinmap: JoinMap
+    nonces: SqliteNonceStore  # the signed requests' nonces of the window, on disk
     outbox: Outbox
     publisher: Publisher
     pool: TeleClients
@@ -447,6 +449,7 @@ class Server:
         self._watch_errors()
         self._build_registry()
         self._build_joinmap()
+        await self._start_nonces()
         self._build_publisher()
         await self._start_publisher()
         await self._start_pool()
@@ -505,6 +508,18 @@ class Server:
 
         self.joinmap = JoinMap(self.settings.data.dir / "joinmap.sqlite3")
         self._stack.callback(self.joinmap.close)
+
+    async def _start_nonces(self) -> None:
+        from service.noncestore import SqliteNonceStore, cap_for_window
+
+        # Replays stay refused across a restart or a SIGKILL (issue 11): the Signer records
+        # every accepted nonce here before its request runs.
+        window = self.settings.api.signature_window
+        self.nonces = SqliteNonceStore(
+            self.settings.data.dir / "nonces.sqlite3", max_live=cap_for_window(window)
+        )
+        self._stack.push_async_callback(self.nonces.stop)  # after the HTTP drain
+        await self.nonces.start()
 
     def _build_publisher(self) -> None:
         from service.outbox import Outbox
