@@ -11,8 +11,10 @@ headers: HMAC-SHA256 with `api.token` over::
   `X-Nonce`, so an answer can't be replayed onto another request;
 - aes-256-cbc: base64(iv(16) ‖ ciphertext), PKCS#7, no associated data (older crawlers).
 
-Nothing here knows HTTP: the handler hands in the method, URI, headers and body and maps
-`Unauthorized` / `RateLimited` to its answers.
+A nonce is remembered through a `NonceStore` (atomic check-and-record of a 64-bit
+`nonce_key`): `MemoryNonceStore` here by default, the server's SQLite one
+(service/noncestore.py) given by start.py. Nothing here knows HTTP: the handler hands in
+the method, URI, headers and body and maps `Unauthorized` / `RateLimited` to its answers.
 """
 
 from __future__ import annotations

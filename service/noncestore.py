@@ -86,7 +86,7 @@ class SqliteNonceStore:
         max_live: int,
         clock: Callable[[], float] = time.time,
         every: float = 1.0,
-        purge_batch: int = 1000,
+        purge_batch: int = 250,
         wal_limit: int = 16 * 1024 * 1024,
     ) -> None:
         if max_live <= 0 or purge_batch <= 0 or every <= 0:
