@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from model.pool import TeleClients
     from service.handler import Route
     from service.mediaprocessor import MediaProcessor
-    from service.noncestore import SqliteNonceStore
+    from service.noncestore import JournalNonceStore
     from service.outbox import Outbox
     from service.publisher import Publisher
     from service.status import ErrorLog
@@ -346,9 +346,10 @@ class Server:
 
     Services are attributes once `start()` built them (reading one before raises
     AttributeError): `error_log`, `registry` (the Prometheus registry every metric goes to),
-    `joinmap`, `nonces` (the Signer's `SqliteNonceStore`), `outbox`, `publisher`, `pool`,
-    `storage`, `processor`, `subscriber`, then `app`. `lifecycle` is the app's draining flag, set at stop (handlers answer 503
-    SHUTTING_DOWN to new work then); `stopping` is true from the first stop signal on.
+    `joinmap`, `nonces` (the Signer's `JournalNonceStore`), `outbox`, `publisher`, `pool`,
+    `storage`, `processor`, `subscriber`, then `app`. `lifecycle` is the app's draining
+    flag, set at stop (handlers answer 503 SHUTTING_DOWN to new work then); `stopping` is
+    true from the first stop signal on.
 
     Each piece registers its own stop when it is built, so a start that fails half-way
     stops what it had started, and `stop()` closes everything in the reverse order of the
@@ -360,7 +361,7 @@ class Server:
     error_log: ErrorLog  # WARNING+ records of this server's life, for /status
     registry: CollectorRegistry
     joinmap: JoinMap
-    nonces: SqliteNonceStore  # the signed requests' nonces of the window, on disk
+    nonces: JournalNonceStore  # the signed requests' nonces of the window, journaled
     outbox: Outbox
     publisher: Publisher
     pool: TeleClients
@@ -510,13 +511,12 @@ class Server:
         self._stack.callback(self.joinmap.close)
 
     async def _start_nonces(self) -> None:
-        from service.noncestore import SqliteNonceStore, cap_for_window
+        from service.noncestore import JournalNonceStore
 
         # Replays stay refused across a restart or a SIGKILL (issue 11): the Signer records
-        # every accepted nonce here before its request runs.
-        window = self.settings.api.signature_window
-        self.nonces = SqliteNonceStore(
-            self.settings.data.dir / "nonces.sqlite3", max_live=cap_for_window(window)
+        # every accepted nonce here (written to data.dir/nonces/) before its request runs.
+        self.nonces = JournalNonceStore(
+            self.settings.data.dir / "nonces", window=self.settings.api.signature_window
         )
         self._stack.push_async_callback(self.nonces.stop)  # after the HTTP drain
         await self.nonces.start()

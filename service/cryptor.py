@@ -11,8 +11,8 @@ headers: HMAC-SHA256 with `api.token` over::
   `X-Nonce`, so an answer can't be replayed onto another request;
 - aes-256-cbc: base64(iv(16) ‖ ciphertext), PKCS#7, no associated data (older crawlers).
 
-A nonce is remembered through a `NonceStore` (atomic check-and-record of a 64-bit
-`nonce_key`): `MemoryNonceStore` here by default, the server's SQLite one
+A nonce is remembered through a `NonceStore` (atomic check-and-record of a 60-bit
+`nonce_key`): `MemoryNonceStore` here by default, the server's journal one
 (service/noncestore.py) given by start.py. Nothing here knows HTTP: the handler hands in
 the method, URI, headers and body and maps `Unauthorized` / `RateLimited` to its answers.
 """
@@ -57,7 +57,7 @@ class NonceStore(Protocol):
     request is genuine, and admitting it unrecorded would let it be replayed.
 
     `MemoryNonceStore` below (tests, in-process servers); the server's is
-    `service.noncestore.SqliteNonceStore`, which keeps them across restarts.
+    `service.noncestore.JournalNonceStore`, which keeps them across restarts.
     """
 
     def add(self, key: int, until: int, now: float) -> bool: ...
@@ -68,15 +68,17 @@ class NonceStore(Protocol):
 
 
 def nonce_key(nonce: str) -> int:
-    """A nonce's record key: 8 bytes of BLAKE2b as SQLite's signed 64-bit INTEGER.
+    """A nonce's record key: the top 60 bits of an 8-byte BLAKE2b, in [0, 2**60).
 
-    Fixed-size, whatever the nonce's length (16-64 characters). A replay always has the same
-    key; two different nonces share one with probability live/2^64 (5e-14 with 900,000 live),
-    and then the later is refused as a replay, never admitted twice. Only a correctly signed
-    request is recorded, so choosing colliding nonces takes the token.
+    Fixed-size, whatever the nonce's length (16-64 characters), and below 2**60 so that
+    CPython holds it in a 32-byte int (a 64-bit one takes 36): the store keeps one per live
+    nonce. A replay always has the same key; two different nonces share one with
+    probability live/2^60 (8e-13 with 900,000 live), and then the later is refused as a
+    replay, never admitted twice. Only a correctly signed request is recorded, so choosing
+    colliding nonces takes the token.
     """
     digest = hashlib.blake2b(nonce.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return int.from_bytes(digest, "big") >> 4
 
 
 class MemoryNonceStore:

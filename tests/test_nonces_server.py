@@ -110,7 +110,7 @@ async def test_a_signed_request_replayed_after_a_restart_is_401(tmp_path: Path, 
         # A fresh request still passes: only the captured nonces are refused.
         uri = "/api/v1/accounts"
         assert (await send(settings, "GET", uri, signer.sign("GET", uri))).code == 200
-    assert (settings.data.dir / "nonces.sqlite3").exists()
+    assert list((settings.data.dir / "nonces").glob("*.journal"))
 
 
 @pytest.mark.slow
@@ -124,11 +124,11 @@ async def test_honest_requests_pass_past_200_000_live_nonces(tmp_path: Path) -> 
         signer: Signer = server.app.settings["tgc_signer"]  # the one the handlers use
         client = Signer(TOKEN)
         t0 = time.monotonic()
-        for _ in range(210_000):  # each a distinct nonce, each recorded by its own commit
+        for _ in range(210_000):  # each a distinct nonce, each written to the journal
             signer.verify("GET", "/api/v1/accounts", client.sign("GET", "/api/v1/accounts"), b"")
         elapsed = time.monotonic() - t0
         assert server.nonces.live(time.time()) == 210_000
-        assert elapsed < 45  # ~60 µs each on this 2-CPU machine under load; 45 s: pytest's 60
+        assert elapsed < 30  # ~15 µs each (signing and checking) on this 2-CPU machine
         async with ApiClient(server.url, TOKEN, AES_KEY) as api:
             answer = await api.request("GET", "/api/v1/accounts")
             assert answer.status == 200 and answer.ok, answer

@@ -1,7 +1,7 @@
 """service/cryptor.py: signatures (window, replay, the nonce store) and both answer ciphers.
 
 The replay tests run the Signer on both nonce stores: `MemoryNonceStore` and the server's
-`SqliteNonceStore` (service/noncestore.py, whose own tests are tests/service/
+`JournalNonceStore` (service/noncestore.py, whose own tests are tests/service/
 test_noncestore.py).
 """
 
@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +34,7 @@ from service.cryptor import (
     _FastGcm,
     nonce_key,
 )
-from service.noncestore import SqliteNonceStore
+from service.noncestore import JournalNonceStore
 
 KEY_HEX = "00112233445566778899aabbccddeeff" * 2
 NOW = 1_800_000_000.0
@@ -57,15 +58,15 @@ nonces = st.from_regex(r"[A-Za-z0-9_-]{16,64}", fullmatch=True)
 StoreFactory = Callable[[], NonceStore]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "journal"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """Builds the nonce store a test's Signer records in: each kind in turn."""
-    opened: list[SqliteNonceStore] = []
+    opened: list[JournalNonceStore] = []
 
     def make() -> NonceStore:
         if request.param == "memory":
             return MemoryNonceStore()
-        store = SqliteNonceStore(tmp_path / f"nonces{len(opened)}.sqlite3", max_live=10**6)
+        store = JournalNonceStore(tmp_path / f"nonces{len(opened)}", window=300)
         opened.append(store)
         return store
 
@@ -222,12 +223,12 @@ def test_memory_store_drops_what_expired() -> None:
 def test_a_replayed_nonce_after_a_restart_is_refused(tmp_path: Path) -> None:
     # The server's store: a new Signer on the same file (a restart) still knows the nonce.
     clock = FakeClock()
-    first = SqliteNonceStore(tmp_path / "nonces.sqlite3", max_live=100)
+    first = JournalNonceStore(tmp_path / "nonces", window=300, clock=clock)
     headers = Signer("t", clock=clock).sign("POST", "/a", b"{}")
     Signer("t", clock=clock, nonces=first).verify("POST", "/a", headers, b"{}")
     first.close()
     clock.now += 299
-    again = SqliteNonceStore(tmp_path / "nonces.sqlite3", max_live=100)
+    again = JournalNonceStore(tmp_path / "nonces", window=300, clock=clock)
     try:
         with pytest.raises(Unauthorized, match="nonce"):
             Signer("t", clock=clock, nonces=again).verify("POST", "/a", headers, b"{}")
@@ -241,11 +242,12 @@ def test_a_nonce_is_accepted_once_in_the_window_and_forgotten_after(
     nonce: str, replay_after: int, later: int
 ) -> None:
     with tempfile.TemporaryDirectory() as folder:
+        clock = FakeClock()
         for store in (
             MemoryNonceStore(),
-            SqliteNonceStore(Path(folder) / "n.sqlite3", max_live=100),
+            JournalNonceStore(Path(folder) / "nonces", window=300, clock=clock),
         ):
-            clock = FakeClock()
+            clock.now = NOW
             signer = Signer("t", clock=clock, nonces=store)
             signer.verify("GET", "/", signer.sign("GET", "/", nonce=nonce), b"")
             clock.now = NOW + replay_after  # a replay, or the nonce with a fresh timestamp
@@ -255,14 +257,16 @@ def test_a_nonce_is_accepted_once_in_the_window_and_forgotten_after(
                     signer.verify("GET", "/", again, b"")
             clock.now = NOW + later  # past the window: the nonce is forgotten
             signer.verify("GET", "/", signer.sign("GET", "/", nonce=nonce), b"")
-            if isinstance(store, SqliteNonceStore):
+            if isinstance(store, JournalNonceStore):
                 store.close()
 
 
-def test_nonce_key_is_a_signed_64_bit_digest() -> None:
+def test_nonce_key_is_a_60_bit_digest_in_a_32_byte_int() -> None:
     keys = {nonce_key(f"nonce-{i:012d}") for i in range(10_000)}
     assert len(keys) == 10_000
-    assert all(-(2**63) <= k < 2**63 for k in keys)
+    assert all(0 <= k < 2**60 for k in keys)
+    assert max(keys) >= 2**59  # the whole range is used
+    assert sys.getsizeof(max(keys)) == sys.getsizeof(2**60 - 1) == 32  # the store keeps one each
     assert nonce_key("a" * 16) == nonce_key("a" * 16) != nonce_key("a" * 17)
 
 
