@@ -28,7 +28,6 @@ def open_db(
     *,
     synchronous: str = "NORMAL",
     autocheckpoint: bool = True,
-    page_size: int | None = None,
 ) -> sqlite3.Connection:
     """Opens `path` (creating its folder) and brings `component`'s schema up to date.
 
@@ -38,20 +37,12 @@ def open_db(
     `autocheckpoint=False` leaves WAL checkpoints (the one step that fsyncs under
     synchronous=NORMAL, milliseconds on a busy disk) to `checkpoint()` on another thread, so
     a connection used on the event loop never waits for the disk.
-
-    `page_size` applies to a new file only (a WAL file's page size is fixed once written): a
-    store that commits one small row at a time writes at least a page per commit, so a
-    smaller page writes fewer bytes.
     """
     if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ValueError(f"synchronous={synchronous!r}")
-    if page_size is not None and (page_size < 512 or page_size & (page_size - 1)):
-        raise ValueError(f"page_size={page_size!r}")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    if page_size is not None:
-        conn.execute(f"PRAGMA page_size={page_size}")  # before the first write creates it
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     if not autocheckpoint:
