@@ -3,7 +3,7 @@
     .venv/bin/python bench/http_api.py [--duration 5] [--connections 8] [--profile]
 
 (a) GET /api/v1/accounts, signed and encrypted (AES-256-GCM), served from memory (each
-    nonce committed to the SQLite nonce store first, as start.py wires it), beside a
+    nonce written to the nonce journal first, as start.py wires it), beside a
     bare Tornado handler that answers the same JSON with the same AES-GCM code and nothing
     else (no signature check, no parameter parsing, no metrics): the framework's ceiling.
     Target: the service answers at least 70% of the bare handler's requests/s.
@@ -123,7 +123,7 @@ async def run_service(workdir: Path, profile: bool) -> None:
     from service.cryptor import Cipher, Signer
     from service.handler import make_app, make_server
     from service.mediaprocessor import MediaProcessor
-    from service.noncestore import SqliteNonceStore, cap_for_window
+    from service.noncestore import JournalNonceStore
     from service.storage import LocalStorage
 
     data = workdir / "data"
@@ -137,8 +137,8 @@ async def run_service(workdir: Path, profile: bool) -> None:
     )
     await processor.start()
     joinmap = JoinMap(data / "joinmap.sqlite3")
-    # start.py's nonce store: each signed request's nonce is committed to SQLite first.
-    nonces = SqliteNonceStore(data / "nonces.sqlite3", max_live=cap_for_window(300))
+    # start.py's nonce store: each signed request's nonce is journaled first.
+    nonces = JournalNonceStore(data / "nonces", window=300)
     await nonces.start()
     app = make_app(
         pool=pool,
