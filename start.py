@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from service.handler import Route
     from service.listener import AcceptGuard
     from service.mediaprocessor import MediaProcessor
+    from service.noncestore import JournalNonceStore
     from service.outbox import Outbox
     from service.publisher import Publisher
     from service.status import ErrorLog
@@ -307,7 +308,7 @@ def _default_app(server: Server) -> tornado.web.Application:
         processor=server.processor,
         joinmap=server.joinmap,
         subscriptions=server.subscriber,
-        signer=Signer(s.api.token, s.api.signature_window),
+        signer=Signer(s.api.token, s.api.signature_window, nonces=server.nonces),
         cipher=Cipher.create(s.api.cipher, s.api.aes_key),
         metrics=server.registry,
         max_body_bytes=s.server.max_body_bytes,
@@ -365,9 +366,10 @@ class Server:
 
     Services are attributes once `start()` built them (reading one before raises
     AttributeError): `error_log`, `registry` (the Prometheus registry every metric goes to),
-    `joinmap`, `outbox`, `publisher`, `pool`, `storage`, `processor`, `subscriber`, then
-    `app`. `lifecycle` is the app's draining flag, set at stop (handlers answer 503
-    SHUTTING_DOWN to new work then); `stopping` is true from the first stop signal on.
+    `joinmap`, `nonces` (the Signer's `JournalNonceStore`), `outbox`, `publisher`, `pool`,
+    `storage`, `processor`, `subscriber`, then `app`. `lifecycle` is the app's draining
+    flag, set at stop (handlers answer 503 SHUTTING_DOWN to new work then); `stopping` is
+    true from the first stop signal on.
 
     Each piece registers its own stop when it is built, so a start that fails half-way
     stops what it had started, and `stop()` closes everything in the reverse order of the
@@ -379,6 +381,7 @@ class Server:
     error_log: ErrorLog  # WARNING+ records of this server's life, for /status
     registry: CollectorRegistry
     joinmap: JoinMap
+    nonces: JournalNonceStore  # the signed requests' nonces of the window, journaled
     outbox: Outbox
     publisher: Publisher
     pool: TeleClients
@@ -470,6 +473,7 @@ class Server:
         self._watch_errors()
         self._build_registry()
         self._build_joinmap()
+        await self._start_nonces()
         self._build_publisher()
         await self._start_publisher()
         await self._start_pool()
@@ -528,6 +532,17 @@ class Server:
 
         self.joinmap = JoinMap(self.settings.data.dir / "joinmap.sqlite3")
         self._stack.callback(self.joinmap.close)
+
+    async def _start_nonces(self) -> None:
+        from service.noncestore import JournalNonceStore
+
+        # Replays stay refused across a restart or a SIGKILL (issue 11): the Signer records
+        # every accepted nonce here (written to data.dir/nonces/) before its request runs.
+        self.nonces = JournalNonceStore(
+            self.settings.data.dir / "nonces", window=self.settings.api.signature_window
+        )
+        self._stack.push_async_callback(self.nonces.stop)  # after the HTTP drain
+        await self.nonces.start()
 
     def _build_publisher(self) -> None:
         from service.outbox import Outbox

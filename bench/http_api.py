@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/http_api.py [--duration 5] [--connections 8] [--profile]
 
-(a) GET /api/v1/accounts, signed and encrypted (AES-256-GCM), served from memory, beside a
+(a) GET /api/v1/accounts, signed and encrypted (AES-256-GCM), served from memory (each
+    nonce written to the nonce journal first, as start.py wires it), beside a
     bare Tornado handler that answers the same JSON with the same AES-GCM code and nothing
     else (no signature check, no parameter parsing, no metrics): the framework's ceiling.
     Target: the service answers at least 70% of the bare handler's requests/s.
@@ -122,6 +123,7 @@ async def run_service(workdir: Path, profile: bool) -> None:
     from service.cryptor import Cipher, Signer
     from service.handler import make_app, make_server
     from service.mediaprocessor import MediaProcessor
+    from service.noncestore import JournalNonceStore
     from service.storage import LocalStorage
 
     data = workdir / "data"
@@ -135,12 +137,15 @@ async def run_service(workdir: Path, profile: bool) -> None:
     )
     await processor.start()
     joinmap = JoinMap(data / "joinmap.sqlite3")
+    # start.py's nonce store: each signed request's nonce is journaled first.
+    nonces = JournalNonceStore(data / "nonces", window=300)
+    await nonces.start()
     app = make_app(
         pool=pool,
         processor=processor,
         joinmap=joinmap,
         subscriptions=None,
-        signer=Signer(TOKEN),
+        signer=Signer(TOKEN, nonces=nonces),
         cipher=Cipher.create("aes-256-gcm", KEY),
         metrics=CollectorRegistry(),
     )
@@ -158,6 +163,7 @@ async def run_service(workdir: Path, profile: bool) -> None:
         profiler.dump_stats(str(workdir / "service.prof"))
     http.stop()
     await http.close_all_connections()
+    await nonces.stop()
     await processor.stop()
     await pool.stop()
     joinmap.close()

@@ -11,8 +11,10 @@ headers: HMAC-SHA256 with `api.token` over::
   `X-Nonce`, so an answer can't be replayed onto another request;
 - aes-256-cbc: base64(iv(16) ‖ ciphertext), PKCS#7, no associated data (older crawlers).
 
-Nothing here knows HTTP: the handler hands in the method, URI, headers and body and maps
-`Unauthorized` / `RateLimited` to its answers.
+A nonce is remembered through a `NonceStore` (atomic check-and-record of a 60-bit
+`nonce_key`): `MemoryNonceStore` here by default, the server's journal one
+(service/noncestore.py) given by start.py. Nothing here knows HTTP: the handler hands in
+the method, URI, headers and body and maps `Unauthorized` / `RateLimited` to its answers.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ import hashlib
 import heapq
 import hmac
 import logging
+import math
 import os
 import re
 import secrets
 import struct
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from Crypto.Cipher import AES
 from Crypto.Util.Padding import pad, unpad
@@ -44,18 +47,86 @@ _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
+class NonceStore(Protocol):
+    """Where `Signer` records the nonces it accepted, each as a 64-bit `nonce_key`.
+
+    `add` is the one check-and-record, atomic: True when `key` was not live (recorded now,
+    live until `until`, unix seconds), False when it is (the replay). A record is live while
+    `until >= now`; a store may keep expired records a while, but never lets one refuse a
+    request. Raises `RateLimited` when it can't record (full, or its disk failed): the
+    request is genuine, and admitting it unrecorded would let it be replayed.
+
+    `MemoryNonceStore` below (tests, in-process servers); the server's is
+    `service.noncestore.JournalNonceStore`, which keeps them across restarts.
+    """
+
+    def add(self, key: int, until: int, now: float) -> bool: ...
+
+    def live(self, now: float) -> int:
+        """How many records are live at `now` (tests, diagnostics; may be slow)."""
+        ...
+
+
+def nonce_key(nonce: str) -> int:
+    """A nonce's record key: the top 60 bits of an 8-byte BLAKE2b, in [0, 2**60).
+
+    Fixed-size, whatever the nonce's length (16-64 characters), and below 2**60 so that
+    CPython holds it in a 32-byte int (a 64-bit one takes 36): the store keeps one per live
+    nonce. A replay always has the same key; two different nonces share one with
+    probability live/2^60 (8e-13 with 900,000 live), and then the later is refused as a
+    replay, never admitted twice. Only a correctly signed request is recorded, so choosing
+    colliding nonces takes the token.
+    """
+    digest = hashlib.blake2b(nonce.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 4
+
+
+class MemoryNonceStore:
+    """`NonceStore` in a dict, forgotten at exit: for tests and in-process servers.
+
+    At most `max_live` records: when all are live a new one is refused (`RateLimited`, retry
+    when the earliest expires) rather than forgetting a live nonce, which would reopen a
+    replay hole.
+    """
+
+    def __init__(self, max_live: int = 200_000) -> None:
+        if max_live <= 0:
+            raise ValueError("max_live must be positive")
+        self._max_live = max_live
+        self._until: dict[int, int] = {}  # key -> until
+        self._expiry: list[tuple[int, int]] = []  # heap of (until, key), earliest first
+
+    def add(self, key: int, until: int, now: float) -> bool:
+        self._expire(now)
+        if key in self._until:
+            return False
+        if len(self._until) >= self._max_live:
+            log.warning("nonce store full (%d live nonces); refusing requests", len(self._until))
+            retry_after = self._expiry[0][0] - now
+            raise RateLimited(retry_after, "too many signed requests in the time window")
+        self._until[key] = until
+        heapq.heappush(self._expiry, (until, key))
+        return True
+
+    def live(self, now: float) -> int:
+        self._expire(now)
+        return len(self._until)
+
+    def _expire(self, now: float) -> None:
+        heap = self._expiry
+        while heap and heap[0][0] < now:
+            _, key = heapq.heappop(heap)
+            del self._until[key]
+
+
 class Signer:
     """Verifies signed requests; signs them for clients.
 
     `window` is how far (seconds) a request's timestamp may be from `clock()`. A nonce is
-    remembered until no request carrying it could pass the timestamp check any more and it
-    is at least `window` seconds old, so a replay inside the window is always caught.
-
-    The nonce cache holds at most `max_nonces` entries. Only requests with a correct
-    signature are recorded (garbage can't fill it). When it is full of live nonces a new
-    request is refused with `RateLimited` (retry after the oldest one expires) rather than
-    forgetting a live nonce, which would reopen a replay hole. At the default 200,000
-    entries that is ~660 signed requests/s sustained over a 300 s window, ~50 MB at worst.
+    remembered (in `nonces`, a `NonceStore`) until no request carrying it could pass the
+    timestamp check any more and it is at least `window` seconds old, so a replay inside the
+    window is always caught. Only requests with a correct signature are recorded (garbage
+    can't fill the store). Nothing here does I/O but what the store does.
     """
 
     def __init__(
@@ -64,31 +135,34 @@ class Signer:
         window: int = 300,
         clock: Callable[[], float] = time.time,
         *,
-        max_nonces: int = 200_000,
+        nonces: NonceStore | None = None,
     ) -> None:
         if not token:
             raise ValueError("the signing token is empty")
-        if window <= 0 or max_nonces <= 0:
-            raise ValueError("window and max_nonces must be positive")
+        if window <= 0:
+            raise ValueError("window must be positive")
         self._key = token.encode()
         self._window = window
         self._clock = clock
-        self._max_nonces = max_nonces
-        self._seen: dict[str, float] = {}  # nonce -> when it may be forgotten
-        self._expiry: list[tuple[float, str]] = []  # heap of the same, earliest first
+        self._nonces: NonceStore = MemoryNonceStore() if nonces is None else nonces
 
     def verify(self, method: str, uri: str, headers: Mapping[str, str], body: bytes) -> None:
         """Raises `Unauthorized` (why is in its message, for the log only) unless the
         request is signed by the token, fresh, and its nonce is new.
 
-        Raises `RateLimited` when the nonce cache is full of live nonces.
+        Raises `RateLimited` when the nonce store can't record the nonce.
         """
         timestamp, nonce, signature, now = self._check(headers)
         expected = self._signature(method, uri, timestamp, nonce, body)
         if not hmac.compare_digest(expected, signature):
             raise Unauthorized("wrong signature")
-        # Only now, with a valid signature, may the request cost memory.
-        self._remember(nonce, now, int(timestamp))
+        # Only now, with a valid signature, may the request cost a record.
+        # Replayable while its timestamp passes the check (until sent_at + window), and
+        # "seen within the window" for `window` seconds from now: kept for the later, in
+        # whole seconds rounded up (kept a fraction longer, never shorter).
+        until = math.ceil(max(now, int(timestamp)) + self._window)
+        if not self._nonces.add(nonce_key(nonce), until, now):
+            raise Unauthorized("nonce already used")
 
     def check_headers(self, headers: Mapping[str, str]) -> None:
         """The checks `verify` can make before the body has arrived: the three headers are
@@ -132,34 +206,13 @@ class Signer:
         }
 
     def __len__(self) -> int:
-        """How many nonces are remembered now (after dropping the expired ones)."""
-        self._expire(self._clock())
-        return len(self._seen)
+        """How many nonces are remembered now."""
+        return self._nonces.live(self._clock())
 
     def _signature(self, method: str, uri: str, timestamp: str, nonce: str, body: bytes) -> str:
         digest = hashlib.sha256(body).hexdigest()
         message = f"{method}\n{uri}\n{timestamp}\n{nonce}\n{digest}".encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
-
-    def _remember(self, nonce: str, now: float, sent_at: int) -> None:
-        self._expire(now)
-        if nonce in self._seen:
-            raise Unauthorized("nonce already used")
-        if len(self._seen) >= self._max_nonces:
-            retry_after = self._expiry[0][0] - now
-            log.warning("nonce cache full (%d live nonces); refusing requests", len(self._seen))
-            raise RateLimited(retry_after, "too many signed requests in the time window")
-        # Replayable while its timestamp passes the check (until sent_at + window), and
-        # "seen within the window" for `window` seconds from now: keep it for the later.
-        until = max(now, sent_at) + self._window
-        self._seen[nonce] = until
-        heapq.heappush(self._expiry, (until, nonce))
-
-    def _expire(self, now: float) -> None:
-        heap = self._expiry
-        while heap and heap[0][0] < now:
-            _, nonce = heapq.heappop(heap)
-            del self._seen[nonce]
 
 
 class DecryptError(ValueError):

@@ -24,7 +24,7 @@ from common.errors import (
     TelegramError,
 )
 from service.basehandler import outer_body_limit
-from service.cryptor import Cipher, Signer
+from service.cryptor import Cipher, MemoryNonceStore, Signer
 from tests.fixtures.handler_app import (
     CIPHERS,
     KEY,
@@ -66,7 +66,7 @@ async def test_answer_is_bound_to_the_request_nonce(api: Api) -> None:
 
 
 async def test_full_nonce_cache_is_429_not_401(api: Api) -> None:
-    api.app.settings["tgc_signer"] = Signer(TOKEN, max_nonces=1)
+    api.app.settings["tgc_signer"] = Signer(TOKEN, nonces=MemoryNonceStore(max_live=1))
     assert (await api.call("GET", "/api/v1/accounts")).ok
     answer = await api.call("GET", "/api/v1/accounts")
     error = assert_error(answer, 429, "RATE_LIMITED")

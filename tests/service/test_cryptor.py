@@ -1,4 +1,9 @@
-"""service/cryptor.py: signatures (window, replay, nonce cache) and both answer ciphers."""
+"""service/cryptor.py: signatures (window, replay, the nonce store) and both answer ciphers.
+
+The replay tests run the Signer on both nonce stores: `MemoryNonceStore` and the server's
+`JournalNonceStore` (service/noncestore.py, whose own tests are tests/service/
+test_noncestore.py).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,10 @@ import base64
 import hashlib
 import hmac
 import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from Crypto.Cipher import AES
@@ -14,7 +23,18 @@ from hypothesis import strategies as st
 from tornado.httputil import HTTPHeaders
 
 from common.errors import RateLimited, Unauthorized
-from service.cryptor import CbcCipher, Cipher, DecryptError, GcmCipher, Signer, _FastGcm
+from service.cryptor import (
+    CbcCipher,
+    Cipher,
+    DecryptError,
+    GcmCipher,
+    MemoryNonceStore,
+    NonceStore,
+    Signer,
+    _FastGcm,
+    nonce_key,
+)
+from service.noncestore import JournalNonceStore
 
 KEY_HEX = "00112233445566778899aabbccddeeff" * 2
 NOW = 1_800_000_000.0
@@ -34,6 +54,25 @@ uris = st.text(
 ).map(lambda s: "/" + s)
 bodies = st.binary(max_size=300)
 nonces = st.from_regex(r"[A-Za-z0-9_-]{16,64}", fullmatch=True)
+
+StoreFactory = Callable[[], NonceStore]
+
+
+@pytest.fixture(params=["memory", "journal"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Builds the nonce store a test's Signer records in: each kind in turn."""
+    opened: list[JournalNonceStore] = []
+
+    def make() -> NonceStore:
+        if request.param == "memory":
+            return MemoryNonceStore()
+        store = JournalNonceStore(tmp_path / f"nonces{len(opened)}", window=300)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
 
 
 # --- Signer -----------------------------------------------------------------------------
@@ -125,9 +164,9 @@ def test_fractional_server_clock_boundary() -> None:
         signer.verify("GET", "/", signer.sign("GET", "/", timestamp=int(NOW)), b"")
 
 
-def test_replay_is_refused_within_the_window() -> None:
+def test_replay_is_refused_within_the_window(make_store: StoreFactory) -> None:
     clock = FakeClock()
-    signer = Signer("t", clock=clock)
+    signer = Signer("t", clock=clock, nonces=make_store())
     headers = signer.sign("GET", "/a")
     signer.verify("GET", "/a", headers, b"")
     clock.now += 299
@@ -135,9 +174,9 @@ def test_replay_is_refused_within_the_window() -> None:
         signer.verify("GET", "/a", headers, b"")
 
 
-def test_nonce_reused_with_a_fresh_timestamp_is_refused() -> None:
+def test_nonce_reused_with_a_fresh_timestamp_is_refused(make_store: StoreFactory) -> None:
     clock = FakeClock()
-    signer = Signer("t", clock=clock)
+    signer = Signer("t", clock=clock, nonces=make_store())
     signer.verify("GET", "/a", signer.sign("GET", "/a", nonce="x" * 20), b"")
     clock.now += 200
     again = signer.sign("GET", "/b", nonce="x" * 20)
@@ -145,10 +184,10 @@ def test_nonce_reused_with_a_fresh_timestamp_is_refused() -> None:
         signer.verify("GET", "/b", again, b"")
 
 
-def test_nonce_kept_until_its_timestamp_is_stale() -> None:
+def test_nonce_kept_until_its_timestamp_is_stale(make_store: StoreFactory) -> None:
     # Sent from 300 s in the future: replayable until NOW + 600, so kept that long.
     clock = FakeClock()
-    signer = Signer("t", clock=clock)
+    signer = Signer("t", clock=clock, nonces=make_store())
     headers = signer.sign("GET", "/a", timestamp=int(NOW) + 300)
     signer.verify("GET", "/a", headers, b"")
     clock.now += 599
@@ -160,9 +199,9 @@ def test_nonce_kept_until_its_timestamp_is_stale() -> None:
         signer.verify("GET", "/a", headers, b"")
 
 
-def test_nonce_cache_expires_with_the_window() -> None:
+def test_nonces_expire_with_the_window(make_store: StoreFactory) -> None:
     clock = FakeClock()
-    signer = Signer("t", clock=clock)
+    signer = Signer("t", clock=clock, nonces=make_store())
     for i in range(100):
         clock.now = NOW + i
         signer.verify("GET", "/", signer.sign("GET", "/"), b"")
@@ -171,12 +210,69 @@ def test_nonce_cache_expires_with_the_window() -> None:
     assert len(signer) == 50
     clock.now = NOW + 1000
     assert len(signer) == 0
-    assert signer._expiry == []
 
 
-def test_full_nonce_cache_refuses_rather_than_forgets() -> None:
+def test_memory_store_drops_what_expired() -> None:
+    store = MemoryNonceStore()
+    for key in range(100):
+        assert store.add(key, int(NOW) + key, NOW)
+    assert store.live(NOW + 1000) == 0
+    assert store._expiry == [] and store._until == {}
+
+
+def test_a_replayed_nonce_after_a_restart_is_refused(tmp_path: Path) -> None:
+    # The server's store: a new Signer on the same file (a restart) still knows the nonce.
     clock = FakeClock()
-    signer = Signer("t", clock=clock, max_nonces=3)
+    first = JournalNonceStore(tmp_path / "nonces", window=300, clock=clock)
+    headers = Signer("t", clock=clock).sign("POST", "/a", b"{}")
+    Signer("t", clock=clock, nonces=first).verify("POST", "/a", headers, b"{}")
+    first.close()
+    clock.now += 299
+    again = JournalNonceStore(tmp_path / "nonces", window=300, clock=clock)
+    try:
+        with pytest.raises(Unauthorized, match="nonce"):
+            Signer("t", clock=clock, nonces=again).verify("POST", "/a", headers, b"{}")
+    finally:
+        again.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(nonce=nonces, replay_after=st.integers(0, 300), later=st.integers(301, 10_000))
+def test_a_nonce_is_accepted_once_in_the_window_and_forgotten_after(
+    nonce: str, replay_after: int, later: int
+) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        clock = FakeClock()
+        for store in (
+            MemoryNonceStore(),
+            JournalNonceStore(Path(folder) / "nonces", window=300, clock=clock),
+        ):
+            clock.now = NOW
+            signer = Signer("t", clock=clock, nonces=store)
+            signer.verify("GET", "/", signer.sign("GET", "/", nonce=nonce), b"")
+            clock.now = NOW + replay_after  # a replay, or the nonce with a fresh timestamp
+            for timestamp in {int(NOW), int(clock.now)}:
+                again = signer.sign("GET", "/", nonce=nonce, timestamp=timestamp)
+                with pytest.raises(Unauthorized, match="nonce"):
+                    signer.verify("GET", "/", again, b"")
+            clock.now = NOW + later  # past the window: the nonce is forgotten
+            signer.verify("GET", "/", signer.sign("GET", "/", nonce=nonce), b"")
+            if isinstance(store, JournalNonceStore):
+                store.close()
+
+
+def test_nonce_key_is_a_60_bit_digest_in_a_32_byte_int() -> None:
+    keys = {nonce_key(f"nonce-{i:012d}") for i in range(10_000)}
+    assert len(keys) == 10_000
+    assert all(0 <= k < 2**60 for k in keys)
+    assert max(keys) >= 2**59  # the whole range is used
+    assert sys.getsizeof(max(keys)) == sys.getsizeof(2**60 - 1) == 32  # the store keeps one each
+    assert nonce_key("a" * 16) == nonce_key("a" * 16) != nonce_key("a" * 17)
+
+
+def test_full_memory_store_refuses_rather_than_forgets() -> None:
+    clock = FakeClock()
+    signer = Signer("t", clock=clock, nonces=MemoryNonceStore(max_live=3))
     first = signer.sign("GET", "/")
     signer.verify("GET", "/", first, b"")
     clock.now += 10
@@ -242,6 +338,8 @@ def test_signer_rejects_bad_settings() -> None:
         Signer("")
     with pytest.raises(ValueError):
         Signer("t", window=0)
+    with pytest.raises(ValueError):
+        MemoryNonceStore(max_live=0)
 
 
 # --- Ciphers ----------------------------------------------------------------------------
