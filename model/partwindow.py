@@ -25,7 +25,8 @@ any budget), and answering every FLOOD_WAIT by waiting and then bursting again w
 one every few seconds, the pattern that gets downloads "locked" slower. On a flood wait the
 rate is set to BETA_RATE × what the account was allowed since its previous flood wait (the
 bytes received since that wait began ÷ the time since: Telegram's refill rate, whatever its
-bucket; for the first one, the last SPAN seconds' bytes ÷ (their time + the wait)); while
+bucket; for the first one, the last SPAN seconds' bytes ÷ (their time + the wait), unless
+fewer than MIN_PARTS parts came: then only the wait); while
 the pace holds the parts back it grows by GROWTH per second, doubled every GROWTH_DOUBLING
 seconds without a flood wait (a rate learnt too low, say from a long penalty wait, recovers
 in minutes, not hours), so an account meets about one flood wait a minute at ~95% of its
@@ -56,6 +57,7 @@ BETA_RATE = 0.9
 GROWTH = 0.002
 GROWTH_DOUBLING = 60.0  # seconds without a flood wait that double the growth
 MIN_RATE = 64 * 1024.0
+MIN_PARTS = 4  # parts received before a first flood wait for it to tell a rate
 FLOOD_MEMORY = 120.0
 
 
@@ -250,14 +252,16 @@ class DownloadPace:
         now = self._clock()
         if now < self.wait_until:
             return False
+        allowed: float | None = None
         if self._flood_at is not None and now - self._flood_at <= FLOOD_MEMORY:
             allowed = self._since_flood / max(now - self._flood_at, 1e-3)
-        else:
-            first = self._recent[0][0] if self._recent else now
-            recent = sum(n for _, n in self._recent)
-            allowed = recent / max(now - first + seconds, 1e-3)
-        rate = BETA_RATE * min(allowed, self.rate if self.rate is not None else math.inf)
-        self.rate = max(MIN_RATE, rate)
+        elif len(self._recent) >= MIN_PARTS:
+            first = self._recent[0][0]
+            allowed = sum(n for _, n in self._recent) / max(now - first + seconds, 1e-3)
+        # else too little seen to tell a rate: the wait alone, and the window halves
+        if allowed is not None:
+            rate = BETA_RATE * min(allowed, self.rate if self.rate is not None else math.inf)
+            self.rate = max(MIN_RATE, rate)
         self.floods += 1
         self._flood_at, self._since_flood = now, 0
         self.wait_until = now + seconds
