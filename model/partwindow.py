@@ -260,8 +260,7 @@ class DownloadPace:
             allowed = sum(n for _, n in self._recent) / max(now - first + seconds, 1e-3)
         # else too little seen to tell a rate: the wait alone, and the window halves
         if allowed is not None:
-            rate = BETA_RATE * min(allowed, self.rate if self.rate is not None else math.inf)
-            self.rate = max(MIN_RATE, rate)
+            self.rate = max(MIN_RATE, BETA_RATE * allowed)
         self.floods += 1
         self._flood_at, self._since_flood = now, 0
         self.wait_until = now + seconds
