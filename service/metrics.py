@@ -14,6 +14,11 @@ same registry, see service/publisher.py):
     tgc_media_queue{queue}                              download / upload queue lengths
     tgc_media_in_progress, tgc_media_spool_bytes, tgc_media_spool_max_bytes
     tgc_media_downloaded_bytes_total, tgc_media_uploaded_bytes_total
+    tgc_media_account_downloaded_bytes_total{account}   each account's downloads (progress)
+    tgc_media_download_flood_waits_total{account}       flood waits Telegram put on its getFile
+    tgc_media_download_pace_bytes_per_second{account}   the pace they set (0: none)
+    tgc_media_parts_window{account,dc}                  parts it may have in flight there now
+    tgc_media_parts_in_flight{account,dc}               and has (model/partwindow.py)
 
 and `SubscriberCollector(subscriber, joinmap)`, which start.py registers next to the
 subscriber it builds (a server without the subscription flow has none of these):
@@ -59,9 +64,7 @@ _HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 # error's message) must neither start a line of its own in tgc.log nor steer the terminal
 # that shows it: C0 and C1 controls (NEL \x85 included), DEL, the Unicode line and
 # paragraph separators and the bidirectional overrides are written as Python escapes.
-_UNPRINTABLE = re.compile(
-    r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]"
-)
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def printable(text: str) -> str:
@@ -257,6 +260,7 @@ class StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         if self.pool is not None:
             yield from self._accounts()
+            yield from self._downloads()
         if self.processor is not None:
             yield from self._media()
 
@@ -274,6 +278,38 @@ class StateCollector(Collector):
                 "Seconds of flood wait Telegram imposed, all accounts together",
                 value=seconds,
             )
+
+    def _downloads(self) -> Iterator[Metric]:
+        rows = download_rows(self.pool)
+        if not rows:
+            return
+        by_account = [
+            (CounterMetricFamily, "tgc_media_account_downloaded_bytes",
+             "Bytes each account downloaded from Telegram", "downloaded_bytes"),
+            (CounterMetricFamily, "tgc_media_download_flood_waits",
+             "Flood waits Telegram put on each account's downloads (getFile)", "flood_waits"),
+            (GaugeMetricFamily, "tgc_media_download_pace_bytes_per_second",
+             "The pace a flood wait set on each account's downloads (0: none)", "rate_limit"),
+        ]  # fmt: skip
+        for kind, name, doc, key in by_account:
+            family = kind(name, doc, labels=["account"])
+            for row in rows:
+                family.add_metric([row["account"]], row[key] or 0)
+            yield family
+        window = GaugeMetricFamily(
+            "tgc_media_parts_window", "Parts each account may have in flight on a DC now",
+            labels=["account", "dc"],
+        )  # fmt: skip
+        flying = GaugeMetricFamily(
+            "tgc_media_parts_in_flight", "Parts each account has in flight on a DC",
+            labels=["account", "dc"],
+        )  # fmt: skip
+        for row in rows:
+            for dc, w in row["dcs"].items():
+                window.add_metric([row["account"], str(dc)], w["window"])
+                flying.add_metric([row["account"], str(dc)], w["in_flight"])
+        yield window
+        yield flying
 
     def _media(self) -> Iterator[Metric]:
         p = self.processor
@@ -347,6 +383,23 @@ def observable_processor(processor: object | None) -> ObservedProcessor | None:
     return processor if isinstance(processor, ObservedProcessor) else None
 
 
+def download_rows(pool: object | None) -> list[dict[str, Any]]:
+    """How each account's downloads fare (`MediaConnections.describe()` with its
+    `account`), for the accounts that downloaded anything; none when `pool` can't be
+    iterated (a fake) or holds no media connections."""
+    rows: list[dict[str, Any]] = []
+    if not isinstance(pool, Iterable):
+        return rows
+    for client in pool:
+        describe = getattr(getattr(client, "media_connections", None), "describe", None)
+        if describe is None:
+            continue
+        row = describe()
+        if row.get("dcs") or row.get("downloaded_bytes"):
+            rows.append({"account": str(getattr(client, "name", "?")), **row})
+    return rows
+
+
 def account_states(accounts: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """How many accounts are in each state (every known state present, 0 or more)."""
     out = dict.fromkeys(ACCOUNT_STATES, 0)
@@ -405,8 +458,7 @@ class Throughput:
         by_minute = dict(self._ring)
         zero = dict.fromkeys(self.sources, 0.0)
         return [
-            (m * 60, by_minute.get(m, zero))
-            for m in range(current, current - self.minutes, -1)
+            (m * 60, by_minute.get(m, zero)) for m in range(current, current - self.minutes, -1)
         ]
 
 

@@ -109,7 +109,9 @@ def families(registry: CollectorRegistry) -> dict[str, Any]:
 
 def value(fams: dict[str, Any], family: str, sample: str | None = None, **labels: str) -> float:
     for s in fams[family].samples:
-        if (sample is None or s.name == sample) and all(s.labels.get(k) == v for k, v in labels.items()):
+        if (sample is None or s.name == sample) and all(
+            s.labels.get(k) == v for k, v in labels.items()
+        ):
             return float(s.value)
     raise AssertionError(f"no sample {family} {labels}")
 
@@ -127,12 +129,20 @@ def test_service_metrics_observe_the_pool_and_read_its_states() -> None:
     assert value(fams, "tgc_accounts", state="banned") == 0
     calls = "tgc_telegram_calls_total"
     assert value(fams, "tgc_telegram_calls", calls, method="messages.GetHistory", error="") == 1
-    assert value(fams, "tgc_telegram_calls", calls, method="messages.GetHistory", error="FLOOD_WAIT") == 1
+    assert (
+        value(fams, "tgc_telegram_calls", calls, method="messages.GetHistory", error="FLOOD_WAIT")
+        == 1
+    )
     assert value(fams, "tgc_telegram_flood_waits", method="messages.GetHistory") == 1
-    assert value(
-        fams, "tgc_telegram_call_duration_seconds", "tgc_telegram_call_duration_seconds_count",
-        method="messages.GetHistory",
-    ) == 2
+    assert (
+        value(
+            fams,
+            "tgc_telegram_call_duration_seconds",
+            "tgc_telegram_call_duration_seconds_count",
+            method="messages.GetHistory",
+        )
+        == 2
+    )
     assert (metrics.telegram.total, metrics.telegram.errors) == (3, 2)
     assert "tgc_media_queue" not in fams  # no processor on this server
 
@@ -236,7 +246,9 @@ async def test_every_family_after_real_activity(ops_stack: OpsStack) -> None:
     s.rpc.flood_wait("contacts.search", 30, times=1)
     found = await s.api("/api/v1/search?q=tgc_")
     assert found.status == 200, found.error
-    await wait_for(lambda: s.processor.stats()["in_progress"] == 0 and s.processor.uploaded_bytes > 0)
+    await wait_for(
+        lambda: s.processor.stats()["in_progress"] == 0 and s.processor.uploaded_bytes > 0
+    )
     event = make_event("message.new", {"id": -1002001}, account="acc", message={"id": 1})
     await s.publisher.publish_event(event)
     await wait_for(lambda: s.publisher.published >= 1 and s.publisher.outbox.size == 0)
@@ -252,19 +264,30 @@ async def test_every_family_after_real_activity(ops_stack: OpsStack) -> None:
     assert value(fams, "tgc_http_requests", req, route="/api/v1/peer", status="404") == 1
     assert value(fams, "tgc_http_requests", req, route="/api/v1/search", status="200") == 1
     count = value(
-        fams, "tgc_http_request_duration_seconds", "tgc_http_request_duration_seconds_count",
-        route="/api/v1/messages", method="GET",
+        fams,
+        "tgc_http_request_duration_seconds",
+        "tgc_http_request_duration_seconds_count",
+        route="/api/v1/messages",
+        method="GET",
     )
     assert count == 1
     # Telegram: calls by method and error, the flood wait and its seconds.
     calls = "tgc_telegram_calls_total"
     assert value(fams, "tgc_telegram_calls", calls, method="channels.GetFullChannel", error="") >= 1
     assert value(fams, "tgc_telegram_calls", calls, method="messages.GetHistory", error="") >= 1
-    assert value(
-        fams, "tgc_telegram_calls", calls,
-        method="contacts.ResolveUsername", error="USERNAME_NOT_OCCUPIED",
-    ) == 1
-    assert value(fams, "tgc_telegram_calls", calls, method="contacts.Search", error="FLOOD_WAIT") == 1
+    assert (
+        value(
+            fams,
+            "tgc_telegram_calls",
+            calls,
+            method="contacts.ResolveUsername",
+            error="USERNAME_NOT_OCCUPIED",
+        )
+        == 1
+    )
+    assert (
+        value(fams, "tgc_telegram_calls", calls, method="contacts.Search", error="FLOOD_WAIT") == 1
+    )
     assert value(fams, "tgc_telegram_flood_waits", method="contacts.Search") == 1
     assert value(fams, "tgc_telegram_flood_wait_seconds") == 30
     # Accounts: one of the two waits out its flood.
@@ -348,3 +371,41 @@ async def test_no_raw_control_character_of_a_request_reaches_the_log(
     assert not forged, forged
     unknown = [line for line in lines if "unknown parameter" in line]
     assert any(printable(HOSTILE) in line for line in unknown), unknown
+
+
+class DownloadingPool(FakePool):
+    """Accounts with real media connections (model/downloader.py), iterable as the pool is."""
+
+    def __init__(self) -> None:
+        super().__init__(["ok", "ok"])
+        from model.downloader import MediaConnections
+
+        client = SimpleNamespace(session=SimpleNamespace(dc_id=2))
+        self.clients = [
+            SimpleNamespace(name=name, media_connections=MediaConnections(client))  # type: ignore[arg-type]
+            for name in ("busy", "idle")
+        ]
+        busy = self.clients[0].media_connections
+        busy.window(0, 16)  # the home DC: 2
+        busy.window(4, 8)
+        for _ in range(5):
+            busy.pace.received(1 << 20)
+        busy.pace.flood(3)
+
+    def __iter__(self) -> Any:
+        return iter(self.clients)
+
+
+def test_each_accounts_downloads_window_and_pace_are_scraped() -> None:
+    registry = CollectorRegistry()
+    ServiceMetrics(registry, pool=DownloadingPool())
+    fams = families(registry)
+    assert value(fams, "tgc_media_account_downloaded_bytes", account="busy") == 5 << 20
+    assert value(fams, "tgc_media_download_flood_waits", account="busy") == 1
+    assert value(fams, "tgc_media_download_pace_bytes_per_second", account="busy") > 0
+    assert value(fams, "tgc_media_parts_window", account="busy", dc="2") == 1  # probing first
+    assert value(fams, "tgc_media_parts_window", account="busy", dc="4") == 1
+    assert value(fams, "tgc_media_parts_in_flight", account="busy", dc="2") == 0
+    # An account that downloaded nothing has no rows.
+    with pytest.raises(AssertionError):
+        value(fams, "tgc_media_account_downloaded_bytes", account="idle")
