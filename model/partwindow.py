@@ -94,7 +94,6 @@ class PartWindow:
         self._probing = True  # the first part goes alone: the base
         self._probed_at = -math.inf
         self._round_parts = 0
-        self._round_sum = 0.0
         self._round_min = math.inf
 
     def __repr__(self) -> str:
@@ -166,7 +165,6 @@ class PartWindow:
                 self._new_round()
             return
         self._round_parts += 1
-        self._round_sum += rtt
         self._round_min = min(self._round_min, rtt)
         if self._round_parts >= self.size:
             self._end_round(now)
@@ -200,7 +198,7 @@ class PartWindow:
             self._probing = True
 
     def _new_round(self) -> None:
-        self._round_parts, self._round_sum, self._round_min = 0, 0.0, math.inf
+        self._round_parts, self._round_min = 0, math.inf
 
     def describe(self) -> dict[str, Any]:
         base = self.base
