@@ -79,9 +79,7 @@ class _Probe:
     async def socks5(self, target: tuple[str, int] | None) -> None:
         p = self.proxy
         methods = bytes([0x00, _USER_PASSWORD] if p.username is not None else [0x00])
-        version, method = await self.ask(
-            "the greeting", b"\x05" + bytes([len(methods)]) + methods, 2
-        )
+        version, method = await self.ask("the greeting", b"\x05" + bytes([len(methods)]) + methods, 2)
         if version != 5:
             raise self.refused("does not answer as a SOCKS5 proxy")
         if method == _NO_ACCEPTABLE_METHOD:
@@ -95,9 +93,7 @@ class _Probe:
             try:
                 _, status = await self.ask("the username and password", request, 2)
             except asyncio.IncompleteReadError:
-                raise self.auth_failed(
-                    "closed the connection on the username and password"
-                ) from None
+                raise self.auth_failed("closed the connection on the username and password") from None
             if status != 0:
                 raise self.auth_failed("refused the username and password")
         elif method != 0:
@@ -105,9 +101,7 @@ class _Probe:
         if target is None:
             return
         host, port = target
-        header = await self.ask(
-            f"CONNECT {host}:{port}", b"\x05\x01\x00" + _socks5_address(host, port), 2
-        )
+        header = await self.ask(f"CONNECT {host}:{port}", b"\x05\x01\x00" + _socks5_address(host, port), 2)
         if header[1] != 0:
             reply = SOCKS5_REPLIES.get(header[1], f"reply {header[1]}")
             raise self.refused(f"answered '{reply}' to CONNECT {host}:{port}")
@@ -153,7 +147,7 @@ class _Probe:
 
 
 def _os_error(e: OSError) -> str:
-    """ "Connection refused" rather than asyncio's "Connect call failed (...)"."""
+    """"Connection refused" rather than asyncio's "Connect call failed (...)"."""
     if isinstance(e, socket.gaierror):
         return f"its name does not resolve ({e.strerror})"
     return os.strerror(e.errno) if e.errno else str(e)

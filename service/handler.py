@@ -105,7 +105,9 @@ def make_app(
     `error_log`. An /api/v1 body must arrive within `body_timeout` seconds; those not yet
     verified hold at most `unverified_body_bytes` and `unverified_bodies` together (the
     app's one `BodyBudget`, whose state /metrics shows)."""
-    service_metrics = ServiceMetrics(metrics, pool=pool, processor=processor, publisher=publisher)
+    service_metrics = ServiceMetrics(
+        metrics, pool=pool, processor=processor, publisher=publisher
+    )
     status_page = StatusPage(
         pool=pool,
         processor=processor,
@@ -333,7 +335,9 @@ class StatusHandler(BaseHandler):
         page: StatusPage = self.settings["tgc_status_page"]
         self.set_header("Content-Type", "text/html; charset=utf-8")
         # Nothing on the page runs or loads anything: say so to the browser too.
-        self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+        self.set_header(
+            "Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"
+        )
         self.set_header("X-Frame-Options", "DENY")
         self.finish(page.render(draining=self.draining))
 

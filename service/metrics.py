@@ -64,7 +64,9 @@ _HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 # error's message) must neither start a line of its own in tgc.log nor steer the terminal
 # that shows it: C0 and C1 controls (NEL \x85 included), DEL, the Unicode line and
 # paragraph separators and the bidirectional overrides are written as Python escapes.
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNPRINTABLE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
 
 
 def printable(text: str) -> str:
@@ -458,7 +460,8 @@ class Throughput:
         by_minute = dict(self._ring)
         zero = dict.fromkeys(self.sources, 0.0)
         return [
-            (m * 60, by_minute.get(m, zero)) for m in range(current, current - self.minutes, -1)
+            (m * 60, by_minute.get(m, zero))
+            for m in range(current, current - self.minutes, -1)
         ]
 
 

@@ -183,9 +183,5 @@ def test_transient_failures_are_telegrams_500s_and_503s(
 def test_a_lost_connection_is_a_transient_failure_named_connection_lost() -> None:
     error = lost_connection_error(ACCOUNT, 0.5)
     assert isinstance(error, TransientTelegramError)
-    assert (error.rpc_error, error.account, error.code) == (
-        CONNECTION_LOST,
-        ACCOUNT,
-        "TELEGRAM_ERROR",
-    )
+    assert (error.rpc_error, error.account, error.code) == (CONNECTION_LOST, ACCOUNT, "TELEGRAM_ERROR")
     assert "0.5 s" in error.message

@@ -109,9 +109,7 @@ def families(registry: CollectorRegistry) -> dict[str, Any]:
 
 def value(fams: dict[str, Any], family: str, sample: str | None = None, **labels: str) -> float:
     for s in fams[family].samples:
-        if (sample is None or s.name == sample) and all(
-            s.labels.get(k) == v for k, v in labels.items()
-        ):
+        if (sample is None or s.name == sample) and all(s.labels.get(k) == v for k, v in labels.items()):
             return float(s.value)
     raise AssertionError(f"no sample {family} {labels}")
 
@@ -129,20 +127,12 @@ def test_service_metrics_observe_the_pool_and_read_its_states() -> None:
     assert value(fams, "tgc_accounts", state="banned") == 0
     calls = "tgc_telegram_calls_total"
     assert value(fams, "tgc_telegram_calls", calls, method="messages.GetHistory", error="") == 1
-    assert (
-        value(fams, "tgc_telegram_calls", calls, method="messages.GetHistory", error="FLOOD_WAIT")
-        == 1
-    )
+    assert value(fams, "tgc_telegram_calls", calls, method="messages.GetHistory", error="FLOOD_WAIT") == 1
     assert value(fams, "tgc_telegram_flood_waits", method="messages.GetHistory") == 1
-    assert (
-        value(
-            fams,
-            "tgc_telegram_call_duration_seconds",
-            "tgc_telegram_call_duration_seconds_count",
-            method="messages.GetHistory",
-        )
-        == 2
-    )
+    assert value(
+        fams, "tgc_telegram_call_duration_seconds", "tgc_telegram_call_duration_seconds_count",
+        method="messages.GetHistory",
+    ) == 2
     assert (metrics.telegram.total, metrics.telegram.errors) == (3, 2)
     assert "tgc_media_queue" not in fams  # no processor on this server
 
@@ -246,9 +236,7 @@ async def test_every_family_after_real_activity(ops_stack: OpsStack) -> None:
     s.rpc.flood_wait("contacts.search", 30, times=1)
     found = await s.api("/api/v1/search?q=tgc_")
     assert found.status == 200, found.error
-    await wait_for(
-        lambda: s.processor.stats()["in_progress"] == 0 and s.processor.uploaded_bytes > 0
-    )
+    await wait_for(lambda: s.processor.stats()["in_progress"] == 0 and s.processor.uploaded_bytes > 0)
     event = make_event("message.new", {"id": -1002001}, account="acc", message={"id": 1})
     await s.publisher.publish_event(event)
     await wait_for(lambda: s.publisher.published >= 1 and s.publisher.outbox.size == 0)
@@ -264,30 +252,19 @@ async def test_every_family_after_real_activity(ops_stack: OpsStack) -> None:
     assert value(fams, "tgc_http_requests", req, route="/api/v1/peer", status="404") == 1
     assert value(fams, "tgc_http_requests", req, route="/api/v1/search", status="200") == 1
     count = value(
-        fams,
-        "tgc_http_request_duration_seconds",
-        "tgc_http_request_duration_seconds_count",
-        route="/api/v1/messages",
-        method="GET",
+        fams, "tgc_http_request_duration_seconds", "tgc_http_request_duration_seconds_count",
+        route="/api/v1/messages", method="GET",
     )
     assert count == 1
     # Telegram: calls by method and error, the flood wait and its seconds.
     calls = "tgc_telegram_calls_total"
     assert value(fams, "tgc_telegram_calls", calls, method="channels.GetFullChannel", error="") >= 1
     assert value(fams, "tgc_telegram_calls", calls, method="messages.GetHistory", error="") >= 1
-    assert (
-        value(
-            fams,
-            "tgc_telegram_calls",
-            calls,
-            method="contacts.ResolveUsername",
-            error="USERNAME_NOT_OCCUPIED",
-        )
-        == 1
-    )
-    assert (
-        value(fams, "tgc_telegram_calls", calls, method="contacts.Search", error="FLOOD_WAIT") == 1
-    )
+    assert value(
+        fams, "tgc_telegram_calls", calls,
+        method="contacts.ResolveUsername", error="USERNAME_NOT_OCCUPIED",
+    ) == 1
+    assert value(fams, "tgc_telegram_calls", calls, method="contacts.Search", error="FLOOD_WAIT") == 1
     assert value(fams, "tgc_telegram_flood_waits", method="contacts.Search") == 1
     assert value(fams, "tgc_telegram_flood_wait_seconds") == 30
     # Accounts: one of the two waits out its flood.

@@ -68,9 +68,7 @@ def small_app(allow: Callable[[str], bool] | None, accounts: list[dict[str, Any]
     ("cidrs", "code"),
     [("127.0.0.0/8, ::1/128", 200), ("127.0.0.1/32", 200), ("127.9.0.0/16, ::2/128", 403)],
 )
-async def test_status_answers_only_the_allowed_networks(
-    tmp_path: Path, cidrs: str, code: int
-) -> None:
+async def test_status_answers_only_the_allowed_networks(tmp_path: Path, cidrs: str, code: int) -> None:
     url, stop = await serve(small_app(status_allow_from(tmp_path, cidrs), []))
     try:
         response = await AsyncHTTPClient().fetch(url + "/status", raise_error=False)
@@ -102,11 +100,8 @@ def test_everything_on_the_page_is_escaped() -> None:
     evil = '<script>alert("x")</script>'
     pool = FakePool([{"name": evil, "phone": "+1***", "user_id": 7, "state": "ok"}])
     errors = ErrorLog()
-    errors.handle(
-        logging.makeLogRecord(
-            {"msg": "bad %s", "args": (evil,), "levelno": 30, "levelname": "WARNING", "name": "x"}
-        )
-    )
+    errors.handle(logging.makeLogRecord({"msg": "bad %s", "args": (evil,), "levelno": 30,
+                                         "levelname": "WARNING", "name": "x"}))
     page = StatusPage(pool=pool, metrics=ServiceMetrics(CollectorRegistry()), errors=errors)
     html = page.render().decode()
     assert "<script>" not in html
@@ -185,9 +180,7 @@ async def test_the_page_after_real_activity(ops_stack: OpsStack) -> None:
     s.rpc.flood_wait("contacts.search", 30, times=1)
     assert (await s.api("/api/v1/search?q=tgc_")).status == 200
     assert (await s.api("/api/v1/messages?peer=@tgc_media&limit=20")).status == 200
-    await wait_for(
-        lambda: s.processor.stats()["in_progress"] == 0 and s.processor.uploaded_bytes > 0
-    )
+    await wait_for(lambda: s.processor.stats()["in_progress"] == 0 and s.processor.uploaded_bytes > 0)
     response = await s.fetch("/status")
     assert response.code == 200
     html = response.body.decode()
@@ -308,7 +301,9 @@ async def test_chromium_draws_the_page_with_its_tables(ops_stack: OpsStack, tmp_
     # coloured states and anti-aliased text.
     assert len(colours) > 20, len(colours)
 
-    code, dom, err = await run_chromium(*chromium_args(tmp_path / "profile-dom"), "--dump-dom", url)
+    code, dom, err = await run_chromium(
+        *chromium_args(tmp_path / "profile-dom"), "--dump-dom", url
+    )
     assert code == 0, err.decode(errors="replace")[-2000:]
     html = dom.decode()
     for table in ("accounts", "queues", "throughput", "errors"):
