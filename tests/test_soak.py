@@ -80,6 +80,17 @@ def test_only_the_documented_503s_are_allowed() -> None:
     assert not outcome(rig.REFUSED).server_error
 
 
+def test_a_502_is_counted_apart_only_for_a_leave_during_the_internal_burst() -> None:
+    # Only the member account can leave a chat: while its every call fails, the documented
+    # 502 is the answer (docs/API.md); the same 502 anywhere else still fails the check.
+    leave = rig.Outcome(0.0, 0.1, "unsubscribe", 502, "TELEGRAM_ERROR")
+    read = rig.Outcome(0.0, 0.1, "history", 502, "TELEGRAM_ERROR")
+    assert checks._account_bound_502(leave, "during rpc errors")
+    assert not checks._account_bound_502(leave, "during flood wait")
+    assert not checks._account_bound_502(leave, "no fault")
+    assert not checks._account_bound_502(read, "during rpc errors")
+
+
 def test_tracebacks_in_the_log_are_told_from_plain_errors(tmp_path: Path) -> None:
     log = tmp_path / "tgc.log"
     log.write_text(
