@@ -1061,11 +1061,25 @@ def cmd_call(args: argparse.Namespace) -> int:
             raise UsageError("--body must be a JSON object, e.g. '{\"peer\": \"@durov\"}'")
     settings = load_settings(args.config, require=CLIENT_REQUIRED)
     code, shown = asyncio.run(call(settings, method, args.uri, body, args.url))
-    print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+    try:
+        print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode(), flush=True)
+    except BrokenPipeError:
+        _drop_stdout()  # the reader went away (`| head`): the call's own outcome still counts
     return code
 
 
 # --- demo ----------------------------------------------------------------------------------
+
+# The requests the demo suggests after its first answer, one per line under DEMO_MORE, each
+# `METHOD URI` as `start.py call` takes them (shell-quoted). Every one answers 200 against the
+# demo world: tests/test_start_demo.py runs each line the demo prints.
+DEMO_MORE = "more requests, each sent the same way (call --config ... METHOD URI):"
+DEMO_REQUESTS: tuple[str, ...] = (
+    "GET '/api/v1/messages?peer=@tgc_news&limit=5'",
+    "GET /api/v1/accounts",
+    # contacts.search wants 4 characters at least (QUERY_TOO_SHORT, like Telegram's).
+    "GET '/api/v1/search?q=news'",
+)
 
 
 async def demo(*, once: bool = False, say: Callable[[str], None] = print) -> int:
@@ -1148,8 +1162,10 @@ async def _demo_first_answer(
     say(f"its decrypted answer, in hand {elapsed:.2f} s after the demo started:")
     say(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
     say("")
-    say("more: GET '/api/v1/messages?peer=@tgc_news&limit=5'  GET /api/v1/accounts  "
-        "GET '/api/v1/search?q=tgc'")
+    say(DEMO_MORE)
+    for request in DEMO_REQUESTS:
+        say(f"  {request}")
+    say("")
     if code != 0:
         log.warning("the demo's first request failed: %s", shown)
 
@@ -1232,6 +1248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
+    except BrokenPipeError:
+        # The reader went away (`start.py accounts | head`): it read all it wanted.
+        _drop_stdout()
+        return 0
     except UsageError as e:
         parser.print_usage(sys.stderr)
         print(f"start.py: error: {e}", file=sys.stderr)
@@ -1251,6 +1271,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.exception("start.py %s failed", args.command or "serve")
         print(f"start.py: {e.__class__.__name__}: {e}", file=sys.stderr)
         return 1
+
+
+def _drop_stdout() -> None:
+    """Points stdout at /dev/null, so that the interpreter's flush at exit, finding the pipe
+    closed, doesn't print a BrokenPipeError of its own (Python's docs, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":
