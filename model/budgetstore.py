@@ -199,6 +199,13 @@ class TokenBucket:
         self._refill()
         return self.capacity - self._tokens
 
+    def left(self) -> int:
+        """Whole tokens there now (0 when empty or in debt)."""
+        self._refill()
+        # A refill's float arithmetic lands a hair under a whole token (12 s × 5/60 is
+        # 0.9999...): that token is there.
+        return max(0, int(self._tokens + 1e-9))
+
     def restore(self, spent: float, elapsed: float) -> None:
         """Sets the bucket to `spent` tokens missing `elapsed` seconds ago (at most all of
         them: a spend recorded under a higher capacity leaves it empty, not in debt)."""
@@ -251,6 +258,12 @@ class ResolveBudget:
     def ready_in(self) -> float:
         """Seconds until a resolution may be sent (0: now)."""
         return max(b.ready_in() for b in self._buckets)
+
+    def left(self) -> tuple[int, int]:
+        """Resolutions that may be sent (this minute, today): whole tokens of each bucket,
+        the minute's never more than the day's (a resolution takes one of each)."""
+        day = self._day.left()
+        return min(self._minute.left(), day), day
 
     def take(self) -> None:
         """Spends one resolution from both buckets (and records it in the store)."""

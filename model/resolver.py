@@ -72,6 +72,10 @@ class PeerResolver:
         """Seconds until this account may send a resolution (a flood wait, the budget)."""
         return max(self._status.flood_ready_in(RESOLVE), self._budget.ready_in())
 
+    def resolutions_left(self) -> tuple[int, int]:
+        """The budget's resolutions left (this minute, today); a flood wait not counted."""
+        return self._budget.left()
+
     def blocked_by_budget(self) -> bool:
         """Whether the budget, not a flood wait, is what holds resolutions back longest."""
         return self._budget.ready_in() > self._status.flood_ready_in(RESOLVE)

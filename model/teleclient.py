@@ -255,9 +255,11 @@ class TeleClient:
     def describe(self, wall_clock: Clock = time.time) -> dict[str, Any]:
         """The account as its public description lists it: label, masked phone, user id,
         state, why it is banned, unauthorized or disconnected (`reason`, else None), the
-        end of its flood wait (a UTC date) and its pending downloads."""
+        end of its flood wait (a UTC date), its pending downloads and the username
+        resolutions its budget has left (this minute, today)."""
         until = self.flood_until
         wall = None if until is None else wall_clock() + (until - self._clock())
+        minute, day = self._peers.resolutions_left()
         return {
             "name": self.name,
             "phone": mask_phone(self.phone) if self.phone else None,
@@ -266,6 +268,7 @@ class TeleClient:
             "reason": self.reason,
             "flood_wait_until": utc_iso(wall),
             "pending_downloads": self.pending_downloads,
+            "resolutions_left": {"minute": minute, "day": day},
         }
 
     # --- the calls ---

@@ -40,6 +40,35 @@ def test_budget_refills_per_minute_and_per_day() -> None:
     assert budget.ready_in() == pytest.approx(86400 / 3 - 90, abs=1)
 
 
+def test_resolutions_left_drop_by_one_and_come_back_with_each_refill() -> None:
+    clock = FakeClock()
+    budget = ResolveBudget(per_minute=5, per_day=200, clock=clock)
+    assert budget.left() == (5, 200)
+    budget.take()
+    assert budget.left() == (4, 199)
+    for _ in range(4):
+        budget.take()
+    assert budget.left() == (0, 195)
+    budget.take()  # in debt (a caller that did not ask first): still 0, not below
+    assert budget.left() == (0, 194)
+    clock.advance(12)  # 5 a minute: one every 12 s, but the debt first
+    assert budget.left() == (0, 194)
+    clock.advance(12)
+    assert budget.left() == (1, 194)
+    clock.advance(48)
+    assert budget.left() == (5, 194)
+    clock.advance(86400 / 200)  # one of the day's back
+    assert budget.left() == (5, 195)
+
+
+def test_the_minute_left_never_exceeds_the_day_left() -> None:
+    budget = ResolveBudget(per_minute=5, per_day=2, clock=FakeClock())
+    assert budget.left() == (2, 2)
+    budget.take()
+    budget.take()
+    assert budget.left() == (0, 0)
+
+
 def test_a_bucket_restored_from_a_bigger_spend_is_empty_not_in_debt() -> None:
     clock = FakeClock()
     bucket = TokenBucket(4, 60, clock)

@@ -342,6 +342,7 @@ async def test_get_and_accounts(make_pool: Callable[..., Any]) -> None:
         "reason": None,
         "flood_wait_until": None,
         "pending_downloads": 3,
+        "resolutions_left": {"minute": 5, "day": 200},
     }
 
 
