@@ -179,6 +179,10 @@ class TeleClients:
             raise gone
         tried: set[str] = set()
         only_knowers = False
+        # A basic group is reached by its id alone, by any member (no access hash): an
+        # account that is not in it (PeerNotFound) or was kicked (PeerPrivate) passes it on.
+        by_membership = is_basic_group_ref(peer)
+        missing: PeerNotFound | None = None
         private: PeerPrivate | None = None
         transient: TransientTelegramError | None = None
         while True:
@@ -190,15 +194,28 @@ class TeleClients:
                     raise transient
                 if private is not None:
                     raise private
+                if missing is not None and peer is not None:
+                    raise self._no_member(peer, missing)
                 raise self._nobody(peer, tried)
             tried.add(account.name)
             try:
                 return await op(account), account
             except UnknownUsername as e:
-                self._unknown.remember(e)
+                self._unknown.remember(e.username, e.message)
                 raise
             except JoinRequestSent:
                 raise  # a PeerPrivate, but one request to the admins is enough
+            except (PeerNotFound, PeerPrivate) as e:
+                if not by_membership:
+                    if isinstance(e, PeerNotFound):
+                        raise
+                    # Maybe only this account is banned from the peer: ask the others that
+                    # know it (asking costs no resolution), then give up.
+                    private, only_knowers = e, True
+                elif isinstance(e, PeerPrivate):
+                    private = e  # kicked from it (CHAT_FORBIDDEN): another may be in
+                else:
+                    missing = e  # not a member: another may be
             except (FloodWait, AccountUnusable) as e:
                 log.info("account %s can't serve now (%s); trying another", account.name, e)
             except TransientTelegramError as e:
@@ -206,10 +223,14 @@ class TeleClients:
                 transient = e
             except RateLimited:
                 pass  # its budget ran out between the pick and the call
-            except PeerPrivate as e:
-                # Maybe only this account is banned from the peer: ask the others that know
-                # it (asking costs no resolution), then give up.
-                private, only_knowers = e, True
+
+    def _no_member(self, peer: PeerRef, missing: PeerNotFound) -> PeerNotFound:
+        """Every account able to try a basic group said it is not in it: remembered like an
+        unknown username (a crawler retrying it costs one round of the pool per TTL, not one
+        per request; forgotten as soon as an account meets the chat)."""
+        message = f"no account is a member of basic group {peer}"
+        self._unknown.remember(str(peer.marked_ids()[0]), message)
+        return PeerNotFound(str(peer), message)
 
     def _known(self, peer: PeerRef) -> bool:
         return any(c.knows(peer) for c in self._clients.values())
@@ -261,9 +282,25 @@ class TeleClients:
         return NoAccountAvailable("no account can serve this call now")
 
 
+def is_basic_group_ref(peer: PeerRef | None) -> bool:
+    """Whether `peer` names a basic group by its marked id (-CHAT_ID)."""
+    return peer is not None and peer.kind == "chat" and peer.id is not None
+
+
+def _negative_key(peer: PeerRef) -> str | None:
+    """What the negative cache keeps `peer` under: a username, or a basic group's marked id
+    (a username never starts with '-')."""
+    if peer.username is not None:
+        return peer.username
+    if is_basic_group_ref(peer):
+        return str(peer.marked_ids()[0])
+    return None
+
+
 class UnknownUsernames:
-    """The negative cache: usernames nobody holds, each remembered for `ttl` seconds on
-    `clock` (see UNKNOWN_USERNAME_TTL), at most `limit` of them, the oldest forgotten first."""
+    """The negative cache: usernames nobody holds (and basic groups no account is in), each
+    remembered for `ttl` seconds on `clock` (see UNKNOWN_USERNAME_TTL), at most `limit` of
+    them, the oldest forgotten first."""
 
     def __init__(self, clock: Clock, ttl: float, limit: int) -> None:
         self._clock = clock
@@ -272,20 +309,22 @@ class UnknownUsernames:
         # username -> (until when on `clock`, the PeerNotFound's message)
         self._entries: OrderedDict[str, tuple[float, str]] = OrderedDict()
 
-    def remember(self, e: UnknownUsername) -> None:
-        """Keeps what Telegram answered of `e.username`, for the TTL from now."""
-        self._entries.pop(e.username, None)  # re-inserted last: the newest is kept longest
-        self._entries[e.username] = (self._clock() + self._ttl, e.message)
+    def remember(self, key: str, message: str) -> None:
+        """Keeps what Telegram answered of `key` (a username, a basic group's marked id),
+        for the TTL from now."""
+        self._entries.pop(key, None)  # re-inserted last: the newest is kept longest
+        self._entries[key] = (self._clock() + self._ttl, message)
         while len(self._entries) > self._limit:
             self._entries.popitem(last=False)
 
     def answer(self, peer: PeerRef, known: Callable[[PeerRef], bool]) -> PeerNotFound | None:
-        """The PeerNotFound of a username held here, unless it expired or an account has
-        met the name since (`known`: its entity came in an update or another answer)."""
-        if peer.username is None or (entry := self._entries.get(peer.username)) is None:
+        """The PeerNotFound of a peer held here, unless it expired or an account has met
+        it since (`known`: its entity came in an update or another answer)."""
+        key = _negative_key(peer)
+        if key is None or (entry := self._entries.get(key)) is None:
             return None
         until, message = entry
         if until <= self._clock() or known(peer):
-            del self._entries[peer.username]
+            del self._entries[key]
             return None
         return PeerNotFound(str(peer), message)

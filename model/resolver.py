@@ -1,7 +1,8 @@
 """How one account finds a peer: its session's entity cache first, a resolution last.
 
 An id is looked up only in the session's entity cache (the SQLite `entities` table Telethon
-fills from every answer); a username is looked up there too, and only when that misses is
+fills from every answer), but for a basic group's (-CHAT_ID), which needs no access hash: a
+member reaches it by the id alone. A username is looked up there too, and only when that misses is
 `contacts.resolveUsername` sent, paid from the account's resolution budget
 (model.budgetstore.ResolveBudget). Bursts of resolutions are what get accounts flood-waited
 for hours, so a username is resolved at most once at a time per account (concurrent callers
@@ -102,6 +103,10 @@ class PeerResolver:
         cached = self.cached(peer)
         if cached is not None:
             return cached, None
+        if peer.kind == "chat" and peer.id is not None:
+            # A basic group has no access hash: its id is all a member needs (Telegram
+            # answers a non-member CHAT_ID_INVALID, and the pool asks the next account).
+            return Cached(-peer.id, types.InputPeerChat(peer.id)), None
         if peer.username is None:
             raise PeerNotFound(str(peer), unknown_id_message(peer))
         return await self._resolve_once(peer.username, str(peer))

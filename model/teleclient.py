@@ -235,6 +235,8 @@ class TeleClient:
         wait = self._status.flood_ready_in(OTHER)
         if peer is None or peer.invite is not None or self.knows(peer):
             return wait
+        if peer.kind == "chat":
+            return wait  # a basic group needs no access hash: any member reaches it by id
         if peer.username is None:
             return None  # an id is only ever found in the cache
         return max(wait, self._peers.resolution_ready_in())

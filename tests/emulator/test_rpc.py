@@ -393,8 +393,10 @@ async def test_basic_group_chats_and_full_chat(rpc: TelegramRpc) -> None:
     parts = full.full_chat.participants.participants
     assert {type(p).__name__ for p in parts} == {"ChatParticipantCreator", "ChatParticipant"}
     assert {u.id for u in full.users} == {ACCOUNT_A, ACCOUNT_B, USER_ALICE}
-    outsider = await call(rpc, F.messages.GetFullChatRequest(SMALL), user=ACCOUNT_C)
-    assert isinstance(outsider.full_chat.participants, T.ChatParticipantsForbidden)
+    # One never in it can't name it (a member reaches a basic group by its id alone).
+    outsider = F.messages.GetFullChatRequest(SMALL)
+    assert await fails(rpc, outsider, user=ACCOUNT_C) == "CHAT_ID_INVALID"
+    assert await fails(rpc, F.messages.GetChatsRequest([SMALL]), user=ACCOUNT_C) == "CHAT_ID_INVALID"
 
 
 async def test_get_dialogs_lists_the_accounts_chats(rpc: TelegramRpc) -> None:
@@ -741,6 +743,29 @@ async def test_basic_group_ids_are_each_accounts_own(
     # A later member doesn't see what was sent before it joined.
     rpc.add_member(ACCOUNT_C, SMALL)
     assert (await call(rpc, history(T.InputPeerChat(SMALL)), user=ACCOUNT_C)).messages == []
+
+
+async def test_a_kick_from_a_basic_group_is_a_service_message_to_everyone_in_it(
+    rpc: TelegramRpc, world: World, pushed: list[tuple[int, Any]]
+) -> None:
+    """Telegram tells a basic group's members, the removed one included, with
+    messageActionChatDeleteUser as updateNewMessage (each under its own id); the chat is
+    ChatForbidden to the removed account then, its member list out of reach."""
+    await rpc.kick(ACCOUNT_B, SMALL)
+    assert sorted(uid for uid, _ in pushed) == [ACCOUNT_A, ACCOUNT_B]
+    for uid, updates in pushed:
+        (upd,) = updates.updates
+        assert isinstance(upd, T.UpdateNewMessage) and isinstance(upd.message, T.MessageService)
+        assert isinstance(upd.message.action, T.MessageActionChatDeleteUser)
+        assert upd.message.action.user_id == ACCOUNT_B and upd.message.peer_id == T.PeerChat(SMALL)
+        assert upd.message.id == world.own_id(uid, max(world.common))
+    seen_by_b = {c.id: c for c in dict(pushed)[ACCOUNT_B].chats}
+    assert isinstance(seen_by_b[SMALL], T.ChatForbidden)
+    chats = await call(rpc, F.messages.GetChatsRequest([SMALL]), user=ACCOUNT_B)
+    assert isinstance(chats.chats[0], T.ChatForbidden)
+    full = await call(rpc, F.messages.GetFullChatRequest(SMALL), user=ACCOUNT_B)
+    assert isinstance(full.full_chat.participants, T.ChatParticipantsForbidden)
+    assert await fails(rpc, history(T.InputPeerChat(SMALL)), user=ACCOUNT_B) == "CHAT_ID_INVALID"
 
 
 async def test_dropped_posts_come_back_through_get_channel_difference(

@@ -23,6 +23,10 @@ tests/emulator/test_rpc.py):
   account.getPassword during a 2FA login.
 - Basic-group and private messages carry the viewing account's own ids (World.seen_by):
   the same message has another id for each account, in answers, pushes and requests alike.
+- A basic group is named by its id alone (no access hash), but only by an account that is
+  or was in it: messages.getChats / getFullChat / getHistory of one it never was in →
+  CHAT_ID_INVALID. Removed from it (kick): ChatForbidden, ChatParticipantsForbidden, and
+  the service message (messageActionChatDeleteUser) reaches it and every member.
 - Channel updates carry the channel's own pts (one per new or edited message, one per
   deleted id); they are pushed only to member accounts. updates.getDifference and
   getChannelDifference give what an account missed since a state: see difference.py.
@@ -525,19 +529,21 @@ class TelegramRpc(FaultKnobs):
             )
         return types.ChannelParticipant(user_id=uid, date=date)
 
+    def _basic_group(self, chat_id: int, viewer: int | None) -> ChatSpec:
+        """A basic group as `viewer` may name it: CHAT_ID_INVALID for one it never was in
+        (a basic group is reached by its members only, by id alone; Telegram answers an
+        outsider as for an id that does not exist)."""
+        chat = self.world.chats.get(chat_id)
+        if chat is None or chat.is_channel or not self.world.ever_in(chat, viewer or 0):
+            raise RpcError(400, "CHAT_ID_INVALID")
+        return chat
+
     async def _get_chats(self, ctx: CallContext, req: Any) -> Any:
-        out = []
-        for chat_id in req.id:
-            chat = self.world.chats.get(chat_id)
-            if chat is None or chat.is_channel:
-                raise RpcError(400, "CHAT_ID_INVALID")
-            out.append(self._chat_view(chat, ctx.user_id))
+        out = [self._chat_view(self._basic_group(i, ctx.user_id), ctx.user_id) for i in req.id]
         return types.messages.Chats(chats=out)
 
     async def _get_full_chat(self, ctx: CallContext, req: Any) -> Any:
-        chat = self.world.chats.get(req.chat_id)
-        if chat is None or chat.is_channel:
-            raise RpcError(400, "CHAT_ID_INVALID")
+        chat = self._basic_group(req.chat_id, ctx.user_id)
         viewer = self._me(ctx).id
         participants: Any
         if viewer in chat.members:
@@ -1165,11 +1171,12 @@ class TelegramRpc(FaultKnobs):
         )
         return msg
 
-    async def delete_messages(self, chat_id: int, ids: list[int]) -> None:
+    async def delete_messages(self, chat_id: int | None, ids: list[int]) -> None:
         """Deletes messages and pushes updateDeleteChannelMessages (ids only, pts_count =
-        len(ids)) / updateDeleteMessages to member accounts."""
-        chat = self.world.chats[chat_id]
-        if not chat.is_channel:
+        len(ids)) / updateDeleteMessages to member accounts. `chat_id` None: private
+        messages (store ids), updateDeleteMessages to both sides' accounts."""
+        chat = self.world.chats[chat_id] if chat_id is not None else None
+        if chat is None or not chat.is_channel:
             for i in ids:
                 msg = self.world.common.pop(i)
                 await self._push_common(msg, "delete")
@@ -1187,11 +1194,26 @@ class TelegramRpc(FaultKnobs):
 
     async def kick(self, user_id: int, chat_id: int, ban: bool = True) -> None:
         """Removes the account from a channel/megagroup (banned unless ban=False) and pushes
-        updateChannel with the Channel as it now sees it (ChannelForbidden, or left=True)."""
+        updateChannel with the Channel as it now sees it (ChannelForbidden, or left=True).
+        From a basic group: its creator removes it (banned: the chat is ChatForbidden to it
+        then), and the service message messageActionChatDeleteUser comes to every member
+        and to the removed account as updateNewMessage, each under its own id, as Telegram
+        tells a basic group's members (no updateChannel: a basic group has no pts of its own)."""
         chat = self.world.chats[chat_id]
         chat.members.pop(user_id, None)
         if ban and user_id not in chat.banned:
             chat.banned.append(user_id)
+        if not chat.is_channel:
+            action = {"type": "delete_user", "user_id": user_id}
+            kicker = chat.creator_id if chat.creator_id != user_id else None
+            msg = MessageSpec(chat=chat.id, from_id=kicker, date=self._now(), action=action)
+            self.world.add_message(msg)
+            viewers = self.world.common_holders(msg)
+            if self.world.users[user_id].is_account:
+                self.world.box_add(user_id, msg.id)  # the removed one hears of it too
+                viewers.append(user_id)
+            await self._push_common(msg, "new", viewers=viewers)
+            return
         await self._push(user_id, self._channel_updates(chat, user_id))
 
     def add_member(self, user_id: int, chat_id: int) -> None:

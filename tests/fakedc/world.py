@@ -504,6 +504,16 @@ class World:
     def is_banned(self, chat: ChatSpec, user_id: int) -> bool:
         return user_id in chat.banned
 
+    def ever_in(self, chat: ChatSpec, user_id: int) -> bool:
+        """Whether the account is or was in a basic group (a member, removed from it, or
+        holding a message of it in its box): the chat it may name by id."""
+        if user_id in chat.members or user_id in chat.banned:
+            return True
+        box = self.box_store.get(user_id, {})
+        return any(
+            (m := self.common.get(s)) is not None and m.chat == chat.id for s in box.values()
+        )
+
     def can_read(self, chat: ChatSpec, user_id: int) -> bool:
         """Public chats are readable by anyone not banned; private ones by members only."""
         if self.is_banned(chat, user_id):
