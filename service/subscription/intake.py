@@ -22,7 +22,13 @@ account in it; channels and megagroups have per-chat ids), so there:
   update of the same account from publishing again. Another account's first sight of a
   message published before may publish it again under that account's id (a duplicate,
   never a loss).
-updateDeleteMessages outside channels names no chat and is ignored.
+- updateDeleteMessages names no chat, only the account's own ids (private chats' too):
+  each id the account saw lately in a basic group (`GroupIds`) tells the chat, and the
+  deletion is published under the id the message.new carried, once however many accounts
+  are told. An id it did not see since the start (a private chat's, or older) is ignored.
+- a removal of one of the pool's accounts from a basic group (messageActionChatDeleteUser
+  naming it, pushed or polled, by any account's sight) marks its membership kicked, as
+  updateChannel does for a channel.
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ class Intake:
         elif isinstance(update, types.UpdateDeleteChannelMessages):
             peer_id = parser.marked_id(types.PeerChannel(update.channel_id))
             await self._on_deleted(tc, peer_id, update.messages)
+        elif isinstance(update, types.UpdateDeleteMessages):
+            await self._on_group_deleted(tc, update.messages)
         elif isinstance(update, types.UpdateChannel):
             await self._on_channel(tc, update)
 
@@ -112,16 +120,40 @@ class Intake:
     async def publish_group(
         self, tc: TeleClient, sub: dict[str, Any], msg: Any, event: str
     ) -> bool:
-        """A basic group's message, published once across accounts; False when it was."""
-        key = _content_key(sub["peer"]["id"], msg, event)
+        """A basic group's message, published once across accounts; False when it was.
+        A new one's id is noted for its deletion, and a removal of an account it names is
+        recorded, whichever account's sight it is."""
+        peer_id = sub["peer"]["id"]
+        key = _content_key(peer_id, msg, event)
+        if event == "message.new":
+            self._shared.group_ids.note(tc.name, msg.id, peer_id, key)  # before the claim
         if not self._shared.recent.claim(key):
             self._shared.counts.duplicates += 1
-            return False
-        try:
-            return await self.publish_message(tc, sub, msg, event)
-        except BaseException:
-            self._shared.recent.forget(key)  # not in the outbox: the next sight publishes it
-            raise
+            published = False
+        else:
+            try:
+                published = await self.publish_message(tc, sub, msg, event)
+            except BaseException:
+                self._shared.recent.forget(key)  # not in the outbox: the next sight does it
+                raise
+        if event == "message.new":
+            await self._group_removal(peer_id, msg)
+        return published
+
+    async def _group_removal(self, peer_id: int, msg: Any) -> None:
+        """messageActionChatDeleteUser naming an account of the pool that is in the chat:
+        removed (by an admin, or it left other than through the API): kicked."""
+        action = getattr(msg, "action", None)
+        if not isinstance(action, types.MessageActionChatDeleteUser):
+            return
+        for account in self._shared.joined_accounts(peer_id):
+            try:
+                user_id = self._shared.pool.get(account).user_id
+            except TgcError:
+                continue  # an account no longer in the pool
+            if user_id == action.user_id and not self._joins.leaving(peer_id, account):
+                log.warning("account %s was removed from %s", account, peer_id)
+                await self._joins.change(peer_id, account, State.KICKED)
 
     async def publish_message(
         self, tc: TeleClient, sub: dict[str, Any], msg: Any, event: str
@@ -174,6 +206,16 @@ class Intake:
             )
             await self.publish_once(ev)
 
+    async def _on_group_deleted(self, tc: TeleClient, ids: Iterable[int]) -> None:
+        """updateDeleteMessages: the account's own ids, of basic groups and private chats."""
+        by_chat: dict[int, list[int]] = {}
+        for own_id in ids:
+            found = self._shared.group_ids.find(tc.name, own_id)
+            if found is not None:
+                by_chat.setdefault(found[0], []).append(found[1])
+        for peer_id, event_ids in by_chat.items():
+            await self._on_deleted(tc, peer_id, event_ids)
+
     async def _on_channel(self, tc: TeleClient, update: types.UpdateChannel) -> None:
         """updateChannel: something about the channel changed for this account; it may
         have been removed (kicked or banned: ChannelForbidden, or left=True)."""
@@ -214,11 +256,13 @@ def _content_key(peer_id: int, msg: Any, event: str) -> str:
     rest), and for an edit its date (a new message read after an edit keeps its key)."""
     media = getattr(msg, "media", None)
     item = getattr(media, "photo", None) or getattr(media, "document", None)
-    action = type(getattr(msg, "action", None)).__name__
+    action = getattr(msg, "action", None)
+    # Whom a service message is about: two removals by one admin within a second differ.
+    about = getattr(action, "user_id", None) or getattr(action, "users", None)
     edited = getattr(msg, "edit_date", None) if event != "message.new" else None
     what = (
-        f"{peer_id}:{msg.date}:{parser.marked_id(msg.from_id)}:{event}:{edited}:{action}:"
-        f"{getattr(item, 'id', None)}:"
+        f"{peer_id}:{msg.date}:{parser.marked_id(msg.from_id)}:{event}:{edited}:"
+        f"{type(action).__name__}:{about}:{getattr(item, 'id', None)}:"
     )
     text = (getattr(msg, "message", "") or "").encode()
     return "group:" + hashlib.blake2b(what.encode() + text, digest_size=16).hexdigest()

@@ -189,3 +189,92 @@ async def test_after_a_restart_a_basic_group_is_not_published_again(
             reopened.close()
     assert fresh.published == 1 and fresh.duplicates == 1
     assert _group_texts(consumer) == ["pushed 0", "pushed 1", "lost", "while down"]
+
+
+def _events(consumer: Consumer, event: str) -> list[Any]:
+    return [m for m in consumer.messages if m.routing_key == event]
+
+
+def _kicks(consumer: Consumer) -> list[str]:
+    """The accounts of the subscription.changed events to `kicked`."""
+    changed = _events(consumer, "subscription.changed")
+    return [m.body["account"] for m in changed if m.body["state"] == "kicked"]
+
+
+async def test_a_kick_from_a_basic_group_marks_the_join_map_and_says_so(
+    flow: Flow, rabbit: Rabbit
+) -> None:
+    _add_basic_group(flow)
+    account = (await flow.subscriber.subscribe(parse_peer(GROUP_LINK)))["account"]
+    async with rabbit.consumer() as consumer:
+        await flow.rpc.kick(uid(account), GROUP)
+        await consumer.wait_until(
+            lambda c: any(m.body["state"] == "kicked" for m in _events(c, "subscription.changed"))
+        )
+        await settle(flow)
+    changes = [(m.body["account"], m.body["state"]) for m in _events(consumer, "subscription.changed")]
+    assert changes[-1] == (account, "kicked") and changes.count((account, "kicked")) == 1
+    (member,) = flow.joinmap.memberships(GROUP_ID)
+    assert (member["account"], member["state"]) == (account, "kicked")
+    sub = flow.joinmap.get(GROUP_ID)
+    assert sub is not None and sub["state"] == "kicked"
+    # The service message itself is news like any other, once.
+    (removal,) = [m for m in _events(consumer, "message.new") if m.body["peer"]["id"] == GROUP_ID]
+    assert removal.body["message"]["action"] is not None
+
+
+async def test_a_kick_of_one_of_two_accounts_is_seen_and_the_other_stays(
+    flow: Flow, rabbit: Rabbit
+) -> None:
+    _add_basic_group(flow)
+    await flow.subscriber.subscribe(parse_peer(GROUP_LINK))
+    with pytest.raises(AlreadySubscribed):  # a second account joins all the same
+        await flow.subscriber.subscribe(parse_peer(GROUP_LINK))
+    first, second = [m["account"] for m in flow.joinmap.memberships(GROUP_ID)]
+    async with rabbit.consumer() as consumer:
+        await flow.rpc.kick(uid(second), GROUP)
+        await consumer.wait_until(lambda c: any(_kicks(c)))
+        await post_to(flow, GROUP, "after the kick")
+        await consumer.wait_until(lambda c: "after the kick" in _group_texts(c))
+        await settle(flow)
+    states = {m["account"]: m["state"] for m in flow.joinmap.memberships(GROUP_ID)}
+    assert states == {first: "joined", second: "kicked"}
+    assert _kicks(consumer) == [second]
+
+
+async def test_a_deletion_in_a_basic_group_is_published_once_under_the_id_it_was_published(
+    flow: Flow, rabbit: Rabbit
+) -> None:
+    from tests.fakedc.world import MessageSpec
+
+    _add_basic_group(flow)
+    await flow.subscriber.subscribe(parse_peer(GROUP_LINK))
+    with pytest.raises(AlreadySubscribed):
+        await flow.subscriber.subscribe(parse_peer(GROUP_LINK))
+    accounts = [m["account"] for m in flow.joinmap.memberships(GROUP_ID)]
+    async with rabbit.consumer() as consumer:
+        doomed = await _post(flow, "deleted soon")
+        kept = await _post(flow, "kept")
+        assert len({own(flow, a, doomed) for a in accounts}) == 2  # one message, two ids
+        await consumer.wait_until(lambda c: _group_texts(c) == ["deleted soon", "kept"])
+        (new,) = [m for m in _events(consumer, "message.new") if m.body["message"]["text"] == doomed.text]
+        # A private message of each account, deleted: its id is no basic group's.
+        world = flow.rpc.world
+        dms = [
+            world.add_message(MessageSpec(to_user=uid(a), from_id=3001, text="private"))
+            for a in accounts
+        ]
+        await flow.rpc.delete_messages(None, [dm.id for dm in dms])
+        before = flow.subscriber.duplicates
+        await flow.rpc.delete_messages(GROUP, [doomed.id])
+        await consumer.wait_until(lambda c: len(_events(c, "message.deleted")) >= 1)
+        # Both accounts were told (each under its own id): one event, the other a duplicate.
+        await wait_for(
+            lambda: flow.subscriber.duplicates > before, what="the second account's deletion"
+        )
+        await settle(flow)
+    (deleted,) = _events(consumer, "message.deleted")
+    assert deleted.body["message"] == {"id": new.body["message"]["id"], "peer_id": GROUP_ID}
+    assert deleted.body["peer"]["id"] == GROUP_ID
+    assert deleted.message_id == f"{GROUP_ID}:{new.body['message']['id']}:message.deleted"
+    assert kept.id in world.common
