@@ -29,7 +29,10 @@ then `flush()`): losing the last second of it in a crash only publishes those me
 Basic groups (type `group`) number their messages per account, so their cursor is kept per
 membership (`memberships.last_message_id`, `member_last_message_id()`), in that account's own
 ids; the subscription dicts show it as their `last_message_id`. Channels and megagroups keep
-the per-chat one in `peers`.
+the per-chat one in `peers`. A third table, `group_messages`, maps each account's own ids
+of basic-group messages to their chat (and the id their event carried), since Telegram's
+updateDeleteMessages names no chat: the last GROUP_IDS_KEPT ids of each account, written
+with the cursors (`note_group_message`, `group_message`).
 """
 
 from __future__ import annotations
@@ -91,7 +94,23 @@ _MIGRATIONS = (
     """
     ALTER TABLE peers ADD COLUMN invite TEXT
     """,
+    # 4: basic groups' messages by each account's own id: updateDeleteMessages names no
+    # chat, only the account's ids (shared with its private chats); these rows tell which
+    # basic group a deleted id was in, also after a restart.
+    """
+    CREATE TABLE group_messages (
+        account TEXT NOT NULL,                 -- the TeleClient's name
+        own_id INTEGER NOT NULL,               -- the id this account knows the message by
+        peer_id INTEGER NOT NULL,              -- the basic group's marked id
+        event_id INTEGER NOT NULL,             -- the id its message.new event carried
+        PRIMARY KEY (account, own_id)
+    ) WITHOUT ROWID
+    """,
 )
+
+# Rows of group_messages kept per account: the ids within this many of its newest (an
+# account's ids count its private chats' and every basic group's messages together).
+GROUP_IDS_KEPT = 10_000
 
 BASIC_GROUP = "group"  # the peer type whose message ids are per account
 
@@ -123,6 +142,8 @@ class JoinMap:
         # The same for the per-membership cursor of basic groups, by (chat, account).
         self._member_last: dict[tuple[int, str], int] = {}
         self._member_dirty: set[tuple[int, str]] = set()
+        # group_messages rows not on disk yet: (account, own id) → (chat, event id).
+        self._group_pending: dict[tuple[str, int], tuple[int, int]] = {}
 
     def close(self) -> None:
         self.flush()
@@ -264,13 +285,50 @@ class JoinMap:
             self.flush()
         return True
 
+    def note_group_message(
+        self, account: str, own_id: int, peer_id: int, event_id: int, *, persist: bool = True
+    ) -> None:
+        """Remembers that `account`'s message `own_id` is basic group `peer_id`'s, published
+        as `event_id` (the first note of it wins). With `persist=False` it is written by the
+        next `flush()`."""
+        key = (account, own_id)
+        if key not in self._group_pending:
+            self._group_pending[key] = (peer_id, event_id)
+        if persist:
+            self.flush()
+
+    def group_message(self, account: str, own_id: int) -> tuple[int, int] | None:
+        """(basic group, event id) of `account`'s message `own_id`; None when none was noted
+        (a private chat's id, or older than the GROUP_IDS_KEPT the account keeps)."""
+        pending = self._group_pending.get((account, own_id))
+        if pending is not None:
+            return pending
+        row = self._conn.execute(
+            "SELECT peer_id, event_id FROM group_messages WHERE account = ? AND own_id = ?",
+            (account, own_id),
+        ).fetchone()
+        return (int(row[0]), int(row[1])) if row else None
+
     def flush(self) -> None:
-        """Writes the last_message_id values not on disk yet."""
-        if not self._dirty and not self._member_dirty:
+        """Writes the last_message_id values and the noted group messages not on disk yet."""
+        if not self._dirty and not self._member_dirty and not self._group_pending:
             return
         rows = [(self._last[p], p, self._last[p]) for p in self._dirty]
         members = [(self._member_last[k], *k, self._member_last[k]) for k in self._member_dirty]
+        noted = [(a, i, p, e) for (a, i), (p, e) in self._group_pending.items()]
+        newest: dict[str, int] = {}
+        for account, own_id, _, _ in noted:
+            newest[account] = max(newest.get(account, 0), own_id)
         with write(self._conn) as c:
+            c.executemany(
+                "INSERT OR IGNORE INTO group_messages (account, own_id, peer_id, event_id)"
+                " VALUES (?, ?, ?, ?)",
+                noted,
+            )
+            c.executemany(
+                "DELETE FROM group_messages WHERE account = ? AND own_id <= ?",
+                [(a, top - GROUP_IDS_KEPT) for a, top in newest.items()],
+            )
             c.executemany(
                 "UPDATE peers SET last_message_id = ? WHERE peer_id = ? AND last_message_id < ?",
                 rows,
@@ -282,6 +340,7 @@ class JoinMap:
             )
         self._dirty.clear()
         self._member_dirty.clear()
+        self._group_pending.clear()
 
     # --- questions -----------------------------------------------------------------------
 

@@ -48,30 +48,32 @@ class Recent:
 
 class GroupIds:
     """Basic-group messages by each account's own id: (account, own id) → (the chat, the id
-    its message.new event carried). updateDeleteMessages names no chat, only the account's
-    own ids, and private chats share that sequence: what the account saw recently is what
-    tells a basic group's deletion from a private chat's. The event id is the first sight's
-    own id (the sight that claims, and so publishes, the message), so a deletion seen by any
-    account names the message as its message.new did. Bounded: the oldest forgotten first."""
+    its message.new event carried), kept in the join map (written with the cursors, read
+    back after a restart). updateDeleteMessages names no chat, only the account's own ids,
+    and private chats share that sequence: what the account saw is what tells a basic
+    group's deletion from a private chat's. The event id is the first sight's own id (the
+    sight that claims, and so publishes, the message), so a deletion seen by any account
+    names the message as its message.new did; that first sight is remembered in memory
+    (`size` messages): after a restart another account's first sight of an old message
+    names it by its own id."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, joinmap: JoinMap, size: int) -> None:
+        self._joinmap = joinmap
         self._size = size
-        self._by_own: OrderedDict[tuple[str, int], tuple[int, int]] = OrderedDict()
         self._first: OrderedDict[str, int] = OrderedDict()  # content key → event id
 
     def note(self, account: str, own_id: int, peer_id: int, key: str) -> None:
         """Account `account` saw message `own_id` of basic group `peer_id`; `key` is what
         the message is for every account (Intake's content key of a new message)."""
         event_id = self._first.setdefault(key, own_id)
-        self._by_own[(account, own_id)] = (peer_id, event_id)
-        for table in (self._first, self._by_own):
-            while len(table) > self._size:
-                table.popitem(last=False)
+        while len(self._first) > self._size:
+            self._first.popitem(last=False)
+        self._joinmap.note_group_message(account, own_id, peer_id, event_id, persist=False)
 
     def find(self, account: str, own_id: int) -> tuple[int, int] | None:
         """(chat, event id) of the account's own id, None when it saw no such message of a
-        basic group lately (a private chat's, or one from before a restart)."""
-        return self._by_own.get((account, own_id))
+        basic group (a private chat's, or one older than the join map keeps)."""
+        return self._joinmap.group_message(account, own_id)
 
 
 @dataclass
@@ -154,7 +156,7 @@ class Shared:
         self.media_queue = media_queue
         self.clock = clock
         self.recent = Recent(recent_size)
-        self.group_ids = GroupIds(recent_size)
+        self.group_ids = GroupIds(joinmap, recent_size)
         self.counts = Counters()
         # One join or leave at a time (the API's and the takeovers'): two POSTs for one chat
         # must not join two accounts, nor a takeover beside an API join of the same chat.

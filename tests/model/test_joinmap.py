@@ -228,7 +228,7 @@ def test_a_version_1_file_gets_the_membership_cursor(tmp_path: Path) -> None:
     assert jm.last_message_id(CHAN) == 7 and jm.member_last_message_id(CHAN, "acc1") == 0
     assert jm.list()[0]["account"] == "acc1"
     jm.close()
-    assert schema_version(sqlite3.connect(path), "joinmap") == 3
+    assert schema_version(sqlite3.connect(path), "joinmap") == 4
 
 
 def test_a_version_2_file_gets_the_invite_column_and_keeps_its_rows(tmp_path: Path) -> None:
@@ -250,7 +250,7 @@ def test_a_version_2_file_gets_the_invite_column_and_keeps_its_rows(tmp_path: Pa
     assert jm.orphaned() == [GROUP]
     assert [(s["peer"]["title"], s["account"]) for s in jm.subscriptions()] == [("Small", "acc1")]
     jm.close()
-    assert schema_version(sqlite3.connect(path), "joinmap") == 3
+    assert schema_version(sqlite3.connect(path), "joinmap") == 4
 
 
 def test_the_invite_a_chat_was_joined_by_is_kept_but_never_shown(
@@ -303,7 +303,7 @@ def test_survives_reopen_and_schema_is_versioned(tmp_path: Path, clock: Clock) -
     assert b.last_message_id(CHAN) == 42
     b.close()
     conn = sqlite3.connect(path)
-    assert schema_version(conn, "joinmap") == 3
+    assert schema_version(conn, "joinmap") == 4
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
 
@@ -450,3 +450,32 @@ def test_a_kick_or_a_leave_after_the_ban_ends_the_orphan(jm: JoinMap, clock: Clo
     jm.record_account_banned("acc3")
     assert jm.orphaned() == [CHAN]
     assert [(s["account"], s["state"]) for s in jm.subscriptions()] == [("acc3", "banned_account")]
+
+
+def test_basic_group_ids_per_account_survive_a_reopen(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "joinmap.db"
+    jm = JoinMap(path, clock=clock)
+    jm.note_group_message("acc1", 7, GROUP, 7, persist=False)
+    jm.note_group_message("acc2", 5, GROUP, 7, persist=False)  # the same message, B's id
+    jm.note_group_message("acc1", 7, -4002, 9, persist=False)  # the first note wins
+    assert jm.group_message("acc1", 7) == (GROUP, 7)  # before the flush too
+    assert jm.group_message("acc2", 7) is None  # ids are each account's own
+    jm.close()  # flushes
+    again = JoinMap(path, clock=clock)
+    try:
+        assert again.group_message("acc1", 7) == (GROUP, 7)
+        assert again.group_message("acc2", 5) == (GROUP, 7)
+        assert again.group_message("acc1", 8) is None
+    finally:
+        again.close()
+
+
+def test_basic_group_ids_keep_each_accounts_newest(jm: JoinMap) -> None:
+    from model.joinmap import GROUP_IDS_KEPT
+
+    jm.note_group_message("acc1", 1, GROUP, 1)
+    jm.note_group_message("acc2", 1, GROUP, 1)
+    jm.note_group_message("acc1", GROUP_IDS_KEPT + 1, GROUP, 2)
+    assert jm.group_message("acc1", 1) is None  # GROUP_IDS_KEPT ids behind its newest
+    assert jm.group_message("acc1", GROUP_IDS_KEPT + 1) == (GROUP, 2)
+    assert jm.group_message("acc2", 1) == (GROUP, 1)  # another account's are its own

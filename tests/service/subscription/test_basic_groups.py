@@ -16,7 +16,16 @@ from model.joinmap import JoinMap
 from service.subscriber import Subscriber
 from tests.fixtures.rabbitmq import Consumer, Rabbit
 from tests.fixtures.wait import wait_for
-from tests.service.subscription.flow import ACCOUNTS, Flow, own, post_to, settle, texts, uid
+from tests.service.subscription.flow import (
+    ACCOUNTS,
+    Flow,
+    own,
+    post_to,
+    replace_subscriber,
+    settle,
+    texts,
+    uid,
+)
 
 GROUP = 4001  # a basic group every account is in already (joined outside the API)
 GROUP_ID = -GROUP
@@ -278,3 +287,23 @@ async def test_a_deletion_in_a_basic_group_is_published_once_under_the_id_it_was
     assert deleted.body["peer"]["id"] == GROUP_ID
     assert deleted.message_id == f"{GROUP_ID}:{new.body['message']['id']}:message.deleted"
     assert kept.id in world.common
+
+
+async def test_a_deletion_after_a_restart_still_finds_its_basic_group(
+    flow: Flow, rabbit: Rabbit, tmp_path: Path
+) -> None:
+    _add_basic_group(flow)
+    account = (await flow.subscriber.subscribe(parse_peer(GROUP_LINK)))["account"]
+    async with rabbit.consumer() as consumer:
+        doomed = await _post(flow, "deleted after a restart")
+        await consumer.wait_until(lambda c: doomed.text in _group_texts(c))
+        await _cursor_reaches(flow, account, doomed)
+        # The next start: the join map from its file, nothing of the old flow in memory.
+        await flow.subscriber.stop()
+        flow.joinmap.close()
+        await replace_subscriber(flow, JoinMap(tmp_path / "joinmap.db"))
+        await flow.rpc.delete_messages(GROUP, [doomed.id])
+        await consumer.wait_until(lambda c: len(_events(c, "message.deleted")) == 1)
+        await settle(flow)
+    (deleted,) = _events(consumer, "message.deleted")
+    assert deleted.body["message"] == {"id": own(flow, account, doomed), "peer_id": GROUP_ID}
