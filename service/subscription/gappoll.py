@@ -185,7 +185,7 @@ class GapPoller:
         try:
             tc = self._shared.pool.get(account)
             if tc.ready_in(ref) != 0:
-                return None  # unusable, disconnected, in a flood wait, or never met the chat
+                return None  # unusable, disconnected or in a flood wait
             return await self._poll_group_as(tc, sub, ref)
         except TgcError as e:
             # A flood wait of this account is not every account's: the round goes on.
