@@ -194,9 +194,12 @@ class TeleClients:
                     raise transient
                 if private is not None:
                     raise private
+                nobody = self._nobody(peer, tried)
                 if missing is not None and peer is not None:
+                    if isinstance(nobody, FloodWait | RateLimited):
+                        raise nobody  # a member may be among the accounts that wait
                     raise self._no_member(peer, missing)
-                raise self._nobody(peer, tried)
+                raise nobody
             tried.add(account.name)
             try:
                 return await op(account), account

@@ -125,7 +125,8 @@ class FakeTelegram:
         if isinstance(peer, (types.InputPeerChat, int)):
             chat_id = peer if isinstance(peer, int) else peer.chat_id
             chat = self.chats.get(chat_id)
-            if chat is None or chat.kind != "group":
+            # A basic group is reached by id alone, by its members only (Telegram's rule).
+            if chat is None or chat.kind != "group" or viewer not in chat.members:
                 raise self._fail(request, "CHAT_ID_INVALID")
             return chat
         chat = self.chats.get(peer.channel_id)

@@ -325,6 +325,53 @@ async def test_private_asks_no_new_resolution(
     assert world.count("ResolveUsername") == 1
 
 
+# --- basic groups: by id alone, through a member ---
+
+
+async def test_a_basic_group_by_id_is_served_by_a_member_whoever_is_asked_first(
+    world: FakeTelegram, make_pool: Callable[..., Any]
+) -> None:
+    world.add_chat(FakeChat(5001, "Group", None, "group", [B], [7, 8]))
+    pool = await make_pool(A, B, C)
+    pool.get("acc102").pending_downloads = 3  # the member is the last one picked
+    (_, msgs), served = await pool.run(history("-5001"), parse_peer("-5001"))
+    assert served.name == "acc102" and [m.id for m in msgs] == [8]
+    assert world.count("GetHistory") == 3  # A and C were not in it: CHAT_ID_INVALID
+    # It knows the group now: asked first from here on, however busy.
+    assert pool.get("acc102").knows(parse_peer("-5001"))
+    (_, _), served = await pool.run(history("-5001"), parse_peer("-5001"))
+    assert served.name == "acc102" and world.count("GetHistory") == 4
+
+
+async def test_a_basic_group_no_account_is_in_is_not_found_and_remembered(
+    world: FakeTelegram, make_pool: Callable[..., Any], clock: FakeClock
+) -> None:
+    world.add_chat(FakeChat(5001, "Group", None, "group", [300], [7]))
+    pool = await make_pool(A, B)
+    for _ in range(2):
+        with pytest.raises(PeerNotFound, match="no account is a member of basic group -5001"):
+            await pool.run(history("-5001"), parse_peer("-5001"))
+    assert world.count("GetHistory") == 2  # the second answered from memory
+    world.chats[5001].members.append(A)  # added meanwhile: found once the memory expires
+    clock.advance(301)
+    (_, _), served = await pool.run(history("-5001"), parse_peer("-5001"))
+    assert served.name == "acc101"
+
+
+async def test_a_basic_group_whose_member_waits_is_a_flood_wait_not_a_404(
+    world: FakeTelegram, make_pool: Callable[..., Any]
+) -> None:
+    world.add_chat(FakeChat(5001, "Group", None, "group", [B], [7]))
+    world.flood[(B, "GetHistory")] = 30
+    pool = await make_pool(A, B)
+    with pytest.raises(FloodWait) as caught:
+        await pool.run(history("-5001"), parse_peer("-5001"))
+    assert caught.value.retry_after == pytest.approx(30)
+    del world.flood[(B, "GetHistory")]
+    with pytest.raises(FloodWait):  # not remembered as "no member": B still waits
+        await pool.run(history("-5001"), parse_peer("-5001"))
+
+
 # --- the rest of the surface ---
 
 
