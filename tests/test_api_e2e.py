@@ -114,7 +114,7 @@ async def test_peer_of_every_kind(api_server: ApiServer) -> None:
     assert (bot["id"], bot["type"], bot["about"]) == (dw.BOT, "bot", "I help.")
 
     # A basic group has no username and no access hash: a member reaches it by its id
-    # alone, before its session has ever met it (tests/test_basic_group_by_id.py).
+    # alone, before its session has ever met it (tests/test_basic_groups_e2e.py).
     small = await ok(api_server, f"/api/v1/peer?peer=-{dw.SMALL}")
     assert (small["id"], small["type"], small["title"]) == (-dw.SMALL, "group", "Small Group")
     assert small["participants_count"] == 3
