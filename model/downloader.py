@@ -534,14 +534,21 @@ class _Job:
                 # Telegram's wait on this account's getFile still runs (another download
                 # met it): nothing is sent, the caller waits as for its own.
                 raise FloodWait(math.ceil(waiting), account=self.media.account)
-            await pace.wait(request.limit)
-            window.sent(slot)
-            result = await call(self.connections.client, sender, request)
-            nbytes = len(getattr(result, "bytes", b""))
-            pace.received(nbytes)
+            async with pace.turn(self.part_bytes(request.offset)):
+                window.sent(slot)
+                result = await call(self.connections.client, sender, request)
+                nbytes = len(getattr(result, "bytes", b""))
+                pace.received(nbytes)
             return result
         finally:
             window.release(slot, nbytes)
+
+    def part_bytes(self, offset: int) -> int:
+        """The most a part at `offset` can carry: what the pace charges it (a small photo
+        charged a whole part paced a throttled account to a fraction of its budget)."""
+        if self.sized:
+            return max(1, min(self.part_size, self.media.size - offset))
+        return self.part_size
 
     async def refresh(self, used: bytes) -> None:
         async with self.lock:

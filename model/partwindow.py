@@ -32,7 +32,13 @@ one every few seconds, the pattern that gets downloads "locked" slower. On a flo
 rate is set to BETA_RATE × what the account was allowed since its previous flood wait (the
 bytes received since that wait began ÷ the time since: Telegram's refill rate, whatever its
 bucket; for the first one, the last SPAN seconds' bytes ÷ (their time + the wait), unless
-fewer than MIN_PARTS parts came: then only the wait); while
+fewer than MIN_PARTS parts came: then only the wait). Only time the account was pushing
+counts (a part waiting for its turn or in flight, or the wait itself), and only when it
+pushed for at least PUSHING of the interval: an account that mostly idled and then met a
+flood wait (a request-count limit, a DC's trouble) says nothing about a byte budget, and
+reading its few bytes over the whole interval as one paced the account to MIN_RATE for
+good (the 30-minute soak of issue 11 left 166 of 530 files pending that way, each part also
+charged its whole requested size: a part is charged the bytes it can carry). While
 the pace holds the parts back it grows by GROWTH per second, doubled every GROWTH_DOUBLING
 seconds without a flood wait (a rate learnt too low, say from a long penalty wait, recovers
 in minutes, not hours), so an account meets about one flood wait a minute at ~95% of its
@@ -42,10 +48,11 @@ budget (the token bucket of tests/fakedc/budget.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +74,7 @@ GROWTH = 0.002
 GROWTH_DOUBLING = 60.0  # seconds without a flood wait that double the growth
 MIN_RATE = 64 * 1024.0
 MIN_PARTS = 4  # parts received before a first flood wait for it to tell a rate
+PUSHING = 0.5  # the share of an interval the account must have pushed for it to tell a rate
 FLOOD_MEMORY = 120.0
 
 
@@ -223,13 +231,47 @@ class DownloadPace:
         self._clock = clock
         self._next = 0.0
         self._grown_at = 0.0
-        self._recent: deque[tuple[float, int]] = deque()  # (at, bytes) of the last SPAN s
+        # (at, bytes, pushed() then) of the last SPAN s
+        self._recent: deque[tuple[float, int, float]] = deque()
         self._flood_at: float | None = None
+        self._flood_pushed = 0.0  # pushed() at the last flood wait
+        self._flood_wait = 0.0  # its seconds
         self._since_flood = 0
+        self._active = 0  # parts between begin() and end()
+        self._pushed = 0.0  # seconds with a part active, up to _pushed_at
+        self._pushed_at = 0.0
 
     def waiting(self) -> float:
         """Seconds left of the flood wait running (0: none)."""
         return max(0.0, self.wait_until - self._clock())
+
+    def pushed(self) -> float:
+        """Seconds, in all, the account had a part waiting for its turn or in flight."""
+        if self._active:
+            return self._pushed + self._clock() - self._pushed_at
+        return self._pushed
+
+    def begin(self) -> None:
+        """A part wants to go (before its turn)."""
+        if not self._active:
+            self._pushed_at = self._clock()
+        self._active += 1
+
+    def end(self) -> None:
+        """The part of `begin` was answered or failed."""
+        self._active -= 1
+        if not self._active:
+            self._pushed += self._clock() - self._pushed_at
+
+    @contextlib.asynccontextmanager
+    async def turn(self, nbytes: int) -> AsyncIterator[None]:
+        """A part of at most `nbytes`: waits for its turn at the pace, counts as pushing."""
+        self.begin()
+        try:
+            await self.wait(nbytes)
+            yield
+        finally:
+            self.end()
 
     async def wait(self, nbytes: int) -> None:
         """Before sending a part of `nbytes`: waits for its turn at the pace."""
@@ -253,7 +295,7 @@ class DownloadPace:
         now = self._clock()
         self.bytes += nbytes
         self._since_flood += nbytes
-        self._recent.append((now, nbytes))
+        self._recent.append((now, nbytes, self.pushed()))
         while self._recent and self._recent[0][0] < now - SPAN:
             self._recent.popleft()
 
@@ -263,19 +305,33 @@ class DownloadPace:
         now = self._clock()
         if now < self.wait_until:
             return False
+        pushed = self.pushed()
         allowed: float | None = None
         if self._flood_at is not None and now - self._flood_at <= FLOOD_MEMORY:
-            allowed = self._since_flood / max(now - self._flood_at, 1e-3)
+            # Since the last wait began: that wait counts as Telegram's time, not as ours.
+            allowed = self._allowed(self._since_flood, pushed - self._flood_pushed,
+                                    now - self._flood_at - self._flood_wait, self._flood_wait)  # fmt: skip
         elif len(self._recent) >= MIN_PARTS:
-            first = self._recent[0][0]
-            allowed = sum(n for _, n in self._recent) / max(now - first + seconds, 1e-3)
+            first, _, pushed_then = self._recent[0]
+            received = sum(n for _, n, _ in self._recent)
+            allowed = self._allowed(received, pushed - pushed_then, now - first, seconds)
         # else too little seen to tell a rate: the wait alone, and the window halves
         if allowed is not None:
             self.rate = max(MIN_RATE, BETA_RATE * allowed)
         self.floods += 1
         self._flood_at, self._since_flood = now, 0
+        self._flood_pushed, self._flood_wait = pushed, seconds
         self.wait_until = now + seconds
         return True
+
+    @staticmethod
+    def _allowed(received: int, pushing: float, interval: float, wait: float) -> float | None:
+        """Bytes per second Telegram allowed: `received` while pushing for `pushing` s of an
+        `interval`, plus a `wait` of Telegram's; None when the account pushed for too little
+        of the interval to tell (it idled: the wait was no byte budget's)."""
+        if pushing < PUSHING * max(0.0, interval):
+            return None
+        return received / max(pushing + wait, 1e-3)
 
     def describe(self) -> dict[str, Any]:
         return {

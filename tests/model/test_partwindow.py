@@ -120,9 +120,11 @@ def test_the_pace_is_set_by_the_first_flood_wait_from_what_came() -> None:
     clock = FakeClock()
     pace = DownloadPace(clock)
     assert pace.rate is None
+    pace.begin()
     for _ in range(30):  # 30 MiB in 1 s
         clock.advance(1 / 30)
         pace.received(MIB)
+    pace.end()
     assert pace.flood(1)
     # What came ÷ (its time + the wait): ~30 MiB over ~2 s.
     assert pace.rate == pytest.approx(BETA_RATE * 30 * MIB / (29 / 30 + 1), rel=0.01)
@@ -133,14 +135,18 @@ def test_the_pace_is_set_by_the_first_flood_wait_from_what_came() -> None:
 def test_the_next_flood_wait_measures_what_telegram_allowed_since_the_last() -> None:
     clock = FakeClock()
     pace = DownloadPace(clock)
+    pace.begin()
     for _ in range(10):
         clock.advance(0.01)
         pace.received(MIB)
+    pace.end()
     pace.flood(1)
     clock.advance(1)  # the wait
+    pace.begin()
     for _ in range(40):  # 40 MiB in 2 s, then Telegram says wait again
         clock.advance(0.05)
         pace.received(MIB)
+    pace.end()
     pace.flood(1)
     assert pace.rate == pytest.approx(BETA_RATE * 40 * MIB / 3)  # 40 MiB in the 3 s since
     assert pace.describe()["flood_waits"] == 2
@@ -149,3 +155,51 @@ def test_the_next_flood_wait_measures_what_telegram_allowed_since_the_last() -> 
 def test_a_flood_wait_before_any_part_sets_no_pace() -> None:
     pace = DownloadPace(FakeClock())
     assert pace.flood(3) and pace.rate is None and pace.waiting() == 3
+
+
+def test_a_flood_wait_after_idling_sets_no_pace() -> None:
+    # The soak's case: small photos now and then, then a FLOOD_WAIT that is no byte budget.
+    clock = FakeClock()
+    pace = DownloadPace(clock)
+    for _ in range(8):  # a 50 KiB photo every 1.2 s, each part 0.05 s in flight
+        clock.advance(1.2)
+        pace.begin()
+        clock.advance(0.05)
+        pace.received(50 * 1024)
+        pace.end()
+    assert pace.flood(20) and pace.rate is None
+    clock.advance(60)  # the next fault, a minute later, after more of the same
+    for _ in range(8):
+        clock.advance(1.2)
+        pace.begin()
+        clock.advance(0.05)
+        pace.received(50 * 1024)
+        pace.end()
+    assert pace.flood(20) and pace.rate is None
+
+
+def test_time_pushing_is_counted_across_overlapping_parts() -> None:
+    clock = FakeClock()
+    pace = DownloadPace(clock)
+    pace.begin()
+    clock.advance(1)
+    pace.begin()  # a second part while the first is in flight
+    clock.advance(1)
+    pace.end()
+    assert pace.pushed() == pytest.approx(2)
+    clock.advance(1)
+    pace.end()
+    clock.advance(5)  # idle
+    assert pace.pushed() == pytest.approx(3)
+
+
+async def test_a_turn_counts_as_pushing_and_waits_at_the_pace() -> None:
+    pace = DownloadPace()
+    pace.rate = 1024 * 1024.0
+    async with pace.turn(1024):
+        assert pace.pushed() >= 0
+    async with pace.turn(1024):  # 1 KiB at 1 MiB/s: held back ~1 ms at most
+        pass
+    pushed = pace.pushed()
+    await asyncio.sleep(0.01)
+    assert pace.pushed() == pushed  # no part active: the time idle is not counted
