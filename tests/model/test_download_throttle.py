@@ -20,7 +20,7 @@ from model.teleclient import TeleClient
 from tests.fixtures.fakedc import FAKEDC_API_HASH, FAKEDC_API_ID
 
 KIB, MIB = 1 << 10, 1 << 20
-ACCOUNT, CHANNEL, DOC = 1001, 2001, 6001
+ACCOUNT, CHANNEL, DOC, SMALL = 1001, 2001, 6001, 7001
 DOC_SIZE = 6 * MIB
 PART = 256 * KIB
 BUDGET = 3 * MIB  # bytes per second
@@ -36,9 +36,12 @@ def fakedc_dispatcher() -> Any:
         "users": [{"id": ACCOUNT, "first_name": "Acc", "phone": "15550001001"}],
         "chats": [{"id": CHANNEL, "kind": "broadcast", "title": "Files", "username": "files",
                    "members": {str(ACCOUNT): 0}}],
-        "documents": [{"id": DOC, "kind": "file", "size": DOC_SIZE}],
+        "documents": [{"id": DOC, "kind": "file", "size": DOC_SIZE},
+                      *({"id": SMALL + i, "kind": "file", "size": 40 * KIB} for i in range(8))],
         "messages": [*({"chat": CHANNEL, "text": f"post {i}"} for i in range(1, 6)),
-                     {"chat": CHANNEL, "id": 10, "media": {"document": DOC}}],
+                     {"chat": CHANNEL, "id": 10, "media": {"document": DOC}},
+                     *({"chat": CHANNEL, "id": 11 + i, "media": {"document": SMALL + i}}
+                       for i in range(8))],
         "download_budget": BUDGET,
         "download_burst": 1,
     })  # fmt: skip
@@ -59,11 +62,15 @@ async def account(telegram_session: Callable[..., Path]) -> AsyncIterator[TeleCl
 
 
 async def the_document(tc: TeleClient) -> Any:
+    return (await the_media(tc, [10]))[0]
+
+
+async def the_media(tc: TeleClient, ids: list[int]) -> list[Any]:
     from service.parser import parse_messages
 
-    _, msgs = await tc.get_messages(parse_peer("@files"), [10])
+    _, msgs = await tc.get_messages(parse_peer("@files"), ids)
     _, media = parse_messages(msgs, tc.name)
-    return media[0]
+    return media
 
 
 async def download_for(tc: TeleClient, media: Any, folder: Path, seconds: float) -> list[int]:
@@ -136,3 +143,26 @@ async def test_an_account_throttled_on_getfile_keeps_serving_history(
     )
     assert served_by is tc and len(messages) == 3
     assert tc.ready_in(parse_peer("@files")) == 0
+
+
+async def test_a_flood_wait_met_between_small_files_does_not_pace_the_account(
+    account: TeleClients, fake_telegram: Any, tmp_path: Path
+) -> None:
+    # The soak's case (issue 14): a channel's photos now and then, and a FLOOD_WAIT on getFile
+    # that is no byte budget's. Paced from it, the account crawled at 64 KiB/s for good, each
+    # small file charged a whole part, and its queue never drained.
+    tc = next(iter(account))
+    small = await the_media(tc, [11 + i for i in range(8)])
+    for n, media in enumerate(small[:5]):
+        await download_media(tc, media, tmp_path / f"a{n}", parts_in_flight=8, part_size=PART)
+        await asyncio.sleep(0.5)  # the account idles between posts
+    fake_telegram.dispatcher.flood_wait("upload.getFile", 1, user_id=ACCOUNT)
+    with pytest.raises(FloodWait) as info:
+        await download_media(tc, small[5], tmp_path / "b", parts_in_flight=8, part_size=PART)
+    tc.note_error(info.value)
+    pace = tc.media_connections.pace
+    assert pace.floods == 1 and pace.rate is None  # the wait alone: no rate learnt
+    await asyncio.sleep(info.value.retry_after)
+    for n, media in enumerate(small[5:]):
+        await download_media(tc, media, tmp_path / f"c{n}", parts_in_flight=8, part_size=PART)
+        assert (tmp_path / f"c{n}").stat().st_size == 40 * KIB
