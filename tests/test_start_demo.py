@@ -18,13 +18,18 @@ from common.const import load_settings
 from tests.fixtures.server_config import ROOT, SUBPROCESS_ENV, write_config
 
 
-async def _spawn(*args: str, stdout: int = asyncio.subprocess.PIPE) -> asyncio.subprocess.Process:
+async def _spawn(
+    *args: str, stdout: int = asyncio.subprocess.PIPE, unbuffered: bool = False
+) -> asyncio.subprocess.Process:
+    env = {k: v for k, v in SUBPROCESS_ENV.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "start.py",
         *args,
         cwd=ROOT,
-        env={**SUBPROCESS_ENV, "PYTHONUNBUFFERED": "1"},  # the demo's lines as they come
+        env=env,
         stdout=stdout,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -55,7 +60,7 @@ async def _read_hints(proc: asyncio.subprocess.Process) -> tuple[Path, list[list
 
 @pytest.mark.slow
 async def test_every_request_the_demo_prints_answers_200() -> None:
-    proc = await _spawn("demo")
+    proc = await _spawn("demo", unbuffered=True)  # its lines as they come
     try:
         config, requests = await _read_hints(proc)
         assert len(requests) >= 3
@@ -91,3 +96,18 @@ async def test_call_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert err.decode() == ""
     assert proc.returncode == 1
+
+
+async def test_accounts_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`start.py accounts | head`: the same for a command whose output waits in stdout's
+    buffer until the exit (no flush of its own)."""
+    config = write_config(tmp_path)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = await _spawn("accounts", "--config", str(config), stdout=write_end)
+    finally:
+        os.close(write_end)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert err.decode() == ""
+    assert proc.returncode == 0
