@@ -71,6 +71,12 @@ class Proxy:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
 
+    @property
+    def address(self) -> str:
+        """scheme://host:port: what may be shown of it (no username, no password)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
     def to_telethon(self) -> dict[str, Any]:
         """The dict Telethon 1.45 takes as `proxy=` and hands to python-socks."""
         return {
