@@ -16,7 +16,9 @@ What is checked:
 - an account disabled by its sidecar is not in the pool and never connects;
 - a wrong password in B's sidecar: B shows "proxy authentication failed" naming the proxy's
   host and port in /api/v1/accounts, /status and the log (never the password); A serves;
-- a bad sidecar stops `start.py serve` with exit code 2 naming the key and the file.
+- a bad sidecar stops `start.py serve` with exit code 2 naming the key and the file;
+- `start.py login` (with the sidecar written first) and `start.py accounts` connect through
+  the sidecar's proxy too; `accounts` shows a disabled account as such.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from common.const import load_settings
 from service.apiclient import ApiClient
-from start import Server
+from start import Server, list_accounts, login
 from tests.fakedc import demo_world as dw
 from tests.fakedc.cluster import FakeTelegram
 from tests.fakedc.rpc import TelegramRpc
@@ -233,3 +235,30 @@ def test_a_bad_sidecar_stops_the_start_with_exit_code_2(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert f"{sessions / 'acc1.properties'}: proxy: needs a port" in proc.stderr
     assert "very-secret" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+async def test_login_and_accounts_go_through_the_sidecars_proxy(
+    tmp_path: Path, fake_telegram: FakeTelegram
+) -> None:
+    settings = load_settings(write_config(tmp_path), env={})
+    sessions = settings.telegram.sessions_dir
+    sessions.mkdir(parents=True)
+    source = SOURCES[dw.ACCOUNT_A]
+    async with microsocks("login", "login-pa55", bind=source) as port:
+        # Written before the login: the account's first connection is already its proxy's.
+        sidecar(sessions, "15550001001", proxy=f"socks5://login:login-pa55@127.0.0.1:{port}",
+                label="new one")  # fmt: skip
+        path = await login(
+            settings, "+15550001001", ask=lambda _: "12345", say=lambda _: None,
+            dc=(1, "127.0.0.1", fake_telegram.port(1)),
+        )  # fmt: skip
+        assert path == sessions / "15550001001.session"
+        (sessions / "15550001002.session").write_bytes(b"")
+        sidecar(sessions, "15550001002", enabled="false")
+        rows = {r["session"]: r for r in await list_accounts(settings)}
+    assert rows["15550001001"]["state"] == "ok" and rows["15550001001"]["label"] == "new one"
+    assert rows["15550001001"]["proxy"] == f"socks5://127.0.0.1:{port}"
+    assert rows["15550001002"]["state"] == "disabled by its sidecar"
+    seen = fake_telegram.accepted()
+    assert len(seen) >= 2 and {a.source for a in seen} == {source}, [a.as_dict() for a in seen]
+    assert {a.user_id for a in seen} == {dw.ACCOUNT_A}
