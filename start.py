@@ -760,8 +760,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_paths(args: argparse.Namespace) -> int:
     """Shell assignments for startup.sh (validates the whole config on the way; the
-    secrets too unless --no-secrets: stop and status run where they may not be set)."""
+    secrets and the accounts' sidecars too unless --no-secrets: stop and status run where
+    they may not be set, and must stop a server whose sidecar was broken since)."""
     s = load_settings(args.config, require=() if args.no_secrets else SERVE_REQUIRED)
+    if not args.no_secrets:  # startup.sh start: the accounts' sidecars too, before launching
+        from common.sidecar import read_sidecars
+
+        read_sidecars(sorted(s.telegram.sessions_dir.glob("*.session")))
     values = {
         "PID_FILE": s.run_dir / "tgc.pid",
         "URL_FILE": s.run_dir / "tgc.url",
