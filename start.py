@@ -750,6 +750,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         code = 1  # an exception out of serve(): main() exits 1
         try:
             code = asyncio.run(server.serve())
+        except ConfigError as e:  # a held session, a bad sidecar...: main() exits 2
+            code = 2
+            log.error("config error: %s", e)
+            raise
         except KeyboardInterrupt:
             code = 130
             raise

@@ -235,6 +235,10 @@ def test_a_bad_sidecar_stops_the_start_with_exit_code_2(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert f"{sessions / 'acc1.properties'}: proxy: needs a port" in proc.stderr
     assert "very-secret" not in proc.stderr and "Traceback" not in proc.stderr
+    # The exit code startup.sh reads is the same, and the log says why.
+    assert (tmp_path / "data" / "run" / "tgc.exit").read_text().split()[1] == "2"
+    logged = (tmp_path / "logs" / "tgc.log").read_text()
+    assert "acc1.properties: proxy: needs a port" in logged and "very-secret" not in logged
 
 
 async def test_login_and_accounts_go_through_the_sidecars_proxy(
