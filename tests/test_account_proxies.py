@@ -14,8 +14,10 @@ What is checked:
   the files end stored; /api/v1/accounts and /status show each account's proxy (host and
   port) and label, never the proxy's password;
 - an account disabled by its sidecar is not in the pool and never connects;
-- a wrong password in B's sidecar: B shows "proxy authentication failed" naming the proxy's
-  host and port in /api/v1/accounts, /status and the log (never the password); A serves;
+- B's sidecar naming a wrong password, a port nobody listens on, or a proxy that never
+  answers: B shows "proxy authentication failed", "proxy unreachable" or "proxy timed out"
+  naming the proxy's host and port in /api/v1/accounts, /status and the log (never a
+  password); A serves;
 - a bad sidecar stops `start.py serve` with exit code 2 naming the key and the file;
 - `start.py login` (with the sidecar written first) and `start.py accounts` connect through
   the sidecar's proxy too; `accounts` shows a disabled account as such.
@@ -44,7 +46,7 @@ from tests.fakedc.cluster import FakeTelegram
 from tests.fakedc.rpc import TelegramRpc
 from tests.fakedc.world import DEFAULT_DATE, World
 from tests.fixtures.server_config import AES_KEY, ROOT, SUBPROCESS_ENV, TOKEN, write_config
-from tests.fixtures.socks5 import free_port, microsocks
+from tests.fixtures.socks5 import Socks5Proxy, free_port, microsocks
 from tests.fixtures.wait import wait_for
 
 # One channel per account, each with a photo on DC 1 and a file on DC 2 (files of their
@@ -104,12 +106,12 @@ def sidecar(sessions: Path, name: str, **keys: str) -> None:
 def fleet(
     tmp_path: Path, telegram_session: Callable[..., Path], fake_telegram: FakeTelegram
 ) -> Callable[..., Any]:
-    """`async with fleet(passwords={user: password}) as f`: accounts A and B (and C,
-    disabled by its sidecar) each behind its own microsocks, the server started on them."""
+    """`async with fleet() as f`: accounts A and B (and C, disabled by its sidecar) each
+    behind its own microsocks, the server started on them. `b_proxy(port)`, given B's
+    microsocks port, gives the proxy B's sidecar names instead of that one."""
 
     @asynccontextmanager
-    async def start(passwords: dict[int, str] | None = None) -> AsyncIterator[Fleet]:
-        passwords = {**PASSWORDS, **(passwords or {})}
+    async def start(b_proxy: Callable[[int], str] | None = None) -> AsyncIterator[Fleet]:
         names = {user: f"acc{user}" for user in (dw.ACCOUNT_A, dw.ACCOUNT_B, dw.ACCOUNT_C)}
         sessions = tmp_path / "sessions"
         for user, name in names.items():
@@ -121,7 +123,9 @@ def fleet(
                 ports[user] = await stack.enter_async_context(
                     microsocks(f"user{user}", PASSWORDS[user], bind=source)
                 )
-                proxy = f"socks5://user{user}:{passwords[user]}@127.0.0.1:{ports[user]}"
+                proxy = f"socks5://user{user}:{PASSWORDS[user]}@127.0.0.1:{ports[user]}"
+                if user == dw.ACCOUNT_B and b_proxy is not None:
+                    proxy = b_proxy(ports[user])
                 sidecar(sessions, names[user], proxy=proxy, label=f"farm {user}")
             nobody = f"socks5://x:global-pa55@127.0.0.1:{free_port()}"
             config = write_config(tmp_path, {"telegram.proxy": nobody, "telegram.timeout": "4"})
@@ -197,27 +201,42 @@ async def test_every_connection_of_an_account_comes_from_its_own_proxy(
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
-async def test_a_wrong_proxy_password_fails_that_account_only(
-    fleet: Callable[..., Any], fake_telegram: FakeTelegram, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("failure", ["wrong password", "nobody listens", "silent proxy"])
+async def test_a_failing_proxy_fails_that_account_only_and_says_how(
+    failure: str,
+    fleet: Callable[..., Any],
+    fake_telegram: FakeTelegram,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="model.account")
-    async with fleet(passwords={dw.ACCOUNT_B: WRONG_PASSWORD}) as f:
-        b_port = f.ports[dw.ACCOUNT_B]
-        where = f"socks5 proxy 127.0.0.1:{b_port}"
+    async with AsyncExitStack() as stack:
+        user, password = f"user{dw.ACCOUNT_B}", PASSWORDS[dw.ACCOUNT_B]
+        other_port: int | None = None  # B's sidecar names this port instead of B's proxy's
+        if failure == "wrong password":
+            password, said = WRONG_PASSWORD, "proxy authentication failed"
+        elif failure == "nobody listens":
+            other_port, said = free_port(), "proxy unreachable"
+        else:  # accepts the connection, never answers a byte
+            silent = await stack.enter_async_context(Socks5Proxy(user, password))
+            silent.silent = True
+            other_port, said = silent.port, "proxy timed out"
+        f = await stack.enter_async_context(
+            fleet(b_proxy=lambda port: f"socks5://{user}:{password}@127.0.0.1:{other_port or port}")
+        )
+        where = f"socks5 proxy 127.0.0.1:{other_port or f.ports[dw.ACCOUNT_B]}"
         accounts = await f.accounts()
         a, b = accounts[f.names[dw.ACCOUNT_A]], accounts[f.names[dw.ACCOUNT_B]]
         assert a["state"] == "ok", a
         assert b["state"] == "disconnected", b
-        assert b["reason"].startswith("connect failed: proxy authentication failed"), b
-        assert where in b["reason"], b
+        assert b["reason"].startswith(f"connect failed: {said} ({where}"), b
         page = await f.status_page()
-        assert "proxy authentication failed" in page and where in page
+        assert f"{said} ({where}" in page
         # A serves: a page and its files, through A's proxy.
         await stored_page(f, CHANNELS[dw.ACCOUNT_A][0])
-        logged = [r.getMessage() for r in caplog.records if "proxy authentication failed" in r.getMessage()]
+        logged = [r.getMessage() for r in caplog.records if said in r.getMessage()]
         assert logged and all(where in m and f.names[dw.ACCOUNT_B] in m for m in logged), logged
         shown_text = str(accounts) + page + "\n".join(r.getMessage() for r in caplog.records)
-        assert WRONG_PASSWORD not in shown_text and PASSWORDS[dw.ACCOUNT_A] not in shown_text
+        assert not any(p in shown_text for p in (WRONG_PASSWORD, *PASSWORDS.values()))
     assert not fake_telegram.accepted(dw.ACCOUNT_B)
     assert {a.source for a in fake_telegram.accepted(dw.ACCOUNT_A)} == {SOURCES[dw.ACCOUNT_A]}
 
