@@ -239,7 +239,7 @@ td.msg { font-family: ui-monospace, monospace; font-size: 12px; max-width: 70em;
 <table id="accounts">
 <tr><th>account</th><th>phone</th><th>user id</th><th>state</th><th>flood wait until</th><th>pending downloads</th></tr>
 {% for a in accounts %}<tr>
-<td>{{ a.get("name") }}</td><td>{{ a.get("phone") or "-" }}</td><td class="n">{{ a.get("user_id") or "-" }}</td>
+<td>{{ a.get("name") }}{% if a.get("label") %} <span class="label">{{ a["label"] }}</span>{% end %}{% if a.get("proxy") %}<br><span class="proxy">via {{ a["proxy"] }}</span>{% end %}</td><td>{{ a.get("phone") or "-" }}</td><td class="n">{{ a.get("user_id") or "-" }}</td>
 <td class="state-{{ a.get("state") }}">{{ a.get("state") }}{% if a.get("reason") %} <span class="reason">({{ a["reason"] }})</span>{% end %}</td><td>{{ a.get("flood_wait_until") or "-" }}</td>
 <td class="n">{{ a.get("pending_downloads", 0) }}</td></tr>
 {% end %}{% if not accounts %}<tr><td colspan="6">no accounts: python start.py login --phone +NUMBER</td></tr>{% end %}

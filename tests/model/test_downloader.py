@@ -147,7 +147,9 @@ async def test_byte_exact_with_parts_in_flight(tmp_path: Path) -> None:
         on_part=lambda i, n: seen.append((i, n)),
     )  # fmt: skip
     assert out.read_bytes() == expected(size)
-    assert client.max_in_flight == 4
+    # The account's window decides how many of the 4 go at once (a part goes alone first to
+    # measure the path; a worker writing its part meanwhile may leave 3): several, never more.
+    assert 2 <= client.max_in_flight <= 4
     assert sorted(seen) == [(i, MIB) for i in range(5)] + [(5, 12345)]
     assert done == set(range(6)) and len(client.requests) == 6
     assert oct(out.stat().st_mode & 0o777) == "0o600"

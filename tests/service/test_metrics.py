@@ -365,9 +365,11 @@ class DownloadingPool(FakePool):
         busy = self.clients[0].media_connections
         busy.window(0, 16)  # the home DC: 2
         busy.window(4, 8)
+        busy.pace.begin()  # pushing through the flood wait: it tells a rate
         for _ in range(5):
             busy.pace.received(1 << 20)
         busy.pace.flood(3)
+        busy.pace.end()
 
     def __iter__(self) -> Any:
         return iter(self.clients)
