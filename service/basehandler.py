@@ -22,6 +22,7 @@ contract leaves open are listed in service/handler.py's docstring.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import re
@@ -547,3 +548,24 @@ def ids_param(raw: str, name: str = "ids") -> list[int]:
             raise InvalidParam(name, f"{part!r} is not a message id")
         ids.append(int(part))
     return ids
+
+
+# A numeric UTC offset whose "+" a query string turned into a space ("...T10:00:00 02:00").
+_SPACED_OFFSET = re.compile(r"(?<=\d) (\d\d(?::?\d\d)?)$")
+
+
+def date_param(values: Mapping[str, str], name: str) -> float | None:
+    """An ISO 8601 date or date and time as Unix seconds; None when absent. A date alone is
+    its midnight; no UTC offset means UTC. A "+" left unencoded in the query arrives as a
+    space: taken back as the offset's sign."""
+    raw = values.get(name)
+    if raw is None:
+        return None
+    text = _SPACED_OFFSET.sub(r"+\1", raw.strip())
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidParam(name, "must be an ISO 8601 date, e.g. 2024-05-01T00:00:00Z") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
