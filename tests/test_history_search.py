@@ -154,7 +154,7 @@ def test_dates_answer_their_messages_dates(threaded_api: ThreadedApi, dated: dic
     assert ok(threaded_api, f"/api/v1/messages?peer=@{DATED_NAME}&until={day}")["messages"] == []
     plus = iso(until).replace("Z", "+00:00").replace("+", " ")  # what a bare "+" becomes
     spaced = ok(threaded_api, f"/api/v1/messages?peer=@{DATED_NAME}&until={quote(plus)}&limit=100")
-    assert [m["id"] for m in spaced["messages"]][0] == max(i for i in ids if dated[i] < until)
+    assert spaced["messages"][0]["id"] == max(i for i in ids if dated[i] < until)
 
 
 def test_bad_dates_are_refused_naming_the_parameter(threaded_api: ThreadedApi) -> None:
