@@ -84,11 +84,14 @@ def dated(threaded_api: ThreadedApi) -> dict[int, int]:
     return dates
 
 
-def walk(api: ThreadedApi, uri: str, limit: int, first_offset: int | None = None) -> list[int]:
-    """Every page from `uri` (+ limit), following next_offset_id to null; the ids in order."""
+def walk(
+    api: ThreadedApi, uri: str, limit: int, first_offset: int | None = None
+) -> tuple[list[int], int]:
+    """Every page from `uri` (+ limit), following next_offset_id to null: (the ids in
+    order, how many pages)."""
     got: list[int] = []
     offset = first_offset
-    for _ in range(DATED_POSTS + 2):
+    for pages in range(1, DATED_POSTS + 3):
         page_uri = f"{uri}&limit={limit}" + (f"&offset_id={offset}" if offset else "")
         data = ok(api, page_uri)
         ids = [m["id"] for m in data["messages"]]
@@ -96,7 +99,7 @@ def walk(api: ThreadedApi, uri: str, limit: int, first_offset: int | None = None
         got += ids
         offset = data["next_offset_id"]
         if offset is None:
-            return got
+            return got, pages
     raise AssertionError(f"paging {uri} never ended")
 
 
@@ -128,7 +131,7 @@ def test_a_date_range_paged_to_the_end_is_exactly_the_messages_dated_in_it(
     uri += f"&since={quote(iso(since))}" if since is not None else ""
     uri += f"&until={quote(iso(until))}" if until is not None else ""
 
-    got = walk(threaded_api, uri, limit, start)
+    got, pages = walk(threaded_api, uri, limit, start)
 
     expected = [
         i
@@ -138,6 +141,8 @@ def test_a_date_range_paged_to_the_end_is_exactly_the_messages_dated_in_it(
         and (start is None or i < start)
     ]
     assert got == expected
+    # Full pages until the one that reaches `since` (or the chat's first message) ends it.
+    assert pages <= len(expected) // limit + 1
 
 
 def test_dates_answer_their_messages_dates(threaded_api: ThreadedApi, dated: dict[int, int]) -> None:
@@ -170,7 +175,7 @@ def test_dates_combine_with_min_id_and_max_id(threaded_api: ThreadedApi) -> None
     """News post i is dated DEFAULT_DATE + 60 i: ids and dates bound the same pages."""
     since, until = iso(DEFAULT_DATE + 60 * 20), iso(DEFAULT_DATE + 60 * 120)
     uri = f"/api/v1/messages?peer=@tgc_news&since={since}&until={until}&max_id=100&min_id=30"
-    assert walk(threaded_api, uri, 7) == list(range(99, 30, -1))
+    assert walk(threaded_api, uri, 7)[0] == list(range(99, 30, -1))
     far = ok(threaded_api, "/api/v1/messages?peer=@tgc_news&until=2100-01-01&limit=2")
     assert [m["id"] for m in far["messages"]] == [150, 149]  # past 2038: no bound
 
@@ -182,9 +187,8 @@ def test_search_by_text_pages_and_counts(threaded_api: ThreadedApi) -> None:
     first = ok(threaded_api, "/api/v1/messages/search?peer=@tgc_news&q=bold&limit=4")
     assert first["count"] == 15 and [m["id"] for m in first["messages"]] == [150, 140, 130, 120]
     assert first["next_offset_id"] == 120
-    assert walk(threaded_api, "/api/v1/messages/search?peer=@tgc_news&q=Bold%20news", 4) == list(
-        range(150, 0, -10)
-    )
+    walked = walk(threaded_api, "/api/v1/messages/search?peer=@tgc_news&q=Bold%20news", 4)
+    assert walked == (list(range(150, 0, -10)), 4)
     none = ok(threaded_api, "/api/v1/messages/search?peer=@tgc_news&q=nowhere")
     assert none == {"messages": [], "next_offset_id": None, "count": 0}
 
@@ -195,7 +199,7 @@ def test_search_by_sender(threaded_api: ThreadedApi, dated: dict[int, int]) -> N
     assert alice["messages"][0]["from_id"] == dw.USER_ALICE
     # By id: the serving account knows Bob from the chat's history it read.
     ok(threaded_api, f"/api/v1/messages?peer=@{DATED_NAME}&limit=10")
-    bob = walk(threaded_api, f"/api/v1/messages/search?peer=@{DATED_NAME}&from={dw.USER_BOB}", 25)
+    bob, _ = walk(threaded_api, f"/api/v1/messages/search?peer=@{DATED_NAME}&from={dw.USER_BOB}", 25)
     assert bob == [i for i in sorted(dated, reverse=True) if SENDERS[i % 3] == dw.USER_BOB]
     both = ok(threaded_api, f"/api/v1/messages/search?peer=@{DATED_NAME}&from={dw.USER_BOB}"
                             "&q=dated%2010&limit=100")
