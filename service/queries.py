@@ -73,10 +73,11 @@ class DateRange:
 
     def offset_date(self) -> int | None:
         """getHistory's offset_date for `until`: dates are whole seconds, so "older than
-        ceil(until)" is "before until"; None when nothing starts the window."""
+        ceil(until)" is "before until"; None when nothing starts the window. An `until`
+        before 1970 asks for what is older than 1 (0 would mean no offset): nothing."""
         if self.until is None or self.until > _LAST_DATE:
             return None
-        return math.ceil(self.until)
+        return max(1, math.ceil(self.until))
 
 
 async def history(
