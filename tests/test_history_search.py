@@ -243,3 +243,12 @@ def test_search_refuses_each_bad_parameter_by_name(threaded_api: ThreadedApi) ->
     assert refused(threaded_api, f"{base}&q=news&offset_id=-1") == "offset_id"
     assert refused(threaded_api, f"{base}&q=news&since=2024-01-01") == "since"  # unknown here
     assert refused(threaded_api, "/api/v1/messages/search?q=news") == "peer"
+
+
+def test_the_demos_hints_answer(threaded_api: ThreadedApi) -> None:
+    """The two requests `start.py demo` prints for these routes (the demo's world is this
+    one): a date range of the news channel, a search in it."""
+    news = ok(threaded_api, "/api/v1/messages?peer=@tgc_news&since=2023-11-14T23:00:00Z"
+                            "&until=2023-11-15")
+    assert [m["id"] for m in news["messages"]] == list(range(106, 86, -1))  # posts 47..106
+    assert ok(threaded_api, "/api/v1/messages/search?peer=@tgc_news&q=bold&limit=5")["count"] == 15
