@@ -25,8 +25,8 @@ PARTICIPANTS_BLAME = {"LIMIT_INVALID": "limit", "OFFSET_INVALID": "offset"}
 SEARCH_MESSAGES_BLAME = {
     "LIMIT_INVALID": "limit",
     "MSG_ID_INVALID": "offset_id",
-    "FROM_PEER_INVALID": "from",
-    "INPUT_FILTER_INVALID": "filter",
+    "FROM_PEER_INVALID": "sender",
+    "INPUT_FILTER_INVALID": "filter_name",
     "SEARCH_QUERY_EMPTY": "q",
 }
 # The message kinds messages.search can filter a chat's messages by, by the API's name.

@@ -277,8 +277,9 @@ _HTTP_ERRORS: dict[int, Callable[[], TgcError]] = {
 
 
 # The model names the argument of its own method it refuses (InvalidArgument); the routes
-# hand it the API's parameters under the same names, but for `peer`, parsed into `ref`.
-_PARAM_OF_ARGUMENT = {"ref": "peer"}
+# hand it the API's parameters under the same names, but for `peer`, parsed into `ref`,
+# and search's `from` and `filter` (a keyword and a builtin in Python).
+_PARAM_OF_ARGUMENT = {"ref": "peer", "sender": "from", "filter_name": "filter"}
 
 
 def _as_tgc_error(exc: BaseException | None, status_code: int) -> TgcError:

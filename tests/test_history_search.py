@@ -207,6 +207,8 @@ def test_search_by_sender(threaded_api: ThreadedApi, dated: dict[int, int]) -> N
     assert [m["id"] for m in both["messages"]] == [i for i in prefixed if i in bob]
     unknown = get(threaded_api, "/api/v1/messages/search?peer=@tgc_chat&from=987654321")
     assert (unknown.status, unknown.code) == (404, "PEER_NOT_FOUND")
+    # A channel is no sender: Telegram's FROM_PEER_INVALID, 400 naming `from`.
+    assert refused(threaded_api, "/api/v1/messages/search?peer=@tgc_chat&from=@tgc_news") == "from"
 
 
 def test_search_by_filter(threaded_api: ThreadedApi) -> None:
