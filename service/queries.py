@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from common.errors import NotFound
+from common.errors import NotFound, PeerNotFound
 from common.utils import PeerRef
 from model.media import Media
 from model.tlrequests import SEARCH_FILTERS, window_top
@@ -155,13 +155,26 @@ async def search_messages(
     offset_id: int = 0,
 ) -> dict[str, Any]:
     """GET /api/v1/messages/search: the chat's messages matching `q`, sent by `sender`, of
-    the kind `filter_name`; `messages` newest first, `next_offset_id`, `count` (all hits)."""
-    (_, found, count), account = await pool.run(
-        lambda c: c.search_messages(
+    the kind `filter_name`; `messages` newest first, `next_offset_id`, `count` (all hits).
+
+    The pool picks an account that knows the chat; a sender given by id must be known to
+    it too. When it is not, the call moves once to an account that knows the sender (one
+    that has read their messages), if that account can reach the chat as well."""
+
+    def search(c: Any) -> Any:
+        return c.search_messages(
             ref, q, sender=sender, filter_name=filter_name, limit=limit, offset_id=offset_id
-        ),
-        ref,
-    )
+        )
+
+    try:
+        (_, found, count), account = await pool.run(search, ref)
+    except PeerNotFound as unknown:
+        if sender is None or sender.id is None or unknown.peer != str(sender):
+            raise
+        try:
+            (_, found, count), account = await pool.run(search, sender)
+        except PeerNotFound:
+            raise unknown from None
     messages, media = parser.parse_messages(found, account.name)
     attach_media(messages, media, queue)
     page = [m for m in messages if m is not None]

@@ -5,14 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from telethon import types
 
+from common.errors import PeerNotFound
 from common.utils import PeerRef
 from model import tlrequests as tl
 from model.media import Media
-from service.queries import DateRange, attach_media, history, next_offset_id
+from service.queries import DateRange, attach_media, history, next_offset_id, search_messages
 from tests.fakedc.rpc import history_window
 from tests.fakedc.world import MessageSpec
 
@@ -186,3 +188,58 @@ async def test_a_date_range_pages_to_exactly_its_messages(
     assert got == expected
     assert pages <= len(expected) // limit + 1
     assert chat.calls <= pages + 1  # a second call only on a first page above `until`
+
+
+# --- search in a chat: a sender by id the chat's account never met ------------------------
+
+
+class Knower:
+    """An account that knows some peers (by their raw text) and searches with them."""
+
+    def __init__(self, name: str, knows: set[str]) -> None:
+        self.name, self.knows = name, knows
+
+    async def search_messages(
+        self, ref: PeerRef, q: str, *, sender: PeerRef | None, **kw: Any
+    ) -> tuple[None, list[Any], int]:
+        for peer in (ref, sender):
+            if peer is not None and str(peer) not in self.knows:
+                raise PeerNotFound(str(peer))
+        return None, [], 0
+
+
+class KnowersPool:
+    """Runs a call on the first account that knows the peer (else the first one)."""
+
+    def __init__(self, *accounts: Knower) -> None:
+        self.accounts = accounts
+        self.picked: list[str] = []
+
+    async def run(self, op: Any, peer: PeerRef | None = None) -> tuple[Any, Any]:
+        knowers = [a for a in self.accounts if peer is not None and str(peer) in a.knows]
+        account = (knowers or list(self.accounts))[0]
+        self.picked.append(account.name)
+        return await op(account), account
+
+
+async def test_a_sender_the_chats_account_never_met_moves_the_search_once() -> None:
+    chat, bob = PeerRef.from_marked_id(-1001), PeerRef.from_marked_id(77)
+    pool = KnowersPool(Knower("a", {str(chat)}), Knower("b", {str(chat), str(bob)}))
+    answer = await search_messages(
+        pool, None, chat, q="", sender=bob, filter_name=None, limit=5  # type: ignore[arg-type]
+    )
+    assert answer["count"] == 0 and pool.picked == ["a", "b"]
+    # Nobody who knows Bob can reach the chat: the answer is about Bob, not the chat.
+    alone = KnowersPool(Knower("a", {str(chat)}), Knower("b", {str(bob)}))
+    with pytest.raises(PeerNotFound) as caught:
+        await search_messages(
+            alone, None, chat, q="", sender=bob, filter_name=None, limit=5  # type: ignore[arg-type]
+        )
+    assert caught.value.peer == str(bob) and alone.picked == ["a", "b"]
+    # A chat nobody knows is not retried.
+    lost = KnowersPool(Knower("a", set()))
+    with pytest.raises(PeerNotFound) as missing:
+        await search_messages(
+            lost, None, chat, q="", sender=bob, filter_name=None, limit=5  # type: ignore[arg-type]
+        )
+    assert missing.value.peer == str(chat) and lost.picked == ["a"]
