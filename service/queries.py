@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from common.errors import NotFound, PeerNotFound
+from common.errors import NotFound, PeerNotFound, PeerPrivate
 from common.utils import PeerRef
 from model.media import Media
 from model.tlrequests import SEARCH_FILTERS, window_top
@@ -173,8 +173,8 @@ async def search_messages(
             raise
         try:
             (_, found, count), account = await pool.run(search, sender)
-        except PeerNotFound:
-            raise unknown from None
+        except (PeerNotFound, PeerPrivate):
+            raise unknown from None  # no account knows both: the sender is what is missing
     messages, media = parser.parse_messages(found, account.name)
     attach_media(messages, media, queue)
     page = [m for m in messages if m is not None]
