@@ -1,31 +1,39 @@
 """Issue 12, dates and search in a chat: GET /api/v1/messages with since/until and GET
-/api/v1/messages/search, on the real server (`threaded_api`: the Tornado application on a
-pool of three accounts, each a Telethon session connected to the emulator over loopback,
-one server for the whole module) against the emulator's demo world.
+/api/v1/messages/search, on the real server against the emulator's demo world.
 
 - A date range paged to the end is exactly the messages dated in it, newest first, each
-  once: a hypothesis property over random ranges, page sizes and starting offset_ids, on a
+  once, in full pages but the last: a hypothesis property over random ranges, page sizes
+  and starting offset_ids, against a `start.py serve` process (one server for every
+  example) whose three accounts reach the emulator in this process over loopback, on a
   megagroup added to the world with irregular dates (runs of equal dates, gaps of a second
   to hours) so that the range's ends fall between, on and inside runs.
-- Search by text, by sender (`from`, by username and by id), by filter, paged with
-  `next_offset_id` and counted; each bad parameter is 400 naming it.
+- The rest on `threaded_api` (the same Tornado application, pool and accounts, in a thread
+  of this process; one server for the module): search by text, by sender (`from`, by
+  username and by id), by filter, paged with `next_offset_id` and counted; dates with ids;
+  each bad parameter 400 naming it; the demo's printed requests.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from service.apiclient import ApiResponse
+from common.const import load_settings
+from service.apiclient import ApiClient, ApiResponse
 from tests.fakedc import demo_world as dw
-from tests.fakedc.world import DEFAULT_DATE, ChatSpec, MessageSpec
+from tests.fakedc.cluster import FakeTelegram
+from tests.fakedc.world import DEFAULT_DATE, ChatSpec, MessageSpec, World
+from tests.fixtures.server_config import AES_KEY, TOKEN, write_config
 from tests.fixtures.threaded_api import ThreadedApi
+from tests.test_nonces_server import serving
 
 DATED = 2301  # the megagroup the date-range property pages
 DATED_NAME = "tgc_dated"
@@ -55,9 +63,8 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-@pytest.fixture(scope="module")
-def dated(threaded_api: ThreadedApi) -> dict[int, int]:
-    """Adds the DATED megagroup (accounts A, B and C, three senders) to the running world:
+def add_dated_chat(world: World) -> dict[int, int]:
+    """Adds the DATED megagroup (accounts A, B and C, three senders) to the world:
     DATED_POSTS messages whose dates never go back with the id (as Telegram's never do in
     a chat) but repeat and jump. Returns message id → date."""
     rng = random.Random(12)
@@ -66,26 +73,48 @@ def dated(threaded_api: ThreadedApi) -> dict[int, int]:
     for msg_id in range(1, DATED_POSTS + 1):
         when += rng.choice((0, 0, 0, 1, 2, 59, 3600))
         dates[msg_id] = when
-
-    async def build() -> None:
-        world = threaded_api.server.rpc.world
-        members = {u: DEFAULT_DATE for u in (dw.ACCOUNT_A, dw.ACCOUNT_B, dw.ACCOUNT_C, *SENDERS)}
-        world.add_chat(
-            ChatSpec(id=DATED, kind="megagroup", title="Dated", username=DATED_NAME,
-                     creator_id=dw.USER_ALICE, members=members)
-        )
-        for msg_id, date in dates.items():
-            world.add_message(
-                MessageSpec(id=msg_id, chat=DATED, date=date, text=f"dated {msg_id}",
-                            from_id=SENDERS[msg_id % len(SENDERS)])
-            )
-
-    threaded_api.run(build())
+    members = {u: DEFAULT_DATE for u in (dw.ACCOUNT_A, dw.ACCOUNT_B, dw.ACCOUNT_C, *SENDERS)}
+    world.add_chat(
+        ChatSpec(id=DATED, kind="megagroup", title="Dated", username=DATED_NAME,
+                 creator_id=dw.USER_ALICE, members=members)
+    )  # fmt: skip
+    for msg_id, date in dates.items():
+        world.add_message(
+            MessageSpec(id=msg_id, chat=DATED, date=date, text=f"dated {msg_id}",
+                        from_id=SENDERS[msg_id % len(SENDERS)])
+        )  # fmt: skip
     return dates
 
 
-def walk(
-    api: ThreadedApi, uri: str, limit: int, first_offset: int | None = None
+@pytest.fixture(scope="module")
+def dated(threaded_api: ThreadedApi) -> dict[int, int]:
+    """The DATED megagroup in the threaded server's world (built in its loop)."""
+
+    async def build() -> dict[int, int]:
+        return add_dated_chat(threaded_api.server.rpc.world)
+
+    return threaded_api.run(build())
+
+
+@pytest.fixture
+async def served(
+    tmp_path: Path, telegram_session: Callable[..., Path], fake_telegram: FakeTelegram
+) -> AsyncIterator[tuple[ApiClient, dict[int, int]]]:
+    """A `start.py serve` process with accounts A, B and C on the emulator, whose world has
+    the DATED megagroup: (a client of it, DATED's dates)."""
+    dates = add_dated_chat(fake_telegram.dispatcher.world)
+    for user in (dw.ACCOUNT_A, dw.ACCOUNT_B, dw.ACCOUNT_C):
+        telegram_session(user, name=f"acc{user}")
+    config = write_config(tmp_path)
+    settings = load_settings(config, env={})
+    async with serving(settings, config):
+        url = (settings.run_dir / "tgc.url").read_text().strip()
+        async with ApiClient(url, TOKEN, AES_KEY) as api:
+            yield api, dates
+
+
+async def walk_pages(
+    api: ApiClient, uri: str, limit: int, first_offset: int | None = None
 ) -> tuple[list[int], int]:
     """Every page from `uri` (+ limit), following next_offset_id to null: (the ids in
     order, how many pages)."""
@@ -93,14 +122,21 @@ def walk(
     offset = first_offset
     for pages in range(1, DATED_POSTS + 3):
         page_uri = f"{uri}&limit={limit}" + (f"&offset_id={offset}" if offset else "")
-        data = ok(api, page_uri)
-        ids = [m["id"] for m in data["messages"]]
+        answer = await api.request("GET", page_uri)
+        assert answer.status == 200 and answer.ok, (page_uri, answer.status, answer.error)
+        ids = [m["id"] for m in answer.data["messages"]]
         assert len(ids) <= limit
         got += ids
-        offset = data["next_offset_id"]
+        offset = answer.data["next_offset_id"]
         if offset is None:
             return got, pages
     raise AssertionError(f"paging {uri} never ended")
+
+
+def walk(
+    api: ThreadedApi, uri: str, limit: int, first_offset: int | None = None
+) -> tuple[list[int], int]:
+    return api.run(walk_pages(api.server.api, uri, limit, first_offset))
 
 
 # --- date ranges ------------------------------------------------------------------------
@@ -110,12 +146,16 @@ def walk(
     max_examples=60,
     deadline=None,
     derandomize=True,
+    # No shrinking: each step pages a range on the server; a failure reports the example
+    # as found rather than outlive the test's timeout minimising it.
+    phases=[Phase.explicit, Phase.generate],
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(data=st.data())
-def test_a_date_range_paged_to_the_end_is_exactly_the_messages_dated_in_it(
-    threaded_api: ThreadedApi, dated: dict[int, int], data: st.DataObject
+async def test_a_date_range_paged_to_the_end_is_exactly_the_messages_dated_in_it(
+    served: tuple[ApiClient, dict[int, int]], data: st.DataObject
 ) -> None:
+    api, dated = served
     first, last = min(dated.values()), max(dated.values())
     moments = st.one_of(
         st.sampled_from(sorted(set(dated.values()))),  # on a message's date
@@ -131,7 +171,7 @@ def test_a_date_range_paged_to_the_end_is_exactly_the_messages_dated_in_it(
     uri += f"&since={quote(iso(since))}" if since is not None else ""
     uri += f"&until={quote(iso(until))}" if until is not None else ""
 
-    got, pages = walk(threaded_api, uri, limit, start)
+    got, pages = await walk_pages(api, uri, limit, start)
 
     expected = [
         i
