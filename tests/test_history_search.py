@@ -185,6 +185,27 @@ async def test_a_date_range_paged_to_the_end_is_exactly_the_messages_dated_in_it
     assert pages <= len(expected) // limit + 1
 
 
+async def test_search_by_text_sender_and_kind_on_the_server_process(
+    served: tuple[ApiClient, dict[int, int]],
+) -> None:
+    api, dated = served
+
+    async def ids(uri: str) -> tuple[list[int], int]:
+        answer = await api.request("GET", uri)
+        assert answer.ok, (uri, answer.status, answer.error)
+        return [m["id"] for m in answer.data["messages"]], answer.data.get("count", -1)
+
+    assert await ids("/api/v1/messages/search?peer=@tgc_news&q=bold&limit=100") == (
+        list(range(150, 0, -10)), 15
+    )
+    assert await ids("/api/v1/messages/search?peer=@tgc_media&filter=photo") == ([6, 5, 4, 3, 2], 5)
+    assert await ids("/api/v1/messages/search?peer=@tgc_chat&from=@alice_w") == ([40], 1)
+    await ids(f"/api/v1/messages?peer=@{DATED_NAME}&limit=3")  # meets the senders
+    bob = [i for i in sorted(dated, reverse=True) if SENDERS[i % 3] == dw.USER_BOB]
+    by_id, count = await ids(f"/api/v1/messages/search?peer=@{DATED_NAME}&from={dw.USER_BOB}&limit=100")
+    assert (by_id, count) == (bob, len(bob))
+
+
 def test_dates_answer_their_messages_dates(threaded_api: ThreadedApi, dated: dict[int, int]) -> None:
     """A single page: every message's `date` is in the range; a date alone is its midnight
     UTC; a "+" the query left unencoded is read back as the offset's sign."""
