@@ -1169,6 +1169,8 @@ async def _demo_first_answer(
     say("")
     say("more: GET '/api/v1/messages?peer=@tgc_news&limit=5'  GET /api/v1/accounts  "
         "GET '/api/v1/search?q=tgc'")
+    say("      GET '/api/v1/messages?peer=@tgc_news&since=2023-11-14T23:00:00Z&until=2023-11-15'"
+        "  GET '/api/v1/messages/search?peer=@tgc_news&q=bold&limit=5'")
     if code != 0:
         log.warning("the demo's first request failed: %s", shown)
 
