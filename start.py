@@ -1100,6 +1100,9 @@ DEMO_REQUESTS: tuple[str, ...] = (
     "GET '/api/v1/search?q=news'",
     # A basic group by its marked id alone: no username, no access hash.
     "GET '/api/v1/messages?peer=-2201&limit=5'",
+    # A date range of the news channel, a search in it.
+    "GET '/api/v1/messages?peer=@tgc_news&since=2023-11-14T23:00:00Z&until=2023-11-15'",
+    "GET '/api/v1/messages/search?peer=@tgc_news&q=bold&limit=5'",
 )
 
 
