@@ -22,6 +22,9 @@ from common.errors import PeerPrivate
 SEARCH_BLAME = {"QUERY_TOO_SHORT": "q", "SEARCH_QUERY_EMPTY": "q", "LIMIT_INVALID": "limit"}
 IDS_BLAME = {"MSG_ID_INVALID": "ids", "MESSAGE_IDS_EMPTY": "ids"}
 PARTICIPANTS_BLAME = {"LIMIT_INVALID": "limit", "OFFSET_INVALID": "offset"}
+# messages.getReplies: MSG_ID_INVALID is a message with no thread (none such, or a post of
+# a channel without a discussion group).
+REPLIES_BLAME = {"MSG_ID_INVALID": "msg_id", "LIMIT_INVALID": "limit"}
 # At most this many members per channels.getParticipants (Telegram's own cap).
 PARTICIPANTS_PAGE = 200
 
@@ -70,6 +73,46 @@ def history_blame(**ids: int) -> dict[str, str]:
     """A bad message id in messages.getHistory is the first one the caller gave."""
     given = [name for name, value in ids.items() if value]
     return {"LIMIT_INVALID": "limit"} | ({"MSG_ID_INVALID": given[0]} if given else {})
+
+
+def replies_request(p: Any, msg_id: int, limit: int, offset_id: int) -> Any:
+    """messages.getReplies: the comments of a channel post (held in its discussion group) or
+    the reply thread of a megagroup message; newest first, offset_id exclusive."""
+    return functions.messages.GetRepliesRequest(
+        peer=p,
+        msg_id=msg_id,
+        offset_id=offset_id,
+        offset_date=None,
+        add_offset=0,
+        limit=limit,
+        max_id=0,
+        min_id=0,
+        hash=0,
+    )
+
+
+def count_of(res: Any) -> int:
+    """How many messages the whole list holds (a slice's `count`; else what came)."""
+    count = getattr(res, "count", None)
+    return int(count) if count is not None else len(getattr(res, "messages", []))
+
+
+def discussion_of(res: Any, asked: int) -> Any | None:
+    """The discussion megagroup a getReplies answer read from: the chat its messages are
+    in, or (an empty page) the one megagroup it names besides the asked peer; None when
+    the thread is in the asked peer itself (a megagroup's own reply thread)."""
+    groups = {
+        utils.get_peer_id(c): c
+        for c in getattr(res, "chats", [])
+        if isinstance(c, types.Channel) and c.megagroup
+    }
+    for msg in getattr(res, "messages", []):
+        peer = getattr(msg, "peer_id", None)
+        if peer is not None:
+            found = utils.get_peer_id(peer)
+            return None if found == asked else groups.get(found)
+    others = [c for marked, c in groups.items() if marked != asked]
+    return others[0] if len(others) == 1 else None
 
 
 def messages_request(p: Any, ids: list[int]) -> Any:

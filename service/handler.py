@@ -123,6 +123,7 @@ def make_app(
         (API + "/peer", PeerHandler),
         (API + "/messages", MessagesHandler),
         (API + "/participants", ParticipantsHandler),
+        (API + "/replies", RepliesHandler),
         (API + "/search", SearchHandler),
         (API + "/subscriptions", SubscriptionsHandler),
         (API + "/media/([^/]*)", MediaHandler),
@@ -214,6 +215,26 @@ class MessagesHandler(ApiHandler):
             offset_id=int_param(values, "offset_id", 0, 0, top),
             min_id=int_param(values, "min_id", 0, 0, top),
             max_id=int_param(values, "max_id", 0, 0, top),
+        )
+
+
+class RepliesHandler(ApiHandler):
+    route = API + "/replies"
+    params = frozenset({"peer", "msg_id", "limit", "offset_id"})
+
+    async def on_get(self, *args: str) -> dict[str, Any]:
+        values = self.query()
+        ref = peer_param(values)
+        if "msg_id" not in values:
+            raise InvalidParam("msg_id", "is required")
+        top = 2**31 - 1
+        return await queries.replies(
+            self.pool,
+            self.processor,
+            ref,
+            msg_id=int_param(values, "msg_id", 0, 1, top),
+            limit=int_param(values, "limit", 20, 1, 100),
+            offset_id=int_param(values, "offset_id", 0, 0, top),
         )
 
 

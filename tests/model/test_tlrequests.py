@@ -72,3 +72,33 @@ def test_search_keeps_public_chats_results_first_each_once_cut_to_limit() -> Non
     )
     assert [c.id for c in tl.public_chats(res, 10)] == [2, 1, 4]
     assert [c.id for c in tl.public_chats(res, 2)] == [2, 1]
+
+
+def test_replies_ask_a_thread_newest_first_from_an_offset() -> None:
+    req = tl.replies_request(CHANNEL, 12, 30, 400)
+    assert isinstance(req, functions.messages.GetRepliesRequest)
+    assert (req.peer, req.msg_id, req.limit, req.offset_id) == (CHANNEL, 12, 30, 400)
+    assert (req.add_offset, req.min_id, req.max_id, req.offset_date) == (0, 0, 0, None)
+    assert tl.REPLIES_BLAME["MSG_ID_INVALID"] == "msg_id"
+
+
+def test_the_discussion_group_is_where_the_thread_lives() -> None:
+    post_channel = channel(2001, "news", broadcast=True)
+    group = channel(2103, "talk", megagroup=True)
+    asked = -(10**12) - 2001
+    comment = types.Message(5, types.PeerChannel(2103), DATE, "c")
+    page = types.messages.ChannelMessages(
+        pts=1, count=45, messages=[comment], topics=[], chats=[post_channel, group], users=[]
+    )
+    assert tl.discussion_of(page, asked) is group and tl.count_of(page) == 45
+    empty = types.messages.ChannelMessages(
+        pts=1, count=0, messages=[], topics=[], chats=[post_channel, group], users=[]
+    )
+    assert tl.discussion_of(empty, asked) is group and tl.count_of(empty) == 0
+    # A megagroup's own thread: no discussion group.
+    own = types.messages.ChannelMessages(
+        pts=1, count=1, messages=[comment], topics=[], chats=[group], users=[]
+    )
+    assert tl.discussion_of(own, -(10**12) - 2103) is None
+    whole = types.messages.Messages(messages=[comment], topics=[], chats=[group], users=[])
+    assert tl.count_of(whole) == 1
