@@ -1150,6 +1150,7 @@ async def _demo_first_answer(
     say("")
     say("more: GET '/api/v1/messages?peer=@tgc_news&limit=5'  GET /api/v1/accounts  "
         "GET '/api/v1/search?q=tgc'")
+    say("      GET '/api/v1/replies?peer=@open_talk&msg_id=2&limit=5'  (a post's comments)")
     if code != 0:
         log.warning("the demo's first request failed: %s", shown)
 

@@ -141,6 +141,8 @@ async def test_a_posts_comments_paged_to_the_end_each_once_newest_first(
 @pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_a_groups_thread_and_what_has_no_thread(api: ApiClient) -> None:
+    demo_hint = await get(api, "/api/v1/replies?peer=@open_talk&msg_id=2&limit=5")  # start.py demo's
+    assert len(demo_hint["messages"]) == 5 and demo_hint["count"] == dw.TALK_COMMENTS[2]
     thread = await get(api, "/api/v1/replies?peer=@tgc_chat&msg_id=7")
     assert [m["id"] for m in thread["messages"]] == [8]
     assert thread["count"] == 1 and thread["discussion"] is None
