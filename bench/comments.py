@@ -45,19 +45,8 @@ ACCOUNTS = (1001, 1002)  # the server's pool (demo world accounts)
 BARE_ACCOUNT = 1003  # bare Telethon's own account: no lock on the pool's sessions
 PEER = "@open_talk"
 TARGET = 1.5
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.rename(path)
-
-
-def cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU seconds of a process (this one by default), from /proc."""
-    fields = Path(f"/proc/{pid or 'self'}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+cpu_seconds = driver.cpu_seconds
+write_json = driver.write_json
 
 
 # --- the children ------------------------------------------------------------------------
@@ -134,7 +123,7 @@ def wait_file(path: Path, proc: subprocess.Popen[Any], what: str, within: float 
 
 
 def spawn(args: list[str], **kw: Any) -> subprocess.Popen[Any]:
-    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, **MALLOC_ENV}, **kw)
+    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, **driver.MALLOC_ENV}, **kw)
 
 
 def stop(proc: subprocess.Popen[Any]) -> None:
@@ -301,6 +290,8 @@ def main() -> int:
         return 0
     if not 1 <= args.limit <= 100 or args.comments < args.limit:
         parser.error("--limit must be 1-100 and no more than --comments")
+    if not Path(driver.WRK).exists():
+        sys.exit(f"{driver.WRK} is needed (apt-get install wrk)")
     return bench(args)
 
 

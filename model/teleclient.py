@@ -313,7 +313,7 @@ class TeleClient:
         cached, entity = await self._peers.input_peer(ref)
         raw = str(ref)
         if not isinstance(cached.input_peer, types.InputPeerChannel):
-            raise InvalidArgument("ref", f"{raw}: only channels and megagroups have threads")
+            raise InvalidArgument("ref", f"{raw} is not a channel or a megagroup (no threads)")
         request = tl.replies_request(cached.input_peer, msg_id, limit, offset_id)
         res = await self._invoke(request, peer=raw, blame=tl.REPLIES_BLAME)
         entity, messages = await self._page(res, cached, entity, raw)
