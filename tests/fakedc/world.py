@@ -53,7 +53,13 @@ Rules kept here (see ../../shared/design/TELEGRAM.md):
   group (sent by the channel, fwd_from naming the post, saved_from_peer/msg_id too); a
   comment is a message of the group replying to that forward (`comment_to` names the post),
   and a reply inside a thread keeps the thread's top in `reply_top` (reply_to_top_id). In
-  any megagroup, the replies to a message make its thread (`threads`).
+  any megagroup, the replies to a message make its thread (`threads`). To build one:
+      world.link_discussion(CHANNEL, GROUP)           # or linked_chat_id in a file
+      post = world.add_post(CHANNEL, "text")          # its forward lands in GROUP
+      c = world.add_comment(CHANNEL, post.id, "first", from_id=USER)
+      world.add_comment(CHANNEL, post.id, "re", from_id=USER, reply_to=c.id)
+      world.forward_of(world.chats[CHANNEL], post.id); world.threads(group).thread(top_id)
+  (rpc.post_message / post_comment do the same with pushes.)
 """
 
 from __future__ import annotations
