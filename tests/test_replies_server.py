@@ -7,12 +7,13 @@ What is checked from the outside: a post's comments paged to the end come each o
 first, with the thread's `count` and the discussion group on every page, and equal the
 emulator's thread; the post itself carries `replies` and `replies_info`; a megagroup's own
 reply thread (no discussion group); the thread asked in the group by its forward's id; a
-message with no thread is 400 naming `msg_id`.
+message with no thread is 400 naming `msg_id`; a photo in a comment is downloaded and stored.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from tests.fakedc import demo_world as dw
 from tests.fakedc.rpc import TelegramRpc
 from tests.fakedc.world import DEFAULT_DATE, World
 from tests.fixtures.server_config import AES_KEY, TOKEN, write_config
+from tests.fixtures.wait import wait_for
 from tests.test_server_media_nginx import ServerProcess
 
 COMMENTS = 250
@@ -54,13 +56,13 @@ def fakedc_dispatcher() -> TelegramRpc:
     return TelegramRpc(big_thread_world())
 
 
-@pytest.fixture
-async def api(
-    tmp_path: Path, telegram_session: Callable[..., Path]
+@asynccontextmanager
+async def serving(
+    tmp_path: Path, telegram_session: Callable[..., Path], props: dict[str, str]
 ) -> AsyncIterator[ApiClient]:
     for user_id in (dw.ACCOUNT_A, dw.ACCOUNT_B):
         telegram_session(user_id, name=f"acc{user_id}")
-    server = ServerProcess(write_config(tmp_path, {"media.auto_download": "false"}))
+    server = ServerProcess(write_config(tmp_path, props))
     try:
         url = await server.start()
         async with ApiClient(url, TOKEN, AES_KEY) as client:
@@ -70,6 +72,24 @@ async def api(
         if server.proc is not None and server.proc.returncode is None:
             server.proc.kill()
             await server.proc.wait()
+
+
+@pytest.fixture
+async def api(
+    tmp_path: Path, telegram_session: Callable[..., Path]
+) -> AsyncIterator[ApiClient]:
+    """The server with media.auto_download=false: the answers alone are checked."""
+    async with serving(tmp_path, telegram_session, {"media.auto_download": "false"}) as api:
+        yield api
+
+
+@pytest.fixture
+async def downloading_api(
+    tmp_path: Path, telegram_session: Callable[..., Path]
+) -> AsyncIterator[ApiClient]:
+    """The server as shipped: files in answers are downloaded and stored under data.dir."""
+    async with serving(tmp_path, telegram_session, {}) as api:
+        yield api
 
 
 async def get(api: ApiClient, uri: str) -> dict[str, Any]:
@@ -153,3 +173,29 @@ async def test_a_groups_thread_and_what_has_no_thread(api: ApiClient) -> None:
     assert await error_param(api, "/api/v1/replies?peer=@tgc_news&msg_id=10") == (
         400, "INVALID_PARAM", "msg_id"
     )  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_a_comments_photo_is_downloaded_and_stored(downloading_api: ApiClient) -> None:
+    """A file in a comment is bound to the discussion group's message: the pipeline fetches
+    it with the account that read the thread and stores it like any other."""
+    api = downloading_api
+    offset = 0
+    photo: dict[str, Any] | None = None
+    while photo is None:
+        uri = f"/api/v1/replies?peer=@open_talk&msg_id={POST}&limit=100&offset_id={offset}"
+        data = await get(api, uri)
+        photo = next((m["media"] for m in data["messages"] if m["media"]), None)
+        offset = data["next_offset_id"]
+        assert photo is not None or offset is not None, "no comment with a photo"
+    key = photo["key"]
+
+    async def stored() -> bool:
+        record = await get(api, f"/api/v1/media/{key}")
+        assert record["state"] != "failed", record
+        return bool(record["state"] == "stored")
+
+    await wait_for(stored, within=30, what="the comment's photo stored")
+    record = await get(api, f"/api/v1/media/{key}")
+    assert record["url"].startswith("file://") and record["size"] == photo["size"]
