@@ -7,7 +7,8 @@ What is checked from the outside: a post's comments paged to the end come each o
 first, with the thread's `count` and the discussion group on every page, and equal the
 emulator's thread; the post itself carries `replies` and `replies_info`; a megagroup's own
 reply thread (no discussion group); the thread asked in the group by its forward's id; a
-message with no thread is 400 naming `msg_id`; a photo in a comment is downloaded and stored.
+message with no thread is 400 naming `msg_id`; a flood wait moves the call to the next
+account; a photo in a comment is downloaded and stored.
 """
 
 from __future__ import annotations
@@ -160,7 +161,9 @@ async def test_a_posts_comments_paged_to_the_end_each_once_newest_first(
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
-async def test_a_groups_thread_and_what_has_no_thread(api: ApiClient) -> None:
+async def test_a_groups_thread_and_what_has_no_thread(
+    api: ApiClient, fakedc_dispatcher: TelegramRpc
+) -> None:
     demo_hint = await get(api, "/api/v1/replies?peer=@open_talk&msg_id=2&limit=5")  # start.py demo's
     assert len(demo_hint["messages"]) == 5 and demo_hint["count"] == dw.TALK_COMMENTS[2]
     thread = await get(api, "/api/v1/replies?peer=@tgc_chat&msg_id=7")
@@ -173,6 +176,15 @@ async def test_a_groups_thread_and_what_has_no_thread(api: ApiClient) -> None:
     assert await error_param(api, "/api/v1/replies?peer=@tgc_news&msg_id=10") == (
         400, "INVALID_PARAM", "msg_id"
     )  # fmt: skip
+    # A flood wait on the account asked first: the next account serves, the wait shows.
+    rpc = fakedc_dispatcher
+    rpc.reset_counts()
+    rpc.flood_wait("messages.getReplies", 30, times=1)
+    again = await get(api, "/api/v1/replies?peer=@open_talk&msg_id=2&limit=5")
+    assert [m["id"] for m in again["messages"]] == [m["id"] for m in demo_hint["messages"]]
+    assert rpc.count("messages.getReplies") == 2
+    accounts = (await get(api, "/api/v1/accounts"))["accounts"]
+    assert sorted(a["state"] for a in accounts) == ["flood_wait", "ok"]
 
 
 @pytest.mark.slow
