@@ -3,6 +3,7 @@ bare Telethon asking the same page, in one run.
 
     flock /tmp/bench.lock .venv/bin/python bench/comments.py [--comments 300] [--limit 100]
                                                              [--duration 3] [--rounds 5]
+                                                             [--nice -10]
 
 The emulator (its own process) runs the demo world plus one post of @open_talk with
 `--comments` comments in the discussion group. The server is `start.py serve` as deployed
@@ -278,6 +279,13 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=100, help="comments per page (1-100)")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per side per round")
     parser.add_argument("--rounds", type=int, default=5, help="alternated rounds (medians)")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="niceness for every process of the run (negative needs root), as in"
+        " bench/http_api.py: on a shared machine the others' load otherwise decides",
+    )
     parser.add_argument("--role", choices=("emulator", "telethon"), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--post", type=int, default=0, help=argparse.SUPPRESS)
@@ -292,6 +300,8 @@ def main() -> int:
         parser.error("--limit must be 1-100 and no more than --comments")
     if not Path(driver.WRK).exists():
         sys.exit(f"{driver.WRK} is needed (apt-get install wrk)")
+    if args.nice:
+        os.nice(args.nice)  # inherited by every child: emulator, server, Telethon, wrk
     return bench(args)
 
 
