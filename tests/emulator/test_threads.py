@@ -144,3 +144,54 @@ async def test_threads_need_a_channel_and_a_readable_one(connect: Any, rpc: Tele
     me = await client.get_me(input_peer=True)
     with pytest.raises(errors.PeerIdInvalidError):
         await client(F.messages.GetDiscussionMessageRequest(me, 1))
+
+
+# --- the world's rules on their own (no client) -------------------------------------------
+
+
+def small_world(linked: bool = True) -> World:
+    return World.from_dict(
+        {
+            "users": [{"id": 1, "first_name": "U"}],
+            "chats": [
+                {"id": 10, "kind": "broadcast", "title": "C", "username": "chan",
+                 **({"linked_chat_id": 20} if linked else {})},
+                {"id": 20, "kind": "megagroup", "title": "G", "username": "grp"},
+            ],
+            "messages": [
+                {"chat": 10, "text": "post 1"},
+                {"chat": 10, "action": {"type": "channel_create", "title": "C"}},
+                {"chat": 20, "comment_to": 1, "from_id": 1, "text": "c1"},
+            ]
+            if linked
+            else [{"chat": 10, "text": "post 1"}],
+        }
+    )  # fmt: skip
+
+
+def test_a_file_links_both_sides_and_forwards_each_post_but_service_messages() -> None:
+    world = small_world()
+    channel, group = world.chats[10], world.chats[20]
+    assert group.linked_chat_id == 10 and world.discussion_of(channel) is group
+    forward = world.forward_of(channel, 1)
+    assert forward is not None and forward.from_chat == 10 and forward.text == "post 1"
+    assert forward.fwd is not None and forward.fwd["saved_from_msg_id"] == 1
+    assert world.forward_of(channel, 2) is None  # a service message is not forwarded
+    (comment,) = world.threads(group).thread(forward.id)
+    assert comment.reply_to == forward.id and comment.reply_top is None
+    answer = world.add_comment(10, 1, "c2", 1, reply_to=comment.id)
+    assert (answer.reply_to, answer.reply_top) == (comment.id, forward.id)
+    assert [m.id for m in world.threads(group).thread(forward.id)] == [answer.id, comment.id]
+
+
+def test_what_the_world_refuses() -> None:
+    world = small_world(linked=False)
+    with pytest.raises(ValueError, match="no discussion group"):
+        world.add_comment(10, 1, "c", 1)
+    with pytest.raises(ValueError, match="broadcast channel"):
+        world.link_discussion(20, 10)
+    world.link_discussion(10, 20)  # post 1 came before the link: it has no forward
+    with pytest.raises(ValueError, match="no forward of post 1"):
+        world.add_comment(10, 1, "c", 1)
+    post = world.add_post(10, "post 2")
+    assert world.forward_of(world.chats[10], post.id) is not None
