@@ -1171,6 +1171,7 @@ async def _demo_first_answer(
         "GET '/api/v1/search?q=tgc'")
     say("      GET '/api/v1/messages?peer=@tgc_news&since=2023-11-14T23:00:00Z&until=2023-11-15'"
         "  GET '/api/v1/messages/search?peer=@tgc_news&q=bold&limit=5'")
+    say("      GET '/api/v1/replies?peer=@open_talk&msg_id=2&limit=5'  (a post's comments)")
     if code != 0:
         log.warning("the demo's first request failed: %s", shown)
 
