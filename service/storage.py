@@ -154,7 +154,9 @@ class LocalStorage:
         except OSError as e:
             if e.errno != errno.EXDEV:
                 raise
-            tmp = dest.with_name(dest.name + ".tmp")
+            # Named per process: a folder shared by several processes may get the same
+            # object from two of them at once, and each must copy into its own file.
+            tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
             shutil.copyfile(src, tmp)
             os.replace(tmp, dest)
             src.unlink()
