@@ -269,6 +269,7 @@ class MediaProcessor:
             "in_progress": len(work.items),
             "spool_bytes": work.budget.used,
             "spool_max_bytes": work.budget.limit,
+            "found_in_storage": self.found_stored,
         }
 
     # --- taking items up ------------------------------------------------------------------

@@ -13,7 +13,8 @@ same registry, see service/publisher.py):
     tgc_accounts{state}                                 accounts by state (read at scrape time)
     tgc_media_queue{queue}                              download / upload queue lengths
     tgc_media_in_progress, tgc_media_spool_bytes, tgc_media_spool_max_bytes
-    tgc_media_downloaded_bytes_total, tgc_media_uploaded_bytes_total
+    tgc_media_downloaded_bytes_total, tgc_media_uploaded_bytes_total,
+    tgc_media_found_in_storage_total (stored by another process: not downloaded)
 
 and `SubscriberCollector(subscriber, joinmap)`, which start.py registers next to the
 subscriber it builds (a server without the subscription flow has none of these):
@@ -294,6 +295,12 @@ class StateCollector(Collector):
         )
         yield CounterMetricFamily(
             "tgc_media_uploaded_bytes", "Bytes stored in the storage", value=p.uploaded_bytes
+        )
+        yield CounterMetricFamily(
+            "tgc_media_found_in_storage",
+            "Media the storage already held when their download was due (another process"
+            " stored them): not downloaded here",
+            value=stats.get("found_in_storage", 0),
         )
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 from telethon.tl import functions, types
+from tornado.httpclient import AsyncHTTPClient
 
 from model.downloader import part_count
 from service.apiclient import ApiClient, ApiResponse
@@ -229,6 +230,10 @@ async def test_a_file_reached_through_two_processes_is_downloaded_and_stored_onc
             within=30,
         )
 
+    # /metrics of each process (its own port): which one found it in the storage.
+    found = [await _found_in_storage(url) for url in fleet.urls]
+    assert found[other] == 1 and found[holder] == 0, found
+
     parts = part_count(SHARED_SIZE, PART_SIZE)
     assert getfiles.of(SHARED_DOC) == Counter({ACCOUNTS[holder]: parts})  # one download
     log = (nginx_dav_put_once.tmp / "access.log").read_text()
@@ -237,6 +242,16 @@ async def test_a_file_reached_through_two_processes_is_downloaded_and_stored_onc
     heads = [line for line in log.splitlines() if f'"HEAD /{key[:2]}/{key}' in line]
     assert len(heads) == 2, heads  # each process asked once before its download was due
     assert [p.name for p in nginx_dav_put_once.files()] == [f"{key}.pdf"]
+
+
+async def _found_in_storage(url: str) -> float:
+    http = AsyncHTTPClient(force_instance=True)
+    try:
+        text = (await http.fetch(url + "/metrics")).body.decode()
+    finally:
+        http.close()
+    (line,) = [x for x in text.splitlines() if x.startswith("tgc_media_found_in_storage_total ")]
+    return float(line.split()[1])
 
 
 async def _stored(api: ApiClient, key: str) -> bool:
