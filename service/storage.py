@@ -56,8 +56,11 @@ _RETRYABLE_STATUS = {408, 425, 429}
 # without create_full_put_path): they end when someone fixes the server or the config, so
 # they are retried and the spool file is kept. 400, 411, 413, 415… fail the file.
 _MISCONFIGURED_STATUS = {401, 403, 404, 405, 407, 409}
-# HEADs in flight at once (`find`, one per download about to start).
+# HEADs in flight at once (`find`, one per download about to start), and how long one may
+# take: a storage that hangs must not hold every download for `timeout` (the download goes
+# ahead when the HEAD gets no answer).
 HEADS = 8
+HEAD_TIMEOUT = 5.0
 
 
 class StorageError(Exception):
@@ -268,8 +271,8 @@ class HttpStorage:
             auth_username=self._auth[0] if self._auth else None,
             auth_password=self._auth[1] if self._auth else None,
             auth_mode="basic",
-            connect_timeout=self.timeout,
-            request_timeout=self.timeout,
+            connect_timeout=min(self.timeout, HEAD_TIMEOUT),
+            request_timeout=min(self.timeout, HEAD_TIMEOUT),
             prepare_curl_callback=self._quiet if self._auth else None,
         )
         try:

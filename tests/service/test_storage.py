@@ -482,3 +482,32 @@ async def test_plain_nginx_ignores_if_none_match_on_put(
     assert nginx_dav.path_of(f"{KEY[:2]}/{KEY}.bin").read_bytes() == second
     log = (nginx_dav.tmp / "access.log").read_text()
     assert '"PUT /' in log and " 204 " in log
+
+
+async def test_http_find_gives_up_soon_on_a_storage_that_hangs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A HEAD that gets no answer is no answer (the download goes ahead), within
+    HEAD_TIMEOUT, not the upload's `timeout`."""
+    import service.storage
+
+    monkeypatch.setattr(service.storage, "HEAD_TIMEOUT", 0.3)
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # reads nothing, answers nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    storage = HttpStorage(f"http://127.0.0.1:{port}", timeout=600)
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(StorageUnavailable):
+            await storage.find(KEY, ".bin", 10)
+        assert asyncio.get_running_loop().time() - started < 5
+    finally:
+        await storage.close()
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
