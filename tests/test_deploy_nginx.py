@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -165,6 +166,32 @@ async def ok(api: ApiClient, method: str, uri: str, body: dict[str, Any] | None 
     answer: ApiResponse = await api.request(method, uri, body)
     assert answer.ok, (method, uri, answer)
     return answer.data
+
+
+@pytest.mark.parametrize(
+    ("spellings", "route"),
+    [
+        (["@tgc_news", "%40tgc_news", "tgc_news", "t.me/tgc_news", "t.me%2ftgc_news",
+          "https%3A%2F%2Ft.me%2Fs%2Ftgc_news%2F15", "https://telegram.me/tgc_news/3",
+          "www.t.me/tgc_news"], "tgc_news"),
+        (["-1000000002001"], "-1000000002001"),
+        (["t.me/+SmAlLgRoUp0004"], "t.me/+SmAlLgRoUp0004"),
+    ],
+)  # fmt: skip
+def test_the_template_routes_a_peers_spellings_alike(
+    tmp_path: Path, spellings: list[str], route: str
+) -> None:
+    """The template's map, without tgc behind it (nginx answers 502, and logs the key)."""
+    front = NginxFront(tmp_path, ["127.0.0.1:9", "127.0.0.1:10"])
+    front.start()
+    try:
+        for spelling in spellings:
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"{front.base_url}/api/v1/peer?peer={spelling}", timeout=5)
+        assert {line.route for line in front.routed()} == {route}
+        assert len(front.routed()) == len(spellings)
+    finally:
+        front.stop()
 
 
 @pytest.mark.timeout(120)
