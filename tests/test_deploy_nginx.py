@@ -9,6 +9,7 @@ front's access log naming the process that answered, the emulator's getFile call
 storage's files and access log, the one queue):
 - a peer's requests stick to one process, whatever its spelling (@name, name, t.me/name)
   and the method (GET, POST with `peer` in the query, DELETE); peers spread over all three;
+  a replayed request lands where its nonce was seen (401);
 - the same file reached through two processes is downloaded once (the getFile calls of
   one download) and stored once (one PUT): the second process asks the storage first;
   both processes' events arrive on the one exchange;
@@ -35,6 +36,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from model.downloader import part_count
 from service.apiclient import ApiClient, ApiResponse
+from service.cryptor import Signer
 from tests.fakedc import demo_world as dw
 from tests.fakedc.cluster import FakeTelegram
 from tests.fakedc.rpc import TelegramRpc
@@ -221,6 +223,21 @@ async def test_a_peers_requests_stick_to_one_process_and_peers_spread(fleet: Fle
         fleet.address(i) for i in range(3)
     }, "24 peers, yet not every process serves some"
     assert all(line.status == 200 for line in fleet.front.routed())
+
+    # A replayed request lands where its nonce was seen, and is refused there.
+    uri = "/api/v1/peer?peer=%40tgc_chat"
+    headers = Signer(TOKEN).sign("GET", uri, b"")
+    http = AsyncHTTPClient(force_instance=True)
+    try:
+        codes = [
+            (await http.fetch(fleet.front.base_url + uri, headers=headers, raise_error=False)).code
+            for _ in range(2)
+        ]
+    finally:
+        http.close()
+    assert codes == [200, 401]
+    replays = [line for line in fleet.front.routed() if line.request.split()[1] == uri]
+    assert len({line.answered_by for line in replays}) == 1
 
 
 @pytest.mark.timeout(120)
