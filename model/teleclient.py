@@ -65,6 +65,7 @@ class TeleClient:
         api_hash: str,
         *,
         proxy: Proxy | None = None,
+        label: str | None = None,
         resolve_per_minute: float = 5,
         resolve_per_day: float = 200,
         flood_sleep_threshold: int = 0,
@@ -86,6 +87,9 @@ class TeleClient:
             path = path.with_name(path.name + ".session")
         self.session_name = path.stem  # may be a phone number: stays in this process
         self.session_path = path
+        # The operator's name for it (its sidecar's `label`): shown, never a key of anything.
+        self.label = label
+        self.proxy = proxy
         self.pending_downloads = 0
         self.user_id: int | None = None
         self.phone: str | None = None
@@ -253,13 +257,17 @@ class TeleClient:
         return self._connection.note_error(error)
 
     def describe(self, wall_clock: Clock = time.time) -> dict[str, Any]:
-        """The account as its public description lists it: label, masked phone, user id,
-        state, why it is banned, unauthorized or disconnected (`reason`, else None), the
-        end of its flood wait (a UTC date) and its pending downloads."""
+        """The account as its public description lists it: label, the operator's label
+        (sidecar), the proxy it connects through (scheme://host:port, never the credentials),
+        masked phone, user id, state, why it is banned, unauthorized or disconnected
+        (`reason`, else None), the end of its flood wait (a UTC date) and its pending
+        downloads."""
         until = self.flood_until
         wall = None if until is None else wall_clock() + (until - self._clock())
         return {
             "name": self.name,
+            "label": self.label,
+            "proxy": self.proxy.address if self.proxy is not None else None,
             "phone": mask_phone(self.phone) if self.phone else None,
             "user_id": self.user_id,
             "state": str(self.state),

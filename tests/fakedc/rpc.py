@@ -18,7 +18,9 @@ tests/emulator/test_rpc.py):
 - upload.getFile: offset % 4096 == 0 (OFFSET_INVALID), limit % 4096 == 0, 1048576 % limit
   == 0, limit ≤ 1 MiB and the part inside one 1 MiB block (LIMIT_INVALID); `precise`
   relaxes to 1 KiB steps and drops the divisor and block rules; a file on another DC →
-  303 FILE_MIGRATE_X; the last part is short, past the end is empty.
+  303 FILE_MIGRATE_X; the last part is short, past the end is empty; with a download
+  budget in the world, an account that fetches faster than it gets 420 FLOOD_WAIT_X
+  (premium) or FLOOD_PREMIUM_WAIT_X (not), X sized to the overdraft (budget.py).
 - Unauthorised keys get 401 AUTH_KEY_UNREGISTERED on everything but help.*/auth.* and
   account.getPassword during a 2FA login.
 - Basic-group and private messages carry the viewing account's own ids (World.seen_by):
@@ -53,6 +55,7 @@ Knobs (all take effect immediately; see each method's docstring):
     rpc.drop_next_posts(channel_id, n)
     rpc.clear_faults()                                     # undoes the fault knobs
     rpc.world.channel_limit = 500                          # CHANNELS_TOO_MUCH beyond it
+    rpc.world.download_budget = 20 * 2**20                 # getFile bytes/s per account
     rpc.login_code = "12345"                               # the code auth.signIn accepts
 Pushes (async, to member accounts through the cluster's pusher): post_message,
 edit_message, delete_messages, kick; add_member (no push).
@@ -74,6 +77,7 @@ from telethon.tl import functions, types
 
 from tests.fakedc import difference, files, render
 from tests.fakedc.api import CallContext, Pusher, RpcError
+from tests.fakedc.budget import DownloadBudget
 from tests.fakedc.faults import FaultKnobs
 from tests.fakedc.srp import SrpServer
 from tests.fakedc.world import BROADCAST, MEGAGROUP, ChatSpec, MessageSpec, UserSpec, World
@@ -126,6 +130,7 @@ class TelegramRpc(FaultKnobs):
         self._srp = SrpServer()
         self._exported: dict[bytes, int] = {}  # exported authorization bytes → user id
         self._handlers: dict[type, Handler] = self._handler_table()
+        self.download_budget = DownloadBudget(clock)  # the world's budget, per account
 
     # === the Dispatcher ===================================================================
 
@@ -890,12 +895,20 @@ class TelegramRpc(FaultKnobs):
         if dc_id != ctx.dc_id:
             raise RpcError(303, f"FILE_MIGRATE_{dc_id}")
         self._check_drop(file_id, viewer)
+        self._check_budget(viewer, max(0, min(req.limit, size - req.offset)))
         data = files.read(key, size, req.offset, req.limit)
         return types.upload.File(
             type=storage_type(mime) if req.offset == 0 else types.storage.FilePartial(),
             mtime=0,
             bytes=data,
         )
+
+    def _check_budget(self, viewer: int, nbytes: int) -> None:
+        """The world's download budget (budget.py): FLOOD_WAIT_X / FLOOD_PREMIUM_WAIT_X."""
+        budget = self.world.download_budget
+        if budget is not None and nbytes > 0:
+            premium = self.world.users[viewer].premium
+            self.download_budget.take(viewer, nbytes, budget, self.world.download_burst, premium)
 
     def _locate(self, ctx: CallContext, loc: Any, viewer: int) -> tuple[int, int, int, int, str]:
         """(file id, dc, file key, size, mime) of a location; FILE_ID_INVALID for another
