@@ -116,6 +116,11 @@ class Fleet:
     def direct(self, i: int) -> ApiClient:
         return ApiClient(self.urls[i], TOKEN, AES_KEY)
 
+    async def logged(self, n: int) -> None:
+        """Waits until the front's access log has `n` lines: nginx writes a request's line
+        after its answer went out, so the client can be ahead of the log."""
+        await wait_for(lambda: len(self.front.routed()) >= n, within=10, what=f"{n} log lines")
+
     def owners(self, since: int = 0) -> dict[str, set[str]]:
         """Route key → the processes that answered its requests (front log from `since`)."""
         out: dict[str, set[str]] = defaultdict(set)
@@ -213,6 +218,7 @@ async def test_a_peers_requests_stick_to_one_process_and_peers_spread(fleet: Fle
     for name in crowd:
         await ok(api, "GET", f"/api/v1/peer?peer={name}")
 
+    await fleet.logged(len(PEERS) * 5 + 2 + len(crowd))
     owners = fleet.owners()
     for peer in PEERS:
         name = peer.removeprefix("@")
@@ -236,6 +242,7 @@ async def test_a_peers_requests_stick_to_one_process_and_peers_spread(fleet: Fle
     finally:
         http.close()
     assert codes == [200, 401]
+    await fleet.logged(len(PEERS) * 5 + 2 + len(crowd) + 2)
     replays = [line for line in fleet.front.routed() if line.request.split()[1] == uri]
     assert len({line.answered_by for line in replays}) == 1
 
@@ -309,6 +316,7 @@ async def test_a_process_stopped_mid_run_has_its_peers_served_by_the_next(fleet:
     api = fleet.api
     for peer in PEERS:
         await ok(api, "GET", f"/api/v1/messages?peer={peer}&limit=3")
+    await fleet.logged(len(PEERS))
     before = {route: next(iter(ups)) for route, ups in fleet.owners().items()}
     names = [p.removeprefix("@") for p in PEERS]
     load = Counter(before[name] for name in names)
@@ -338,6 +346,7 @@ async def test_a_process_stopped_mid_run_has_its_peers_served_by_the_next(fleet:
     workers = [asyncio.ensure_future(worker(k)) for k in range(4)]
     try:
         await wait_for(lambda: answered >= 20, within=30, what="the load running")
+        # Lines from here on are the requests sent after it (or in flight then).
         stopped_at = len(fleet.front.routed())
         started = time.monotonic()
         await fleet.servers[victim].stop()  # SIGTERM: drains, exits 0
@@ -350,6 +359,7 @@ async def test_a_process_stopped_mid_run_has_its_peers_served_by_the_next(fleet:
             await asyncio.gather(*workers)
     assert failures == [], failures[:5]
 
+    await fleet.logged(len(PEERS) + answered)
     after = fleet.owners(since=stopped_at)
     log = fleet.front.routed()[stopped_at:]
     late = [line for line in log if victim_address not in line.upstreams]
