@@ -1103,6 +1103,8 @@ DEMO_REQUESTS: tuple[str, ...] = (
     # A date range of the news channel, a search in it.
     "GET '/api/v1/messages?peer=@tgc_news&since=2023-11-14T23:00:00Z&until=2023-11-15'",
     "GET '/api/v1/messages/search?peer=@tgc_news&q=bold&limit=5'",
+    # A channel post's comments (held in its discussion group).
+    "GET '/api/v1/replies?peer=@open_talk&msg_id=2&limit=5'",
 )
 
 

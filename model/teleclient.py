@@ -344,6 +344,23 @@ class TeleClient:
         entity, messages = await self._page(res, cached, entity, str(ref))
         return entity, tl.by_id_of(messages, cached.marked_id, ids)
 
+    async def get_replies(
+        self, ref: PeerRef, msg_id: int, limit: int = 20, offset_id: int = 0
+    ) -> tuple[Entity, list[Any], int, Entity | None]:
+        """messages.getReplies: (entity, messages newest first, how many the thread holds,
+        the discussion group or None). The comments of channel post `msg_id` are messages
+        of the channel's discussion group; a megagroup's thread is its own (no discussion
+        group then). offset_id is exclusive (0: the newest). A message with no thread is
+        InvalidArgument on `msg_id`; a basic group or a user has none (on `ref`)."""
+        cached, entity = await self._peers.input_peer(ref)
+        raw = str(ref)
+        if not isinstance(cached.input_peer, types.InputPeerChannel):
+            raise InvalidArgument("ref", f"{raw} is not a channel or a megagroup (no threads)")
+        request = tl.replies_request(cached.input_peer, msg_id, limit, offset_id)
+        res = await self._invoke(request, peer=raw, blame=tl.REPLIES_BLAME)
+        entity, messages = await self._page(res, cached, entity, raw)
+        return entity, messages, tl.count_of(res), tl.discussion_of(res, cached.marked_id)
+
     async def _page(
         self, res: Any, cached: Cached, entity: Entity | None, raw: str
     ) -> tuple[Entity, list[Any]]:

@@ -46,6 +46,9 @@ SEARCH_FILTERS: dict[str, type] = {
     "round_voice": types.InputMessagesFilterRoundVoice,
     "pinned": types.InputMessagesFilterPinned,
 }
+# messages.getReplies: MSG_ID_INVALID is a message with no thread (none such, or a post of
+# a channel without a discussion group).
+REPLIES_BLAME = {"MSG_ID_INVALID": "msg_id", "LIMIT_INVALID": "limit"}
 # At most this many members per channels.getParticipants (Telegram's own cap).
 PARTICIPANTS_PAGE = 200
 
@@ -127,11 +130,45 @@ def search_request(
     )
 
 
+def replies_request(p: Any, msg_id: int, limit: int, offset_id: int) -> Any:
+    """messages.getReplies: the comments of a channel post (held in its discussion group) or
+    the reply thread of a megagroup message; newest first, offset_id exclusive."""
+    return functions.messages.GetRepliesRequest(
+        peer=p,
+        msg_id=msg_id,
+        offset_id=offset_id,
+        offset_date=None,
+        add_offset=0,
+        limit=limit,
+        max_id=0,
+        min_id=0,
+        hash=0,
+    )
+
+
 def count_of(res: Any) -> int:
     """How many messages match in all: a slice's (or a channel's) `count`, else the page's
     own length (messages.messages is the whole result)."""
     count = getattr(res, "count", None)
     return len(messages_of(res)) if count is None else int(count)
+
+
+def discussion_of(res: Any, asked: int) -> Any | None:
+    """The discussion megagroup a getReplies answer read from: the chat its messages are
+    in, or (an empty page) the one megagroup it names besides the asked peer; None when
+    the thread is in the asked peer itself (a megagroup's own reply thread)."""
+    groups = {
+        utils.get_peer_id(c): c
+        for c in getattr(res, "chats", [])
+        if isinstance(c, types.Channel) and c.megagroup
+    }
+    for msg in getattr(res, "messages", []):
+        peer = getattr(msg, "peer_id", None)
+        if peer is not None:
+            found = utils.get_peer_id(peer)
+            return None if found == asked else groups.get(found)
+    others = [c for marked, c in groups.items() if marked != asked]
+    return others[0] if len(others) == 1 else None
 
 
 def messages_request(p: Any, ids: list[int]) -> Any:

@@ -125,6 +125,7 @@ def make_app(
         (API + "/messages", MessagesHandler),
         (API + "/messages/search", MessageSearchHandler),
         (API + "/participants", ParticipantsHandler),
+        (API + "/replies", RepliesHandler),
         (API + "/search", SearchHandler),
         (API + "/subscriptions", SubscriptionsHandler),
         (API + "/media/([^/]*)", MediaHandler),
@@ -260,6 +261,26 @@ class MessageSearchHandler(ApiHandler):
             filter_name=kind,
             limit=int_param(values, "limit", 20, 1, 100),
             offset_id=int_param(values, "offset_id", 0, 0, 2**31 - 1),
+        )
+
+
+class RepliesHandler(ApiHandler):
+    route = API + "/replies"
+    params = frozenset({"peer", "msg_id", "limit", "offset_id"})
+
+    async def on_get(self, *args: str) -> dict[str, Any]:
+        values = self.query()
+        ref = peer_param(values)
+        if "msg_id" not in values:
+            raise InvalidParam("msg_id", "is required")
+        top = 2**31 - 1
+        return await queries.replies(
+            self.pool,
+            self.processor,
+            ref,
+            msg_id=int_param(values, "msg_id", 0, 1, top),
+            limit=int_param(values, "limit", 20, 1, 100),
+            offset_id=int_param(values, "offset_id", 0, 0, top),
         )
 
 

@@ -13,6 +13,8 @@ job) gets the same answers. Paging rules live here, not in the handler:
   reaches a message older than `since`. That relies on what Telegram guarantees within a
   chat: a later message id never carries an earlier date (imported histories aside);
 - search in a chat: `messages`, `next_offset_id` as for history, and Telegram's `count`.
+- a reply thread pages as history does (its message ids are those of the chat holding
+  the thread: a channel post's comments live in its discussion group).
 """
 
 from __future__ import annotations
@@ -194,6 +196,33 @@ def next_offset_id(page: list[dict[str, Any]], limit: int, min_id: int = 0) -> i
     if oldest <= max(min_id, 0) + 1:
         return None
     return oldest
+
+
+async def replies(
+    pool: Pool,
+    queue: MediaQueue | None,
+    ref: PeerRef,
+    *,
+    msg_id: int,
+    limit: int,
+    offset_id: int = 0,
+) -> dict[str, Any]:
+    """GET /api/v1/replies: the comments of channel post `msg_id` (or the reply thread of
+    a megagroup's message), `messages` newest first, `next_offset_id`, `count` (the whole
+    thread) and `discussion` (the discussion group's peer dict; null for a group's own
+    thread)."""
+    (_, found, count, group), account = await pool.run(
+        lambda c: c.get_replies(ref, msg_id, limit, offset_id), ref
+    )
+    messages, media = parser.parse_messages(found, account.name)
+    attach_media(messages, media, queue)
+    page = [m for m in messages if m is not None]
+    return {
+        "messages": page,
+        "next_offset_id": next_offset_id(page, limit),
+        "count": count,
+        "discussion": None if group is None else parser.parse_peer(group)[0],
+    }
 
 
 async def messages_by_id(

@@ -34,6 +34,11 @@ tests/emulator/test_rpc.py):
   or was in it: messages.getChats / getFullChat / getHistory of one it never was in →
   CHAT_ID_INVALID. Removed from it (kick): ChatForbidden, ChatParticipantsForbidden, and
   the service message (messageActionChatDeleteUser) reaches it and every member.
+- Threads (core.telegram.org/api/threads, /api/discussion; world.py's docstring): a post
+  of a channel with a discussion group carries messageReplies(comments, channel_id = the
+  group, replies, max_id, recent_repliers); messages.getReplies pages a post's comments (or
+  a megagroup message's replies) by getHistory's rules; messages.getDiscussionMessage gives
+  the thread's top in the group. A post with no thread: MSG_ID_INVALID.
 - Channel updates carry the channel's own pts (one per new or edited message, one per
   deleted id); they are pushed only to member accounts. updates.getDifference and
   getChannelDifference give what an account missed since a state: see difference.py.
@@ -44,6 +49,7 @@ Requests answered (everything else: 400 METHOD_INVALID, logged and listed in rpc
     channels.getParticipants, channels.getParticipant, channels.getMessages,
     channels.joinChannel, channels.leaveChannel, messages.getMessages, messages.getHistory,
     messages.search, messages.getChats, messages.getFullChat, messages.getDialogs,
+    messages.getReplies, messages.getDiscussionMessage,
     messages.checkChatInvite, messages.importChatInvite, messages.deleteChatUser,
     upload.getFile, auth.exportAuthorization, auth.importAuthorization, auth.sendCode,
     auth.signIn, auth.checkPassword, auth.logOut, account.getPassword, updates.getState,
@@ -66,7 +72,8 @@ Knobs (all take effect immediately; see each method's docstring):
     rpc.world.channel_limit = 500                          # CHANNELS_TOO_MUCH beyond it
     rpc.world.download_budget = 20 * 2**20                 # getFile bytes/s per account
     rpc.login_code = "12345"                               # the code auth.signIn accepts
-Pushes (async, to member accounts through the cluster's pusher): post_message,
+Pushes (async, to member accounts through the cluster's pusher): post_message (a post of
+a channel with a discussion group also pushes its automatic forward there), post_comment,
 edit_message, delete_messages, kick; add_member (no push).
 Counters: rpc.count(method=None, user_id=None), rpc.reset_counts(), rpc.unknown.
 """
@@ -180,6 +187,8 @@ class TelegramRpc(FaultKnobs):
             f.messages.GetMessagesRequest: self._common_messages,
             f.messages.GetHistoryRequest: self._get_history,
             f.messages.SearchRequest: self._search_messages,
+            f.messages.GetRepliesRequest: self._get_replies,
+            f.messages.GetDiscussionMessageRequest: self._get_discussion_message,
             f.messages.GetChatsRequest: self._get_chats,
             f.messages.GetFullChatRequest: self._get_full_chat,
             f.messages.GetDialogsRequest: self._get_dialogs,
@@ -978,6 +987,66 @@ class TelegramRpc(FaultKnobs):
         if state == "invalid":
             raise RpcError(400, "FILE_REFERENCE_INVALID")
 
+    # === threads and comments =============================================================
+
+    async def _get_replies(self, ctx: CallContext, req: Any) -> Any:
+        """messages.getReplies: the comments of a channel's post (messages of its
+        discussion group, readable without joining it) or the reply thread of a megagroup
+        message; newest first, paged by getHistory's window rules; `count` is the thread's."""
+        viewer = self._me(ctx).id
+        group, top, channel = self._thread_top(ctx, req.peer, req.msg_id)
+        thread = self.world.threads(group).thread(top.id)
+        window = history_window(
+            thread, req.offset_id, _ts(req.offset_date), req.add_offset, req.limit, req.min_id, req.max_id
+        )
+        answer = self._messages_answer(group, list(window), viewer, count=len(thread))
+        if channel is not None and not any(c.id == channel.id for c in answer.chats):
+            answer.chats.append(self._chat_view(channel, viewer))
+        return answer
+
+    async def _get_discussion_message(self, ctx: CallContext, req: Any) -> Any:
+        """messages.getDiscussionMessage: the thread's top in the group (a post's automatic
+        forward, or the megagroup message itself) and where the thread stands."""
+        viewer = self._me(ctx).id
+        group, top, channel = self._thread_top(ctx, req.peer, req.msg_id)
+        thread = self.world.threads(group).thread(top.id)
+        users, chats = self._entities_for([top], viewer)
+        for chat in (group, channel):
+            if chat is not None and not any(c.id == chat.id for c in chats):
+                chats.append(self._chat_view(chat, viewer))
+        newest = thread[0].id if thread else None
+        return types.messages.DiscussionMessage(
+            messages=[render.message(self.world, top, viewer)],
+            unread_count=0,
+            chats=chats,
+            users=users,
+            max_id=newest,
+            read_inbox_max_id=newest,
+            read_outbox_max_id=newest,
+        )
+
+    def _thread_top(
+        self, ctx: CallContext, input_peer: Any, msg_id: int
+    ) -> tuple[ChatSpec, MessageSpec, ChatSpec | None]:
+        """(the megagroup holding the thread, the thread's top message, the broadcast
+        channel asked when it is a post's comments). A post without a discussion group (or
+        posted before the link), a message that does not exist: MSG_ID_INVALID; a basic
+        group or a user: PEER_ID_INVALID (threads live in channels and megagroups)."""
+        peer = self._peer_from_input(ctx, input_peer)
+        if not isinstance(peer, ChatSpec) or not peer.is_channel:
+            raise RpcError(400, "PEER_ID_INVALID")
+        self._check_readable(ctx, peer)
+        if peer.kind == BROADCAST:
+            group = self.world.discussion_of(peer)
+            forward = self.world.forward_of(peer, msg_id) if msg_id in peer.messages else None
+            if group is None or forward is None:
+                raise RpcError(400, "MSG_ID_INVALID")
+            return group, forward, peer
+        top = peer.messages.get(msg_id)
+        if top is None:
+            raise RpcError(400, "MSG_ID_INVALID")
+        return peer, top, None
+
     # === auth =============================================================================
 
     async def _export_authorization(self, ctx: CallContext, req: Any) -> Any:
@@ -1155,13 +1224,50 @@ class TelegramRpc(FaultKnobs):
             await self._push_common(msg, "new", push=not dropped)
             return msg
         self.world._check_media(msg)
+        await self._post_channel_message(chat, msg)
+        group = self.world.discussion_of(chat)
+        forward = self.world.discussion_copy(chat, msg)
+        if group is not None and forward is not None:  # every post reaches the group
+            await self._post_channel_message(group, forward)
+        return msg
+
+    async def post_comment(
+        self,
+        channel_id: int,
+        post_id: int,
+        text: str,
+        *,
+        from_id: int,
+        reply_to: int | None = None,
+    ) -> MessageSpec:
+        """Comments on a channel's post: a message of its discussion group replying to the
+        post's automatic forward (or, with `reply_to`, to that comment of the group, inside
+        the thread), pushed to the group's member accounts. Returns it (its id in the group)."""
+        group = self.world.discussion_of(self.world.chats[channel_id])
+        if group is None:
+            raise ValueError(f"channel {channel_id} has no discussion group")
+        msg = MessageSpec(
+            chat=group.id,
+            from_id=from_id,
+            date=self._now(),
+            text=text,
+            reply_to=reply_to,
+            comment_to=post_id,
+        )
+        await self._post_channel_message(group, msg)
+        return msg
+
+    async def _post_channel_message(self, chat: ChatSpec, msg: MessageSpec) -> None:
+        """Stores a new message of a channel or megagroup (its next id, a pts event) and
+        pushes updateNewChannelMessage, unless drop_next_posts holds it back."""
+        self.world.place_in_thread(chat, msg)
         msg.id = chat.next_id
         chat.next_id += 1
         chat.messages[msg.id] = msg
         event = self.world.channel_event(chat, "new", [msg.id], self._now())
         msg.pts = event.pts
-        if self._take_dropped_post(chat_id):
-            return msg
+        if self._take_dropped_post(chat.id):
+            return
         await self._push_channel(
             chat,
             lambda viewer: types.UpdateNewChannelMessage(
@@ -1171,7 +1277,6 @@ class TelegramRpc(FaultKnobs):
             ),
             [msg],
         )
-        return msg
 
     async def edit_message(
         self,

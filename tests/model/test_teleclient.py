@@ -149,6 +149,17 @@ async def test_participants_of_megagroups_and_basic_groups(
     assert caught.value.argument == "ref"  # the peer, as get_participants names it
 
 
+async def test_only_channels_and_megagroups_have_threads(
+    world: FakeTelegram, make: Callable[..., Any]
+) -> None:
+    tc = await make()
+    learn_group(tc, world)
+    for peer in (str(-GROUP), str(ME)):
+        with pytest.raises(InvalidArgument) as caught:
+            await tc.get_replies(parse_peer(peer), 1)
+        assert caught.value.argument == "ref"
+
+
 async def test_a_broadcast_channels_members_are_private(make: Callable[..., Any]) -> None:
     tc = await make()
     with pytest.raises(PeerPrivate, match="CHAT_ADMIN_REQUIRED"):

@@ -99,3 +99,31 @@ def test_a_search_counts_what_telegram_counted() -> None:
     whole = types.messages.Messages(messages=msgs, topics=[], chats=[], users=[])
     part = types.messages.MessagesSlice(count=40, messages=msgs, topics=[], chats=[], users=[])
     assert (tl.count_of(whole), tl.count_of(part)) == (2, 40)
+def test_replies_ask_a_thread_newest_first_from_an_offset() -> None:
+    req = tl.replies_request(CHANNEL, 12, 30, 400)
+    assert isinstance(req, functions.messages.GetRepliesRequest)
+    assert (req.peer, req.msg_id, req.limit, req.offset_id) == (CHANNEL, 12, 30, 400)
+    assert (req.add_offset, req.min_id, req.max_id, req.offset_date) == (0, 0, 0, None)
+    assert tl.REPLIES_BLAME["MSG_ID_INVALID"] == "msg_id"
+
+
+def test_the_discussion_group_is_where_the_thread_lives() -> None:
+    post_channel = channel(2001, "news", broadcast=True)
+    group = channel(2103, "talk", megagroup=True)
+    asked = -(10**12) - 2001
+    comment = types.Message(5, types.PeerChannel(2103), DATE, "c")
+    page = types.messages.ChannelMessages(
+        pts=1, count=45, messages=[comment], topics=[], chats=[post_channel, group], users=[]
+    )
+    assert tl.discussion_of(page, asked) is group and tl.count_of(page) == 45
+    empty = types.messages.ChannelMessages(
+        pts=1, count=0, messages=[], topics=[], chats=[post_channel, group], users=[]
+    )
+    assert tl.discussion_of(empty, asked) is group and tl.count_of(empty) == 0
+    # A megagroup's own thread: no discussion group.
+    own = types.messages.ChannelMessages(
+        pts=1, count=1, messages=[comment], topics=[], chats=[group], users=[]
+    )
+    assert tl.discussion_of(own, -(10**12) - 2103) is None
+    whole = types.messages.Messages(messages=[comment], topics=[], chats=[group], users=[])
+    assert tl.count_of(whole) == 1

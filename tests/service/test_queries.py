@@ -11,10 +11,17 @@ from hypothesis import strategies as st
 from telethon import types
 
 from common.errors import PeerNotFound
-from common.utils import PeerRef
+from common.utils import PeerRef, parse_peer
 from model import tlrequests as tl
 from model.media import Media
-from service.queries import DateRange, attach_media, history, next_offset_id, search_messages
+from service.queries import (
+    DateRange,
+    attach_media,
+    history,
+    next_offset_id,
+    replies,
+    search_messages,
+)
 from tests.fakedc.rpc import history_window
 from tests.fakedc.world import MessageSpec
 
@@ -243,3 +250,49 @@ async def test_a_sender_the_chats_account_never_met_moves_the_search_once() -> N
             lost, None, chat, q="", sender=bob, filter_name=None, limit=5  # type: ignore[arg-type]
         )
     assert missing.value.peer == str(chat) and lost.picked == ["a"]
+
+
+class ThreadPool:
+    """A Pool whose one account answers get_replies from a list of TL messages."""
+
+    def __init__(self, msgs: list[Any], count: int, group: Any) -> None:
+        self.msgs, self.count, self.group = msgs, count, group
+        self.asked: list[tuple[Any, ...]] = []
+
+    async def run(self, op: Any, peer: Any = None) -> tuple[Any, Any]:
+        return await op(self), self
+
+    name = "acc1"
+
+    async def get_replies(self, ref: Any, msg_id: int, limit: int, offset_id: int) -> Any:
+        self.asked.append((ref, msg_id, limit, offset_id))
+        older = [m for m in self.msgs if not offset_id or m.id < offset_id][:limit]
+        return None, older, self.count, self.group
+
+    def accounts(self) -> list[dict[str, Any]]:
+        return []
+
+    def usable(self) -> bool:
+        return True
+
+
+async def test_replies_page_a_thread_and_name_its_discussion_group() -> None:
+    when = datetime(2024, 1, 1, tzinfo=UTC)
+    msgs = [types.Message(i, types.PeerChannel(2103), when, f"c{i}") for i in range(12, 2, -1)]
+    group = types.Channel(2103, "Talk chat", types.ChatPhotoEmpty(), when, megagroup=True)
+    pool = ThreadPool(msgs, 10, group)
+    ref = parse_peer("@open_talk")
+    seen: list[int] = []
+    offset = 0
+    for _ in range(5):
+        data = await replies(pool, None, ref, msg_id=2, limit=4, offset_id=offset)  # type: ignore[arg-type]
+        assert data["count"] == 10 and data["discussion"]["id"] == -1000000002103
+        assert data["discussion"]["type"] == "megagroup"
+        seen += [m["id"] for m in data["messages"]]
+        if data["next_offset_id"] is None:
+            break
+        offset = data["next_offset_id"]
+    assert seen == list(range(12, 2, -1))
+    assert [a[1:] for a in pool.asked] == [(2, 4, 0), (2, 4, 9), (2, 4, 5)]
+    pool.group = None  # a megagroup's own thread
+    assert (await replies(pool, None, ref, msg_id=7, limit=4))["discussion"] is None  # type: ignore[arg-type]

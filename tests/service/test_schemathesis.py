@@ -230,10 +230,12 @@ def answer_conforms(api: ThreadedApi) -> Any:
 # 400s a schema can't say: a peer that does not fit the route (a user's participants, a
 # basic group joined by id), `ids` with a paging parameter, a query Telegram finds too
 # short, an `until` not after `since`, a search with nothing to search by, an invite link
-# as a sender. The spec's E400 and its parameters name them.
+# as a sender, a POST whose query and body name different peers. The spec's E400 and its
+# parameters name them.
 _REFUSED_BY_MEANING = re.compile(
     r"is a user|is not a channel|can't be combined with ids|Telegram refused it"
     r"|must be later than since|is required unless from or filter|not an invite link"
+    r"|name different peers"
 )
 
 
@@ -343,6 +345,10 @@ KNOWN_REQUESTS: list[tuple[str, str, dict[str, Any], int]] = [
     ("GET", "/api/v1/participants", {"peer": "@tgc_chat", "limit": 200}, 200),
     ("GET", "/api/v1/participants", {"peer": "@tgc_chat", "offset": 250}, 200),
     ("GET", "/api/v1/participants", {"peer": "@tgc_news"}, 403),
+    ("GET", "/api/v1/replies", {"peer": "@open_talk", "msg_id": 2, "limit": 100}, 200),
+    ("GET", "/api/v1/replies", {"peer": "@open_talk", "msg_id": 2, "limit": 9, "offset_id": 30}, 200),
+    ("GET", "/api/v1/replies", {"peer": "@tgc_chat", "msg_id": 7}, 200),
+    ("GET", "/api/v1/replies", {"peer": "@tgc_news", "msg_id": 10}, 400),
     ("GET", "/api/v1/search", {"q": "tgc_"}, 200),
     ("GET", "/api/v1/accounts", {}, 200),
     ("POST", "/api/v1/subscriptions", {"peer": "@tgc_chat"}, 200),
