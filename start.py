@@ -4,6 +4,8 @@
     python start.py login --phone +NUMBER            create sessions/NUMBER.session
         [--dc HOST:PORT --dc-rsa-key PEM]            (through the loopback emulator, in tests)
     python start.py accounts                          list the session files and their state
+    python start.py sessions seal|unseal              convert the session files' auth keys
+                                                      (telegram.session_key; server stopped)
     python start.py call METHOD URI [--body JSON]    a signed request; prints the answer
     python start.py demo [--once]                     the server against the Telegram emulator
     python start.py paths                             (for startup.sh) where the pid/url/log files are
@@ -338,6 +340,7 @@ class TeleClientOptions(TypedDict):
     app_version: str | None
     system_version: str | None
     lang_code: str
+    session_key: bytes | None
 
 
 def teleclient_options(settings: Settings) -> TeleClientOptions:
@@ -355,6 +358,7 @@ def teleclient_options(settings: Settings) -> TeleClientOptions:
         app_version=t.app_version,
         system_version=t.system_version,
         lang_code=t.lang_code,
+        session_key=bytes.fromhex(t.session_key) if t.session_key else None,
     )
 
 
@@ -807,6 +811,7 @@ async def login(
     """
     from common.errors import TelegramError
     from model.login import login_session
+    from model.session import SessionSeal
 
     digits = phone_digits(phone)
     ask = ask or _ask
@@ -814,7 +819,8 @@ async def login(
     sessions_dir = settings.telegram.sessions_dir
     make_private_dir(sessions_dir, "telegram.sessions_dir", settings.source)
     path = sessions_dir / f"{digits}.session"
-    async with login_session(path, _client_options(settings), dc=dc) as session:
+    seal = SessionSeal.from_hex(settings.telegram.session_key)
+    async with login_session(path, _client_options(settings), dc=dc, seal=seal) as session:
         if await session.authorized():
             say(f"{path} is already logged in")
             return path
@@ -975,6 +981,40 @@ def cmd_accounts(args: argparse.Namespace) -> int:
         )
     if any("user_id" not in row for row in rows):
         print("(the running server's view: python start.py call GET /api/v1/accounts)")
+    return 0
+
+
+def convert_sessions(settings: Settings, to: str, say: Callable[[str], None] = print) -> int:
+    """`sessions seal|unseal`: every session file's auth key sealed with (or opened from)
+    telegram.session_key, one file at a time, each atomically (model.session.convert_session).
+    A file a running server holds is refused (ConfigError naming it): stop the server first.
+    Returns how many files changed."""
+    from model.session import SessionLock, SessionSeal, convert_session
+
+    t = settings.telegram
+    seal = SessionSeal.from_hex(t.session_key)
+    if seal is None:
+        raise ConfigError(
+            "telegram.session_key", str(settings.source),
+            f"{to} needs the key (TGC_TELEGRAM_SESSION_KEY: 64 hex characters)",
+        )
+    changed = 0
+    for path in sorted(t.sessions_dir.glob("*.session")):
+        lock = SessionLock(path)
+        lock.acquire()  # ConfigError while a server (or a login) has the file
+        try:
+            done = convert_session(path, seal, "seal" if to == "seal" else "unseal")
+        finally:
+            lock.release()
+        changed += done
+        say(f"{path}: {to}ed" if done else f"{path}: already {to}ed")
+    return changed
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, require=())
+    with private_files():  # the converted copies hold auth keys
+        convert_sessions(settings, args.action)
     return 0
 
 
@@ -1203,6 +1243,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     accounts = sub.add_parser("accounts", parents=[common], help="list session files and their state")
     accounts.set_defaults(func=cmd_accounts)
+
+    sessions_p = sub.add_parser(
+        "sessions", parents=[common], help="seal or unseal the session files' auth keys"
+    )
+    sessions_p.add_argument(
+        "action", choices=("seal", "unseal"), help="with telegram.session_key (server stopped)"
+    )
+    sessions_p.set_defaults(func=cmd_sessions)
 
     call_p = sub.add_parser("call", parents=[common], help="send a signed request, print the answer")
     call_p.add_argument("method", metavar="METHOD", help="GET, POST or DELETE")

@@ -38,7 +38,7 @@ from model.connection import CallObserver, Connection
 from model.downloader import MediaConnections
 from model.membership import Membership
 from model.resolver import Cached, Entity, PeerResolver, pick_entity
-from model.session import EntitySession, SessionLock
+from model.session import EntitySession, SessionLock, SessionSeal
 from model.tgerrors import OTHER
 from model.updatefeed import UpdateFeed
 
@@ -79,6 +79,7 @@ class TeleClient:
         lang_code: str = "en",
         clock: Clock = time.monotonic,
         resolve_store: ResolveBudgetStore | None = None,
+        session_key: bytes | None = None,
         client_factory: ClientFactory = build_client,
     ) -> None:
         path = Path(session_path)
@@ -107,7 +108,9 @@ class TeleClient:
             system_version=system_version,
             lang_code=lang_code,
         )
-        session = EntitySession(str(path))
+        # ConfigError (naming telegram.session_key) when the file's key does not open.
+        seal = SessionSeal(session_key) if session_key is not None else None
+        session = EntitySession(str(path), seal=seal)
         self.client = client_factory(session, options)
         self.updates = UpdateFeed(self.client, session) if receive_updates else None
         self._connection = Connection(
