@@ -66,10 +66,13 @@ if TYPE_CHECKING:
     # when it runs it (`paths` and `call` start without Telethon, the services, SQLite).
     from prometheus_client import CollectorRegistry
 
+    from common.sidecar import AccountSettings
     from model.clientfactory import ClientOptions
     from model.joinmap import JoinMap
     from model.login import Login
     from model.pool import TeleClients
+    from model.teleclient import TeleClient
+    from service.fleet import Reloaded
     from service.handler import Route
     from service.listener import AcceptGuard
     from service.mediaprocessor import MediaProcessor
@@ -417,6 +420,8 @@ class Server:
         self._stack = contextlib.AsyncExitStack()
         self._stop_requested = asyncio.Event()
         self._signals = StopSignals(self._stop_requested, self._force_exit)
+        self._reloads: set[asyncio.Task[Reloaded]] = set()
+        self.reloaded_file = settings.run_dir / "tgc.reloaded"
         self._stopped = False
 
     # --- life ---
@@ -432,12 +437,15 @@ class Server:
         """Starts, calls `ready(self)` if given, serves until SIGTERM/SIGINT (or
         `request_stop()`), stops gracefully. Returns the exit code (0)."""
         self._signals.install()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             await self.start()
             if ready is not None and not self._stop_requested.is_set():
                 await ready(self)
             await self._stop_requested.wait()
         finally:
+            loop.remove_signal_handler(signal.SIGHUP)
             await self.stop()
             self._signals.remove()
         return 0
@@ -483,6 +491,7 @@ class Server:
         await self._start_pool()
         await self._start_processor()
         await self._start_subscriber()
+        self._build_fleet()
         self._listen()
 
         self.started_at = time.time()
@@ -578,6 +587,7 @@ class Server:
         # What each account spent of its resolutions survives a restart (never fails: an
         # unreadable file is logged and the accounts start with their budget spent).
         budgets = ResolveBudgetStore(self.settings.data.dir / "resolve_budget.sqlite3")
+        self._budgets = budgets  # the accounts a reload adds spend from it too
         self._stack.callback(budgets.close)  # after pool.stop (registered below)
         self.pool = TeleClients.from_sessions_dir(
             t.sessions_dir,
@@ -659,6 +669,55 @@ class Server:
         self.registry.register(SubscriberCollector(self.subscriber, self.joinmap))
         self._stack.push_async_callback(self.subscriber.stop)
         await self.subscriber.start()
+
+    def _build_fleet(self) -> None:
+        from service.fleet import Fleet
+
+        t = self.settings.telegram
+        self.fleet = Fleet(
+            self.pool,
+            t.sessions_dir,
+            self._make_account,
+            default_proxy=t.proxy,
+            flow=self.subscriber,
+            drain_timeout=self.settings.server.shutdown_timeout,
+        )
+        # Before the subscriber and the pool stop (the stack runs backwards): a reload under
+        # way is cancelled first.
+        self._stack.push_async_callback(self._cancel_reloads)
+
+    def _make_account(self, path: Path, sidecar: AccountSettings) -> TeleClient:
+        """An account as the start builds them, on its sidecar's proxy (a reload's)."""
+        from model.teleclient import TeleClient
+
+        t = self.settings.telegram
+        options = teleclient_options(self.settings)
+        options["proxy"] = sidecar.proxy_or(t.proxy)
+        return TeleClient(path, t.api_id, t.api_hash, resolve_store=self._budgets, **options)
+
+    def request_reload(self) -> None:
+        """SIGHUP (`./startup.sh reload`): rereads sessions/ and the sidecars in a task."""
+        if not hasattr(self, "fleet") or self.stopping:
+            log.warning("reload asked before the start finished or during the stop: ignored")
+            return
+        log.info("reload asked: rereading %s", self.settings.telegram.sessions_dir)
+        task = asyncio.create_task(self.reload(), name="tgc-reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self) -> Reloaded:
+        """One reload (service/fleet.py); what it did is also written to
+        data.dir/run/tgc.reloaded (`PID N summary`, N counting reloads), for startup.sh."""
+        done = await self.fleet.reload()
+        partial = self.reloaded_file.with_suffix(".tmp")
+        partial.write_text(f"{os.getpid()} {self.fleet.reloads} {done}\n")
+        partial.replace(self.reloaded_file)
+        return done
+
+    async def _cancel_reloads(self) -> None:
+        for task in list(self._reloads):
+            task.cancel()
+        await asyncio.gather(*self._reloads, return_exceptions=True)
 
     def _bind(self) -> None:
         from service.listener import AcceptGuard, bind
@@ -770,6 +829,7 @@ def cmd_paths(args: argparse.Namespace) -> int:
         "PID_FILE": s.run_dir / "tgc.pid",
         "URL_FILE": s.run_dir / "tgc.url",
         "EXIT_FILE": s.run_dir / "tgc.exit",
+        "RELOADED_FILE": s.run_dir / "tgc.reloaded",
         "LOG_FILE": s.log.file,
         "OUT_FILE": s.log.dir / "tgc.out",
         # The server's own bound on in-flight requests, plus time to persist and disconnect.

@@ -91,6 +91,7 @@ class TeleClients:
         self._last_pick: dict[str, int] = dict.fromkeys(self._clients, 0)
         self._seq = 0
         self._callbacks: list[UpdateCallback] = []
+        self._observer: CallObserver | None = None
         self._unknown = UnknownUsernames(clock, unknown_username_ttl, unknown_usernames_max)
 
     @classmethod
@@ -117,6 +118,41 @@ class TeleClients:
     async def stop(self) -> None:
         """Stops every account (each one's failure is its own)."""
         await asyncio.gather(*(c.stop() for c in self._clients.values()), return_exceptions=True)
+
+    # --- live accounts (start.py's reload) ---
+
+    def add(self, account: TeleClient) -> None:
+        """Puts a started account into the pool: calls pick it from now on, its updates go
+        to the callbacks registered, its requests to the call observer.
+
+        Its label is the one `account_labels` gives its stem among the pool's, unless a
+        live account already holds that label (a live account's label never changes: its
+        rows and events carry it): then the first free `#n` after it."""
+        stems = [c.session_name for c in self] + [account.session_name]
+        base = label = account_labels(stems)[account.session_name]
+        n = 1
+        while label in self._clients:
+            n += 1
+            label = f"{base}#{n}"
+        account.name = label
+        self._clients[label] = account
+        self._by_session[account.session_name] = account
+        self._last_pick[label] = 0
+        account.call_observer = self._observer
+        if self._callbacks:
+            account.client.add_event_handler(self._dispatcher(account), events.Raw)
+        log.info("account %s joined the pool (%d accounts)", label, len(self._clients))
+
+    def remove(self, name: str) -> TeleClient:
+        """Takes the account of that label (or session stem) out of the pool: no call picks
+        it from now on; the calls it has in flight finish on it. The caller stops it.
+        NoAccountAvailable when there is none."""
+        account = self.get(name)
+        del self._clients[account.name]
+        del self._last_pick[account.name]
+        self._by_session.pop(account.session_name, None)
+        log.info("account %s left the pool (%d accounts)", account.name, len(self._clients))
+        return account
 
     def __iter__(self) -> Iterator[TeleClient]:
         return iter(self._clients.values())
@@ -147,6 +183,7 @@ class TeleClients:
 
     def observe_calls(self, observer: CallObserver | None) -> None:
         """Tells `observer(method, error, seconds)` of every request any account sends."""
+        self._observer = observer
         for c in self._clients.values():
             c.call_observer = observer
 

@@ -87,6 +87,7 @@ class TeleClient:
             path = path.with_name(path.name + ".session")
         self.session_name = path.stem  # may be a phone number: stays in this process
         self.session_path = path
+        self.proxy = proxy  # what its connections go through (a reload compares it)
         self.pending_downloads = 0
         self.user_id: int | None = None
         self.phone: str | None = None
@@ -221,6 +222,11 @@ class TeleClient:
     @property
     def flood_wait_seconds(self) -> int:
         return self._status.flood_wait_seconds
+
+    @property
+    def in_flight(self) -> int:
+        """Requests this account sent and Telegram has not answered yet."""
+        return self._connection.in_flight
 
     @property
     def call_observer(self) -> CallObserver | None:
