@@ -266,6 +266,12 @@ class _Counted(httputil.HTTPMessageDelegate):
 # --- stop signals --------------------------------------------------------------------------
 
 
+def _reload_done(task: asyncio.Task[Any]) -> None:
+    """Consumes a reload task's outcome (logged by the reload itself)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class StopSignals:
     """SIGTERM and SIGINT on the running loop: the first sets `stop` (the graceful stop
     begins), a second calls `force(code)` at once: 130 for SIGINT, 1 for SIGTERM."""
@@ -703,12 +709,17 @@ class Server:
         log.info("reload asked: rereading %s", self.settings.telegram.sessions_dir)
         task = asyncio.create_task(self.reload(), name="tgc-reload")
         self._reloads.add(task)
+        task.add_done_callback(_reload_done)
         task.add_done_callback(self._reloads.discard)
 
     async def reload(self) -> Reloaded:
         """One reload (service/fleet.py); what it did is also written to
         data.dir/run/tgc.reloaded (`PID N summary`, N counting reloads), for startup.sh."""
-        done = await self.fleet.reload()
+        try:
+            done = await self.fleet.reload()
+        except Exception:
+            log.exception("reload failed")  # the pool is as the reload left it
+            raise
         partial = self.reloaded_file.with_suffix(".tmp")
         partial.write_text(f"{os.getpid()} {self.fleet.reloads} {done}\n")
         partial.replace(self.reloaded_file)

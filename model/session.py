@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -52,8 +53,12 @@ from telethon.tl import types
 from telethon.tl.tlobject import TLObject
 
 from common.errors import ConfigError
+from model.account import account_label
 from model.telethon_internals import StoredAuthKeyRow, UpdateState, session_execute
 
+log = logging.getLogger(__name__)
+
+_SQLITE_READONLY_DBMOVED = 1032  # sqlite3.h: a write to a file renamed or deleted meanwhile
 _ACCOUNT_ROW = 0  # Telethon's id of the account's own row in `update_state`
 
 # What an entity's row is made of (model: MemorySession._entity_to_row): if none of these
@@ -175,6 +180,7 @@ class EntitySession(StoredAuthKeyRow, SQLiteSession):  # type: ignore[misc]
         seal: SessionSeal | None = None,
     ) -> None:
         self._seal = seal  # before Telethon's __init__: a new file's row is written in it
+        self.moved = False  # the file was moved or deleted under it: no more writes
         super().__init__(session_id)
         try:
             self._open_auth_key()
@@ -193,8 +199,14 @@ class EntitySession(StoredAuthKeyRow, SQLiteSession):  # type: ignore[misc]
         """Writes the account's update state (the rows that changed since the last write;
         channels no longer tracked lose theirs) and commits."""
         before = self._state_written
-        if state == before:
+        if state == before or self.moved:
             return
+        try:
+            self._write_update_state(state, before)
+        except sqlite3.OperationalError as e:
+            self._moved_away(e)
+
+    def _write_update_state(self, state: UpdateState, before: UpdateState | None) -> None:
         account = (state.pts, state.qts, state.date, state.seq)
         if before is None or account != (before.pts, before.qts, before.date, before.seq):
             row = types.updates.State(*account, unread_count=0)
@@ -219,11 +231,28 @@ class EntitySession(StoredAuthKeyRow, SQLiteSession):  # type: ignore[misc]
             session_execute(self, "delete from update_state where id = ?", channel_id)
 
     def process_entities(self, tlo: Any) -> None:
-        if not self.save_entities:
+        if not self.save_entities or self.moved:
             return
         fresh = [e for e in _entities_of(tlo) if self._changed(e)]
         if fresh:
-            super().process_entities(fresh)  # a list: Telethon takes it as the entities
+            try:
+                super().process_entities(fresh)  # a list: Telethon takes it as the entities
+            except sqlite3.OperationalError as e:
+                self._moved_away(e)
+
+    def _moved_away(self, error: sqlite3.OperationalError) -> None:
+        """The file was renamed or deleted under the open session (SQLite refuses writes
+        then: SQLITE_READONLY_DBMOVED). The account keeps serving from memory, writing
+        nothing more, until a reload retires it; anything else is raised again."""
+        if getattr(error, "sqlite_errorcode", None) != _SQLITE_READONLY_DBMOVED:
+            raise error
+        if not self.moved:
+            self.moved = True
+            log.warning(
+                "the session file of account %s was moved or deleted while it runs: it "
+                "writes nothing more to it (a reload takes it out of the pool)",
+                account_label(Path(self.filename).stem.removesuffix(".session")),
+            )
 
     def _changed(self, entity: Any) -> bool:
         if not isinstance(entity, TLObject) or not hasattr(entity, "id"):

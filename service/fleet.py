@@ -116,17 +116,18 @@ class Fleet:
                 tc for stem, tc in running.items()
                 if stem in wanted and wanted[stem][1].proxy_or(self._default_proxy) != tc.proxy
             ]  # fmt: skip
-            await asyncio.gather(*(self._retire(tc) for tc in leaving + moving))
-            done.removed = [tc.name for tc in leaving]
-            coming = [
-                (stem, spec) for stem, spec in wanted.items()
-                if stem not in running or running[stem] in moving
-            ]  # fmt: skip
-            added = await asyncio.gather(*(self._add(*spec, done) for _, spec in coming))
-            back = {tc.session_name for tc in moving}
-            for (stem, _), account in zip(coming, added, strict=True):
+            # New accounts first: the pool never runs dry while the old ones leave, and the
+            # takeover of the leavers' chats can use them.
+            new = [spec for stem, spec in wanted.items() if stem not in running]
+            for account in await asyncio.gather(*(self._add(*spec, done) for spec in new)):
                 if account is not None:
-                    (done.reconnected if stem in back else done.added).append(account.name)
+                    done.added.append(account.name)
+            done.removed = [tc.name for tc in leaving]
+            await asyncio.gather(*(self._retire(tc) for tc in leaving + moving))
+            back = [wanted[tc.session_name] for tc in moving]
+            for account in await asyncio.gather(*(self._add(*spec, done) for spec in back)):
+                if account is not None:
+                    done.reconnected.append(account.name)
             self.reloads += 1
             log.info("reload: %s; %d accounts in the pool", done, len(self._pool))
             return done
@@ -157,7 +158,7 @@ class Fleet:
             return None
         try:
             await account.start()
-        except ConfigError as e:  # held by another process (a login under way?)
+        except Exception as e:  # ConfigError: held by another process (a login under way?)
             await account.stop()
             log.warning("reload: account %s not added: %s", label, e)
             done.refused[label] = str(e)
@@ -175,8 +176,13 @@ class Fleet:
             await self._drained(account)
             if account.updates is not None:
                 await account.updates.hold()
-        finally:
+        except Exception:
+            # It is out of the pool whatever failed here: it must still disconnect.
+            log.exception("reload: account %s did not leave cleanly", account.name)
+        try:
             await account.stop()
+        except Exception:
+            log.exception("reload: account %s did not disconnect cleanly", account.name)
 
     async def _drained(self, account: TeleClient, every: float = 0.05) -> None:
         deadline = self._clock() + self._drain_timeout
