@@ -318,3 +318,23 @@ def test_a_crash_mid_conversion_loses_nothing(
     s = EntitySession(str(path), seal=KEY)
     assert s.auth_key.key == PLAIN_KEY
     s.close()
+
+
+def test_a_file_moved_away_under_the_session_stops_its_writes_not_its_calls(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A session file renamed or deleted while its account runs (before a reload retires
+    it): SQLite refuses every write then; the session keeps serving from memory."""
+    path = tmp_path / "15550001001.session"
+    s = EntitySession(str(path))
+    s.process_entities(update_with(user(1)))
+    s.save()
+    path.rename(tmp_path / "elsewhere.session")
+    s.process_entities(update_with(user(2)))  # no "attempt to write a readonly database"
+    s.save_update_state(UpdateState(8, 0, datetime(2026, 1, 2, tzinfo=UTC), 1, {5: 41}))
+    assert s.moved
+    s.process_entities(update_with(user(3)))
+    s.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "+15*******01" in warnings[0]  # once, never the number
+    assert rows(tmp_path / "elsewhere.session") == [(1, 11, "alice", "Alice")]
