@@ -18,7 +18,8 @@ released the pid file), where `startup.sh stop` reads it.
 `Server` builds every long-lived service from the settings inside the running loop, serves,
 and owns the lifecycle: SIGTERM/SIGINT start a graceful stop (stop accepting, let in-flight
 requests finish within server.shutdown_timeout, stop the workers at a safe point, persist,
-disconnect the accounts), a second signal forces the exit.
+disconnect the accounts), a second signal forces the exit. SIGHUP rereads sessions/ and the
+sidecars (service/fleet.py): accounts join and leave the pool while it serves.
 """
 
 from __future__ import annotations
