@@ -92,6 +92,9 @@ class TeleClients:
         self._seq = 0
         self._callbacks: list[UpdateCallback] = []
         self._observer: CallObserver | None = None
+        # Accounts a reload took out and has not stopped yet: no call picks them, but `get`
+        # finds them (the downloads bound to them end on them; service/fleet.py).
+        self._leaving: dict[str, TeleClient] = {}
         self._unknown = UnknownUsernames(clock, unknown_username_ttl, unknown_usernames_max)
 
     @classmethod
@@ -116,8 +119,9 @@ class TeleClients:
         log.info("%d accounts, %d usable", len(self._clients), sum(c.usable for c in self))
 
     async def stop(self) -> None:
-        """Stops every account (each one's failure is its own)."""
-        await asyncio.gather(*(c.stop() for c in self._clients.values()), return_exceptions=True)
+        """Stops every account, those leaving too (each one's failure is its own)."""
+        every = [*self._clients.values(), *self._leaving.values()]
+        await asyncio.gather(*(c.stop() for c in every), return_exceptions=True)
 
     # --- live accounts (start.py's reload) ---
 
@@ -145,14 +149,23 @@ class TeleClients:
 
     def remove(self, name: str) -> TeleClient:
         """Takes the account of that label (or session stem) out of the pool: no call picks
-        it from now on; the calls it has in flight finish on it. The caller stops it.
-        NoAccountAvailable when there is none."""
-        account = self.get(name)
+        it from now on; the calls it has in flight finish on it, and `get` still finds it
+        (the downloads bound to it) until `forget`. The caller stops it, then forgets it
+        (`stop()` of the pool stops it too). NoAccountAvailable when there is none."""
+        account = self._clients.get(name) or self._by_session.get(name)
+        if account is None:
+            raise NoAccountAvailable(f"no account named {account_label(name)}")
         del self._clients[account.name]
         del self._last_pick[account.name]
         self._by_session.pop(account.session_name, None)
+        self._leaving[account.name] = account
         log.info("account %s left the pool (%d accounts)", account.name, len(self._clients))
         return account
+
+    def forget(self, account: TeleClient) -> None:
+        """A removed account, stopped: `get` no longer finds it."""
+        if self._leaving.get(account.name) is account:
+            del self._leaving[account.name]
 
     def __iter__(self) -> Iterator[TeleClient]:
         return iter(self._clients.values())
@@ -163,10 +176,15 @@ class TeleClients:
     def get(self, name: str) -> TeleClient:
         """The account of that label, or of that session stem (media are bound to the
         account that fetched them; rows from before labels hold stems)."""
-        found = self._clients.get(name) or self._by_session.get(name)
+        found = self._clients.get(name) or self._by_session.get(name) or self._leaving_one(name)
         if found is None:
             raise NoAccountAvailable(f"no account named {account_label(name)}")
         return found
+
+    def _leaving_one(self, name: str) -> TeleClient | None:
+        return self._leaving.get(name) or next(
+            (c for c in self._leaving.values() if c.session_name == name), None
+        )
 
     def relabeled(self) -> dict[str, str]:
         """{session stem: label} of the accounts whose label is not their stem (to move rows

@@ -7,11 +7,13 @@ line with them, while the server runs (SIGHUP, `./startup.sh reload`).
 - A removed session file, or one whose sidecar says `enabled=false`, leaves gracefully:
   out of the pool first (no call picks it from then on), its chats recorded as an
   unusable account's and handed to the takeover (as after a ban: service/subscription/
-  takeover.py), then the calls it has in flight and the downloads bound to it end (the
-  queued ones meet the media pipeline's rebind: the same file through another account
-  that sees it, service/mediasource.py), bounded by `drain_timeout`; then its updates are
-  held (the update state saved up to what was published) and it disconnects. A channel's
-  watermark stays, so the poll of its new account brings what came in between.
+  takeover.py), then the calls it has in flight and the downloads bound to it end on it
+  (the pool's `get` still finds it meanwhile), bounded by `drain_timeout`; then its
+  updates are held (the update state saved up to what was published) and it disconnects.
+  Downloads still queued then meet the media pipeline's rebind (the same file through
+  another account that reaches the chat by id, service/mediasource.py; one that none
+  reaches fails with the reason). A channel's watermark stays, so the poll of its new
+  account brings what came in between.
 - An account whose proxy changed (its sidecar's, or telegram.proxy for one without) leaves
   as above and comes back on the new proxy.
 - A file that can't be taken now (a login holds it, a bad sidecar, a sealed file without
@@ -183,6 +185,7 @@ class Fleet:
             await account.stop()
         except Exception:
             log.exception("reload: account %s did not disconnect cleanly", account.name)
+        self._pool.forget(account)
 
     async def _drained(self, account: TeleClient, every: float = 0.05) -> None:
         deadline = self._clock() + self._drain_timeout

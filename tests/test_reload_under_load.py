@@ -67,6 +67,7 @@ async def keep_reading(api: ApiClient, stop: asyncio.Event, seen: Counter[str]) 
         i += 1
 
 
+@pytest.mark.timeout(180)  # a process, a login, a 20 MB download: minutes on a loaded machine
 async def test_an_account_added_and_one_removed_under_load(
     tmp_path: Path, telegram_session: Callable[..., Path], fake_telegram: FakeTelegram
 ) -> None:

@@ -618,12 +618,24 @@ async def test_a_removed_account_is_picked_no_more(make_pool: Callable[..., Any]
     gone = pool.remove("acc101")
     assert gone.name == "acc101" and len(pool) == 1
     assert {await who(pool) for _ in range(4)} == {"acc102"}
-    with pytest.raises(NoAccountAvailable):
-        pool.get("acc101")
+    assert [a["name"] for a in pool.accounts()] == ["acc102"]
+    # Until it is forgotten, the downloads bound to it still find it, by label or stem.
+    assert pool.get("acc101") is gone
     with pytest.raises(NoAccountAvailable):
         pool.remove("acc101")
     await gone.stop()
-    assert [a["name"] for a in pool.accounts()] == ["acc102"]
+    pool.forget(gone)
+    with pytest.raises(NoAccountAvailable):
+        pool.get("acc101")
+
+
+async def test_the_pools_stop_stops_an_account_still_leaving(
+    make_pool: Callable[..., Any],
+) -> None:
+    pool = await make_pool(A, B)
+    leaving = pool.remove("acc101")
+    await pool.stop()
+    assert not leaving.client.connected
 
 
 async def test_a_live_label_never_moves_to_an_added_account(
