@@ -71,6 +71,12 @@ class Proxy:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
 
+    @property
+    def address(self) -> str:
+        """scheme://host:port: what may be shown of it (no username, no password)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
     def to_telethon(self) -> dict[str, Any]:
         """The dict Telethon 1.45 takes as `proxy=` and hands to python-socks."""
         return {
@@ -514,7 +520,7 @@ KEYS: tuple[Key, ...] = (
     Key("media.download_workers", "4", integer(1, 64)),
     Key("media.upload_workers", "4", integer(1, 64)),
     Key("media.per_account_downloads", "2", integer(1, 32)),
-    Key("media.parts_in_flight", "8", integer(1, 64)),
+    Key("media.parts_in_flight", "32", integer(1, 64)),
     Key("media.part_size", "1M", part_size),
     Key("media.spool_max_bytes", "10G", size(1024**2, 1024**5)),
     Key("media.max_file_bytes", "4G", size(1, 1024**4)),

@@ -15,7 +15,7 @@ line with them, while the server runs (SIGHUP, `./startup.sh reload`).
   reaches fails with the reason). A channel's watermark stays, so the poll of its new
   account brings what came in between.
 - An account whose proxy changed (its sidecar's, or telegram.proxy for one without) leaves
-  as above and comes back on the new proxy.
+  as above and comes back on the new proxy; a changed `label` is only shown from then on.
 - A file that can't be taken now (a login holds it, a bad sidecar, a sealed file without
   its key) is refused with the reason and retried at the next reload; a running account
   whose sidecar turned bad keeps running as it was.
@@ -113,6 +113,9 @@ class Fleet:
             done = Reloaded()
             wanted, bad = self._scan(done)
             running = {tc.session_name: tc for tc in self._pool}
+            for stem, tc in running.items():
+                if stem in wanted:
+                    tc.label = wanted[stem][1].label  # the operator's name: shown only
             leaving = [tc for stem, tc in running.items() if stem not in wanted and stem not in bad]
             moving = [
                 tc for stem, tc in running.items()

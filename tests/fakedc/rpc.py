@@ -14,11 +14,18 @@ tests/emulator/test_rpc.py):
   add_offset shifts the window (negative reaches newer messages), min_id/max_id exclusive,
   limit clamped to 100; limit 0 means 20 (core.telegram.org/api/offsets: "When 0 is
   provided the limit will often default to an intermediate value like ~20"), and so for
-  messages.search, which shares the window.
+  messages.search, which shares the window. offset_date starts at the newest message
+  strictly older than it.
+- messages.search: q matches by word prefixes, filters (photos, video, documents, URLs,
+  voice, music, GIFs, round, pinned), from_id (a user; FROM_PEER_INVALID otherwise),
+  min_date/max_date as exclusive date filters; `count` is every hit (messagesSlice or
+  channelMessages when a page holds fewer).
 - upload.getFile: offset % 4096 == 0 (OFFSET_INVALID), limit % 4096 == 0, 1048576 % limit
   == 0, limit ≤ 1 MiB and the part inside one 1 MiB block (LIMIT_INVALID); `precise`
   relaxes to 1 KiB steps and drops the divisor and block rules; a file on another DC →
-  303 FILE_MIGRATE_X; the last part is short, past the end is empty.
+  303 FILE_MIGRATE_X; the last part is short, past the end is empty; with a download
+  budget in the world, an account that fetches faster than it gets 420 FLOOD_WAIT_X
+  (premium) or FLOOD_PREMIUM_WAIT_X (not), X sized to the overdraft (budget.py).
 - Unauthorised keys get 401 AUTH_KEY_UNREGISTERED on everything but help.*/auth.* and
   account.getPassword during a 2FA login.
 - Basic-group and private messages carry the viewing account's own ids (World.seen_by):
@@ -53,6 +60,7 @@ Knobs (all take effect immediately; see each method's docstring):
     rpc.drop_next_posts(channel_id, n)
     rpc.clear_faults()                                     # undoes the fault knobs
     rpc.world.channel_limit = 500                          # CHANNELS_TOO_MUCH beyond it
+    rpc.world.download_budget = 20 * 2**20                 # getFile bytes/s per account
     rpc.login_code = "12345"                               # the code auth.signIn accepts
 Pushes (async, to member accounts through the cluster's pusher): post_message,
 edit_message, delete_messages, kick; add_member (no push).
@@ -74,6 +82,7 @@ from telethon.tl import functions, types
 
 from tests.fakedc import difference, files, render
 from tests.fakedc.api import CallContext, Pusher, RpcError
+from tests.fakedc.budget import DownloadBudget
 from tests.fakedc.faults import FaultKnobs
 from tests.fakedc.srp import SrpServer
 from tests.fakedc.world import BROADCAST, MEGAGROUP, ChatSpec, MessageSpec, UserSpec, World
@@ -126,6 +135,7 @@ class TelegramRpc(FaultKnobs):
         self._srp = SrpServer()
         self._exported: dict[bytes, int] = {}  # exported authorization bytes → user id
         self._handlers: dict[type, Handler] = self._handler_table()
+        self.download_budget = DownloadBudget(clock)  # the world's budget, per account
 
     # === the Dispatcher ===================================================================
 
@@ -793,21 +803,37 @@ class TelegramRpc(FaultKnobs):
         return chat, box
 
     async def _search_messages(self, ctx: CallContext, req: Any) -> Any:
-        """messages.search in one chat: text contains q (case-folded) and the media filter
-        matches; then getHistory's window rules (max_date stands for offset_date)."""
+        """messages.search in one chat: every word of q starts a word of the text (case
+        folded: Telegram's search is by word prefixes, "news" finds "newsletter", "ews"
+        finds nothing), the media filter matches, from_id (an InputPeer of the viewer's,
+        FROM_PEER_INVALID for a bad one) sent it, and min_date < date < max_date (each
+        when non-zero, as core.telegram.org describes them: filters, not offsets); then
+        getHistory's window rules (offset_id, add_offset, limit, min_id, max_id) over the
+        hits. `count` is every hit."""
         viewer = self._me(ctx).id
         chat, box = self._history_box(ctx, viewer, req.peer)
-        q = req.q.casefold()
+        sender = self._search_sender(ctx, req.from_id)
+        words = search_words(req.q)
+        low, high = _ts(req.min_date), _ts(req.max_date)
         hits = [
             m
             for m in box
-            if q in m.text.casefold() and self._filter_matches(m, req.filter)
-            and (req.from_id is None or m.from_id == getattr(req.from_id, "user_id", viewer))
+            if words_match(words, m.text)
+            and self._filter_matches(m, req.filter)
+            and (sender is None or m.from_id == sender)
+            and (not low or m.date > low)
+            and (not high or m.date < high)
         ]
         window = history_window(
-            hits, req.offset_id, _ts(req.max_date), req.add_offset, req.limit, req.min_id, req.max_id
+            hits, req.offset_id, None, req.add_offset, req.limit, req.min_id, req.max_id
         )
         return self._messages_answer(chat, list(window), viewer, count=len(hits))
+
+    def _search_sender(self, ctx: CallContext, from_id: Any) -> int | None:
+        """The user id messages.search's from_id names (None: anyone)."""
+        if from_id is None:
+            return None
+        return self._user_from_input(ctx, from_id, "FROM_PEER_INVALID").id
 
     def _filter_matches(self, msg: MessageSpec, flt: Any) -> bool:
         if isinstance(flt, types.InputMessagesFilterEmpty):
@@ -890,12 +916,20 @@ class TelegramRpc(FaultKnobs):
         if dc_id != ctx.dc_id:
             raise RpcError(303, f"FILE_MIGRATE_{dc_id}")
         self._check_drop(file_id, viewer)
+        self._check_budget(viewer, max(0, min(req.limit, size - req.offset)))
         data = files.read(key, size, req.offset, req.limit)
         return types.upload.File(
             type=storage_type(mime) if req.offset == 0 else types.storage.FilePartial(),
             mtime=0,
             bytes=data,
         )
+
+    def _check_budget(self, viewer: int, nbytes: int) -> None:
+        """The world's download budget (budget.py): FLOOD_WAIT_X / FLOOD_PREMIUM_WAIT_X."""
+        budget = self.world.download_budget
+        if budget is not None and nbytes > 0:
+            premium = self.world.users[viewer].premium
+            self.download_budget.take(viewer, nbytes, budget, self.world.download_burst, premium)
 
     def _locate(self, ctx: CallContext, loc: Any, viewer: int) -> tuple[int, int, int, int, str]:
         """(file id, dc, file key, size, mime) of a location; FILE_ID_INVALID for another
@@ -1275,6 +1309,19 @@ def check_part(offset: int, limit: int, precise: bool) -> None:
             raise RpcError(400, "LIMIT_INVALID")
         if offset // MIB != (offset + limit - 1) // MIB:
             raise RpcError(400, "LIMIT_INVALID")
+
+
+def search_words(q: str) -> list[str]:
+    """The case-folded words of a messages.search query."""
+    return re.findall(r"\w+", q.casefold())
+
+
+def words_match(words: list[str], text: str) -> bool:
+    """Whether every query word starts some word of `text` (no words: every text)."""
+    if not words:
+        return True
+    have = re.findall(r"\w+", text.casefold())
+    return all(any(h.startswith(w) for h in have) for w in words)
 
 
 def history_window(

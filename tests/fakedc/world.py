@@ -26,6 +26,9 @@ Keys (every one optional but `id`; an unknown key is refused, naming it):
                dc_id, date, mime_type, file_name, duration, w, h, title, performer, alt,
                thumb
     webpages   id, url, site_name, title, description, photo
+    download_budget  bytes per second each account may fetch (none: unlimited), and
+               download_burst, seconds of it an account may fetch at once (see budget.py);
+               users take `premium` (true: FLOOD_WAIT_X rather than FLOOD_PREMIUM_WAIT_X)
     messages   chat (or to_user for a private chat), id (0: next), from_id, date, text,
                entities [{type, offset, length, url?, user_id?, language?}], reply_to,
                fwd, grouped_id, views, forwards, edit_date, post_author, pinned,
@@ -58,6 +61,8 @@ import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from tests.fakedc.budget import DEFAULT_BURST
 
 BROADCAST = "broadcast"
 MEGAGROUP = "megagroup"
@@ -191,6 +196,7 @@ class UserSpec:
     fake: bool = False
     about: str = ""
     photo: int | None = None  # a PhotoSpec id (the profile photo)
+    premium: bool = False  # Telegram Premium: FLOOD_WAIT_X, not FLOOD_PREMIUM_WAIT_X (budget.py)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UserSpec:
@@ -330,6 +336,10 @@ class World:
         self.account_pts: dict[int, int] = {}
         self.account_log: dict[int, list[tuple[int, int, str]]] = {}
         self.channel_limit = CHANNEL_LIMIT
+        # Bytes per second each account may fetch with upload.getFile (None: unlimited) and
+        # the seconds of it the bucket holds: see budget.py.
+        self.download_budget: float | None = None
+        self.download_burst = DEFAULT_BURST
         # Bumped by expire_file_references(): every reference issued before is stale.
         self.file_ref_epoch = 1
         # chat id → ((pts, count) it was built at, its messages newest first).
@@ -340,10 +350,14 @@ class World:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> World:
         known = {"users", "chats", "photos", "documents", "webpages", "messages", "secret"}
+        known |= {"download_budget", "download_burst"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"world: unknown keys {sorted(unknown)}")
         world = cls(secret=str(data.get("secret", "tgc-fakedc")).encode())
+        if data.get("download_budget") is not None:
+            world.download_budget = float(data["download_budget"])
+        world.download_burst = float(data.get("download_burst", DEFAULT_BURST))
         for u in data.get("users", []):
             world.add_user(UserSpec.from_dict(u))
         for p in data.get("photos", []):

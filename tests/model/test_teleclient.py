@@ -72,6 +72,9 @@ async def test_the_lock_is_freed_at_stop(world: FakeTelegram, tmp_path: Path) ->
         ("GetHistory", "MSG_ID_INVALID", lambda tc: tc.get_history(parse_peer("@news"), max_id=9), "max_id"),
         ("GetHistory", "LIMIT_INVALID", lambda tc: tc.get_history(parse_peer("@news")), "limit"),
         ("GetParticipants", "OFFSET_INVALID", lambda tc: tc.get_participants(parse_peer("@talk")), "offset"),
+        ("Search", "FROM_PEER_INVALID", lambda tc: tc.search_messages(parse_peer("@news"), "", sender=parse_peer("@talk")), "sender"),
+        ("Search", "INPUT_FILTER_INVALID", lambda tc: tc.search_messages(parse_peer("@news"), "", filter_name="gif"), "filter_name"),
+        ("Search", "MSG_ID_INVALID", lambda tc: tc.search_messages(parse_peer("@news"), "a", offset_id=9), "offset_id"),
     ],
 )  # fmt: skip
 async def test_errors_that_blame_an_argument_name_it(

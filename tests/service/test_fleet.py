@@ -56,7 +56,7 @@ class Rig:
     def make(self, path: Path, settings: AccountSettings) -> TeleClient:
         return fake_account(
             self.world, path.parent, path.stem, USERS[path.stem],
-            proxy=settings.proxy_or(None), clock=self.clock,
+            proxy=settings.proxy_or(None), label=settings.label, clock=self.clock,
         )  # fmt: skip
 
     def session(self, stem: str, **sidecar: str) -> Path:
@@ -136,7 +136,9 @@ async def test_a_changed_proxy_reconnects_the_account(rig: Rig) -> None:
     assert after is not before and not before.client.connected
     assert after.proxy is not None and (after.proxy.host, after.proxy.port) == ("127.0.0.1", 1080)
     assert rig.pool.get("acc101").proxy is None
+    rig.sidecar("acc102", proxy=PROXY, label="farm-eu-07")
     assert (await rig.fleet.reload()).reconnected == []  # the same proxy again: left alone
+    assert rig.pool.get("acc102") is after and after.label == "farm-eu-07"  # shown at once
     rig.sidecar("acc102")  # back to telegram.proxy (none)
     assert (await rig.fleet.reload()).reconnected == ["acc102"]
     assert rig.pool.get("acc102").proxy is None
