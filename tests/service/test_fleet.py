@@ -14,6 +14,7 @@ import pytest
 from telethon.crypto import AuthKey
 
 from common.sidecar import AccountSettings
+from common.utils import parse_peer
 from model.pool import TeleClients
 from model.session import EntitySession, SessionLock, SessionSeal
 from model.teleclient import TeleClient
@@ -198,3 +199,21 @@ async def test_a_leaving_account_waits_no_longer_than_the_drain_timeout(rig: Rig
     rig.clock.advance(31)
     done = await asyncio.wait_for(reload, 5)
     assert done.removed == ["acc101"] and not leaving.client.connected
+
+
+async def test_a_call_in_flight_on_a_leaving_account_finishes_on_it(rig: Rig) -> None:
+    leaving = rig.pool.get("acc101")
+    leaving.client.gate = asyncio.Event()  # its answers wait
+    call = asyncio.create_task(leaving.get_history(parse_peer("@news"), limit=1))
+    await wait_for(lambda: leaving.client.at_gate == 1, what="the call in flight")
+    assert leaving.in_flight == 1
+    (rig.dir / "acc101.session").unlink()
+    reload = asyncio.create_task(rig.fleet.reload())
+    await wait_for(lambda: rig.flow.retired == ["acc101"], what="its chats handed over")
+    assert not reload.done() and leaving.client.connected and rig.names() == ["acc102"]
+    leaving.client.gate.set()
+    _, messages = await asyncio.wait_for(call, 5)  # answered, not cut
+    assert messages
+    done = await asyncio.wait_for(reload, 5)
+    assert done.removed == ["acc101"] and leaving.in_flight == 0
+    assert not leaving.client.connected
