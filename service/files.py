@@ -44,6 +44,7 @@ from urllib.request import url2pathname
 import tornado.web
 from tornado.concurrent import Future
 from tornado.http1connection import HTTP1Connection
+from tornado.iostream import StreamClosedError
 
 from common.errors import InvalidParam, NotFound, RateLimited, ShuttingDown
 from model.media import Media
@@ -242,18 +243,18 @@ class FilesHandler(BaseHandler, tornado.web.StaticFileHandler):
                 yield chunk
 
     def flush(self, include_footers: bool = False) -> Future[None]:
-        """Each chunk must leave within `stall_timeout`, or the connection is closed (the
-        pending write then ends, and StaticFileHandler.get stops as for a client gone)."""
+        """Each chunk must leave within `stall_timeout`, or the connection is closed and
+        StaticFileHandler.get stops as for a client gone."""
         flushed = super().flush(include_footers)
         if flushed.done() or not self._streaming:
             return flushed
         timer = asyncio.get_running_loop().call_later(
-            self.serving.stall_timeout, self._stalled
+            self.serving.stall_timeout, self._stalled, flushed
         )
         flushed.add_done_callback(lambda _: timer.cancel())
         return flushed
 
-    def _stalled(self) -> None:
+    def _stalled(self, flushed: Future[None]) -> None:
         log.info(
             "GET %s: the client read nothing for %g s: connection closed",
             self.route,
@@ -262,6 +263,10 @@ class FilesHandler(BaseHandler, tornado.web.StaticFileHandler):
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):
             connection.close()
+        # Closing drops the connection's pending write future without resolving it
+        # (HTTP1Connection._clear_callbacks): end the wait here.
+        if not flushed.done():
+            flushed.set_exception(StreamClosedError())
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs["exc_info"][1] if kwargs.get("exc_info") else None
