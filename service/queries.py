@@ -160,5 +160,5 @@ def _apply_record(descriptor: dict[str, Any], records: dict[str, dict[str, Any]]
         return
     descriptor["state"] = record.get("state", descriptor["state"])
     descriptor["url"] = record.get("url")
-    if "content_url" in record:  # stored, in an API answer (service/files.py)
-        descriptor["content_url"] = record["content_url"]
+    # A link when stored and served through the API (service/files.py), else null.
+    descriptor["content_url"] = record.get("content_url")

@@ -22,6 +22,7 @@ from common.utils import parse_peer
 from model.media import Media
 from service.basehandler import ApiHandler, BaseHandler, Forbidden, MethodNotAllowed, ids_param
 from service.cryptor import Cipher, Signer
+from service.files import ContentUrls, FileServing
 from service.handler import make_app
 from service.parser import MESSAGE_FIELDS, PEER_FIELDS
 
@@ -44,6 +45,7 @@ def served_routes() -> dict[str, type[tornado.web.RequestHandler]]:
         signer=Signer("t"),
         cipher=Cipher.create("aes-256-gcm", "00" * 32),
         metrics=CollectorRegistry(),
+        files=FileServing(ContentUrls("t", 60), Path(".")),
     )
     out: dict[str, type[tornado.web.RequestHandler]] = {}
     for rule in app.wildcard_router.rules:
