@@ -63,7 +63,9 @@ _MIME = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{
 # Shown in the browser rather than saved: media a browser can't run code in.
 _INLINE = re.compile(r"(image/(?!svg)|audio/|video/).*")
 FILE_NAME_MAX = 150
-CHUNK = 256 * 1024  # bench/files.py: 64 KiB chunks reach ~55% of nginx's MB/s, 256 KiB ~75%
+# Tornado's 64 KiB chunks reached ~0.55 of nginx's MB/s on an idle machine, 256 KiB ~0.65;
+# 512 KiB and more were slower here (bench/files.py). At most MAX_STREAMS x CHUNK in flight.
+CHUNK = 256 * 1024
 MAX_STREAMS = 32
 STALL_TIMEOUT = 60.0
 
@@ -230,7 +232,7 @@ class FilesHandler(BaseHandler, tornado.web.StaticFileHandler):
     def get_content(
         cls, abspath: str, start: int | None = None, end: int | None = None
     ) -> Generator[bytes, None, None]:
-        """Tornado's, in larger chunks (its 64 KiB cost ~40% of the throughput)."""
+        """Tornado's generator, in CHUNK-sized chunks."""
         with open(abspath, "rb") as file:
             file.seek(start or 0)
             remaining = None if end is None else end - (start or 0)
