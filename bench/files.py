@@ -134,8 +134,8 @@ async def run(size: int, rounds: int, tmp: Path) -> bool:
         assert record.ok and record.data["state"] == "stored", record
         ours = server.url + record.data["content_url"]
         theirs = f"{nginx.base_url}/{key[:2]}/{Path(record.data['url']).name}"
-        curl_mb_s(theirs, size)  # the page cache, for both
-        subprocess.run([CURL, "-s", "-o", "/dev/null", "-r", "0-0", ours], check=True)
+        await asyncio.to_thread(curl_mb_s, theirs, size)  # the page cache, for both
+        await asyncio.to_thread(curl_mb_s, ours, size)  # the server's code paths warm
         pid = server.pid
         assert pid is not None
         before = proc_figures(pid)
@@ -143,8 +143,8 @@ async def run(size: int, rounds: int, tmp: Path) -> bool:
         speeds: dict[str, list[float]] = {"server": [], "nginx": []}
         with RssPeak(pid) as rss:
             for _ in range(rounds):
-                speeds["nginx"].append(curl_mb_s(theirs, size))
-                speeds["server"].append(curl_mb_s(ours, size))
+                speeds["nginx"].append(await asyncio.to_thread(curl_mb_s, theirs, size))
+                speeds["server"].append(await asyncio.to_thread(curl_mb_s, ours, size))
         code, _ = await server.terminate(30)
     finally:
         server.ensure_dead()
