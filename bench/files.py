@@ -10,7 +10,8 @@ the media table as the pipeline would leave it) is fetched whole with curl (to /
   `content_url` that GET /api/v1/media/KEY answers;
 - from nginx (`sendfile on`, tests/fixtures/nginx.py), serving the same folder.
 
-One untimed fetch first puts the file in the page cache; then rounds alternate the two.
+An untimed fetch from each first (the page cache; the server's code paths), then rounds
+alternate the two.
 Figures: each one's MB/s (best and median of the rounds), the ratio of the bests (on a
 shared machine the best round is the one least disturbed by others; the medians' ratio is
 shown too), and the server's RSS before its first transfer and at most during them
@@ -135,13 +136,13 @@ async def run(size: int, rounds: int, tmp: Path) -> bool:
         ours = server.url + record.data["content_url"]
         theirs = f"{nginx.base_url}/{key[:2]}/{Path(record.data['url']).name}"
         await asyncio.to_thread(curl_mb_s, theirs, size)  # the page cache, for both
-        await asyncio.to_thread(curl_mb_s, ours, size)  # the server's code paths warm
         pid = server.pid
         assert pid is not None
         before = proc_figures(pid)
         assert before is not None
         speeds: dict[str, list[float]] = {"server": [], "nginx": []}
         with RssPeak(pid) as rss:
+            await asyncio.to_thread(curl_mb_s, ours, size)  # untimed: the code paths warm
             for _ in range(rounds):
                 speeds["nginx"].append(await asyncio.to_thread(curl_mb_s, theirs, size))
                 speeds["server"].append(await asyncio.to_thread(curl_mb_s, ours, size))
