@@ -95,7 +95,8 @@ class ContentUrls:
 
 
 class LinkedMedia:
-    """`queue` as the API's routes use it: each stored record gets a fresh `content_url`."""
+    """`queue` as the API's routes use it: each stored record gets a fresh `content_url`
+    (the others null)."""
 
     def __init__(self, queue: MediaQueue, urls: ContentUrls) -> None:
         self._queue = queue
@@ -115,9 +116,10 @@ class LinkedMedia:
 
     def _link(self, record: dict[str, Any]) -> dict[str, Any]:
         key = record.get("key")
-        if record.get("state") != "stored" or not isinstance(key, str):
-            return record
-        return {**record, "content_url": self._urls.url(key)}
+        link = None
+        if record.get("state") == "stored" and isinstance(key, str):
+            link = self._urls.url(key)
+        return {**record, "content_url": link}
 
 
 @dataclass

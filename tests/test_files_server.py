@@ -94,7 +94,7 @@ async def test_post_media_downloads_it_and_content_url_serves_the_bytes_in_range
         assert page.ok, page
         descriptor = page.data["messages"][0]["media"]
         assert descriptor["key"] == PDF_KEY and descriptor["state"] is None, descriptor
-        assert "content_url" not in descriptor
+        assert descriptor["content_url"] is None
         assert (await api.request("GET", f"/api/v1/media/{PDF_KEY}")).status == 404
 
         queued = await api.request("POST", f"/api/v1/media/{PDF_KEY}")

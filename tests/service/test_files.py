@@ -135,7 +135,7 @@ async def test_a_stored_record_carries_a_content_url_and_others_none(
     exp, sig = link.split("?", 1)[1].replace("exp=", "").split("&sig=")
     assert link.startswith(f"/files/{KEY}?") and serving.urls.valid(KEY, exp, sig)
     api.processor.records[KEY]["state"] = "uploading"
-    assert "content_url" not in (await api.call("GET", f"/api/v1/media/{KEY}")).data
+    assert (await api.call("GET", f"/api/v1/media/{KEY}")).data["content_url"] is None
     # POST: the record, queued again (the fake's retry)
     api.processor.records[KEY]["state"] = "failed"
     posted = await api.call("POST", f"/api/v1/media/{KEY}")
