@@ -763,6 +763,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         code = 1  # an exception out of serve(): main() exits 1
         try:
             code = asyncio.run(server.serve())
+        except ConfigError as e:  # a held session, a bad sidecar...: main() exits 2
+            code = 2
+            log.error("config error: %s", e)
+            raise
         except KeyboardInterrupt:
             code = 130
             raise
@@ -773,8 +777,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_paths(args: argparse.Namespace) -> int:
     """Shell assignments for startup.sh (validates the whole config on the way; the
-    secrets too unless --no-secrets: stop and status run where they may not be set)."""
+    secrets and the accounts' sidecars too unless --no-secrets: stop and status run where
+    they may not be set, and must stop a server whose sidecar was broken since)."""
     s = load_settings(args.config, require=() if args.no_secrets else SERVE_REQUIRED)
+    if not args.no_secrets:  # startup.sh start: the accounts' sidecars too, before launching
+        from common.sidecar import read_sidecars
+
+        read_sidecars(sorted(s.telegram.sessions_dir.glob("*.session")))
     values = {
         "PID_FILE": s.run_dir / "tgc.pid",
         "URL_FILE": s.run_dir / "tgc.url",
@@ -819,6 +828,7 @@ async def login(
     prompts.
     """
     from common.errors import TelegramError
+    from common.sidecar import read_sidecar
     from model.login import login_session
 
     digits = phone_digits(phone)
@@ -827,7 +837,10 @@ async def login(
     sessions_dir = settings.telegram.sessions_dir
     make_private_dir(sessions_dir, "telegram.sessions_dir", settings.source)
     path = sessions_dir / f"{digits}.session"
-    async with login_session(path, _client_options(settings), dc=dc) as session:
+    # A sidecar written before the login (sessions/DIGITS.properties) gives the account's
+    # own proxy: Telegram sees the account from that address from its first connection.
+    options = _client_options(settings, read_sidecar(path).proxy_or(settings.telegram.proxy))
+    async with login_session(path, options, dc=dc) as session:
         if await session.authorized():
             say(f"{path} is already logged in")
             return path
@@ -890,15 +903,16 @@ def _ask_secret(prompt: str) -> str:
     return _ask(prompt)  # piped in (scripts, tests): nothing to hide from
 
 
-def _client_options(settings: Settings) -> ClientOptions:
-    """The telegram.* settings a Telethon client is built with (model.clientfactory)."""
+def _client_options(settings: Settings, proxy: Proxy | None) -> ClientOptions:
+    """The telegram.* settings a Telethon client is built with (model.clientfactory), with
+    the account's proxy."""
     from model.clientfactory import ClientOptions
 
     t = settings.telegram
     return ClientOptions(
         t.api_id,
         t.api_hash,
-        proxy=t.proxy,
+        proxy=proxy,
         device_model=t.device_model,
         app_version=t.app_version,
         system_version=t.system_version,
@@ -945,17 +959,21 @@ async def list_accounts(settings: Settings) -> list[dict[str, Any]]:
     """Every session file with its state. A session the running server holds is not
     touched (two connections on one auth key get it revoked): it shows as `in use`.
     `name` is the account's label as the server shows it, `session` the file's stem."""
+    from common.sidecar import read_sidecars
     from model.account import account_labels
-    from model.teleclient import TeleClient
+    from model.pool import account_from
 
     t = settings.telegram
     rows: list[dict[str, Any]] = []
     paths = sorted(t.sessions_dir.glob("*.session"))
     labels = account_labels(p.stem for p in paths)
-    for path in paths:
+    for path, own in read_sidecars(paths).items():
         ours = {"name": labels[path.stem], "session": path.stem}
-        client = TeleClient(
-            path, t.api_id, t.api_hash, **teleclient_options(settings), receive_updates=False
+        if not own.enabled:
+            rows.append({**ours, "label": own.label, "state": "disabled by its sidecar"})
+            continue
+        client = account_from(
+            path, own, t.api_id, t.api_hash, **teleclient_options(settings), receive_updates=False
         )
         try:
             await client.start()
@@ -980,11 +998,12 @@ def cmd_accounts(args: argparse.Namespace) -> int:
         return 0
     # The session files' names are shown here (this terminal is local), beside the label
     # the server's answers and events use.
-    print(f"{'session':<24} {'name':<20} {'state':<28} {'phone':<16} user id")
+    print(f"{'session':<24} {'name':<20} {'state':<28} {'phone':<16} {'user id':<12} label")
     for row in rows:
         print(
             f"{row['session']:<24} {row['name']:<20} {row['state']:<28} "
-            f"{row.get('phone') or '-':<16} {row.get('user_id') or '-'}"
+            f"{row.get('phone') or '-':<16} {row.get('user_id') or '-'!s:<12} "
+            f"{row.get('label') or '-'}"
         )
     if any("user_id" not in row for row in rows):
         print("(the running server's view: python start.py call GET /api/v1/accounts)")
@@ -1163,6 +1182,9 @@ async def _demo_first_answer(
     say("")
     say("more: GET '/api/v1/messages?peer=@tgc_news&limit=5'  GET /api/v1/accounts  "
         "GET '/api/v1/search?q=tgc'")
+    say("      GET '/api/v1/messages?peer=@tgc_news&since=2023-11-14T23:00:00Z&until=2023-11-15'"
+        "  GET '/api/v1/messages/search?peer=@tgc_news&q=bold&limit=5'")
+    say("      GET '/api/v1/replies?peer=@open_talk&msg_id=2&limit=5'  (a post's comments)")
     if code != 0:
         log.warning("the demo's first request failed: %s", shown)
 

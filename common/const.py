@@ -71,6 +71,12 @@ class Proxy:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
 
+    @property
+    def address(self) -> str:
+        """scheme://host:port: what may be shown of it (no username, no password)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
     def to_telethon(self) -> dict[str, Any]:
         """The dict Telethon 1.45 takes as `proxy=` and hands to python-socks."""
         return {
@@ -514,7 +520,7 @@ KEYS: tuple[Key, ...] = (
     Key("media.download_workers", "4", integer(1, 64)),
     Key("media.upload_workers", "4", integer(1, 64)),
     Key("media.per_account_downloads", "2", integer(1, 32)),
-    Key("media.parts_in_flight", "8", integer(1, 64)),
+    Key("media.parts_in_flight", "32", integer(1, 64)),
     Key("media.part_size", "1M", part_size),
     Key("media.spool_max_bytes", "10G", size(1024**2, 1024**5)),
     Key("media.max_file_bytes", "4G", size(1, 1024**4)),
@@ -575,7 +581,7 @@ def load_settings(
     """
     source = Path(path) if path is not None else DEFAULT_CONFIG
     source = source.expanduser().resolve()
-    raw = _read_file(source)
+    raw = read_properties(source, KEYS_BY_NAME)
     origin = {name: str(source) for name in raw}
     for var, value in env.items():
         if not var.startswith(ENV_PREFIX):
@@ -592,11 +598,17 @@ def load_settings(
         value = raw.get(key.name, key.default).strip()
         if key.name in require and not value:
             raise ConfigError(key.name, where, f"is required (set it, or {key.env})")
-        try:
-            values[key.name] = key.parse(value, source.parent)
-        except ValueError as e:
-            raise ConfigError(key.name, where, _reason(key, value, e)) from None
+        values[key.name] = parse_value(key, value, where, source.parent)
     return _build(values, source)
+
+
+def parse_value(key: Key, value: str, where: str, base: Path) -> Any:
+    """`key`'s parser on `value`; ConfigError(key, where, reason) when it refuses it, the
+    value hidden when the key is a secret."""
+    try:
+        return key.parse(value, base)
+    except ValueError as e:
+        raise ConfigError(key.name, where, _reason(key, value, e)) from None
 
 
 def _reason(key: Key, value: str, error: ValueError) -> str:
@@ -611,24 +623,27 @@ def _reason(key: Key, value: str, error: ValueError) -> str:
     return reason
 
 
-def _read_file(source: Path) -> dict[str, str]:
+def read_properties(source: Path, known: Mapping[str, Key], what: str = "--config") -> dict[str, str]:
+    """The keys a properties file sets, as written. ConfigError on an unknown key (with a
+    close known one suggested) or one set twice (naming the line), and, named `what`, on a
+    file missing, unreadable or not a properties file."""
     try:
         content = source.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError("--config", str(source), "no such file") from None
+        raise ConfigError(what, str(source), "no such file") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError("--config", str(source), f"can't be read: {e}") from None
+        raise ConfigError(what, str(source), f"can't be read: {e}") from None
     out: dict[str, str] = {}
     line = 1
     try:
         elements = list(javaproperties.parse(content))
     except ValueError as e:  # a broken \u escape
-        raise ConfigError("--config", str(source), f"not a properties file: {e}") from None
+        raise ConfigError(what, str(source), f"not a properties file: {e}") from None
     for element in elements:
         if isinstance(element, javaproperties.KeyValue):
             name = element.key.strip()
-            if name not in KEYS_BY_NAME:
-                raise ConfigError(name, str(source), f"line {line}: " + _unknown(name, KEYS_BY_NAME))
+            if name not in known:
+                raise ConfigError(name, str(source), f"line {line}: " + _unknown(name, known))
             if name in out:
                 raise ConfigError(name, str(source), f"line {line}: set twice")
             out[name] = element.value

@@ -7,7 +7,8 @@ the join map and media records carry; the stem (`session_name`) stays local.
 
 `AccountStatus` is the state the pool reads to choose an account: usable or out for good
 (banned, logged out), disconnected until a reconnect succeeds, and flood waits, kept per
-request kind (model.tgerrors.request_kind): a wait on resolutions leaves reads alone.
+request kind (model.tgerrors.request_kind): a wait on resolutions or on downloads (getFile)
+leaves reads alone.
 """
 
 from __future__ import annotations

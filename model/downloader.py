@@ -6,6 +6,13 @@ keeping one `upload.getFile` in flight on the same connection, and write every p
 its offset with os.pwrite in a thread: speed ≈ bytes in flight ÷ round trip until the CPU
 is full, memory ≈ parts_in_flight × part_size, never the whole file.
 
+How many of those workers actually have a part in flight is the account's window on that
+DC (model/partwindow.py `PartWindow`, `parts_in_flight` its ceiling): it grows while the
+round trip hides the extra parts and shrinks when they only queue or Telegram says wait.
+A flood wait on getFile (Telegram's download throttle) also paces the account's parts
+(`DownloadPace`) and is its own flood-wait kind (model/tgerrors.py DOWNLOAD): the account's
+downloads slow down, its API reads go on.
+
 The connections are an account's `MediaConnections`, which its `TeleClient` owns and
 closes. Telethon's private parts used for them are model/telethon_internals.py's.
 Queues, the spool and storage are service/mediaprocessor.py's.
@@ -15,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
@@ -24,6 +33,7 @@ from telethon import errors
 from telethon.tl import functions, types
 
 from common.errors import AccountUnusable, FloodWait, TelegramError, TgcError
+from model.partwindow import DownloadPace, PartWindow
 from model.telethon_internals import (
     Sender,
     borrow_exported_sender,
@@ -97,7 +107,11 @@ class MediaConnections:
     (retries included, ~6 s when that DC is down), and every borrow or return waits on that
     lock; a home-DC download must not stall behind a foreign DC.
 
-    `open_sender` opens the home media connection (tests give a fake one).
+    `open_sender` opens the home media connection (tests give a fake one); `clock` is the
+    monotonic clock of the window and pace.
+
+    It also keeps how the account's downloads fare, shared by all of them: its window of
+    parts in flight per DC (`window`) and its pace (`pace`), see model/partwindow.py.
     """
 
     def __init__(
@@ -106,6 +120,7 @@ class MediaConnections:
         *,
         idle_close: float = MEDIA_IDLE_CLOSE,
         open_sender: OpenSender = open_home_sender,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.idle_close = idle_close
@@ -119,6 +134,26 @@ class MediaConnections:
         # back after it was replaced must not go to Telethon as an exported sender.
         self._ours: weakref.WeakSet[Any] = weakref.WeakSet()
         self._closing: set[asyncio.Task[None]] = set()  # idle disconnects under way
+        self._clock = clock
+        self.pace = DownloadPace(clock)
+        self._windows: dict[int, PartWindow] = {}
+
+    def window(self, dc_id: int, ceiling: int) -> PartWindow:
+        """The account's window of parts in flight on `dc_id` (0: the home DC), bounded by
+        `ceiling` (the caller's parts_in_flight)."""
+        dc = dc_id or self.client.session.dc_id
+        window = self._windows.get(dc)
+        if window is None:
+            window = self._windows[dc] = PartWindow(ceiling, clock=self._clock)
+        window.ceiling = max(1, ceiling)
+        return window
+
+    def describe(self) -> dict[str, Any]:
+        """How the account's downloads fare: bytes, pace, flood waits, and per DC its window."""
+        return {
+            **self.pace.describe(),
+            "dcs": {dc: w.describe() for dc, w in self._windows.items()},
+        }
 
     @property
     def in_use(self) -> int:
@@ -335,6 +370,8 @@ class _Job:
         self.end_bytes = 0
         self.writes: set[asyncio.Future[int]] = set()
         self.todo: Iterator[int] | None = None
+        self.ceiling = 1  # parts_in_flight, the bound of the account's window (run)
+        self.failed: list[BaseException] = []  # the parts' errors, first first
         if self.sized:
             n = part_count(media.size, part_size)
             self.todo = iter([i for i in range(n) if i not in self.done])
@@ -388,13 +425,15 @@ class _Job:
         return (self.end_index or 0) * self.part_size + self.end_bytes
 
     async def run(self, parts_in_flight: int) -> None:
+        self.ceiling = parts_in_flight
         workers = [asyncio.create_task(self.worker()) for _ in range(parts_in_flight)]
         try:
             done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                error = task.exception()
-                if error is not None:
-                    raise error
+            # The first to fail, not any of `done`: a flood wait's own error (Telethon's,
+            # for the account's state), not a part that then met the wait it set.
+            failed = [e for t in done if (e := t.exception()) is not None]
+            if failed:
+                raise next((e for e in self.failed if e in failed), failed[0])
         finally:
             for task in workers:
                 task.cancel()
@@ -403,7 +442,11 @@ class _Job:
     async def worker(self) -> None:
         loop = asyncio.get_running_loop()
         while (index := self.next_part()) is not None:
-            data = await self.fetch(index)
+            try:
+                data = await self.fetch(index)
+            except Exception as e:
+                self.failed.append(e)
+                raise
             if not self.accept(index, data):
                 continue
             if data:
@@ -445,7 +488,7 @@ class _Job:
                 limit=self.part_size,
             )
             try:
-                result = await call(self.connections.client, sender, request)
+                result = await self.get(sender, request)
             except _REFERENCE_ERRORS:
                 await self.refresh(reference)
                 continue
@@ -453,6 +496,8 @@ class _Job:
                 await self.switch_dc(sender, e.new_dc)
                 continue
             except _FLOOD_ERRORS as e:
+                if self.connections.pace.flood(e.seconds):
+                    self.connections.window(self.media.dc_id, self.ceiling).flood()
                 raise FloodWait(e.seconds, account=self.media.account) from e
             except _TRANSIENT_RPC as e:
                 # Telethon's _call already retried these; a few more tries, then give up.
@@ -476,6 +521,34 @@ class _Job:
                 name = type(result).__name__
                 raise TelegramError("FILE_CDN_REDIRECT", f"FILE_CDN_REDIRECT: unexpected {name}")
             return bytes(result.bytes)
+
+    async def get(self, sender: Sender, request: Any) -> Any:
+        """One getFile, in its turn: a place in the account's window on the file's DC, the
+        account's pace; the round trip and bytes are what both learn from."""
+        window = self.connections.window(self.media.dc_id, self.ceiling)
+        pace = self.connections.pace
+        slot = await window.acquire()
+        nbytes: int | None = None
+        try:
+            if waiting := pace.waiting():
+                # Telegram's wait on this account's getFile still runs (another download
+                # met it): nothing is sent, the caller waits as for its own.
+                raise FloodWait(math.ceil(waiting), account=self.media.account)
+            async with pace.turn(self.part_bytes(request.offset)):
+                window.sent(slot)
+                result = await call(self.connections.client, sender, request)
+                nbytes = len(getattr(result, "bytes", b""))
+                pace.received(nbytes)
+            return result
+        finally:
+            window.release(slot, nbytes)
+
+    def part_bytes(self, offset: int) -> int:
+        """The most a part at `offset` can carry: what the pace charges it (a small photo
+        charged a whole part paced a throttled account to a fraction of its budget)."""
+        if self.sized:
+            return max(1, min(self.part_size, self.media.size - offset))
+        return self.part_size
 
     async def refresh(self, used: bytes) -> None:
         async with self.lock:

@@ -35,6 +35,7 @@ from common.errors import (
     TransientTelegramError,
     UnknownUsername,
 )
+from common.sidecar import AccountSettings, read_sidecars
 from common.utils import PeerRef
 from model.account import Clock, account_label, account_labels
 from model.connection import CallObserver
@@ -57,6 +58,15 @@ UpdateCallback = Callable[[TeleClient, Any], Awaitable[None]]
 # a crawler sends.
 UNKNOWN_USERNAME_TTL = 300.0
 UNKNOWN_USERNAMES_MAX = 10_000
+
+
+def account_from(
+    session_path: Path, own: AccountSettings, api_id: int, api_hash: str, **options: Any
+) -> TeleClient:
+    """The TeleClient of one session as its sidecar `own` says: its proxy wins over
+    `options["proxy"]` (telegram.proxy) for all its connections, its label is shown."""
+    proxy = own.proxy_or(options.pop("proxy", None))
+    return TeleClient(session_path, api_id, api_hash, proxy=proxy, label=own.label, **options)
 
 
 class TeleClients:
@@ -97,9 +107,18 @@ class TeleClients:
     def from_sessions_dir(
         cls, sessions_dir: str | os.PathLike[str], api_id: int, api_hash: str, **options: Any
     ) -> TeleClients:
-        """One TeleClient per `*.session` file in the folder (options go to TeleClient)."""
+        """One TeleClient per `*.session` file in the folder (options go to TeleClient),
+        each as its sidecar says (common/sidecar.py): its own proxy over `options["proxy"]`
+        (telegram.proxy), its label; an account whose sidecar says enabled=false is left
+        out. Every sidecar is read first: a bad one raises ConfigError and nothing is built."""
         paths = sorted(Path(sessions_dir).glob("*.session"))
-        return cls([TeleClient(p, api_id, api_hash, **options) for p in paths])
+        clients = []
+        for path, own in read_sidecars(paths).items():
+            if not own.enabled:
+                log.info("account %s left out: enabled=false in %s", account_label(path.stem), own.source)
+                continue
+            clients.append(account_from(path, own, api_id, api_hash, **options))
+        return cls(clients)
 
     # --- life ---
 

@@ -65,6 +65,7 @@ class TeleClient:
         api_hash: str,
         *,
         proxy: Proxy | None = None,
+        label: str | None = None,
         resolve_per_minute: float = 5,
         resolve_per_day: float = 200,
         flood_sleep_threshold: int = 0,
@@ -86,6 +87,9 @@ class TeleClient:
             path = path.with_name(path.name + ".session")
         self.session_name = path.stem  # may be a phone number: stays in this process
         self.session_path = path
+        # The operator's name for it (its sidecar's `label`): shown, never a key of anything.
+        self.label = label
+        self.proxy = proxy
         self.pending_downloads = 0
         self.user_id: int | None = None
         self.phone: str | None = None
@@ -253,13 +257,17 @@ class TeleClient:
         return self._connection.note_error(error)
 
     def describe(self, wall_clock: Clock = time.time) -> dict[str, Any]:
-        """The account as its public description lists it: label, masked phone, user id,
-        state, why it is banned, unauthorized or disconnected (`reason`, else None), the
-        end of its flood wait (a UTC date) and its pending downloads."""
+        """The account as its public description lists it: label, the operator's label
+        (sidecar), the proxy it connects through (scheme://host:port, never the credentials),
+        masked phone, user id, state, why it is banned, unauthorized or disconnected
+        (`reason`, else None), the end of its flood wait (a UTC date) and its pending
+        downloads."""
         until = self.flood_until
         wall = None if until is None else wall_clock() + (until - self._clock())
         return {
             "name": self.name,
+            "label": self.label,
+            "proxy": self.proxy.address if self.proxy is not None else None,
             "phone": mask_phone(self.phone) if self.phone else None,
             "user_id": self.user_id,
             "state": str(self.state),
@@ -283,16 +291,46 @@ class TeleClient:
         return pick_entity(found, cached.marked_id, str(ref)), full
 
     async def get_history(
-        self, ref: PeerRef, limit: int = 20, offset_id: int = 0, min_id: int = 0, max_id: int = 0
+        self,
+        ref: PeerRef,
+        limit: int = 20,
+        offset_id: int = 0,
+        min_id: int = 0,
+        max_id: int = 0,
+        offset_date: int | None = None,
     ) -> tuple[Entity, list[Any]]:
-        """messages.getHistory: newest first; offset_id, min_id, max_id exclusive (0: none)."""
+        """messages.getHistory: newest first; offset_id, min_id, max_id exclusive (0: none);
+        `offset_date` (unix seconds), when given, starts the page at the newest message
+        strictly older than it instead of below offset_id or max_id."""
         cached, entity = await self._peers.input_peer(ref)
         res = await self._invoke(
-            tl.history_request(cached.input_peer, limit, offset_id, min_id, max_id),
+            tl.history_request(cached.input_peer, limit, offset_id, min_id, max_id, offset_date),
             peer=str(ref),
             blame=tl.history_blame(offset_id=offset_id, max_id=max_id, min_id=min_id),
         )
         return await self._page(res, cached, entity, str(ref))
+
+    async def search_messages(
+        self,
+        ref: PeerRef,
+        q: str,
+        *,
+        sender: PeerRef | None = None,
+        filter_name: str | None = None,
+        limit: int = 20,
+        offset_id: int = 0,
+    ) -> tuple[Entity, list[Any], int]:
+        """messages.search in one chat: (entity, the page newest first, how many match in
+        all). `sender` is resolved like any peer (this account's cache by id first, a
+        username resolution last); `filter_name` is a key of tlrequests.SEARCH_FILTERS."""
+        cached, entity = await self._peers.input_peer(ref)
+        from_peer = None
+        if sender is not None:
+            from_peer = (await self._peers.input_peer(sender))[0].input_peer
+        request = tl.search_request(cached.input_peer, q, from_peer, filter_name, limit, offset_id)
+        res = await self._invoke(request, peer=str(ref), blame=tl.SEARCH_MESSAGES_BLAME)
+        entity, messages = await self._page(res, cached, entity, str(ref))
+        return entity, messages, tl.count_of(res)
 
     async def get_messages(self, ref: PeerRef, ids: list[int]) -> tuple[Entity, list[Any | None]]:
         """Messages by id, in the order asked; None where a message does not exist."""
@@ -301,6 +339,23 @@ class TeleClient:
         res = await self._invoke(request, peer=str(ref), blame=tl.IDS_BLAME)
         entity, messages = await self._page(res, cached, entity, str(ref))
         return entity, tl.by_id_of(messages, cached.marked_id, ids)
+
+    async def get_replies(
+        self, ref: PeerRef, msg_id: int, limit: int = 20, offset_id: int = 0
+    ) -> tuple[Entity, list[Any], int, Entity | None]:
+        """messages.getReplies: (entity, messages newest first, how many the thread holds,
+        the discussion group or None). The comments of channel post `msg_id` are messages
+        of the channel's discussion group; a megagroup's thread is its own (no discussion
+        group then). offset_id is exclusive (0: the newest). A message with no thread is
+        InvalidArgument on `msg_id`; a basic group or a user has none (on `ref`)."""
+        cached, entity = await self._peers.input_peer(ref)
+        raw = str(ref)
+        if not isinstance(cached.input_peer, types.InputPeerChannel):
+            raise InvalidArgument("ref", f"{raw} is not a channel or a megagroup (no threads)")
+        request = tl.replies_request(cached.input_peer, msg_id, limit, offset_id)
+        res = await self._invoke(request, peer=raw, blame=tl.REPLIES_BLAME)
+        entity, messages = await self._page(res, cached, entity, raw)
+        return entity, messages, tl.count_of(res), tl.discussion_of(res, cached.marked_id)
 
     async def _page(
         self, res: Any, cached: Cached, entity: Entity | None, raw: str

@@ -66,6 +66,9 @@ PRIVATE = frozenset(
 # Flood waits are kept per request kind: a wait on contacts.resolveUsername (the sensitive
 # one, hours long after bursts) must not stop the account from reading peers it knows.
 RESOLVE = "resolve"
+# Nor may one on upload.getFile (Telegram's download throttle, FLOOD_PREMIUM_WAIT_X for
+# non-premium accounts): it slows the account's downloads (model/downloader.py), not its reads.
+DOWNLOAD = "download"
 OTHER = "other"
 # What metrics name a flood wait by, whatever its seconds (FLOOD_WAIT_X, FLOOD_PREMIUM_WAIT_X).
 FLOOD_WAIT = "FLOOD_WAIT"
@@ -179,9 +182,14 @@ def _unwrapped(request: Any) -> Any:
 
 
 def request_kind(request: Any) -> str:
-    """The flood-wait bucket of a request: RESOLVE for contacts.resolveUsername, else OTHER."""
-    resolve = isinstance(_unwrapped(request), functions.contacts.ResolveUsernameRequest)
-    return RESOLVE if resolve else OTHER
+    """The flood-wait bucket of a request: RESOLVE for contacts.resolveUsername, DOWNLOAD for
+    upload.getFile, else OTHER."""
+    request = _unwrapped(request)
+    if isinstance(request, functions.contacts.ResolveUsernameRequest):
+        return RESOLVE
+    if isinstance(request, functions.upload.GetFileRequest):
+        return DOWNLOAD
+    return OTHER
 
 
 def request_name(request: Any) -> str:

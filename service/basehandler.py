@@ -22,6 +22,7 @@ contract leaves open are listed in service/handler.py's docstring.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import re
@@ -276,8 +277,9 @@ _HTTP_ERRORS: dict[int, Callable[[], TgcError]] = {
 
 
 # The model names the argument of its own method it refuses (InvalidArgument); the routes
-# hand it the API's parameters under the same names, but for `peer`, parsed into `ref`.
-_PARAM_OF_ARGUMENT = {"ref": "peer"}
+# hand it the API's parameters under the same names, but for `peer`, parsed into `ref`,
+# and search's `from` and `filter` (a keyword and a builtin in Python).
+_PARAM_OF_ARGUMENT = {"ref": "peer", "sender": "from", "filter_name": "filter"}
 
 
 def _as_tgc_error(exc: BaseException | None, status_code: int) -> TgcError:
@@ -547,3 +549,32 @@ def ids_param(raw: str, name: str = "ids") -> list[int]:
             raise InvalidParam(name, f"{part!r} is not a message id")
         ids.append(int(part))
     return ids
+
+
+# A numeric UTC offset whose "+" a query string turned into a space ("...T10:00:00 02:00").
+_SPACED_OFFSET = re.compile(r"(?<=\d) (\d\d(?::?\d\d)?)$")
+# RFC 3339's leap second (23:59:60), which Python's datetime can't hold.
+_LEAP_SECOND = re.compile(r"(?<=T\d\d:\d\d):60(?=[.,Z+-]|$)")
+
+
+def date_param(values: Mapping[str, str], name: str) -> float | None:
+    """An ISO 8601 date, or date and time (RFC 3339's `date-time` included, its leap second
+    too), as Unix seconds; None when absent. A date alone is its midnight; no UTC offset
+    means UTC. A "+" left unencoded in the query arrives as a space: taken back as the
+    offset's sign."""
+    raw = values.get(name)
+    if raw is None:
+        return None
+    text = _SPACED_OFFSET.sub(r"+\1", raw.strip().upper())
+    leap = _LEAP_SECOND.search(text) is not None
+    try:
+        when = dt.datetime.fromisoformat(_LEAP_SECOND.sub(":59", text))
+    except ValueError:
+        raise InvalidParam(name, "must be an ISO 8601 date, e.g. 2024-05-01T00:00:00Z") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    # A difference, not .timestamp(): that overflows at the ends of years 1 and 9999.
+    return (when - _EPOCH).total_seconds() + leap
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

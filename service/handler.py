@@ -60,6 +60,7 @@ from service.basehandler import (
     JoinMapReader,
     Lifecycle,
     Subscriptions,
+    date_param,
     ids_param,
     int_param,
     outer_body_limit,
@@ -70,7 +71,7 @@ from service.cryptor import Cipher, Signer
 from service.files import FILES, FileServing, FilesHandler, LinkedMedia
 from service.metrics import ObservedPublisher, ServiceMetrics
 from service.ports import Pool
-from service.queries import MediaQueue
+from service.queries import DateRange, MediaQueue
 from service.status import ErrorLog, StatusPage
 
 _MEDIA_KEY = re.compile(r"[0-9a-f]{32}")
@@ -125,7 +126,9 @@ def make_app(
     routes: list[Route] = [
         (API + "/peer", PeerHandler),
         (API + "/messages", MessagesHandler),
+        (API + "/messages/search", MessageSearchHandler),
         (API + "/participants", ParticipantsHandler),
+        (API + "/replies", RepliesHandler),
         (API + "/search", SearchHandler),
         (API + "/subscriptions", SubscriptionsHandler),
         (API + "/media/([^/]*)", MediaHandler),
@@ -199,8 +202,10 @@ class PeerHandler(ApiHandler):
 
 class MessagesHandler(ApiHandler):
     route = API + "/messages"
-    params = frozenset({"peer", "ids", "limit", "offset_id", "min_id", "max_id"})
-    _paging = ("limit", "offset_id", "min_id", "max_id")
+    params = frozenset(
+        {"peer", "ids", "limit", "offset_id", "min_id", "max_id", "since", "until"}
+    )
+    _paging = ("limit", "offset_id", "min_id", "max_id", "since", "until")
 
     async def on_get(self, *args: str) -> dict[str, Any]:
         values = self.query()
@@ -221,6 +226,68 @@ class MessagesHandler(ApiHandler):
             offset_id=int_param(values, "offset_id", 0, 0, top),
             min_id=int_param(values, "min_id", 0, 0, top),
             max_id=int_param(values, "max_id", 0, 0, top),
+            dates=dates_param(values),
+        )
+
+
+def dates_param(values: dict[str, str]) -> DateRange:
+    """[since, until) of /messages; 400 naming `until` when it is not after `since`."""
+    since, until = date_param(values, "since"), date_param(values, "until")
+    if since is not None and until is not None and until <= since:
+        raise InvalidParam("until", "must be later than since")
+    return DateRange(since, until)
+
+
+class MessageSearchHandler(ApiHandler):
+    """One chat's messages matching `q`, sent by `from`, of the kind `filter`."""
+
+    route = API + "/messages/search"
+    params = frozenset({"peer", "q", "from", "filter", "limit", "offset_id"})
+
+    async def on_get(self, *args: str) -> dict[str, Any]:
+        values = self.query()
+        ref = peer_param(values)
+        q = values.get("q", "").strip()
+        if len(q) > 128:
+            raise InvalidParam("q", "is longer than 128 characters")
+        sender = peer_param(values, "from") if "from" in values else None
+        if sender is not None and sender.invite is not None:
+            raise InvalidParam("from", "must name a user, not an invite link")
+        kind = values.get("filter")
+        if kind is not None and kind not in queries.SEARCH_FILTER_NAMES:
+            names = ", ".join(queries.SEARCH_FILTER_NAMES)
+            raise InvalidParam("filter", f"must be one of {names}")
+        if not q and sender is None and kind is None:
+            raise InvalidParam("q", "is required unless from or filter is given")
+        return await queries.search_messages(
+            self.pool,
+            self.processor,
+            ref,
+            q=q,
+            sender=sender,
+            filter_name=kind,
+            limit=int_param(values, "limit", 20, 1, 100),
+            offset_id=int_param(values, "offset_id", 0, 0, 2**31 - 1),
+        )
+
+
+class RepliesHandler(ApiHandler):
+    route = API + "/replies"
+    params = frozenset({"peer", "msg_id", "limit", "offset_id"})
+
+    async def on_get(self, *args: str) -> dict[str, Any]:
+        values = self.query()
+        ref = peer_param(values)
+        if "msg_id" not in values:
+            raise InvalidParam("msg_id", "is required")
+        top = 2**31 - 1
+        return await queries.replies(
+            self.pool,
+            self.processor,
+            ref,
+            msg_id=int_param(values, "msg_id", 0, 1, top),
+            limit=int_param(values, "limit", 20, 1, 100),
+            offset_id=int_param(values, "offset_id", 0, 0, top),
         )
 
 

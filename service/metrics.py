@@ -14,6 +14,11 @@ same registry, see service/publisher.py):
     tgc_media_queue{queue}                              download / upload queue lengths
     tgc_media_in_progress, tgc_media_spool_bytes, tgc_media_spool_max_bytes
     tgc_media_downloaded_bytes_total, tgc_media_uploaded_bytes_total
+    tgc_media_account_downloaded_bytes_total{account}   each account's downloads (progress)
+    tgc_media_download_flood_waits_total{account}       flood waits Telegram put on its getFile
+    tgc_media_download_pace_bytes_per_second{account}   the pace they set (0: none)
+    tgc_media_parts_window{account,dc}                  parts it may have in flight there now
+    tgc_media_parts_in_flight{account,dc}               and has (model/partwindow.py)
 
 and `SubscriberCollector(subscriber, joinmap)`, which start.py registers next to the
 subscriber it builds (a server without the subscription flow has none of these):
@@ -257,6 +262,7 @@ class StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         if self.pool is not None:
             yield from self._accounts()
+            yield from self._downloads()
         if self.processor is not None:
             yield from self._media()
 
@@ -274,6 +280,38 @@ class StateCollector(Collector):
                 "Seconds of flood wait Telegram imposed, all accounts together",
                 value=seconds,
             )
+
+    def _downloads(self) -> Iterator[Metric]:
+        rows = download_rows(self.pool)
+        if not rows:
+            return
+        by_account = [
+            (CounterMetricFamily, "tgc_media_account_downloaded_bytes",
+             "Bytes each account downloaded from Telegram", "downloaded_bytes"),
+            (CounterMetricFamily, "tgc_media_download_flood_waits",
+             "Flood waits Telegram put on each account's downloads (getFile)", "flood_waits"),
+            (GaugeMetricFamily, "tgc_media_download_pace_bytes_per_second",
+             "The pace a flood wait set on each account's downloads (0: none)", "rate_limit"),
+        ]  # fmt: skip
+        for kind, name, doc, key in by_account:
+            family = kind(name, doc, labels=["account"])
+            for row in rows:
+                family.add_metric([row["account"]], row[key] or 0)
+            yield family
+        window = GaugeMetricFamily(
+            "tgc_media_parts_window", "Parts each account may have in flight on a DC now",
+            labels=["account", "dc"],
+        )  # fmt: skip
+        flying = GaugeMetricFamily(
+            "tgc_media_parts_in_flight", "Parts each account has in flight on a DC",
+            labels=["account", "dc"],
+        )  # fmt: skip
+        for row in rows:
+            for dc, w in row["dcs"].items():
+                window.add_metric([row["account"], str(dc)], w["window"])
+                flying.add_metric([row["account"], str(dc)], w["in_flight"])
+        yield window
+        yield flying
 
     def _media(self) -> Iterator[Metric]:
         p = self.processor
@@ -345,6 +383,23 @@ def observable_processor(processor: object | None) -> ObservedProcessor | None:
     """The processor if it shows its queues (`stats()`) and byte totals, else None (a
     fake in a test of something else, or a server without media)."""
     return processor if isinstance(processor, ObservedProcessor) else None
+
+
+def download_rows(pool: object | None) -> list[dict[str, Any]]:
+    """How each account's downloads fare (`MediaConnections.describe()` with its
+    `account`), for the accounts that downloaded anything; none when `pool` can't be
+    iterated (a fake) or holds no media connections."""
+    rows: list[dict[str, Any]] = []
+    if not isinstance(pool, Iterable):
+        return rows
+    for client in pool:
+        describe = getattr(getattr(client, "media_connections", None), "describe", None)
+        if describe is None:
+            continue
+        row = describe()
+        if row.get("dcs") or row.get("downloaded_bytes"):
+            rows.append({"account": str(getattr(client, "name", "?")), **row})
+    return rows
 
 
 def account_states(accounts: Iterable[Mapping[str, Any]]) -> dict[str, int]:

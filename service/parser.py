@@ -21,6 +21,12 @@ Conventions (also in docs/, for the crawler team):
   name without `MessageAction`, in snake case: `chat_add_user`, `pin_message`, …) and the
   action's fields as plain values (peers as marked ids; a new chat photo as a media
   descriptor, its `Media` returned with the others).
+- `replies` is the number of comments (a channel post) or replies (a group message), from
+  Telegram's MessageReplies, null when the message has no thread; `replies_info` is that
+  MessageReplies in full (null likewise): `replies`, `comments` (true: a channel post's
+  comments, held in the discussion group `discussion_id`, a marked id), `max_id` (the
+  newest one's id in the chat holding the thread), `read_max_id`, `recent_repliers`
+  (marked ids). GET /api/v1/replies reads the thread itself.
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ MESSAGE_FIELDS = (
     "reactions",
     "media_info",
     "webpage",
+    "replies_info",
 )
 
 PEER_FIELDS = (
@@ -207,6 +214,7 @@ def parse_message(msg: Any, account: str) -> tuple[dict[str, Any], list[Media]]:
         "reactions": _reactions(getattr(msg, "reactions", None)),
         "media_info": None,
         "webpage": None,
+        "replies_info": _replies_info(getattr(msg, "replies", None)),
     }
     reply = msg.reply_to
     if isinstance(reply, types.MessageReplyHeader):
@@ -253,6 +261,20 @@ def _fwd_from(fwd: types.MessageFwdHeader | None) -> dict[str, Any] | None:
         "saved_from_peer": marked_id(fwd.saved_from_peer),
         "saved_from_msg_id": fwd.saved_from_msg_id,
         "psa_type": fwd.psa_type,
+    }
+
+
+def _replies_info(replies: types.MessageReplies | None) -> dict[str, Any] | None:
+    if replies is None:
+        return None
+    group = replies.channel_id
+    return {
+        "replies": replies.replies,
+        "comments": bool(replies.comments),
+        "discussion_id": None if group is None else marked_id(types.PeerChannel(group)),
+        "max_id": replies.max_id,
+        "read_max_id": replies.read_max_id,
+        "recent_repliers": [marked_id(p) for p in replies.recent_repliers or []],
     }
 
 

@@ -1,6 +1,7 @@
 """The /status page for ops: one server-rendered HTML page, no scripts, no front-end build.
 
-It shows the accounts and their state, the media queues, the outbox, the subscriber, the recent
+It shows the accounts and their state, each account's downloads (its window of parts in
+flight per DC, bytes, the pace a flood wait set), the media queues, the outbox, the subscriber, the recent
 warnings and errors of the log (`ErrorLog`, a bounded ring fed by a logging handler) and
 the throughput of the last minutes (`service.metrics.Throughput`). It is for humans on the box:
 not signed, not encrypted, and answered only to the addresses in server.status_allow
@@ -25,6 +26,7 @@ from service.metrics import (
     ObservedPublisher,
     ServiceMetrics,
     account_states,
+    download_rows,
     observable_processor,
     observable_subscriber,
 )
@@ -117,6 +119,7 @@ class StatusPage:
             "accounts": accounts,
             "states": {k: v for k, v in account_states(accounts).items() if v},
             "queues": self._queues(),
+            "downloads": self._downloads(),
             "columns": list(throughput.sources) if throughput is not None else [],
             "throughput": [(_utc(start, "%H:%M"), counts) for start, counts in throughput.rows()]
             if throughput is not None
@@ -124,6 +127,26 @@ class StatusPage:
             "errors": [(_utc(e.at, "%H:%M:%S"), e.level, e.logger, e.message) for e in errors],
             "errors_total": self.errors.total if self.errors is not None else 0,
         }
+
+    def _downloads(self) -> list[tuple[str, str, str, str, str, str, str]]:
+        """Per account and DC: window (of its ceiling), parts in flight, base round trip;
+        per account: downloaded, pace, flood waits on getFile."""
+        rows = []
+        for row in sorted(download_rows(self.pool), key=lambda r: r["account"]):
+            pace = _bytes(row["rate_limit"]) + "/s" if row["rate_limit"] else "-"
+            if row.get("waiting"):
+                pace += f" (waiting {row['waiting']:.0f} s)"
+            common = (_bytes(row["downloaded_bytes"]), pace, str(row["flood_waits"]))
+            for dc, w in sorted(row["dcs"].items()) or [("-", None)]:
+                if w is None:
+                    rows.append((row["account"], "-", "-", "-", *common))
+                    continue
+                base = "-" if w["base_rtt_ms"] is None else f"{w['base_rtt_ms']:g} ms"
+                rows.append((
+                    row["account"], str(dc), f"{w['window']} of {w['ceiling']}",
+                    f"{w['in_flight']} · {base}", *common,
+                ))  # fmt: skip
+        return rows
 
     def _queues(self) -> list[tuple[str, str]]:
         rows: list[tuple[str, str]] = []
@@ -216,10 +239,17 @@ td.msg { font-family: ui-monospace, monospace; font-size: 12px; max-width: 70em;
 <table id="accounts">
 <tr><th>account</th><th>phone</th><th>user id</th><th>state</th><th>flood wait until</th><th>pending downloads</th></tr>
 {% for a in accounts %}<tr>
-<td>{{ a.get("name") }}</td><td>{{ a.get("phone") or "-" }}</td><td class="n">{{ a.get("user_id") or "-" }}</td>
+<td>{{ a.get("name") }}{% if a.get("label") %} <span class="label">{{ a["label"] }}</span>{% end %}{% if a.get("proxy") %}<br><span class="proxy">via {{ a["proxy"] }}</span>{% end %}</td><td>{{ a.get("phone") or "-" }}</td><td class="n">{{ a.get("user_id") or "-" }}</td>
 <td class="state-{{ a.get("state") }}">{{ a.get("state") }}{% if a.get("reason") %} <span class="reason">({{ a["reason"] }})</span>{% end %}</td><td>{{ a.get("flood_wait_until") or "-" }}</td>
 <td class="n">{{ a.get("pending_downloads", 0) }}</td></tr>
 {% end %}{% if not accounts %}<tr><td colspan="6">no accounts: python start.py login --phone +NUMBER</td></tr>{% end %}
+</table>
+
+<h2>Downloads</h2>
+<table id="downloads">
+<tr><th>account</th><th>dc</th><th>parts window</th><th>in flight · base round trip</th><th>downloaded</th><th>pace</th><th>flood waits</th></tr>
+{% for row in downloads %}<tr><td>{{ row[0] }}</td><td class="n">{{ row[1] }}</td><td class="n">{{ row[2] }}</td><td class="n">{{ row[3] }}</td><td class="n">{{ row[4] }}</td><td class="n">{{ row[5] }}</td><td class="n">{{ row[6] }}</td></tr>
+{% end %}{% if not downloads %}<tr><td colspan="7">no downloads yet</td></tr>{% end %}
 </table>
 
 <h2>Queues</h2>

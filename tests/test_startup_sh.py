@@ -335,6 +335,18 @@ def test_a_bad_config_stops_the_start_naming_key_and_file(config: Path) -> None:
     assert "did you mean 'server.port'" in started.stderr
 
 
+def test_a_bad_sidecar_stops_the_start_naming_key_and_file(config: Path) -> None:
+    sessions = config.parent / "sessions"
+    sessions.mkdir()
+    (sessions / "acc1.session").write_bytes(b"")
+    (sessions / "acc1.properties").write_text("enabled=maybe\n")
+    started = sh("start", "--config", str(config))
+    assert started.returncode == 2, started.stderr
+    assert f"{sessions / 'acc1.properties'}: enabled: not a boolean" in started.stderr
+    # stop and status still work (nothing runs).
+    assert sh("status", "--config", str(config)).returncode == 3
+
+
 def test_a_server_that_dies_at_start_is_reported(config: Path, tmp_path: Path) -> None:
     # The port is taken: the process exits, and start says so with the end of its output.
     with socket.socket() as taken:

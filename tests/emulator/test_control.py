@@ -49,7 +49,9 @@ async def test_pushes_and_knobs_from_another_process(
     path = make_session(tmp_path / "a", 1, "127.0.0.1", served["dcs"]["1"], ACCOUNT_A,
                         keys_file=served["keys"])  # fmt: skip
     TelegramClient._config = None
-    client = TelegramClient(str(path), FAKEDC_API_ID, FAKEDC_API_HASH, flood_sleep_threshold=0)
+    # From an address of its own: the emulator's record of connections names it.
+    client = TelegramClient(str(path), FAKEDC_API_ID, FAKEDC_API_HASH, flood_sleep_threshold=0,
+                            local_addr="127.0.0.5")  # fmt: skip
     texts: list[str] = []
 
     async def on_new(event: Any) -> None:
@@ -94,6 +96,13 @@ async def test_pushes_and_knobs_from_another_process(
                 await control.call("__class__")
             with pytest.raises(ControlError, match="TypeError"):
                 await control.call("flood_wait", nope=1)
+            # Where each connection came from, and whose it is.
+            seen = await control.call("accepted", user_id=ACCOUNT_A)
+            assert {(a["dc"], a["source"], a["user_id"]) for a in seen} == {
+                (1, "127.0.0.5", ACCOUNT_A)
+            }, seen
+            assert sum(a["requests"].get("users.getUsers", 0) for a in seen) >= 2
+            assert await control.call("accepted", user_id=ACCOUNT_A + 999) == []
             assert await control.call("drop_connections", user_id=ACCOUNT_A) >= 1
             assert await control.call("ping") == "pong"
     finally:

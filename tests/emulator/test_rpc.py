@@ -931,10 +931,12 @@ async def test_leave_a_basic_group(
 # --- search, single participant, log out, generic failures ----------------------------
 
 
-def search(peer: Any, q: str = "", flt: Any = None, limit: int = 100, from_id: Any = None) -> Any:
+def search(peer: Any, q: str = "", flt: Any = None, limit: int = 100, from_id: Any = None,
+           min_date: Any = None, max_date: Any = None, offset_id: int = 0) -> Any:
     return F.messages.SearchRequest(
-        peer=peer, q=q, filter=flt or T.InputMessagesFilterEmpty(), min_date=None, max_date=None,
-        offset_id=0, add_offset=0, limit=limit, max_id=0, min_id=0, hash=0, from_id=from_id,
+        peer=peer, q=q, filter=flt or T.InputMessagesFilterEmpty(), min_date=min_date,
+        max_date=max_date, offset_id=offset_id, add_offset=0, limit=limit, max_id=0, min_id=0,
+        hash=0, from_id=from_id,
     )
 
 
@@ -956,6 +958,47 @@ async def test_search_messages_by_text_and_filter(rpc: TelegramRpc, world: World
     assert [m.id for m in (await call(rpc, search(chat, from_id=alice))).messages] == [40]
     small = await call(rpc, search(T.InputPeerChat(SMALL), "hi", limit=1))
     assert isinstance(small, T.messages.Messages) and len(small.messages) == 1
+
+
+async def test_search_dates_are_filters_and_offset_id_pages(rpc: TelegramRpc, world: World) -> None:
+    news = ipeer(world, ACCOUNT_A, NEWS)
+    # Post i is dated DEFAULT_DATE + 60 i: min_date and max_date are exclusive filters,
+    # together with offset_id (not offsets that offset_id would override).
+    lo, hi = DEFAULT_DATE + 60 * 20, DEFAULT_DATE + 60 * 90
+    got = await call(rpc, search(news, "bold", min_date=lo, max_date=hi, limit=3))
+    assert got.count == 6 and [m.id for m in got.messages] == [80, 70, 60]
+    rest = await call(rpc, search(news, "bold", min_date=lo, max_date=hi, offset_id=60))
+    assert [m.id for m in rest.messages] == [50, 40, 30] and rest.count == 6
+    assert (await call(rpc, search(news, "bold", max_date=DEFAULT_DATE + 60 * 10))).count == 0
+
+
+async def test_search_matches_word_prefixes(rpc: TelegramRpc, world: World) -> None:
+    news = ipeer(world, ACCOUNT_A, NEWS)
+    assert (await call(rpc, search(news, "NEW"))).count == 149  # a prefix, any case
+    assert (await call(rpc, search(news, "ews"))).count == 0  # not inside a word
+    assert [m.id for m in (await call(rpc, search(news, "post 14"))).messages][:2] == [149, 148]
+
+
+async def test_search_from_id_must_be_a_user_of_the_viewer(rpc: TelegramRpc, world: World) -> None:
+    chat = ipeer(world, ACCOUNT_A, CHAT)
+    forged = T.InputPeerUser(USER_ALICE, world.access_hash("user", ACCOUNT_B, USER_ALICE))
+    assert await fails(rpc, search(chat, from_id=forged)) == "FROM_PEER_INVALID"
+    assert await fails(rpc, search(chat, from_id=ipeer(world, ACCOUNT_A, NEWS))) == "FROM_PEER_INVALID"
+
+
+async def test_history_offset_date_is_strict_and_add_offset_shifts(
+    rpc: TelegramRpc, world: World
+) -> None:
+    peer = ipeer(world, ACCOUNT_A, NEWS)
+
+    async def ids(**kw: Any) -> list[int]:
+        return [m.id for m in (await call(rpc, history(peer, **kw))).messages]
+
+    at_50 = DEFAULT_DATE + 60 * 50  # post 50's date: strictly older starts at 49
+    assert await ids(offset_date=at_50, limit=2) == [49, 48]
+    assert await ids(offset_date=at_50 + 1, limit=2) == [50, 49]
+    assert await ids(offset_date=at_50, add_offset=-2, limit=4) == [51, 50, 49, 48]
+    assert await ids(offset_date=DEFAULT_DATE, limit=5) == []  # nothing older than post 1
 
 
 async def test_get_participant(rpc: TelegramRpc, world: World) -> None:

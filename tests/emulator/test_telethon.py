@@ -7,6 +7,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from tests.fakedc.demo_world import (
     demo_world,
 )
 from tests.fakedc.rpc import TelegramRpc
-from tests.fakedc.world import World
+from tests.fakedc.world import DEFAULT_DATE, World
 from tests.fixtures.fakedc import FAKEDC_API_HASH, FAKEDC_API_ID
 from tests.fixtures.wait import wait_for
 
@@ -445,6 +446,24 @@ async def test_iter_messages_search_and_filters(connect: Any) -> None:
     media = await client.get_entity("tgc_media")
     photos = [m.id async for m in client.iter_messages(media, filter=T.InputMessagesFilterPhotos)]
     assert photos == [6, 5, 4, 3, 2]
+
+
+async def test_iter_messages_by_date_and_sender(connect: Any) -> None:
+    """Stock Telethon's date and sender paging: offset_date (getHistory) and from_user
+    with a date bound (messages.search's from_id and max_date), across pages."""
+    client = await connect(ACCOUNT_A)
+    news = await client.get_entity("tgc_news")
+    at_100 = datetime.fromtimestamp(DEFAULT_DATE + 60 * 100, UTC)
+    older = [m.id async for m in client.iter_messages(news, offset_date=at_100, limit=30)]
+    assert older == list(range(99, 69, -1))
+    newer = [m.id async for m in client.iter_messages(news, offset_date=at_100, reverse=True)]
+    assert newer == list(range(100, 151))
+    chat = await client.get_entity("tgc_chat")
+    alice = await client.get_entity("alice_w")
+    said = [m.id async for m in client.iter_messages(chat, from_user=alice)]
+    assert said == [40]
+    bold = [m.id async for m in client.iter_messages(news, search="bold", offset_date=at_100)]
+    assert bold == list(range(90, 0, -10))
 
 
 async def test_log_out_and_more_account_fates(connect: Any, rpc: TelegramRpc) -> None:

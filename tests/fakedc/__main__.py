@@ -2,12 +2,15 @@
 
     python -m tests.fakedc serve --port PORT [--world FILE.json] [--dc2-port P] [--latency S]
                                  [--keys FILE] [--control-port N] [--ready-file FILE]
+                                 [--download-budget MBPS]
     python -m tests.fakedc make-session --port PORT --out PATH [--user-id N] [--dc-id N]
                                         [--keys FILE]
 
 `serve` runs DC 1 on 127.0.0.1:PORT and DC 2 on --dc2-port (a free port by default; clients
 learn it from help.getConfig), answering from the world in FILE (JSON, see
 tests/fakedc/world.py) or the demo world (tests/fakedc/demo_world.py), until SIGINT/SIGTERM.
+--download-budget caps what each account fetches with upload.getFile, in MB (2^20 bytes)
+per second (FLOOD_WAIT_X / FLOOD_PREMIUM_WAIT_X beyond it; see tests/fakedc/budget.py).
 
 `make-session` writes a Telethon session file logged in as --user-id (default: the demo
 world's first account) on DC --dc-id at 127.0.0.1:PORT, and registers its key with the
@@ -63,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--world", type=Path, help="world JSON file (default: the demo world)")
     serve.add_argument("--latency", type=float, default=0.0, help="seconds added to each answer")
     serve.add_argument("--keys", type=Path, help="keys file (default: per port, in tmpdir)")
+    serve.add_argument(
+        "--download-budget", type=float, metavar="MBPS", help="getFile MB/s per account"
+    )
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument(
         "--control-port", type=int, default=None, help="serve the control channel (0: free)"
@@ -85,6 +91,8 @@ async def _serve(args: argparse.Namespace) -> int:
     from .world import World
 
     world = World.from_json_file(args.world) if args.world else demo_world()
+    if args.download_budget is not None:
+        world.download_budget = args.download_budget * (1 << 20)
     rpc = TelegramRpc(world)
     rpc.latency["*"] = args.latency
     keys = args.keys or default_keys_file(args.port)

@@ -27,7 +27,7 @@ from typing import Any
 from .api import DcOption, Dispatcher
 from .authkeys import AuthKeyRegistry
 from .handshake import Handshaker
-from .server import ClientConnection, DcServer, tune_malloc
+from .server import Accepted, ClientConnection, DcServer, tune_malloc
 from .session import make_session
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,16 @@ class FakeTelegram:
             for dc in self.dcs.values()
             for conn in dc.connections
             if user_id is None or (conn.key is not None and conn.key.user_id == user_id)
+        ]
+
+    def accepted(self, user_id: int | None = None) -> list[Accepted]:
+        """Every connection accepted on every DC (the last ACCEPTED_KEPT per DC, closed ones
+        too), of one user if given: where each came from (`source`, `port`)."""
+        return [
+            a
+            for dc in self.dcs.values()
+            for a in dc.accepted
+            if user_id is None or a.user_id == user_id
         ]
 
     def pusher(self, user_id: int, updates: Any) -> None:

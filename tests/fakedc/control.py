@@ -20,7 +20,9 @@ connection are answered in order. Only the operations in `Control.OPS` exist (a 
 looked up as an attribute of the dispatcher): the fault and latency knobs of faults.py and the
 counters, the pushes of rpc.py (post_message, edit_message, delete_messages, kick) and
 add_member, `add_document` / `add_photo` (a new file in the world, from the world file's
-dict form), `drop_connections` and `stats` of the cluster, and `ping`. A message comes back
+dict form), `drop_connections`, `stats` and `accepted` (each connection's source address
+and user: `[{"dc", "source", "port", "user_id"}]`, of one `user_id` if given) of the
+cluster, and `ping`. A message comes back
 as `{"id", "pts", "chat", "date"}`, plus `own_ids` (account → its own id) in a basic group.
 """
 
@@ -74,7 +76,7 @@ class Control:
     })  # fmt: skip
     OPS = KNOBS | {
         "ping", "post_message", "edit_message", "add_document", "add_photo",
-        "drop_connections", "stats", "unknown",
+        "drop_connections", "stats", "unknown", "accepted",
     }  # fmt: skip
 
     def __init__(self, rpc: TelegramRpc, telegram: FakeTelegram) -> None:
@@ -122,6 +124,9 @@ class Control:
 
     def _drop_connections(self, user_id: int | None = None) -> int:
         return self.telegram.drop_connections(user_id)
+
+    def _accepted(self, user_id: int | None = None) -> list[dict[str, Any]]:
+        return [a.as_dict() for a in self.telegram.accepted(user_id)]
 
     def _stats(self) -> dict[str, int]:
         return dict(self.telegram.stats)

@@ -41,6 +41,8 @@ REQUESTS = 2004  # public broadcast with join requests (INVITE_REQUEST_SENT)
 CHAT = 2101  # public megagroup with the crowd (participants paging)
 PRIVATE_GROUP = 2102  # private megagroup, ACCOUNT_A and ACCOUNT_B are members
 SMALL = 2201  # basic group of ACCOUNT_A, ACCOUNT_B, USER_ALICE
+TALK = 2005  # public broadcast with a discussion group (@open_talk): posts with comments
+TALK_CHAT = 2103  # TALK's discussion megagroup (public, @open_talk_chat; no account in it)
 
 # Invite link hashes (t.me/+HASH).
 INVITE_SECRET = "SeCrEtInViTe01"
@@ -67,6 +69,10 @@ ALBUM_GROUP = 9_000_000_001
 
 VIDEO_SIZE = 20 * 1024 * 1024 + 12_345  # not a multiple of any part size: a short last part
 NEWS_POSTS = 150
+# TALK: post id → how many comments it has (posts 1..TALK_POSTS; the others have none).
+TALK_POSTS = 5
+TALK_COMMENTS = {2: 45, 4: 3}
+TALK_THREAD_POST = 2  # its comment 10 has 2 answers inside the thread (among the 45)
 
 # Message ids in MEDIA, in the order they are added.
 ALBUM_IDS = (4, 5, 6)
@@ -164,6 +170,12 @@ def _chats() -> list[dict[str, Any]]:
         {"id": PRIVATE_GROUP, "kind": "megagroup", "title": "Hidden Group",
          "creator_id": ACCOUNT_A, "invite": INVITE_PRIVATE_GROUP,
          "members": {str(ACCOUNT_A): DEFAULT_DATE, str(ACCOUNT_B): DEFAULT_DATE}},
+        {"id": TALK, "kind": "broadcast", "title": "Open Talk", "username": "open_talk",
+         "creator_id": USER_ALICE, "linked_chat_id": TALK_CHAT,
+         "members": {str(USER_ALICE): DEFAULT_DATE}},
+        {"id": TALK_CHAT, "kind": "megagroup", "title": "Open Talk Chat",
+         "username": "open_talk_chat", "creator_id": USER_ALICE, "linked_chat_id": TALK,
+         "members": {str(USER_ALICE): DEFAULT_DATE, str(USER_BOB): DEFAULT_DATE}},
         {"id": SMALL, "kind": "group", "title": "Small Group", "creator_id": ACCOUNT_A,
          "invite": INVITE_SMALL,
          "members": {str(ACCOUNT_A): DEFAULT_DATE, str(ACCOUNT_B): DEFAULT_DATE,
@@ -252,6 +264,32 @@ def _group_messages() -> list[dict[str, Any]]:
     return chat_msgs + small
 
 
+def _talk_messages() -> list[dict[str, Any]]:
+    """TALK's posts (each forwarded to TALK_CHAT by the world) and their comments: in
+    TALK_THREAD_POST's thread, two answers to its 10th comment sit inside the thread."""
+    msgs: list[dict[str, Any]] = []
+    for post in range(1, TALK_POSTS + 1):
+        date = DEFAULT_DATE + 3600 * post
+        msgs.append({"chat": TALK, "id": post, "date": date, "text": f"Talk post {post}",
+                     "views": 50 + post, "forwards": 0})
+        commenters = (USER_ALICE, USER_BOB, *(CROWD_FIRST + i for i in range(5)))
+        for n in range(1, TALK_COMMENTS.get(post, 0) + 1):
+            comment: dict[str, Any] = {"chat": TALK_CHAT, "comment_to": post,
+                                       "from_id": commenters[n % len(commenters)],
+                                       "date": date + 60 * n, "text": f"comment {n} on {post}"}
+            if post == TALK_THREAD_POST and n in (20, 30):
+                comment["reply_to"] = _talk_comment_id(post, 10)
+            msgs.append(comment)
+    return msgs
+
+
+def _talk_comment_id(post: int, n: int) -> int:
+    """The id in TALK_CHAT of comment n on a post: the group numbers the forwards and the
+    comments in the order _talk_messages adds them."""
+    before = sum(1 + TALK_COMMENTS.get(p, 0) for p in range(1, post))
+    return before + 1 + n
+
+
 def demo_dict() -> dict[str, Any]:
     return {
         "users": _users(),
@@ -260,7 +298,8 @@ def demo_dict() -> dict[str, Any]:
         "webpages": [{"id": WEBPAGE, "url": "https://example.com/page", "site_name": "Example",
                       "title": "A page", "description": "with a photo", "photo": WEB_PHOTO}],
         "chats": _chats(),
-        "messages": _news_messages() + _media_messages() + _group_messages(),
+        "messages": _news_messages() + _media_messages() + _group_messages()
+        + _talk_messages(),
     }
 
 

@@ -326,12 +326,15 @@ def _fwd(d: dict[str, Any] | None, default_date: int) -> types.MessageFwdHeader 
         from_id = types.PeerUser(d["from_user"])
     elif "from_channel" in d:
         from_id = types.PeerChannel(d["from_channel"])
+    saved = d.get("saved_from_channel")
     return types.MessageFwdHeader(
         date=d.get("date", default_date),
         from_id=from_id,
         from_name=d.get("from_name"),
         channel_post=d.get("channel_post"),
         post_author=d.get("post_author"),
+        saved_from_peer=None if saved is None else types.PeerChannel(saved),
+        saved_from_msg_id=d.get("saved_from_msg_id"),
     )
 
 
@@ -351,10 +354,10 @@ def message(world: World, msg: MessageSpec, viewer: int) -> Any:
         "date": msg.date,
         "out": msg.from_id == viewer and msg.from_id is not None,
         "post": post or None,
-        "from_id": None if msg.from_id is None else types.PeerUser(msg.from_id),
+        "from_id": _sender(msg),
         "reply_to": None
         if msg.reply_to is None
-        else types.MessageReplyHeader(reply_to_msg_id=msg.reply_to),
+        else types.MessageReplyHeader(reply_to_msg_id=msg.reply_to, reply_to_top_id=msg.reply_top),
     }
     if msg.action is not None:
         return types.MessageService(action=action(msg.action), **common)
@@ -371,7 +374,53 @@ def message(world: World, msg: MessageSpec, viewer: int) -> Any:
         post_author=msg.post_author,
         grouped_id=msg.grouped_id,
         pinned=msg.pinned or None,
+        replies=replies(world, chat, msg) if chat is not None else None,
         **common,
+    )
+
+
+def _sender(msg: MessageSpec) -> Any:
+    if msg.from_chat is not None:  # a channel wrote it (an automatic forward)
+        return types.PeerChannel(msg.from_chat)
+    return None if msg.from_id is None else types.PeerUser(msg.from_id)
+
+
+RECENT_REPLIERS = 3
+
+
+def replies(world: World, chat: ChatSpec, msg: MessageSpec) -> types.MessageReplies | None:
+    """messageReplies of a post of a channel with a discussion group (comments=True,
+    channel_id = the group; from the post's automatic forward on), of that forward, and of
+    any megagroup message that has replies; None otherwise."""
+    if chat.kind == BROADCAST:
+        group = world.discussion_of(chat)
+        forward = None if group is None else world.forward_of(chat, msg.id)
+        if group is None or forward is None:
+            return None
+        return _replies(world.threads(group).thread(forward.id), forward, group.id)
+    if chat.kind != MEGAGROUP:
+        return None
+    thread = world.threads(chat).thread(msg.id)
+    if not thread and msg.from_chat is None:
+        return None
+    return _replies(thread, msg, None)
+
+
+def _replies(
+    thread: list[MessageSpec], top: MessageSpec, channel_id: int | None
+) -> types.MessageReplies:
+    repliers: list[int] = []
+    for m in thread:
+        if m.from_id is not None and m.from_id not in repliers:
+            repliers.append(m.from_id)
+    recent = [types.PeerUser(u) for u in repliers[:RECENT_REPLIERS]]
+    return types.MessageReplies(
+        replies=len(thread),
+        replies_pts=top.pts,
+        comments=channel_id is not None or None,
+        recent_repliers=recent if channel_id is not None and recent else None,
+        channel_id=channel_id,
+        max_id=thread[0].id if thread else None,
     )
 
 
@@ -382,6 +431,8 @@ def referenced(world: World, msgs: Iterable[MessageSpec]) -> tuple[set[int], set
     for m in msgs:
         if m.chat is not None:
             chat_ids.add(m.chat)
+        if m.from_chat is not None:
+            chat_ids.add(m.from_chat)
         for uid in (m.from_id, m.to_user):
             if uid is not None:
                 user_ids.add(uid)

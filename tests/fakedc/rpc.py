@@ -14,15 +14,27 @@ tests/emulator/test_rpc.py):
   add_offset shifts the window (negative reaches newer messages), min_id/max_id exclusive,
   limit clamped to 100; limit 0 means 20 (core.telegram.org/api/offsets: "When 0 is
   provided the limit will often default to an intermediate value like ~20"), and so for
-  messages.search, which shares the window.
+  messages.search, which shares the window. offset_date starts at the newest message
+  strictly older than it.
+- messages.search: q matches by word prefixes, filters (photos, video, documents, URLs,
+  voice, music, GIFs, round, pinned), from_id (a user; FROM_PEER_INVALID otherwise),
+  min_date/max_date as exclusive date filters; `count` is every hit (messagesSlice or
+  channelMessages when a page holds fewer).
 - upload.getFile: offset % 4096 == 0 (OFFSET_INVALID), limit % 4096 == 0, 1048576 % limit
   == 0, limit ≤ 1 MiB and the part inside one 1 MiB block (LIMIT_INVALID); `precise`
   relaxes to 1 KiB steps and drops the divisor and block rules; a file on another DC →
-  303 FILE_MIGRATE_X; the last part is short, past the end is empty.
+  303 FILE_MIGRATE_X; the last part is short, past the end is empty; with a download
+  budget in the world, an account that fetches faster than it gets 420 FLOOD_WAIT_X
+  (premium) or FLOOD_PREMIUM_WAIT_X (not), X sized to the overdraft (budget.py).
 - Unauthorised keys get 401 AUTH_KEY_UNREGISTERED on everything but help.*/auth.* and
   account.getPassword during a 2FA login.
 - Basic-group and private messages carry the viewing account's own ids (World.seen_by):
   the same message has another id for each account, in answers, pushes and requests alike.
+- Threads (core.telegram.org/api/threads, /api/discussion; world.py's docstring): a post
+  of a channel with a discussion group carries messageReplies(comments, channel_id = the
+  group, replies, max_id, recent_repliers); messages.getReplies pages a post's comments (or
+  a megagroup message's replies) by getHistory's rules; messages.getDiscussionMessage gives
+  the thread's top in the group. A post with no thread: MSG_ID_INVALID.
 - Channel updates carry the channel's own pts (one per new or edited message, one per
   deleted id); they are pushed only to member accounts. updates.getDifference and
   getChannelDifference give what an account missed since a state: see difference.py.
@@ -33,6 +45,7 @@ Requests answered (everything else: 400 METHOD_INVALID, logged and listed in rpc
     channels.getParticipants, channels.getParticipant, channels.getMessages,
     channels.joinChannel, channels.leaveChannel, messages.getMessages, messages.getHistory,
     messages.search, messages.getChats, messages.getFullChat, messages.getDialogs,
+    messages.getReplies, messages.getDiscussionMessage,
     messages.checkChatInvite, messages.importChatInvite, messages.deleteChatUser,
     upload.getFile, auth.exportAuthorization, auth.importAuthorization, auth.sendCode,
     auth.signIn, auth.checkPassword, auth.logOut, account.getPassword, updates.getState,
@@ -53,8 +66,10 @@ Knobs (all take effect immediately; see each method's docstring):
     rpc.drop_next_posts(channel_id, n)
     rpc.clear_faults()                                     # undoes the fault knobs
     rpc.world.channel_limit = 500                          # CHANNELS_TOO_MUCH beyond it
+    rpc.world.download_budget = 20 * 2**20                 # getFile bytes/s per account
     rpc.login_code = "12345"                               # the code auth.signIn accepts
-Pushes (async, to member accounts through the cluster's pusher): post_message,
+Pushes (async, to member accounts through the cluster's pusher): post_message (a post of
+a channel with a discussion group also pushes its automatic forward there), post_comment,
 edit_message, delete_messages, kick; add_member (no push).
 Counters: rpc.count(method=None, user_id=None), rpc.reset_counts(), rpc.unknown.
 """
@@ -74,6 +89,7 @@ from telethon.tl import functions, types
 
 from tests.fakedc import difference, files, render
 from tests.fakedc.api import CallContext, Pusher, RpcError
+from tests.fakedc.budget import DownloadBudget
 from tests.fakedc.faults import FaultKnobs
 from tests.fakedc.srp import SrpServer
 from tests.fakedc.world import BROADCAST, MEGAGROUP, ChatSpec, MessageSpec, UserSpec, World
@@ -126,6 +142,7 @@ class TelegramRpc(FaultKnobs):
         self._srp = SrpServer()
         self._exported: dict[bytes, int] = {}  # exported authorization bytes → user id
         self._handlers: dict[type, Handler] = self._handler_table()
+        self.download_budget = DownloadBudget(clock)  # the world's budget, per account
 
     # === the Dispatcher ===================================================================
 
@@ -166,6 +183,8 @@ class TelegramRpc(FaultKnobs):
             f.messages.GetMessagesRequest: self._common_messages,
             f.messages.GetHistoryRequest: self._get_history,
             f.messages.SearchRequest: self._search_messages,
+            f.messages.GetRepliesRequest: self._get_replies,
+            f.messages.GetDiscussionMessageRequest: self._get_discussion_message,
             f.messages.GetChatsRequest: self._get_chats,
             f.messages.GetFullChatRequest: self._get_full_chat,
             f.messages.GetDialogsRequest: self._get_dialogs,
@@ -793,21 +812,37 @@ class TelegramRpc(FaultKnobs):
         return chat, box
 
     async def _search_messages(self, ctx: CallContext, req: Any) -> Any:
-        """messages.search in one chat: text contains q (case-folded) and the media filter
-        matches; then getHistory's window rules (max_date stands for offset_date)."""
+        """messages.search in one chat: every word of q starts a word of the text (case
+        folded: Telegram's search is by word prefixes, "news" finds "newsletter", "ews"
+        finds nothing), the media filter matches, from_id (an InputPeer of the viewer's,
+        FROM_PEER_INVALID for a bad one) sent it, and min_date < date < max_date (each
+        when non-zero, as core.telegram.org describes them: filters, not offsets); then
+        getHistory's window rules (offset_id, add_offset, limit, min_id, max_id) over the
+        hits. `count` is every hit."""
         viewer = self._me(ctx).id
         chat, box = self._history_box(ctx, viewer, req.peer)
-        q = req.q.casefold()
+        sender = self._search_sender(ctx, req.from_id)
+        words = search_words(req.q)
+        low, high = _ts(req.min_date), _ts(req.max_date)
         hits = [
             m
             for m in box
-            if q in m.text.casefold() and self._filter_matches(m, req.filter)
-            and (req.from_id is None or m.from_id == getattr(req.from_id, "user_id", viewer))
+            if words_match(words, m.text)
+            and self._filter_matches(m, req.filter)
+            and (sender is None or m.from_id == sender)
+            and (not low or m.date > low)
+            and (not high or m.date < high)
         ]
         window = history_window(
-            hits, req.offset_id, _ts(req.max_date), req.add_offset, req.limit, req.min_id, req.max_id
+            hits, req.offset_id, None, req.add_offset, req.limit, req.min_id, req.max_id
         )
         return self._messages_answer(chat, list(window), viewer, count=len(hits))
+
+    def _search_sender(self, ctx: CallContext, from_id: Any) -> int | None:
+        """The user id messages.search's from_id names (None: anyone)."""
+        if from_id is None:
+            return None
+        return self._user_from_input(ctx, from_id, "FROM_PEER_INVALID").id
 
     def _filter_matches(self, msg: MessageSpec, flt: Any) -> bool:
         if isinstance(flt, types.InputMessagesFilterEmpty):
@@ -890,12 +925,20 @@ class TelegramRpc(FaultKnobs):
         if dc_id != ctx.dc_id:
             raise RpcError(303, f"FILE_MIGRATE_{dc_id}")
         self._check_drop(file_id, viewer)
+        self._check_budget(viewer, max(0, min(req.limit, size - req.offset)))
         data = files.read(key, size, req.offset, req.limit)
         return types.upload.File(
             type=storage_type(mime) if req.offset == 0 else types.storage.FilePartial(),
             mtime=0,
             bytes=data,
         )
+
+    def _check_budget(self, viewer: int, nbytes: int) -> None:
+        """The world's download budget (budget.py): FLOOD_WAIT_X / FLOOD_PREMIUM_WAIT_X."""
+        budget = self.world.download_budget
+        if budget is not None and nbytes > 0:
+            premium = self.world.users[viewer].premium
+            self.download_budget.take(viewer, nbytes, budget, self.world.download_burst, premium)
 
     def _locate(self, ctx: CallContext, loc: Any, viewer: int) -> tuple[int, int, int, int, str]:
         """(file id, dc, file key, size, mime) of a location; FILE_ID_INVALID for another
@@ -937,6 +980,66 @@ class TelegramRpc(FaultKnobs):
             raise RpcError(400, "FILE_REFERENCE_EXPIRED")
         if state == "invalid":
             raise RpcError(400, "FILE_REFERENCE_INVALID")
+
+    # === threads and comments =============================================================
+
+    async def _get_replies(self, ctx: CallContext, req: Any) -> Any:
+        """messages.getReplies: the comments of a channel's post (messages of its
+        discussion group, readable without joining it) or the reply thread of a megagroup
+        message; newest first, paged by getHistory's window rules; `count` is the thread's."""
+        viewer = self._me(ctx).id
+        group, top, channel = self._thread_top(ctx, req.peer, req.msg_id)
+        thread = self.world.threads(group).thread(top.id)
+        window = history_window(
+            thread, req.offset_id, _ts(req.offset_date), req.add_offset, req.limit, req.min_id, req.max_id
+        )
+        answer = self._messages_answer(group, list(window), viewer, count=len(thread))
+        if channel is not None and not any(c.id == channel.id for c in answer.chats):
+            answer.chats.append(self._chat_view(channel, viewer))
+        return answer
+
+    async def _get_discussion_message(self, ctx: CallContext, req: Any) -> Any:
+        """messages.getDiscussionMessage: the thread's top in the group (a post's automatic
+        forward, or the megagroup message itself) and where the thread stands."""
+        viewer = self._me(ctx).id
+        group, top, channel = self._thread_top(ctx, req.peer, req.msg_id)
+        thread = self.world.threads(group).thread(top.id)
+        users, chats = self._entities_for([top], viewer)
+        for chat in (group, channel):
+            if chat is not None and not any(c.id == chat.id for c in chats):
+                chats.append(self._chat_view(chat, viewer))
+        newest = thread[0].id if thread else None
+        return types.messages.DiscussionMessage(
+            messages=[render.message(self.world, top, viewer)],
+            unread_count=0,
+            chats=chats,
+            users=users,
+            max_id=newest,
+            read_inbox_max_id=newest,
+            read_outbox_max_id=newest,
+        )
+
+    def _thread_top(
+        self, ctx: CallContext, input_peer: Any, msg_id: int
+    ) -> tuple[ChatSpec, MessageSpec, ChatSpec | None]:
+        """(the megagroup holding the thread, the thread's top message, the broadcast
+        channel asked when it is a post's comments). A post without a discussion group (or
+        posted before the link), a message that does not exist: MSG_ID_INVALID; a basic
+        group or a user: PEER_ID_INVALID (threads live in channels and megagroups)."""
+        peer = self._peer_from_input(ctx, input_peer)
+        if not isinstance(peer, ChatSpec) or not peer.is_channel:
+            raise RpcError(400, "PEER_ID_INVALID")
+        self._check_readable(ctx, peer)
+        if peer.kind == BROADCAST:
+            group = self.world.discussion_of(peer)
+            forward = self.world.forward_of(peer, msg_id) if msg_id in peer.messages else None
+            if group is None or forward is None:
+                raise RpcError(400, "MSG_ID_INVALID")
+            return group, forward, peer
+        top = peer.messages.get(msg_id)
+        if top is None:
+            raise RpcError(400, "MSG_ID_INVALID")
+        return peer, top, None
 
     # === auth =============================================================================
 
@@ -1115,13 +1218,50 @@ class TelegramRpc(FaultKnobs):
             await self._push_common(msg, "new", push=not dropped)
             return msg
         self.world._check_media(msg)
+        await self._post_channel_message(chat, msg)
+        group = self.world.discussion_of(chat)
+        forward = self.world.discussion_copy(chat, msg)
+        if group is not None and forward is not None:  # every post reaches the group
+            await self._post_channel_message(group, forward)
+        return msg
+
+    async def post_comment(
+        self,
+        channel_id: int,
+        post_id: int,
+        text: str,
+        *,
+        from_id: int,
+        reply_to: int | None = None,
+    ) -> MessageSpec:
+        """Comments on a channel's post: a message of its discussion group replying to the
+        post's automatic forward (or, with `reply_to`, to that comment of the group, inside
+        the thread), pushed to the group's member accounts. Returns it (its id in the group)."""
+        group = self.world.discussion_of(self.world.chats[channel_id])
+        if group is None:
+            raise ValueError(f"channel {channel_id} has no discussion group")
+        msg = MessageSpec(
+            chat=group.id,
+            from_id=from_id,
+            date=self._now(),
+            text=text,
+            reply_to=reply_to,
+            comment_to=post_id,
+        )
+        await self._post_channel_message(group, msg)
+        return msg
+
+    async def _post_channel_message(self, chat: ChatSpec, msg: MessageSpec) -> None:
+        """Stores a new message of a channel or megagroup (its next id, a pts event) and
+        pushes updateNewChannelMessage, unless drop_next_posts holds it back."""
+        self.world.place_in_thread(chat, msg)
         msg.id = chat.next_id
         chat.next_id += 1
         chat.messages[msg.id] = msg
         event = self.world.channel_event(chat, "new", [msg.id], self._now())
         msg.pts = event.pts
-        if self._take_dropped_post(chat_id):
-            return msg
+        if self._take_dropped_post(chat.id):
+            return
         await self._push_channel(
             chat,
             lambda viewer: types.UpdateNewChannelMessage(
@@ -1131,7 +1271,6 @@ class TelegramRpc(FaultKnobs):
             ),
             [msg],
         )
-        return msg
 
     async def edit_message(
         self,
@@ -1275,6 +1414,19 @@ def check_part(offset: int, limit: int, precise: bool) -> None:
             raise RpcError(400, "LIMIT_INVALID")
         if offset // MIB != (offset + limit - 1) // MIB:
             raise RpcError(400, "LIMIT_INVALID")
+
+
+def search_words(q: str) -> list[str]:
+    """The case-folded words of a messages.search query."""
+    return re.findall(r"\w+", q.casefold())
+
+
+def words_match(words: list[str], text: str) -> bool:
+    """Whether every query word starts some word of `text` (no words: every text)."""
+    if not words:
+        return True
+    have = re.findall(r"\w+", text.casefold())
+    return all(any(h.startswith(w) for h in have) for w in words)
 
 
 def history_window(

@@ -55,6 +55,10 @@ Per connection (rules Telethon relies on; see mtproto.py for the wire format):
   of what a client does with an update it did not ask for).
 - The `initConnection` fields of a connection (api_id, device_model, system_version,
   app_version, lang_code) reach the world as `CallContext.extra["init"]`.
+- Every accepted connection leaves an `Accepted` record in `DcServer.accepted` (the last
+  ACCEPTED_KEPT of them, closed ones included): its source address and port, once it sent
+  an encrypted packet the user of its auth key, and its requests by method. Tests read it
+  to see where an account's connections came from (through which proxy).
 """
 
 from __future__ import annotations
@@ -67,8 +71,9 @@ import logging
 import os
 import struct
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from telethon.errors import TypeNotFoundError
@@ -122,6 +127,34 @@ _IGNORED = frozenset(
 )
 
 PlainHandler = Callable[[bytes], bytes | None]
+# Accepted records kept per DC: 1,000 accounts' connections several times over, a few
+# hundred bytes each (bounded: a long soak opens connections all day).
+ACCEPTED_KEPT = 20_000
+
+
+@dataclass(slots=True)
+class Accepted:
+    """One connection as the DC saw it arrive: from where, and (once known) whose key."""
+
+    dc_id: int
+    source: str  # the peer's address as the DC's socket saw it (a proxy's outgoing one)
+    port: int
+    key: KeyRecord | None = None  # set by the first encrypted packet
+    requests: Counter[str] = field(default_factory=Counter)  # by method, as the connection's
+
+    @property
+    def user_id(self) -> int | None:
+        # Read through the key: a key a handshake made gets its user at importAuthorization.
+        return self.key.user_id if self.key is not None else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dc": self.dc_id,
+            "source": self.source,
+            "port": self.port,
+            "user_id": self.user_id,
+            "requests": dict(self.requests),
+        }
 
 
 def method_name(request: Any) -> str:
@@ -253,6 +286,7 @@ class DcServer:
         # What the protocol layer did, by kind ("BadServerSalt", "container", "request",
         # "push", "connection", "-404", ...), so tests can assert on the paths taken.
         self.stats: Counter[str] = Counter()
+        self.accepted: deque[Accepted] = deque(maxlen=ACCEPTED_KEPT)
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -316,6 +350,9 @@ class ClientConnection:
         self.dc = dc
         self.reader = reader
         self.writer = writer
+        peer = writer.get_extra_info("peername") or ("", 0)
+        self.accepted = Accepted(dc.dc_id, str(peer[0]), int(peer[1]))
+        dc.accepted.append(self.accepted)
         self.codec: Codec | None = None
         self.key: KeyRecord | None = None
         self.session: _Session | None = None  # the last one seen, for pushes
@@ -323,7 +360,7 @@ class ClientConnection:
         self.inflight: dict[int, asyncio.Task[None]] = {}
         self.init: dict[str, Any] = {}  # the initConnection fields, once seen
         # What went through it, for tests: requests by method, updates pushed.
-        self.requests: Counter[str] = Counter()
+        self.requests: Counter[str] = self.accepted.requests
         self.pushes = 0
         self._closed = False
         self._ping_timer: asyncio.TimerHandle | None = None
@@ -363,7 +400,7 @@ class ClientConnection:
             self._write([transport_error(404)])
             return False
         dec = decrypt_client_message(rec.key, packet)
-        self.key = rec
+        self.key = self.accepted.key = rec
         self._on_message_packet(rec, dec.salt, dec.session_id, dec.msg_id, dec.seq_no, dec.body)
         return True
 

@@ -26,10 +26,14 @@ Keys (every one optional but `id`; an unknown key is refused, naming it):
                dc_id, date, mime_type, file_name, duration, w, h, title, performer, alt,
                thumb
     webpages   id, url, site_name, title, description, photo
+    download_budget  bytes per second each account may fetch (none: unlimited), and
+               download_burst, seconds of it an account may fetch at once (see budget.py);
+               users take `premium` (true: FLOOD_WAIT_X rather than FLOOD_PREMIUM_WAIT_X)
     messages   chat (or to_user for a private chat), id (0: next), from_id, date, text,
                entities [{type, offset, length, url?, user_id?, language?}], reply_to,
                fwd, grouped_id, views, forwards, edit_date, post_author, pinned,
-               media {photo|document|webpage: id}, action {type, ...}
+               media {photo|document|webpage: id}, action {type, ...},
+               comment_to (in a discussion group: the linked channel's post it comments on)
     `python -m tests.fakedc.demo_world` prints a complete example.
 
 Rules kept here (see ../../shared/design/TELEGRAM.md):
@@ -46,6 +50,19 @@ Rules kept here (see ../../shared/design/TELEGRAM.md):
   world stores each such message once under a world-wide *store id* (`common`, what
   post_message returns and edit_message/delete_messages take); `own_id` and `seen_by`
   give an account's id for it, and the rpc answers only with those.
+- Comments (core.telegram.org/api/discussion, /api/threads): a broadcast channel whose
+  `linked_chat_id` names a megagroup has that group as its discussion group (link_discussion
+  sets both sides). Every post added to such a channel gets its automatic forward in the
+  group (sent by the channel, fwd_from naming the post, saved_from_peer/msg_id too); a
+  comment is a message of the group replying to that forward (`comment_to` names the post),
+  and a reply inside a thread keeps the thread's top in `reply_top` (reply_to_top_id). In
+  any megagroup, the replies to a message make its thread (`threads`). To build one:
+      world.link_discussion(CHANNEL, GROUP)           # or linked_chat_id in a file
+      post = world.add_post(CHANNEL, "text")          # its forward lands in GROUP
+      c = world.add_comment(CHANNEL, post.id, "first", from_id=USER)
+      world.add_comment(CHANNEL, post.id, "re", from_id=USER, reply_to=c.id)
+      world.forward_of(world.chats[CHANNEL], post.id); world.threads(group).thread(top_id)
+  (rpc.post_message / post_comment do the same with pushes.)
 """
 
 from __future__ import annotations
@@ -58,6 +75,8 @@ import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from tests.fakedc.budget import DEFAULT_BURST
 
 BROADCAST = "broadcast"
 MEGAGROUP = "megagroup"
@@ -191,6 +210,7 @@ class UserSpec:
     fake: bool = False
     about: str = ""
     photo: int | None = None  # a PhotoSpec id (the profile photo)
+    premium: bool = False  # Telegram Premium: FLOOD_WAIT_X, not FLOOD_PREMIUM_WAIT_X (budget.py)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UserSpec:
@@ -230,6 +250,12 @@ class MessageSpec:
     media: dict[str, int] | None = None
     action: dict[str, Any] | None = None
     pts: int = 0  # the chat's pts when it was created (set by the world)
+    # Threads: the top of the thread a reply sits in (reply_to_top_id), when it replies to
+    # a reply; the channel that sent it (an automatic forward in a discussion group); the
+    # linked channel's post a comment is on (the world turns it into reply_to).
+    reply_top: int | None = None
+    from_chat: int | None = None
+    comment_to: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MessageSpec:
@@ -330,20 +356,30 @@ class World:
         self.account_pts: dict[int, int] = {}
         self.account_log: dict[int, list[tuple[int, int, str]]] = {}
         self.channel_limit = CHANNEL_LIMIT
+        # Bytes per second each account may fetch with upload.getFile (None: unlimited) and
+        # the seconds of it the bucket holds: see budget.py.
+        self.download_budget: float | None = None
+        self.download_burst = DEFAULT_BURST
         # Bumped by expire_file_references(): every reference issued before is stale.
         self.file_ref_epoch = 1
         # chat id → ((pts, count) it was built at, its messages newest first).
         self._newest_first: dict[int, tuple[tuple[int, int], list[MessageSpec]]] = {}
+        # megagroup id → ((pts, count) it was built at, its threads).
+        self._threads: dict[int, tuple[tuple[int, int], Threads]] = {}
 
     # --- loading -------------------------------------------------------------------------
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> World:
         known = {"users", "chats", "photos", "documents", "webpages", "messages", "secret"}
+        known |= {"download_budget", "download_burst"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"world: unknown keys {sorted(unknown)}")
         world = cls(secret=str(data.get("secret", "tgc-fakedc")).encode())
+        if data.get("download_budget") is not None:
+            world.download_budget = float(data["download_budget"])
+        world.download_burst = float(data.get("download_burst", DEFAULT_BURST))
         for u in data.get("users", []):
             world.add_user(UserSpec.from_dict(u))
         for p in data.get("photos", []):
@@ -354,6 +390,10 @@ class World:
             world.add_webpage(WebPageSpec.from_dict(w))
         for c in data.get("chats", []):
             world.add_chat(ChatSpec.from_dict(c))
+        for chat in list(world.chats.values()):
+            group = world.discussion_of(chat)
+            if group is not None:  # a file names the link on the channel's side
+                world.link_discussion(chat.id, group.id)
         for m in data.get("messages", []):
             world.add_message(MessageSpec.from_dict(m))
         return world
@@ -396,6 +436,7 @@ class World:
         self._check_media(msg)
         if msg.chat is not None and self.chats[msg.chat].is_channel:
             chat = self.chats[msg.chat]
+            self.place_in_thread(chat, msg)
             if msg.id == 0:
                 msg.id = chat.next_id
             if msg.id in chat.messages:
@@ -404,6 +445,9 @@ class World:
             chat.pts += 1
             msg.pts = chat.pts
             chat.messages[msg.id] = msg
+            forward = self.discussion_copy(chat, msg)
+            if forward is not None:
+                self.add_message(forward)
             return msg
         if msg.chat is None and msg.to_user is None:
             raise ValueError("a message needs chat or to_user")
@@ -475,6 +519,104 @@ class World:
         if pts < first_logged:
             return None
         return [e for e in chat.log if e.pts > pts]
+
+    # --- comments and threads (see the module docstring) ---------------------------------
+
+    def link_discussion(self, channel_id: int, group_id: int) -> None:
+        """Makes the megagroup the broadcast channel's discussion group (both sides' link);
+        posts added from now on get their automatic forward in it."""
+        channel, group = self.chats[channel_id], self.chats[group_id]
+        if channel.kind != BROADCAST or group.kind != MEGAGROUP:
+            raise ValueError(f"{channel_id} must be a broadcast channel, {group_id} a megagroup")
+        channel.linked_chat_id = group_id
+        group.linked_chat_id = channel_id
+
+    def discussion_of(self, chat: ChatSpec) -> ChatSpec | None:
+        """The discussion megagroup of a broadcast channel, if it has one."""
+        group = self.chats.get(chat.linked_chat_id or 0)
+        if chat.kind != BROADCAST or group is None or group.kind != MEGAGROUP:
+            return None
+        return group
+
+    def discussion_copy(self, channel: ChatSpec, post: MessageSpec) -> MessageSpec | None:
+        """The automatic forward of a post into the channel's discussion group, not stored
+        yet (None without a group, or for a service message): sent by the channel, naming
+        the post in fwd_from and in saved_from_peer/saved_from_msg_id."""
+        group = self.discussion_of(channel)
+        if group is None or post.action is not None:
+            return None
+        fwd: dict[str, Any] = {
+            "from_channel": channel.id,
+            "channel_post": post.id,
+            "date": post.date,
+            "saved_from_channel": channel.id,
+            "saved_from_msg_id": post.id,
+        }
+        if post.post_author:
+            fwd["post_author"] = post.post_author
+        return MessageSpec(
+            chat=group.id,
+            from_chat=channel.id,
+            date=post.date,
+            text=post.text,
+            entities=list(post.entities),
+            fwd=fwd,
+            grouped_id=post.grouped_id,
+            media=dict(post.media) if post.media else None,
+        )
+
+    def place_in_thread(self, chat: ChatSpec, msg: MessageSpec) -> None:
+        """Fills a megagroup message's thread fields before it is stored: a comment
+        (`comment_to`) replies to its post's forward; a reply to a reply keeps the thread's
+        top in `reply_top`, as Telegram's reply_to_top_id."""
+        if chat.kind != MEGAGROUP:
+            return
+        if msg.comment_to is not None:
+            channel = self.chats.get(chat.linked_chat_id or 0)
+            forward = None if channel is None else self.forward_of(channel, msg.comment_to)
+            if forward is None:
+                raise ValueError(f"chat {chat.id}: no forward of post {msg.comment_to} to comment")
+            if msg.reply_to is None:
+                msg.reply_to = forward.id
+        if msg.reply_to is None or msg.reply_top is not None:
+            return
+        target = chat.messages.get(msg.reply_to)
+        top = None if target is None else target.reply_top or target.reply_to
+        if top is not None:
+            msg.reply_top = top
+
+    def forward_of(self, channel: ChatSpec, post_id: int) -> MessageSpec | None:
+        """The post's automatic forward in the channel's discussion group."""
+        group = self.discussion_of(channel)
+        if group is None:
+            return None
+        fwd_id = self.threads(group).forwards.get(post_id)
+        return None if fwd_id is None else group.messages.get(fwd_id)
+
+    def threads(self, group: ChatSpec) -> Threads:
+        """A megagroup's threads (cached until its pts moves, like newest_first)."""
+        key = (group.pts, len(group.messages))
+        cached = self._threads.get(group.id)
+        if cached is None or cached[0] != key:
+            cached = (key, Threads.of(group))
+            self._threads[group.id] = cached
+        return cached[1]
+
+    def add_post(self, channel_id: int, text: str = "", **fields: Any) -> MessageSpec:
+        """A post (MessageSpec fields as keywords) and, with a discussion group, its
+        automatic forward there."""
+        return self.add_message(MessageSpec(chat=channel_id, text=text, **fields))
+
+    def add_comment(
+        self, channel_id: int, post_id: int, text: str, from_id: int, **fields: Any
+    ) -> MessageSpec:
+        """A comment on a post, in the channel's discussion group (`reply_to` a comment's
+        id in the group to answer that comment inside the thread)."""
+        group = self.discussion_of(self.chats[channel_id])
+        if group is None:
+            raise ValueError(f"channel {channel_id} has no discussion group")
+        msg = MessageSpec(chat=group.id, text=text, from_id=from_id, comment_to=post_id, **fields)
+        return self.add_message(msg)
 
     # --- who sees what -------------------------------------------------------------------
 
@@ -583,6 +725,30 @@ class World:
 
     def expire_file_references(self) -> None:
         self.file_ref_epoch += 1
+
+
+@dataclass
+class Threads:
+    """A megagroup's reply threads: top message id → its replies (newest first), and, in a
+    discussion group, post id → the id of the post's automatic forward."""
+
+    replies: dict[int, list[MessageSpec]] = field(default_factory=dict)
+    forwards: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, group: ChatSpec) -> Threads:
+        threads = cls()
+        for msg in sorted(group.messages.values(), key=lambda m: m.id, reverse=True):
+            top = msg.reply_top or msg.reply_to
+            if top is not None:
+                threads.replies.setdefault(top, []).append(msg)
+            saved = (msg.fwd or {}).get("saved_from_msg_id")
+            if saved is not None and msg.from_chat == group.linked_chat_id:
+                threads.forwards[int(saved)] = msg.id
+        return threads
+
+    def thread(self, top_id: int) -> list[MessageSpec]:
+        return self.replies.get(top_id, [])
 
 
 def now() -> int:

@@ -336,6 +336,8 @@ async def test_get_and_accounts(make_pool: Callable[..., Any]) -> None:
     pool.get("acc102").pending_downloads = 3
     assert pool.accounts()[1] == {
         "name": "acc102",
+        "label": None,
+        "proxy": None,
         "phone": "+44********02",
         "user_id": B,
         "state": "ok",
@@ -385,6 +387,35 @@ def test_from_sessions_dir_builds_one_account_per_session_file(tmp_path: Path) -
     finally:
         for account in pool:
             account.client.session.close()
+
+
+def test_from_sessions_dir_follows_each_sessions_sidecar(tmp_path: Path) -> None:
+    for name in ("one", "two", "off"):
+        TeleClient(tmp_path / name, 1, "hash").client.session.close()
+    (tmp_path / "one.properties").write_text("proxy=socks5://u:p@127.0.0.2:1080\nlabel=eu-1\n")
+    (tmp_path / "off.properties").write_text("enabled=false\n")
+    shared = Proxy("http", "127.0.0.9", 3128)
+    pool = TeleClients.from_sessions_dir(tmp_path, 1, "hash", proxy=shared)
+    try:
+        by_name = {a.name: a for a in pool}
+        assert sorted(by_name) == ["one", "two"]  # "off" is left out
+        assert by_name["one"].proxy == Proxy("socks5", "127.0.0.2", 1080, "u", "p")
+        assert by_name["two"].proxy == shared
+        one, two = by_name["one"].describe(), by_name["two"].describe()
+        assert (one["label"], one["proxy"]) == ("eu-1", "socks5://127.0.0.2:1080")
+        assert (two["label"], two["proxy"]) == (None, "http://127.0.0.9:3128")
+    finally:
+        for account in pool:
+            account.client.session.close()
+
+
+def test_a_bad_sidecar_builds_no_account(tmp_path: Path) -> None:
+    TeleClient(tmp_path / "one", 1, "hash").client.session.close()
+    (tmp_path / "one.properties").write_text("proxy=socks5://user:hunter2@nowhere\n")
+    with pytest.raises(ConfigError) as caught:
+        TeleClients.from_sessions_dir(tmp_path, 1, "hash")
+    assert caught.value.key == "proxy" and caught.value.file == str(tmp_path / "one.properties")
+    assert "hunter2" not in str(caught.value)
 
 
 # --- account labels (model/account.py, tests/model/test_account.py) in the pool ---

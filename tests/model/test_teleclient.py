@@ -72,6 +72,9 @@ async def test_the_lock_is_freed_at_stop(world: FakeTelegram, tmp_path: Path) ->
         ("GetHistory", "MSG_ID_INVALID", lambda tc: tc.get_history(parse_peer("@news"), max_id=9), "max_id"),
         ("GetHistory", "LIMIT_INVALID", lambda tc: tc.get_history(parse_peer("@news")), "limit"),
         ("GetParticipants", "OFFSET_INVALID", lambda tc: tc.get_participants(parse_peer("@talk")), "offset"),
+        ("Search", "FROM_PEER_INVALID", lambda tc: tc.search_messages(parse_peer("@news"), "", sender=parse_peer("@talk")), "sender"),
+        ("Search", "INPUT_FILTER_INVALID", lambda tc: tc.search_messages(parse_peer("@news"), "", filter_name="gif"), "filter_name"),
+        ("Search", "MSG_ID_INVALID", lambda tc: tc.search_messages(parse_peer("@news"), "a", offset_id=9), "offset_id"),
     ],
 )  # fmt: skip
 async def test_errors_that_blame_an_argument_name_it(
@@ -144,6 +147,17 @@ async def test_participants_of_megagroups_and_basic_groups(
     with pytest.raises(InvalidArgument) as caught:
         await tc.get_participants(parse_peer(str(ME)))
     assert caught.value.argument == "ref"  # the peer, as get_participants names it
+
+
+async def test_only_channels_and_megagroups_have_threads(
+    world: FakeTelegram, make: Callable[..., Any]
+) -> None:
+    tc = await make()
+    learn_group(tc, world)
+    for peer in (str(-GROUP), str(ME)):
+        with pytest.raises(InvalidArgument) as caught:
+            await tc.get_replies(parse_peer(peer), 1)
+        assert caught.value.argument == "ref"
 
 
 async def test_a_broadcast_channels_members_are_private(make: Callable[..., Any]) -> None:

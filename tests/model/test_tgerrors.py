@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from telethon import errors, functions
+from telethon import errors, functions, types
 
 from common.errors import (
     AccountUnusable,
@@ -19,6 +19,7 @@ from common.errors import (
 )
 from model.tgerrors import (
     CONNECTION_LOST,
+    DOWNLOAD,
     OTHER,
     RESOLVE,
     account_fate,
@@ -122,6 +123,10 @@ def test_requests_are_classified_for_flood_waits() -> None:
     wrapped = functions.InvokeWithLayerRequest(1, functions.contacts.ResolveUsernameRequest("x"))
     assert request_kind(wrapped) == RESOLVE
     assert request_kind(functions.contacts.SearchRequest("x", 1)) == OTHER != RESOLVE
+    get_file = functions.upload.GetFileRequest(
+        types.InputDocumentFileLocation(1, 2, b"", ""), 0, 4096
+    )
+    assert request_kind(functions.InvokeWithLayerRequest(1, get_file)) == DOWNLOAD
 
 
 def test_requests_are_named_by_module_and_method() -> None:

@@ -72,3 +72,58 @@ def test_search_keeps_public_chats_results_first_each_once_cut_to_limit() -> Non
     )
     assert [c.id for c in tl.public_chats(res, 10)] == [2, 1, 4]
     assert [c.id for c in tl.public_chats(res, 2)] == [2, 1]
+
+
+def test_an_offset_date_starts_the_window_instead_of_an_id() -> None:
+    dated = tl.history_request(CHANNEL, 10, 50, 5, 40, offset_date=1_700_000_000)
+    assert (dated.offset_id, dated.offset_date, dated.min_id, dated.max_id) == (
+        0, 1_700_000_000, 5, 40
+    )
+    assert bytes(dated)  # serialised as Telegram's int date
+    assert tl.history_request(CHANNEL, 10, 50, 0, 0).offset_date is None
+
+
+def test_search_in_a_chat_names_its_filter_and_sender() -> None:
+    bare = tl.search_request(CHANNEL, "word", None, None, 20, 0)
+    assert isinstance(bare.filter, types.InputMessagesFilterEmpty) and bare.from_id is None
+    photos = tl.search_request(CHAT, "", USER, "photo", 5, 99)
+    assert isinstance(photos.filter, types.InputMessagesFilterPhotos)
+    assert (photos.peer, photos.from_id, photos.limit, photos.offset_id) == (CHAT, USER, 5, 99)
+    assert (photos.min_date, photos.max_date, photos.add_offset) == (None, None, 0)
+    for name, cls in tl.SEARCH_FILTERS.items():
+        assert isinstance(tl.search_request(CHANNEL, "", None, name, 1, 0).filter, cls)
+
+
+def test_a_search_counts_what_telegram_counted() -> None:
+    msgs = [types.Message(i, types.PeerChannel(2001), DATE, "m") for i in (3, 2)]
+    whole = types.messages.Messages(messages=msgs, topics=[], chats=[], users=[])
+    part = types.messages.MessagesSlice(count=40, messages=msgs, topics=[], chats=[], users=[])
+    assert (tl.count_of(whole), tl.count_of(part)) == (2, 40)
+def test_replies_ask_a_thread_newest_first_from_an_offset() -> None:
+    req = tl.replies_request(CHANNEL, 12, 30, 400)
+    assert isinstance(req, functions.messages.GetRepliesRequest)
+    assert (req.peer, req.msg_id, req.limit, req.offset_id) == (CHANNEL, 12, 30, 400)
+    assert (req.add_offset, req.min_id, req.max_id, req.offset_date) == (0, 0, 0, None)
+    assert tl.REPLIES_BLAME["MSG_ID_INVALID"] == "msg_id"
+
+
+def test_the_discussion_group_is_where_the_thread_lives() -> None:
+    post_channel = channel(2001, "news", broadcast=True)
+    group = channel(2103, "talk", megagroup=True)
+    asked = -(10**12) - 2001
+    comment = types.Message(5, types.PeerChannel(2103), DATE, "c")
+    page = types.messages.ChannelMessages(
+        pts=1, count=45, messages=[comment], topics=[], chats=[post_channel, group], users=[]
+    )
+    assert tl.discussion_of(page, asked) is group and tl.count_of(page) == 45
+    empty = types.messages.ChannelMessages(
+        pts=1, count=0, messages=[], topics=[], chats=[post_channel, group], users=[]
+    )
+    assert tl.discussion_of(empty, asked) is group and tl.count_of(empty) == 0
+    # A megagroup's own thread: no discussion group.
+    own = types.messages.ChannelMessages(
+        pts=1, count=1, messages=[comment], topics=[], chats=[group], users=[]
+    )
+    assert tl.discussion_of(own, -(10**12) - 2103) is None
+    whole = types.messages.Messages(messages=[comment], topics=[], chats=[group], users=[])
+    assert tl.count_of(whole) == 1

@@ -4,12 +4,15 @@ with the fakes of tests/fixtures/handler_app.py."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from tornado.httpclient import HTTPRequest, HTTPResponse
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.netutil import bind_sockets
@@ -17,13 +20,14 @@ from tornado.netutil import bind_sockets
 from common.errors import (
     FloodWait,
     InvalidArgument,
+    InvalidParam,
     NoAccountAvailable,
     PeerNotFound,
     PeerPrivate,
     RateLimited,
     TelegramError,
 )
-from service.basehandler import outer_body_limit
+from service.basehandler import date_param, outer_body_limit
 from service.cryptor import Cipher, MemoryNonceStore, Signer
 from tests.fixtures.handler_app import (
     CIPHERS,
@@ -384,3 +388,32 @@ async def test_the_limit_holds_on_a_server_built_without_make_server(api: Api) -
         server.stop()
         await server.close_all_connections()
     _assert_413(api, response, response.request.headers["X-Nonce"])
+
+
+# --- date parameters ----------------------------------------------------------------------
+
+
+@given(
+    when=st.datetimes(
+        min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30),
+        timezones=st.timezones(),
+    )
+)  # fmt: skip
+def test_a_date_param_reads_any_iso_8601_date_time(when: dt.datetime) -> None:
+    expected = (when - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)).total_seconds()
+    assert date_param({"since": when.isoformat()}, "since") == expected
+
+
+def test_date_param_forms_and_refusals() -> None:
+    def read(raw: str) -> float | None:
+        return date_param({"until": raw}, "until")
+
+    assert read("2024-05-01") == read("2024-05-01T00:00:00Z") == 1_714_521_600
+    assert read("2024-05-01T02:00:00+02:00") == read("2024-05-01t00:00:00z") == 1_714_521_600
+    assert read("2024-05-01T02:00:00 02:00") == 1_714_521_600  # a "+" the query made a space
+    assert read("2016-12-31T23:59:60Z") == read("2017-01-01T00:00:00Z")  # the leap second
+    assert date_param({}, "until") is None
+    for bad in ("yesterday", "2024-13-01", "1714521600", "2024-05-01T25:00:00Z", ""):
+        with pytest.raises(InvalidParam) as refused:
+            read(bad)
+        assert refused.value.param == "until"

@@ -151,6 +151,22 @@ async def test_messages_by_ids_in_order_with_nulls(api: Api) -> None:
     assert set(answer.data) == {"messages"}
 
 
+async def test_search_in_a_chat_pages_and_counts(api: Api) -> None:
+    uri = "/api/v1/messages/search?peer=news&q=%20word%20&from=@alice&filter=photo&limit=20"
+    first = await api.call("GET", uri)
+    assert first.ok and first.data["count"] == 45 and first.data["next_offset_id"] == 26
+    assert [m["id"] for m in first.data["messages"]] == list(range(45, 25, -1))
+    assert api.pool.account.calls[-1] == (
+        "search_messages", PeerRef("news", username="news"), "word",
+        PeerRef("@alice", username="alice"), "photo", 20, 0,
+    )  # fmt: skip
+    last = await api.call("GET", uri + "&offset_id=6")
+    assert [m["id"] for m in last.data["messages"]] == [5, 4, 3, 2, 1]
+    assert last.data["next_offset_id"] is None
+    by_kind = await api.call("GET", "/api/v1/messages/search?peer=news&filter=voice")
+    assert by_kind.ok and api.pool.account.calls[-1][2:5] == ("", None, "voice")
+
+
 async def test_participants(api: Api) -> None:
     first = await api.call("GET", "/api/v1/participants?peer=news&limit=5")
     assert first.data["count"] == 7 and first.data["next_offset"] == 5
@@ -221,6 +237,14 @@ async def test_subscription_conflicts(api: Api) -> None:
         ("/api/v1/messages?peer=news&offsetid=", "offsetid"),
         ("/api/v1/participants?peer=news&limit=201", "limit"),
         ("/api/v1/participants?peer=news&offset=x", "offset"),
+        ("/api/v1/replies?peer=news", "msg_id"),
+        ("/api/v1/replies?peer=news&msg_id=", "msg_id"),
+        ("/api/v1/replies?peer=news&msg_id=0", "msg_id"),
+        ("/api/v1/replies?peer=news&msg_id=2147483648", "msg_id"),
+        ("/api/v1/replies?msg_id=3", "peer"),
+        ("/api/v1/replies?peer=news&msg_id=3&limit=101", "limit"),
+        ("/api/v1/replies?peer=news&msg_id=3&offset_id=-1", "offset_id"),
+        ("/api/v1/replies?peer=news&msg_id=3&min_id=1", "min_id"),
         ("/api/v1/search", "q"),
         ("/api/v1/search?q=%20", "q"),
         ("/api/v1/search?q=&limit=", "q"),
@@ -230,6 +254,20 @@ async def test_subscription_conflicts(api: Api) -> None:
         ("/api/v1/accounts?x=1", "x"),
         ("/api/v1/subscriptions?peer=news", "peer"),
         ("/api/v1/media/" + "0" * 32 + "?a=1", "a"),
+        ("/api/v1/messages?peer=news&since=monday", "since"),
+        ("/api/v1/messages?peer=news&until=2024-02-30", "until"),
+        ("/api/v1/messages?peer=news&since=2024-05-02&until=2024-05-01T23:59:59Z", "until"),
+        ("/api/v1/messages?peer=news&ids=1&since=2024-05-01", "since"),
+        ("/api/v1/messages/search?peer=news", "q"),
+        ("/api/v1/messages/search?peer=news&q=%20&offset_id=5", "q"),
+        ("/api/v1/messages/search?peer=news&q=" + "a" * 129, "q"),
+        ("/api/v1/messages/search?peer=news&filter=photos", "filter"),
+        ("/api/v1/messages/search?peer=news&from=a%20b", "from"),
+        ("/api/v1/messages/search?peer=news&from=t.me/%2BAbCdEfGh12", "from"),
+        ("/api/v1/messages/search?peer=news&q=x&limit=101", "limit"),
+        ("/api/v1/messages/search?peer=news&q=x&offset_id=x", "offset_id"),
+        ("/api/v1/messages/search?peer=news&q=x&min_id=1", "min_id"),
+        ("/api/v1/messages/search?q=x", "peer"),
     ],
 )
 async def test_each_bad_parameter_is_named(api: Api, uri: str, param: str) -> None:

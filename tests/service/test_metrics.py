@@ -348,3 +348,43 @@ async def test_no_raw_control_character_of_a_request_reaches_the_log(
     assert not forged, forged
     unknown = [line for line in lines if "unknown parameter" in line]
     assert any(printable(HOSTILE) in line for line in unknown), unknown
+
+
+class DownloadingPool(FakePool):
+    """Accounts with real media connections (model/downloader.py), iterable as the pool is."""
+
+    def __init__(self) -> None:
+        super().__init__(["ok", "ok"])
+        from model.downloader import MediaConnections
+
+        client = SimpleNamespace(session=SimpleNamespace(dc_id=2))
+        self.clients = [
+            SimpleNamespace(name=name, media_connections=MediaConnections(client))  # type: ignore[arg-type]
+            for name in ("busy", "idle")
+        ]
+        busy = self.clients[0].media_connections
+        busy.window(0, 16)  # the home DC: 2
+        busy.window(4, 8)
+        busy.pace.begin()  # pushing through the flood wait: it tells a rate
+        for _ in range(5):
+            busy.pace.received(1 << 20)
+        busy.pace.flood(3)
+        busy.pace.end()
+
+    def __iter__(self) -> Any:
+        return iter(self.clients)
+
+
+def test_each_accounts_downloads_window_and_pace_are_scraped() -> None:
+    registry = CollectorRegistry()
+    ServiceMetrics(registry, pool=DownloadingPool())
+    fams = families(registry)
+    assert value(fams, "tgc_media_account_downloaded_bytes", account="busy") == 5 << 20
+    assert value(fams, "tgc_media_download_flood_waits", account="busy") == 1
+    assert value(fams, "tgc_media_download_pace_bytes_per_second", account="busy") > 0
+    assert value(fams, "tgc_media_parts_window", account="busy", dc="2") == 1  # probing first
+    assert value(fams, "tgc_media_parts_window", account="busy", dc="4") == 1
+    assert value(fams, "tgc_media_parts_in_flight", account="busy", dc="2") == 0
+    # An account that downloaded nothing has no rows.
+    with pytest.raises(AssertionError):
+        value(fams, "tgc_media_account_downloaded_bytes", account="idle")

@@ -98,7 +98,29 @@ def test_plain_text_message() -> None:
     assert out["date"] == "2024-05-01T12:00:07Z" and out["edit_date"] is None
     assert out["text"] == "hello" and out["entities"] == []
     assert out["media"] is None and out["action"] is None and out["fwd_from"] is None
-    assert out["pinned"] is False and out["replies"] is None
+    assert out["pinned"] is False and out["replies"] is None and out["replies_info"] is None
+
+
+def test_a_posts_comments_and_a_groups_thread_from_message_replies() -> None:
+    comments = types.MessageReplies(
+        replies=45,
+        replies_pts=9,
+        comments=True,
+        channel_id=2103,
+        max_id=47,
+        read_max_id=40,
+        recent_repliers=[types.PeerUser(1101), types.PeerChannel(77)],
+    )
+    out, _ = parse(message(post=True, replies=comments))
+    assert out["replies"] == 45
+    assert out["replies_info"] == {
+        "replies": 45, "comments": True, "discussion_id": -1000000002103, "max_id": 47,
+        "read_max_id": 40, "recent_repliers": [1101, -1000000000077],
+    }  # fmt: skip
+    thread = types.MessageReplies(replies=0, replies_pts=3)
+    out, _ = parse(message(replies=thread))
+    assert out["replies"] == 0 and out["replies_info"]["comments"] is False
+    assert out["replies_info"]["discussion_id"] is None and out["replies_info"]["max_id"] is None
 
 
 def test_channel_post_fields() -> None:
@@ -125,6 +147,10 @@ def test_channel_post_fields() -> None:
     assert (out["views"], out["forwards"], out["post_author"]) == (1500, 12, "Editor")
     assert out["edit_date"] == "2024-05-02T00:00:00Z"
     assert out["replies"] == 4 and out["pinned"] is True and out["post"] is True
+    assert out["replies_info"] == {
+        "replies": 4, "comments": True, "discussion_id": None, "max_id": None,
+        "read_max_id": None, "recent_repliers": [],
+    }  # fmt: skip
     assert out["grouped_id"] == 2**62 + 5
     assert out["reply_to_msg_id"] == 3 and out["reply_to_top_id"] == 1
     assert out["reactions"] == [

@@ -309,3 +309,22 @@ async def test_chromium_draws_the_page_with_its_tables(ops_stack: OpsStack, tmp_
     for table in ("accounts", "queues", "throughput", "errors"):
         assert f'<table id="{table}">' in html
     assert "<td>acc1001</td>" in html and "a warning for the page" in html
+
+
+def test_downloads_show_each_accounts_window_per_dc_and_its_pace() -> None:
+    from tests.service.test_metrics import DownloadingPool
+
+    pool = DownloadingPool()
+    pool.clients[0].name = "<b>busy</b>"
+    page = StatusPage(pool=pool)  # type: ignore[arg-type]
+    rows = page.context()["downloads"]
+    assert [r[:3] for r in rows] == [
+        ("<b>busy</b>", "2", "1 of 16"),
+        ("<b>busy</b>", "4", "1 of 8"),
+    ]
+    downloaded, pace, floods = rows[0][4:]
+    assert downloaded == "5.0 MB" and pace.endswith("(waiting 3 s)") and floods == "1"
+    html = page.render().decode()
+    assert '<table id="downloads">' in html and "&lt;b&gt;busy&lt;/b&gt;" in html
+    assert "<b>busy" not in html
+    assert "no downloads yet" in StatusPage(pool=FakePool([])).render().decode()

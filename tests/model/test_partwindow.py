@@ -1,0 +1,205 @@
+"""The account's window of parts in flight and its pace (model/partwindow.py), on a fake
+clock: a simulated path whose round trip is its latency plus the time parts queue."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+
+import pytest
+
+from model.partwindow import BETA_RATE, PROBE_EVERY, DownloadPace, PartWindow, Slot
+from tests.model.faketelethon import FakeClock
+
+MIB = 1 << 20
+
+
+async def one_round(window: PartWindow, clock: FakeClock, latency: float, service: float) -> int:
+    """Sends as many parts as the window allows at once; each answers after the path's
+    latency plus the time it waits behind the others (`service` seconds each). Returns the
+    window's size during the round."""
+    size = window.size
+    slots: list[Slot] = []
+    for _ in range(size):
+        slot = await window.acquire()
+        window.sent(slot)
+        slots.append(slot)
+    start = clock.now
+    for i, slot in enumerate(slots):
+        clock.now = start + latency + service * (i + 1)
+        window.release(slot, MIB)
+    return size
+
+
+async def settle(window: PartWindow, clock: FakeClock, latency: float, service: float) -> int:
+    """A path `latency` long to a server that takes `service` seconds a part, one at a
+    time: parts are sent whenever the window has room, each answers when the server is
+    done with it plus the way back. Returns the largest window of the last 200 parts."""
+    server_free = clock.now
+    flying: list[tuple[float, int, Slot]] = []  # (answered at, seq, slot)
+    sizes: list[int] = []
+    for seq in range(2000):
+        while window.in_flight < window.size:
+            slot = await window.acquire()
+            window.sent(slot)
+            start = max(clock.now + latency / 2, server_free)
+            server_free = start + service
+            heapq.heappush(flying, (server_free + latency / 2, seq, slot))
+        at, _, slot = heapq.heappop(flying)
+        clock.now = at
+        window.release(slot, MIB)
+        sizes.append(window.size)
+    return max(sizes[-200:])
+
+
+async def test_the_first_part_goes_alone_then_slow_start_doubles_to_the_ceiling() -> None:
+    clock = FakeClock()
+    window = PartWindow(32, clock=clock)
+    sizes = [await one_round(window, clock, 0.05, 0.00001) for _ in range(6)]
+    assert sizes == [1, 4, 8, 16, 32, 32]  # probe, then ×2 while nothing queues
+    assert window.base == pytest.approx(0.05001)
+
+
+async def test_at_zero_latency_parts_only_queue_so_the_window_stays_small() -> None:
+    clock = FakeClock()
+    window = PartWindow(32, clock=clock)
+    assert 2 <= await settle(window, clock, latency=0.0, service=0.003) <= 6
+    assert window.base == pytest.approx(0.003)
+
+
+async def test_at_50_ms_it_grows_until_the_path_is_full_not_beyond() -> None:
+    clock = FakeClock()
+    window = PartWindow(64, clock=clock)
+    # 50 ms away, 3 ms of work per part: ~18 parts fill the path; a standing queue of up to
+    # a share of the window is let be (noise on a busy machine looks like one), not more.
+    size = await settle(window, clock, latency=0.05, service=0.003)
+    assert 18 <= size <= 45
+
+
+async def test_a_flood_wait_halves_it_and_it_grows_back_by_one_a_round() -> None:
+    clock = FakeClock()
+    window = PartWindow(32, clock=clock)
+    for _ in range(6):
+        await one_round(window, clock, 0.05, 0.00001)
+    assert window.size == 32
+    window.flood()
+    assert window.size == 16 and window.floods == 1
+    sizes = [await one_round(window, clock, 0.05, 0.00001) for _ in range(3)]
+    assert sizes == [16, 17, 18]  # no slow start after a flood wait
+
+
+async def test_the_base_is_measured_again_with_a_part_alone() -> None:
+    clock = FakeClock()
+    window = PartWindow(8, clock=clock)
+    for _ in range(4):
+        await one_round(window, clock, 0.05, 0.001)
+    clock.advance(PROBE_EVERY)
+    await one_round(window, clock, 0.05, 0.001)  # the round that notices
+    assert window.size == 1
+    await one_round(window, clock, 0.03, 0.001)  # the path got shorter
+    assert window.size == 8 and window.base == pytest.approx(0.031)
+
+
+async def test_a_waiting_part_cancelled_leaves_no_place_taken() -> None:
+    window = PartWindow(1, start=1)
+    first = await window.acquire()
+    waiting = asyncio.ensure_future(window.acquire())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    window.release(first, None)
+    assert window.in_flight == 0
+    again = await asyncio.wait_for(window.acquire(), 1)
+    window.release(again, None)
+    assert window.in_flight == 0
+
+
+def test_the_pace_is_set_by_the_first_flood_wait_from_what_came() -> None:
+    clock = FakeClock()
+    pace = DownloadPace(clock)
+    assert pace.rate is None
+    pace.begin()
+    for _ in range(30):  # 30 MiB in 1 s
+        clock.advance(1 / 30)
+        pace.received(MIB)
+    pace.end()
+    assert pace.flood(1)
+    # What came ÷ (its time + the wait): ~30 MiB over ~2 s.
+    assert pace.rate == pytest.approx(BETA_RATE * 30 * MIB / (29 / 30 + 1), rel=0.01)
+    assert not pace.flood(1)  # the same wait, met by another part
+    assert pace.floods == 1 and pace.waiting() == pytest.approx(1)
+
+
+def test_the_next_flood_wait_measures_what_telegram_allowed_since_the_last() -> None:
+    clock = FakeClock()
+    pace = DownloadPace(clock)
+    pace.begin()
+    for _ in range(10):
+        clock.advance(0.01)
+        pace.received(MIB)
+    pace.end()
+    pace.flood(1)
+    clock.advance(1)  # the wait
+    pace.begin()
+    for _ in range(40):  # 40 MiB in 2 s, then Telegram says wait again
+        clock.advance(0.05)
+        pace.received(MIB)
+    pace.end()
+    pace.flood(1)
+    assert pace.rate == pytest.approx(BETA_RATE * 40 * MIB / 3)  # 40 MiB in the 3 s since
+    assert pace.describe()["flood_waits"] == 2
+
+
+def test_a_flood_wait_before_any_part_sets_no_pace() -> None:
+    pace = DownloadPace(FakeClock())
+    assert pace.flood(3) and pace.rate is None and pace.waiting() == 3
+
+
+def test_a_flood_wait_after_idling_sets_no_pace() -> None:
+    # The soak's case: small photos now and then, then a FLOOD_WAIT that is no byte budget.
+    clock = FakeClock()
+    pace = DownloadPace(clock)
+    for _ in range(8):  # a 50 KiB photo every 1.2 s, each part 0.05 s in flight
+        clock.advance(1.2)
+        pace.begin()
+        clock.advance(0.05)
+        pace.received(50 * 1024)
+        pace.end()
+    assert pace.flood(20) and pace.rate is None
+    clock.advance(60)  # the next fault, a minute later, after more of the same
+    for _ in range(8):
+        clock.advance(1.2)
+        pace.begin()
+        clock.advance(0.05)
+        pace.received(50 * 1024)
+        pace.end()
+    assert pace.flood(20) and pace.rate is None
+
+
+def test_time_pushing_is_counted_across_overlapping_parts() -> None:
+    clock = FakeClock()
+    pace = DownloadPace(clock)
+    pace.begin()
+    clock.advance(1)
+    pace.begin()  # a second part while the first is in flight
+    clock.advance(1)
+    pace.end()
+    assert pace.pushed() == pytest.approx(2)
+    clock.advance(1)
+    pace.end()
+    clock.advance(5)  # idle
+    assert pace.pushed() == pytest.approx(3)
+
+
+async def test_a_turn_counts_as_pushing_and_waits_at_the_pace() -> None:
+    pace = DownloadPace()
+    pace.rate = 1024 * 1024.0
+    async with pace.turn(1024):
+        assert pace.pushed() >= 0
+    async with pace.turn(1024):  # 1 KiB at 1 MiB/s: held back ~1 ms at most
+        pass
+    pushed = pace.pushed()
+    await asyncio.sleep(0.01)
+    assert pace.pushed() == pushed  # no part active: the time idle is not counted
