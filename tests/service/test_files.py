@@ -9,6 +9,7 @@ The whole flow on the real server (ranges, 403s, 416, POST media) is tests/test_
 from __future__ import annotations
 
 import asyncio
+import os
 import unicodedata
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -197,3 +198,27 @@ async def test_while_draining_files_are_503(files_api: tuple[Api, FileServing]) 
     api.lifecycle.draining = True
     answer = await api.raw("GET", serving.urls.url(KEY))
     assert answer.code == 503
+
+
+async def test_a_file_cut_short_while_served_ends_that_answer_only(
+    files_api: tuple[Api, FileServing],
+) -> None:
+    # The bytes go out from a map of the file: a truncated file fails the socket's send
+    # (EFAULT), it must not bring the process down (SIGBUS) or leave the slot taken.
+    api, serving = files_api
+    path = serving.root / KEY[:2] / f"{KEY}.bin"
+    port = int(api.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {serving.urls.url(KEY)} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    await wait_for(lambda: serving.streams == 1, within=5, what="the stream started")
+    os.truncate(path, 0)
+    received = 0
+    while chunk := await reader.read(1024 * 1024):
+        received += len(chunk)
+    writer.close()
+    assert 0 < received < BIG
+    await wait_for(lambda: serving.streams == 0, within=5, what="the slot given back")
+    path.write_bytes(b"whole again")
+    answer = await api.raw("GET", serving.urls.url(KEY))
+    assert answer.code == 200 and answer.body == b"whole again"
