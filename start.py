@@ -4,6 +4,8 @@
     python start.py login --phone +NUMBER            create sessions/NUMBER.session
         [--dc HOST:PORT --dc-rsa-key PEM]            (through the loopback emulator, in tests)
     python start.py accounts                          list the session files and their state
+    python start.py sessions seal|unseal              convert the session files' auth keys
+                                                      (telegram.session_key; server stopped)
     python start.py call METHOD URI [--body JSON]    a signed request; prints the answer
     python start.py demo [--once]                     the server against the Telegram emulator
     python start.py paths                             (for startup.sh) where the pid/url/log files are
@@ -16,7 +18,8 @@ released the pid file), where `startup.sh stop` reads it.
 `Server` builds every long-lived service from the settings inside the running loop, serves,
 and owns the lifecycle: SIGTERM/SIGINT start a graceful stop (stop accepting, let in-flight
 requests finish within server.shutdown_timeout, stop the workers at a safe point, persist,
-disconnect the accounts), a second signal forces the exit.
+disconnect the accounts), a second signal forces the exit. SIGHUP rereads sessions/ and the
+sidecars (service/fleet.py): accounts join and leave the pool while it serves.
 """
 
 from __future__ import annotations
@@ -64,10 +67,13 @@ if TYPE_CHECKING:
     # when it runs it (`paths` and `call` start without Telethon, the services, SQLite).
     from prometheus_client import CollectorRegistry
 
+    from common.sidecar import AccountSettings
     from model.clientfactory import ClientOptions
     from model.joinmap import JoinMap
     from model.login import Login
     from model.pool import TeleClients
+    from model.teleclient import TeleClient
+    from service.fleet import Reloaded
     from service.handler import Route
     from service.listener import AcceptGuard
     from service.mediaprocessor import MediaProcessor
@@ -261,6 +267,12 @@ class _Counted(httputil.HTTPMessageDelegate):
 # --- stop signals --------------------------------------------------------------------------
 
 
+def _reload_done(task: asyncio.Task[Any]) -> None:
+    """Consumes a reload task's outcome (logged by the reload itself)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class StopSignals:
     """SIGTERM and SIGINT on the running loop: the first sets `stop` (the graceful stop
     begins), a second calls `force(code)` at once: 130 for SIGINT, 1 for SIGTERM."""
@@ -351,6 +363,7 @@ class TeleClientOptions(TypedDict):
     app_version: str | None
     system_version: str | None
     lang_code: str
+    session_key: bytes | None
 
 
 def teleclient_options(settings: Settings) -> TeleClientOptions:
@@ -368,6 +381,7 @@ def teleclient_options(settings: Settings) -> TeleClientOptions:
         app_version=t.app_version,
         system_version=t.system_version,
         lang_code=t.lang_code,
+        session_key=bytes.fromhex(t.session_key) if t.session_key else None,
     )
 
 
@@ -426,6 +440,8 @@ class Server:
         self._stack = contextlib.AsyncExitStack()
         self._stop_requested = asyncio.Event()
         self._signals = StopSignals(self._stop_requested, self._force_exit)
+        self._reloads: set[asyncio.Task[Reloaded]] = set()
+        self.reloaded_file = settings.run_dir / "tgc.reloaded"
         self._stopped = False
 
     # --- life ---
@@ -441,12 +457,15 @@ class Server:
         """Starts, calls `ready(self)` if given, serves until SIGTERM/SIGINT (or
         `request_stop()`), stops gracefully. Returns the exit code (0)."""
         self._signals.install()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             await self.start()
             if ready is not None and not self._stop_requested.is_set():
                 await ready(self)
             await self._stop_requested.wait()
         finally:
+            loop.remove_signal_handler(signal.SIGHUP)
             await self.stop()
             self._signals.remove()
         return 0
@@ -492,6 +511,7 @@ class Server:
         await self._start_pool()
         await self._start_processor()
         await self._start_subscriber()
+        self._build_fleet()
         self._listen()
 
         self.started_at = time.time()
@@ -587,6 +607,7 @@ class Server:
         # What each account spent of its resolutions survives a restart (never fails: an
         # unreadable file is logged and the accounts start with their budget spent).
         budgets = ResolveBudgetStore(self.settings.data.dir / "resolve_budget.sqlite3")
+        self._budgets = budgets  # the accounts a reload adds spend from it too
         self._stack.callback(budgets.close)  # after pool.stop (registered below)
         self.pool = TeleClients.from_sessions_dir(
             t.sessions_dir,
@@ -668,6 +689,61 @@ class Server:
         self.registry.register(SubscriberCollector(self.subscriber, self.joinmap))
         self._stack.push_async_callback(self.subscriber.stop)
         await self.subscriber.start()
+
+    def _build_fleet(self) -> None:
+        from service.fleet import Fleet
+
+        t = self.settings.telegram
+        self.fleet = Fleet(
+            self.pool,
+            t.sessions_dir,
+            self._make_account,
+            default_proxy=t.proxy,
+            flow=self.subscriber,
+            drain_timeout=self.settings.server.shutdown_timeout,
+        )
+        # Before the subscriber and the pool stop (the stack runs backwards): a reload under
+        # way is cancelled first.
+        self._stack.push_async_callback(self._cancel_reloads)
+
+    def _make_account(self, path: Path, sidecar: AccountSettings) -> TeleClient:
+        """An account as the start builds them (its sidecar's proxy and label): a reload's."""
+        from model.pool import account_from
+
+        t = self.settings.telegram
+        return account_from(
+            path, sidecar, t.api_id, t.api_hash, resolve_store=self._budgets,
+            **teleclient_options(self.settings),
+        )  # fmt: skip
+
+    def request_reload(self) -> None:
+        """SIGHUP (`./startup.sh reload`): rereads sessions/ and the sidecars in a task."""
+        if not hasattr(self, "fleet") or self.stopping:
+            log.warning("reload asked before the start finished or during the stop: ignored")
+            return
+        log.info("reload asked: rereading %s", self.settings.telegram.sessions_dir)
+        task = asyncio.create_task(self.reload(), name="tgc-reload")
+        self._reloads.add(task)
+        task.add_done_callback(_reload_done)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self) -> Reloaded:
+        """One reload (service/fleet.py); what it did is also written to
+        data.dir/run/tgc.reloaded (`PID N summary`, N counting reloads), for startup.sh."""
+        try:
+            done = await self.fleet.reload()
+        except Exception:
+            log.exception("reload failed")  # the pool is as the reload left it
+            raise
+        partial = self.reloaded_file.with_suffix(".tmp")
+        partial.write_text(f"{os.getpid()} {self.fleet.reloads} {done}\n")
+        partial.replace(self.reloaded_file)
+        return done
+
+    async def _cancel_reloads(self) -> None:
+        for task in list(self._reloads):
+            task.cancel()
+        await asyncio.gather(*self._reloads, return_exceptions=True)
 
     def _bind(self) -> None:
         from service.listener import AcceptGuard, bind
@@ -788,6 +864,7 @@ def cmd_paths(args: argparse.Namespace) -> int:
         "PID_FILE": s.run_dir / "tgc.pid",
         "URL_FILE": s.run_dir / "tgc.url",
         "EXIT_FILE": s.run_dir / "tgc.exit",
+        "RELOADED_FILE": s.run_dir / "tgc.reloaded",
         "LOG_FILE": s.log.file,
         "OUT_FILE": s.log.dir / "tgc.out",
         # The server's own bound on in-flight requests, plus time to persist and disconnect.
@@ -830,6 +907,7 @@ async def login(
     from common.errors import TelegramError
     from common.sidecar import read_sidecar
     from model.login import login_session
+    from model.session import SessionSeal
 
     digits = phone_digits(phone)
     ask = ask or _ask
@@ -840,7 +918,8 @@ async def login(
     # A sidecar written before the login (sessions/DIGITS.properties) gives the account's
     # own proxy: Telegram sees the account from that address from its first connection.
     options = _client_options(settings, read_sidecar(path).proxy_or(settings.telegram.proxy))
-    async with login_session(path, options, dc=dc) as session:
+    seal = SessionSeal.from_hex(settings.telegram.session_key)
+    async with login_session(path, options, dc=dc, seal=seal) as session:
         if await session.authorized():
             say(f"{path} is already logged in")
             return path
@@ -1007,6 +1086,40 @@ def cmd_accounts(args: argparse.Namespace) -> int:
         )
     if any("user_id" not in row for row in rows):
         print("(the running server's view: python start.py call GET /api/v1/accounts)")
+    return 0
+
+
+def convert_sessions(settings: Settings, to: str, say: Callable[[str], None] = print) -> int:
+    """`sessions seal|unseal`: every session file's auth key sealed with (or opened from)
+    telegram.session_key, one file at a time, each atomically (model.session.convert_session).
+    A file a running server holds is refused (ConfigError naming it): stop the server first.
+    Returns how many files changed."""
+    from model.session import SessionLock, SessionSeal, convert_session
+
+    t = settings.telegram
+    seal = SessionSeal.from_hex(t.session_key)
+    if seal is None:
+        raise ConfigError(
+            "telegram.session_key", str(settings.source),
+            f"{to} needs the key (TGC_TELEGRAM_SESSION_KEY: 64 hex characters)",
+        )
+    changed = 0
+    for path in sorted(t.sessions_dir.glob("*.session")):
+        lock = SessionLock(path)
+        lock.acquire()  # ConfigError while a server (or a login) has the file
+        try:
+            done = convert_session(path, seal, "seal" if to == "seal" else "unseal")
+        finally:
+            lock.release()
+        changed += done
+        say(f"{path}: {to}ed" if done else f"{path}: already {to}ed")
+    return changed
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, require=())
+    with private_files():  # the converted copies hold auth keys
+        convert_sessions(settings, args.action)
     return 0
 
 
@@ -1238,6 +1351,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     accounts = sub.add_parser("accounts", parents=[common], help="list session files and their state")
     accounts.set_defaults(func=cmd_accounts)
+
+    sessions_p = sub.add_parser(
+        "sessions", parents=[common], help="seal or unseal the session files' auth keys"
+    )
+    sessions_p.add_argument(
+        "action", choices=("seal", "unseal"), help="with telegram.session_key (server stopped)"
+    )
+    sessions_p.set_defaults(func=cmd_sessions)
 
     call_p = sub.add_parser("call", parents=[common], help="send a signed request, print the answer")
     call_p.add_argument("method", metavar="METHOD", help="GET, POST or DELETE")

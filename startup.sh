@@ -5,6 +5,8 @@
 #   ./startup.sh start   [--config PATH]   run the server in the background (pid file, log file)
 #   ./startup.sh stop    [--config PATH]   graceful stop (SIGTERM); SIGKILL only after a timeout
 #   ./startup.sh restart [--config PATH]
+#   ./startup.sh reload  [--config PATH]   reread sessions/ and the sidecars (SIGHUP): new
+#                                          accounts join, removed/disabled ones leave gracefully
 #   ./startup.sh status  [--config PATH]   running or not, since when, and the /healthz answer
 #   ./startup.sh logs    [--config PATH]   follow the log file
 # Each command creates .venv at the project root and installs the pinned requirements
@@ -175,6 +177,31 @@ cmd_stop() {
   echo "tgc stopped gracefully (exit 0) in ${took}s"
 }
 
+# reload: SIGHUP, then the server's summary once it wrote one (data.dir/run/tgc.reloaded).
+cmd_reload() {
+  ensure_venv requirements.txt
+  load_paths lenient "$@"
+  if ! running; then
+    echo "tgc is not running" >&2
+    return 1
+  fi
+  local pid before="" now waited=0
+  pid=$(server_pid)
+  [ -f "$RELOADED_FILE" ] && before=$(cat "$RELOADED_FILE")
+  kill -HUP "$pid"
+  while [ "$waited" -lt $((START_TIMEOUT * 10)) ]; do
+    now=$(cat "$RELOADED_FILE" 2>/dev/null || true)
+    if [ -n "$now" ] && [ "$now" != "$before" ] && [ "${now%% *}" = "$pid" ]; then
+      echo "tgc (pid $pid) reloaded: $(cut -d' ' -f3- <<<"$now"); see $LOG_FILE"
+      return 0
+    fi
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  echo "tgc (pid $pid) got SIGHUP but reported no reload within ${START_TIMEOUT}s; see $LOG_FILE" >&2
+  return 1
+}
+
 cmd_status() {
   ensure_venv requirements.txt
   load_paths lenient "$@"
@@ -224,9 +251,10 @@ main() {
     stop) cmd_stop "$@" ;;
     restart) cmd_stop "$@" || true; cmd_start "$@" ;;
     status) cmd_status "$@" ;;
+    reload) cmd_reload "$@" ;;
     logs) cmd_logs "$@" ;;
     *)
-      echo "usage: $0 demo|test|start|stop|restart|status|logs [--config PATH]" >&2
+      echo "usage: $0 demo|test|start|stop|restart|reload|status|logs [--config PATH]" >&2
       exit 2 ;;
   esac
 }

@@ -138,6 +138,7 @@ class TelegramSettings:
     system_version: str | None
     lang_code: str
     reconnect_max_delay: float
+    session_key: str = field(repr=False)  # "" or 64 lowercase hex: sealed sessions
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,6 +516,7 @@ KEYS: tuple[Key, ...] = (
     Key("telegram.system_version", "", optional_text(64)),
     Key("telegram.lang_code", "en", text(2, 10, r"^[a-z]{2,3}(-[A-Za-z0-9]+)?$")),
     Key("telegram.reconnect_max_delay", "300", seconds(1, 3600)),
+    Key("telegram.session_key", "", hex_string(64), secret=True),
     Key("data.dir", "data", path),
     Key("media.auto_download", "true", boolean),
     Key("media.download_workers", "4", integer(1, 64)),

@@ -78,6 +78,7 @@ class Connection:
     ) -> None:
         self.client = client
         self.call_observer: CallObserver | None = None
+        self.in_flight = 0  # requests sent and not answered yet (a retiring account waits)
         self._status = status
         self._on_connect = on_connect
         self._timeout = timeout
@@ -176,6 +177,14 @@ class Connection:
         status = self._status
         if not status.usable:
             raise AccountUnusable(status.name, status.state, status.reason or "out of rotation")
+        self.in_flight += 1
+        try:
+            return await self._invoke(request, peer, blame)
+        finally:
+            self.in_flight -= 1
+
+    async def _invoke(self, request: Any, peer: str, blame: Mapping[str, str] | None) -> Any:
+        status = self._status
         t0 = time.perf_counter()
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that

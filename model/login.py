@@ -21,7 +21,7 @@ from telethon import errors
 
 from common.errors import TelegramError
 from model.clientfactory import ClientFactory, ClientOptions, build_client
-from model.session import EntitySession, SessionLock
+from model.session import EntitySession, SessionLock, SessionSeal
 from model.tgerrors import rpc_error_name
 
 # A login is interactive: sleeping through a short flood wait (Telethon's own default
@@ -122,18 +122,21 @@ async def login_session(
     options: ClientOptions,
     *,
     dc: tuple[int, str, int] | None = None,
+    seal: SessionSeal | None = None,
     client_factory: ClientFactory = build_client,
 ) -> AsyncIterator[Login]:
     """A `Login` on the session file `path`, connected; disconnected and unlocked after.
 
     `options` are taken as a login's (`login_options`). `dc` = (dc_id, host, port) points
     a new session at another data centre than Telethon's default (the emulator, in tests).
-    Raises ConfigError when another process holds the session file."""
+    With a `seal` the auth key is written sealed (model/session.py).
+    Raises ConfigError when another process holds the session file, or when its key does
+    not open with `seal` (or is sealed and there is no seal)."""
     file = _LoginFile(path)
     client = None
     login: Login | None = None
     try:
-        client = client_factory(EntitySession(str(path)), login_options(options))
+        client = client_factory(EntitySession(str(path), seal=seal), login_options(options))
         if dc is not None and not file.existed:
             client.session.set_dc(*dc)
         await client.connect()

@@ -101,6 +101,10 @@ class TeleClients:
         self._last_pick: dict[str, int] = dict.fromkeys(self._clients, 0)
         self._seq = 0
         self._callbacks: list[UpdateCallback] = []
+        self._observer: CallObserver | None = None
+        # Accounts a reload took out and has not stopped yet: no call picks them, but `get`
+        # finds them (the downloads bound to them end on them; service/fleet.py).
+        self._leaving: dict[str, TeleClient] = {}
         self._unknown = UnknownUsernames(clock, unknown_username_ttl, unknown_usernames_max)
 
     @classmethod
@@ -134,8 +138,53 @@ class TeleClients:
         log.info("%d accounts, %d usable", len(self._clients), sum(c.usable for c in self))
 
     async def stop(self) -> None:
-        """Stops every account (each one's failure is its own)."""
-        await asyncio.gather(*(c.stop() for c in self._clients.values()), return_exceptions=True)
+        """Stops every account, those leaving too (each one's failure is its own)."""
+        every = [*self._clients.values(), *self._leaving.values()]
+        await asyncio.gather(*(c.stop() for c in every), return_exceptions=True)
+
+    # --- live accounts (start.py's reload) ---
+
+    def add(self, account: TeleClient) -> None:
+        """Puts a started account into the pool: calls pick it from now on, its updates go
+        to the callbacks registered, its requests to the call observer.
+
+        Its label is the one `account_labels` gives its stem among the pool's, unless a
+        live account already holds that label (a live account's label never changes: its
+        rows and events carry it): then the first free `#n` after it."""
+        stems = [c.session_name for c in self] + [account.session_name]
+        base = label = account_labels(stems)[account.session_name]
+        n = 1
+        while label in self._clients:
+            n += 1
+            label = f"{base}#{n}"
+        account.name = label
+        self._clients[label] = account
+        self._by_session[account.session_name] = account
+        self._last_pick[label] = 0
+        account.call_observer = self._observer
+        if self._callbacks:
+            account.client.add_event_handler(self._dispatcher(account), events.Raw)
+        log.info("account %s joined the pool (%d accounts)", label, len(self._clients))
+
+    def remove(self, name: str) -> TeleClient:
+        """Takes the account of that label (or session stem) out of the pool: no call picks
+        it from now on; the calls it has in flight finish on it, and `get` still finds it
+        (the downloads bound to it) until `forget`. The caller stops it, then forgets it
+        (`stop()` of the pool stops it too). NoAccountAvailable when there is none."""
+        account = self._clients.get(name) or self._by_session.get(name)
+        if account is None:
+            raise NoAccountAvailable(f"no account named {account_label(name)}")
+        del self._clients[account.name]
+        del self._last_pick[account.name]
+        self._by_session.pop(account.session_name, None)
+        self._leaving[account.name] = account
+        log.info("account %s left the pool (%d accounts)", account.name, len(self._clients))
+        return account
+
+    def forget(self, account: TeleClient) -> None:
+        """A removed account, stopped: `get` no longer finds it."""
+        if self._leaving.get(account.name) is account:
+            del self._leaving[account.name]
 
     def __iter__(self) -> Iterator[TeleClient]:
         return iter(self._clients.values())
@@ -146,10 +195,15 @@ class TeleClients:
     def get(self, name: str) -> TeleClient:
         """The account of that label, or of that session stem (media are bound to the
         account that fetched them; rows from before labels hold stems)."""
-        found = self._clients.get(name) or self._by_session.get(name)
+        found = self._clients.get(name) or self._by_session.get(name) or self._leaving_one(name)
         if found is None:
             raise NoAccountAvailable(f"no account named {account_label(name)}")
         return found
+
+    def _leaving_one(self, name: str) -> TeleClient | None:
+        return self._leaving.get(name) or next(
+            (c for c in self._leaving.values() if c.session_name == name), None
+        )
 
     def relabeled(self) -> dict[str, str]:
         """{session stem: label} of the accounts whose label is not their stem (to move rows
@@ -166,6 +220,7 @@ class TeleClients:
 
     def observe_calls(self, observer: CallObserver | None) -> None:
         """Tells `observer(method, error, seconds)` of every request any account sends."""
+        self._observer = observer
         for c in self._clients.values():
             c.call_observer = observer
 

@@ -38,7 +38,7 @@ from model.connection import CallObserver, Connection
 from model.downloader import MediaConnections
 from model.membership import Membership
 from model.resolver import Cached, Entity, PeerResolver, pick_entity
-from model.session import EntitySession, SessionLock
+from model.session import EntitySession, SessionLock, SessionSeal
 from model.tgerrors import OTHER
 from model.updatefeed import UpdateFeed
 
@@ -80,6 +80,7 @@ class TeleClient:
         lang_code: str = "en",
         clock: Clock = time.monotonic,
         resolve_store: ResolveBudgetStore | None = None,
+        session_key: bytes | None = None,
         client_factory: ClientFactory = build_client,
     ) -> None:
         path = Path(session_path)
@@ -89,7 +90,7 @@ class TeleClient:
         self.session_path = path
         # The operator's name for it (its sidecar's `label`): shown, never a key of anything.
         self.label = label
-        self.proxy = proxy
+        self.proxy = proxy  # what its connections go through (a reload compares it)
         self.pending_downloads = 0
         self.user_id: int | None = None
         self.phone: str | None = None
@@ -111,7 +112,9 @@ class TeleClient:
             system_version=system_version,
             lang_code=lang_code,
         )
-        session = EntitySession(str(path))
+        # ConfigError (naming telegram.session_key) when the file's key does not open.
+        seal = SessionSeal(session_key) if session_key is not None else None
+        session = EntitySession(str(path), seal=seal)
         self.client = client_factory(session, options)
         self.updates = UpdateFeed(self.client, session) if receive_updates else None
         self._connection = Connection(
@@ -222,6 +225,11 @@ class TeleClient:
     @property
     def flood_wait_seconds(self) -> int:
         return self._status.flood_wait_seconds
+
+    @property
+    def in_flight(self) -> int:
+        """Requests this account sent and Telegram has not answered yet."""
+        return self._connection.in_flight
 
     @property
     def call_observer(self) -> CallObserver | None:

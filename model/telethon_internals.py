@@ -111,6 +111,8 @@ INTERNALS: tuple[Internal, ...] = (
              params=("ip", "port", "dc_id", "loggers", "proxy", "local_addr")),
     Internal(SQLiteSession, "_execute", "function",
              "session_execute: the entity session's username count", params=("stmt",)),
+    Internal(SQLiteSession, "_update_session_table", "function",
+             "StoredAuthKeyRow: sealed sessions, the one writer of the auth key's row"),
     Internal(telethon.client.updates, "_entities", "set on updates",
              "update_entities: the entities that came with an update"),
     Internal(TelegramClient, "_message_box", "client attribute",
@@ -321,6 +323,37 @@ async def close_sender(sender: Sender) -> None:
 def session_execute(session: SQLiteSession, stmt: str, *values: Any) -> Any:
     """Runs one SQL statement on a Telethon SQLite session; its first row (or None)."""
     return session._execute(stmt, *values)
+
+
+class StoredAuthKeyRow(SQLiteSession):  # type: ignore[misc]
+    """A SQLiteSession whose auth key reaches the file as `stored_auth_key(key)` makes it.
+
+    Telethon writes the `sessions` row (DC, address, port, auth key, takeout id) in
+    `_update_session_table` alone, whenever any of them changes; this writes the same row,
+    by column name, with the stored form of the keys in place of the keys (model/session.py
+    seals them). The plain key never reaches the file, not even in an uncommitted page.
+    """
+
+    def stored_auth_key(self, key: bytes) -> bytes:
+        """What the file holds for `key` (the key itself here; sealed in a subclass)."""
+        return key
+
+    def _update_session_table(self) -> None:
+        key = self.auth_key.key if self.auth_key else None
+        tmp = self.tmp_auth_key if self.store_tmp_auth_key_on_disk else None
+        tmp_key = tmp.key if tmp else None
+        session_execute(self, "delete from sessions")
+        session_execute(
+            self,
+            "insert or replace into sessions (dc_id, server_address, port, auth_key, "
+            "takeout_id, tmp_auth_key) values (?, ?, ?, ?, ?, ?)",
+            self.dc_id,
+            self.server_address,
+            self.port,
+            self.stored_auth_key(key) if key else b"",
+            self.takeout_id,
+            self.stored_auth_key(tmp_key) if tmp_key else b"",
+        )
 
 
 def update_entities(update: Any) -> dict[int, Any]:

@@ -59,6 +59,9 @@ API = "/api/v1"
 _UNAUTHORIZED = orjson.dumps({"ok": False, "error": {"code": "UNAUTHORIZED"}})
 _INT = re.compile(r"[0-9]{1,10}")
 MAX_IDS = 100
+# What a POST may carry in its query as well as in its body: what a proxy in front of
+# several servers routes by (docs/deploy/nginx-tgc.conf hashes on it).
+ROUTING_PARAMS = frozenset({"peer"})
 # Methods whose request takes no body (RFC 9110 gives a body on them no meaning): one is
 # refused before it is read.
 BODYLESS = frozenset({"GET", "HEAD", "DELETE"})
@@ -498,19 +501,54 @@ class ApiHandler(BaseHandler):
         return out
 
     def json_body(self) -> dict[str, Any]:
-        """The POST body: a JSON object of known parameters (no query string)."""
-        if self.request.query_arguments:
-            raise InvalidParam(next(iter(self.request.query_arguments)), "unknown parameter")
-        try:
-            document = orjson.loads(self.body)
-        except orjson.JSONDecodeError:
-            raise InvalidParam("body", "is not JSON") from None
+        """The POST body: a JSON object of known parameters.
+
+        `peer` may come in the query instead (CONTRACT section 1: so that a proxy in front
+        of several servers can route by it; docs/deploy/); then the body may be empty. Given
+        in both places, the two must name the same peer, or 400 naming it. Any other query
+        parameter of a POST is unknown."""
+        routed = self._routing_query()
+        if not self.body and routed:
+            document: Any = {}
+        else:
+            try:
+                document = orjson.loads(self.body)
+            except orjson.JSONDecodeError:
+                raise InvalidParam("body", "is not JSON") from None
         if not isinstance(document, dict):
             raise InvalidParam("body", "must be a JSON object")
         for name in document:
             if name not in self.post_params:
                 raise InvalidParam(name, "unknown parameter")
+        for name, value in routed.items():
+            if name not in document:
+                document[name] = value
+            elif not same_peer(peer_param(document, name), parse_peer(value, name)):
+                raise InvalidParam(name, "the query and the body name different peers")
         return document
+
+    def _routing_query(self) -> dict[str, str]:
+        """The routing parameters a POST carries in its query (each once; empty = absent)."""
+        out: dict[str, str] = {}
+        for name, values in self.request.query_arguments.items():
+            if name not in self.post_params or name not in ROUTING_PARAMS:
+                raise InvalidParam(name, "unknown parameter")
+            if len(values) != 1:
+                raise InvalidParam(name, "given more than once")
+            try:
+                value = values[0].decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidParam(name, "is not UTF-8") from None
+            if value:
+                out[name] = value
+        return out
+
+
+def same_peer(a: PeerRef, b: PeerRef) -> bool:
+    """Whether two spellings name one peer: `@news`, `news` and `t.me/news` do (usernames
+    are compared lowercased); an id and a username never do, nor `-100123` and `123` (the
+    second may be a user)."""
+    return (a.username, a.id, a.kind, a.invite) == (b.username, b.id, b.kind, b.invite)
 
 
 def peer_param(values: Mapping[str, Any], name: str = "peer") -> PeerRef:

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 # model.downloader.download_media's signature.
 DownloadFn = Callable[..., Awaitable[None]]
+# Asked before each download: True when the storage already had the file and the item is
+# now stored (the upload stage's `stored_elsewhere`).
+StoredElsewhere = Callable[[Item], Awaitable[bool]]
 
 
 class DownloadStage:
@@ -48,8 +51,10 @@ class DownloadStage:
         max_attempts: int,
         backoff: Backoff,
         parts_flush_interval: float,
+        stored_elsewhere: StoredElsewhere | None = None,
     ) -> None:
         self._work = work
+        self._stored_elsewhere = stored_elsewhere
         self._download = download
         self._rebind = rebind
         self._parts_in_flight = parts_in_flight
@@ -79,6 +84,9 @@ class DownloadStage:
 
     async def _download_one(self, item: Item) -> None:
         work = self._work
+        # Before the account is even asked: another process may have stored the file.
+        if self._stored_elsewhere is not None and await self._stored_elsewhere(item):
+            return
         try:
             tele = self._client_for(item)
         except TgcError as e:

@@ -33,6 +33,9 @@ Flow control:
   also tries a failed item again;
 - files larger than `max_file_bytes` are not downloaded: `submit` records them `failed`
   with the reason (the limit may be raised and the file brought again);
+- store-once across processes: before a download the storage is asked whether it holds
+  the key's object already (`Storage.find`: HEAD, or a stat); if so the item is stored
+  with that URL and nothing is downloaded (docs/DEPLOY.md);
 - back-pressure: each download reserves the file's size in the spool first; at
   `spool_max_bytes` the download workers wait for uploads to free space (one file larger
   than the whole spool still goes, alone);
@@ -132,6 +135,7 @@ class MediaProcessor:
             spool_max_bytes=spool_max_bytes,
         )
         backoff = Backoff(retry_base, retry_max)
+        self._uploader = UploadStage(self._work, storage, on_stored, backoff)
         self._downloader = DownloadStage(
             self._work,
             download or download_media,
@@ -140,8 +144,8 @@ class MediaProcessor:
             max_attempts=max_download_attempts,
             backoff=backoff,
             parts_flush_interval=parts_flush_interval,
+            stored_elsewhere=self._uploader.stored_elsewhere,
         )
-        self._uploader = UploadStage(self._work, storage, on_stored, backoff)
         self._storage = storage
         self._download_workers = download_workers
         self._upload_workers = upload_workers
@@ -161,6 +165,12 @@ class MediaProcessor:
     def uploaded_bytes(self) -> int:
         """Bytes stored in the storage by this process."""
         return self._uploader.uploaded_bytes
+
+    @property
+    def found_stored(self) -> int:
+        """Items the storage already held when their download was due (another process
+        stored them): stored here without a download."""
+        return self._uploader.found_stored
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -306,6 +316,7 @@ class MediaProcessor:
             "in_progress": len(work.items),
             "spool_bytes": work.budget.used,
             "spool_max_bytes": work.budget.limit,
+            "found_in_storage": self.found_stored,
         }
 
     # --- taking items up ------------------------------------------------------------------

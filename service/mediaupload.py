@@ -39,6 +39,7 @@ class UploadStage:
         self._on_stored = on_stored
         self._backoff = backoff
         self.uploaded_bytes = 0  # for /metrics and the status page
+        self.found_stored = 0  # items another process had stored: not downloaded here
 
     async def worker(self) -> None:
         """Takes the next downloaded item and stores it, forever."""
@@ -96,6 +97,28 @@ class UploadStage:
         self.uploaded_bytes += media.size
         work.finish(item, url)
         await self.notify(item.key)
+
+    async def stored_elsewhere(self, item: Item) -> bool:
+        """Store-once across processes (docs/DEPLOY.md): asked before a download. When the
+        storage already holds the key's object whole (another process stored it), the item
+        ends `stored` with its URL and the media.stored callback runs, with no download.
+        A storage that can't tell now is no answer: the download goes ahead."""
+        media = item.media
+        try:
+            url = await self._storage.find(item.key, media.extension, media.size)
+        except StorageError as e:
+            log.debug("media %s: the storage can't tell if it has it (%s)", item.key, e.message)
+            return False
+        if url is None:
+            return False
+        work = self._work
+        work.uncount(item.key)
+        item.done_parts.clear()
+        work.finish(item, url)
+        self.found_stored += 1
+        log.info("media %s: already in the storage, not downloaded", item.key)
+        await self.notify(item.key)
+        return True
 
     async def notify(self, key: str) -> None:
         """Runs the media.stored callback for a stored key; marks it done once it returned."""

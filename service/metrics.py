@@ -14,6 +14,7 @@ same registry, see service/publisher.py):
     tgc_media_queue{queue}                              download / upload queue lengths
     tgc_media_in_progress, tgc_media_spool_bytes, tgc_media_spool_max_bytes
     tgc_media_downloaded_bytes_total, tgc_media_uploaded_bytes_total
+    tgc_media_found_in_storage_total                    stored by another process: not downloaded
     tgc_media_account_downloaded_bytes_total{account}   each account's downloads (progress)
     tgc_media_download_flood_waits_total{account}       flood waits Telegram put on its getFile
     tgc_media_download_pace_bytes_per_second{account}   the pace they set (0: none)
@@ -332,6 +333,12 @@ class StateCollector(Collector):
         )
         yield CounterMetricFamily(
             "tgc_media_uploaded_bytes", "Bytes stored in the storage", value=p.uploaded_bytes
+        )
+        yield CounterMetricFamily(
+            "tgc_media_found_in_storage",
+            "Media the storage already held when their download was due (another process"
+            " stored them): not downloaded here",
+            value=stats.get("found_in_storage", 0),
         )
 
 

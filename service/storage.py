@@ -17,6 +17,13 @@ ever becomes part of a path or a URL.
 a READFUNCTION reading the open file in chunks and INFILESIZE_LARGE (MEASURED.md: 1.2 GB/s
 at ~35 MB RSS for 100 MB, where a body in memory costs the whole file).
 
+Store-once across processes (docs/DEPLOY.md): the storage is the one truth of what is
+stored. `find` asks it before a download (a HEAD for HTTP, a stat for a folder, which may
+be a folder several processes share), and `HttpStorage` PUTs with `If-None-Match: *`, so a
+server that honours it answers 412 instead of overwriting an object another process
+stored meanwhile: that 412 is taken as stored. (Debian's nginx 1.22 WebDAV ignores the
+header and overwrites; docs/deploy/storage-nginx.conf makes it answer 412.)
+
 Credentials in the base URL (`http://user:pass@host/…`) are taken out of it: they go to curl
 as HTTP basic auth (USERPWD), and the URL without them is what stored media's URLs, error
 messages and logs show, so a password never reaches an API answer, an event or the log.
@@ -49,6 +56,11 @@ _RETRYABLE_STATUS = {408, 425, 429}
 # without create_full_put_path): they end when someone fixes the server or the config, so
 # they are retried and the spool file is kept. 400, 411, 413, 415… fail the file.
 _MISCONFIGURED_STATUS = {401, 403, 404, 405, 407, 409}
+# HEADs in flight at once (`find`, one per download about to start), and how long one may
+# take: a storage that hangs must not hold every download for `timeout` (the download goes
+# ahead when the HEAD gets no answer).
+HEADS = 8
+HEAD_TIMEOUT = 5.0
 
 
 class StorageError(Exception):
@@ -82,6 +94,11 @@ class Storage(Protocol):
         file: download it again)."""
         ...
 
+    async def find(self, key: str, ext: str, size: int) -> str | None:
+        """The URL of `key`'s object when the storage already holds it whole (`size`
+        bytes; 0: any size), else None. Raises StorageUnavailable when it can't tell."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -112,6 +129,17 @@ class LocalStorage:
             raise _local_error(e, dest) from e
         return dest.as_uri()
 
+    async def find(self, key: str, ext: str, size: int) -> str | None:
+        dest = self.path_for(key, ext)
+        try:
+            # A stat on the loop could stall on a network mount (a shared folder).
+            found = await asyncio.to_thread(dest.stat)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StorageUnavailable(f"{dest}: {e.strerror or e}") from e
+        return dest.as_uri() if not size or found.st_size == size else None
+
     async def close(self) -> None:
         return None
 
@@ -129,7 +157,9 @@ class LocalStorage:
         except OSError as e:
             if e.errno != errno.EXDEV:
                 raise
-            tmp = dest.with_name(dest.name + ".tmp")
+            # Named per process: a folder shared by several processes may get the same
+            # object from two of them at once, and each must copy into its own file.
+            tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
             shutil.copyfile(src, tmp)
             os.replace(tmp, dest)
             src.unlink()
@@ -185,6 +215,7 @@ class HttpStorage:
         self.headers = dict(headers or {})
         self.upload_buffer = upload_buffer
         self._client: CurlAsyncHTTPClient | None = None
+        self._head_client: CurlAsyncHTTPClient | None = None
 
     def url_for(self, key: str, ext: str) -> str:
         return f"{self.base_url}/{object_name(key, ext)}"
@@ -200,7 +231,14 @@ class HttpStorage:
                 method="PUT",
                 # Tornado insists on a body for PUT; the real one comes from READFUNCTION.
                 body=b"",
-                headers={**self.headers, "Content-Type": mime or "application/octet-stream"},
+                headers={
+                    **self.headers,
+                    "Content-Type": mime or "application/octet-stream",
+                    # Another process may store the same key: a server that honours this
+                    # keeps the first object (412), one that ignores it overwrites it with
+                    # the same bytes.
+                    "If-None-Match": "*",
+                },
                 auth_username=self._auth[0] if self._auth else None,
                 auth_password=self._auth[1] if self._auth else None,
                 auth_mode="basic",
@@ -215,20 +253,58 @@ class HttpStorage:
             raise StorageUnavailable(f"PUT {url}: {e}") from e
         finally:
             body.close()
+        if response.code == 412:  # If-None-Match: * honoured: the object is there already
+            log.info("media %s: the storage holds it already (412), not overwritten", key)
+            return url
         _raise_for(response, url)
         log.debug("stored %s (%d bytes) at %s", key, actual, url)
         return url
 
+    async def find(self, key: str, ext: str, size: int) -> str | None:
+        """A HEAD of the object: 200 with the right Content-Length is there, 404 or 410
+        is not; anything else (down, refused) can't tell."""
+        url = self.url_for(key, ext)
+        request = HTTPRequest(
+            url,
+            method="HEAD",
+            headers=dict(self.headers),
+            auth_username=self._auth[0] if self._auth else None,
+            auth_password=self._auth[1] if self._auth else None,
+            auth_mode="basic",
+            connect_timeout=min(self.timeout, HEAD_TIMEOUT),
+            request_timeout=min(self.timeout, HEAD_TIMEOUT),
+            prepare_curl_callback=self._quiet if self._auth else None,
+        )
+        try:
+            response = await self._head_http().fetch(request, raise_error=False)
+        except (HTTPClientError, OSError) as e:
+            raise StorageUnavailable(f"HEAD {url}: {e}") from e
+        if response.code in (404, 410):
+            return None
+        if response.code != 200:
+            raise StorageUnavailable(f"HEAD {url}: {_describe(response)}")
+        length = response.headers.get("Content-Length")
+        if size and length is not None and length.isdigit() and int(length) != size:
+            return None  # not this file whole: store it again
+        return url
+
     async def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        for client in (self._client, self._head_client):
+            if client is not None:
+                client.close()
+        self._client = self._head_client = None
 
     def _http(self) -> CurlAsyncHTTPClient:
         # Made on first use, so it binds to the loop that runs the uploads.
         if self._client is None:
             self._client = CurlAsyncHTTPClient(force_instance=True, max_clients=self.max_clients)
         return self._client
+
+    def _head_http(self) -> CurlAsyncHTTPClient:
+        # Its own connections: a HEAD before a download must not queue behind long PUTs.
+        if self._head_client is None:
+            self._head_client = CurlAsyncHTTPClient(force_instance=True, max_clients=HEADS)
+        return self._head_client
 
     def _request_timeout(self, size: int) -> float:
         # A ceiling only (at 1 MB/s): stalls are caught sooner by LOW_SPEED_TIME.
@@ -255,9 +331,13 @@ class HttpStorage:
         curl.setopt(pycurl.LOW_SPEED_LIMIT, 1024)
         curl.setopt(pycurl.LOW_SPEED_TIME, max(1, int(self.timeout)))
         if self._auth:
-            # Tornado turns curl's verbose trace on when its logger is at DEBUG, and that
-            # trace prints the Authorization header.
-            curl.setopt(pycurl.VERBOSE, False)
+            self._quiet(curl)
+
+    @staticmethod
+    def _quiet(curl: pycurl.Curl) -> None:
+        # Tornado turns curl's verbose trace on when its logger is at DEBUG, and that
+        # trace prints the Authorization header.
+        curl.setopt(pycurl.VERBOSE, False)
 
 
 def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:

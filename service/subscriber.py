@@ -24,6 +24,7 @@ from typing import Any
 from common.utils import PeerRef
 from model.joinmap import CHANNELS_PER_ACCOUNT, JoinMap
 from model.pool import TeleClients
+from model.teleclient import TeleClient
 from service import queries
 from service.publisher import Publisher
 from service.subscription.accounts import AccountWatch
@@ -122,6 +123,22 @@ class Subscriber:
         while True:
             await asyncio.sleep(every)
             self._shared.joinmap.flush()
+
+    # --- live accounts (service/fleet.py) ----------------------------------------------------
+
+    def adopt(self, account: TeleClient) -> None:
+        """An account that joined the pool while the flow runs: its updates flow from now
+        on (what it caught up on at connect first). The next account check sees it ok and
+        makes every orphaned chat due."""
+        if self._shared.running and account.updates is not None:
+            account.updates.open()
+
+    async def retire(self, account: str) -> None:
+        """An account that left the pool (removed or disabled): its chats move to other
+        accounts as after a ban (recorded now, joined by the takeover batch started now)."""
+        self.accounts.forget(account)
+        await self.takeover.move_away(account)
+        self.takeover.start_batch()
 
     # --- what the API and start.py call ---------------------------------------------------
 

@@ -707,8 +707,15 @@ async def test_malformed_subscription_requests_are_400_naming_the_param(
     for body, param in bodies:
         error = refused(await post_sub(server, body), 400, "INVALID_PARAM")
         assert error["param"] == param, (body, error)
-    query = await server.api.request("POST", SUBS + "?peer=@tgc_news", {"peer": "@tgc_news"})
-    assert refused(query, 400, "INVALID_PARAM")["param"] == "peer"  # POST takes a body only
+    # A POST may carry the peer in its query (docs/DEPLOY.md), but not a different one, nor
+    # anything else there.
+    for uri, body, param in (
+        (SUBS + "?peer=@tgc_chat", {"peer": "@tgc_news"}, "peer"),
+        (SUBS + "?peer=@tgc_news&peer=@tgc_news", None, "peer"),
+        (SUBS + "?peer=@tgc_news&limit=5", None, "limit"),
+    ):
+        query = await server.api.request("POST", uri, body)
+        assert refused(query, 400, "INVALID_PARAM")["param"] == param, (uri, body)
     for raw in (b"", b"peer=@tgc_news", b'["@tgc_news"]', b'{"peer": '):
         headers = {**server.sign("POST", SUBS, raw), "Content-Type": "application/json"}
         response = await server.raw("POST", SUBS, headers, raw)

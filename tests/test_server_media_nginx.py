@@ -25,9 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import signal
 import sqlite3
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -39,7 +37,6 @@ from typing import Any
 import pytest
 from telethon.tl import functions, types
 
-from common.const import load_settings
 from common.utils import media_key
 from model.downloader import part_count
 from service.apiclient import ApiClient
@@ -51,8 +48,8 @@ from tests.fakedc.cluster import FakeTelegram
 from tests.fakedc.rpc import TelegramRpc
 from tests.fakedc.world import World
 from tests.fixtures.nginx import Nginx
-from tests.fixtures.server_config import AES_KEY, ROOT, TOKEN, write_config
-from tests.fixtures.server_config import SUBPROCESS_ENV as ENV
+from tests.fixtures.server_config import AES_KEY, TOKEN, write_config
+from tests.fixtures.server_process import ServeProcess
 from tests.fixtures.wait import wait_for
 
 PART_SIZE = 512 * 1024
@@ -175,62 +172,12 @@ def config(tmp_path: Path, telegram_session: Callable[..., Path], nginx_dav: Ngi
     return write_config(tmp_path, props)
 
 
-class ServerProcess:
-    """start.py serve, through the launcher, as a child process."""
+class ServerProcess(ServeProcess):
+    """The server process, with a look into its media table."""
 
-    def __init__(self, config: Path) -> None:
-        self.config = config
-        self.settings = load_settings(config, env={})
-        self.url_file = self.settings.run_dir / "tgc.url"
-        self.db = self.settings.data.dir / "media.sqlite3"
-        self.proc: asyncio.subprocess.Process | None = None
-        self.lives = 0
-
-    async def start(self) -> str:
-        self.lives += 1
-        out = self.config.parent / f"server-{self.lives}.out"
-        with out.open("wb") as sink:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tests.fakedc.launch",
-                "serve", "--config", str(self.config), "--no-console",
-                cwd=ROOT, env=ENV, stdin=asyncio.subprocess.DEVNULL, stdout=sink, stderr=sink,
-            )  # fmt: skip
-        proc = self.proc
-        # A SIGKILLed predecessor leaves its url file: wait for this process's pid file.
-        await wait_for(
-            lambda: self._pid() == proc.pid or proc.returncode is not None,
-            within=20,
-            what="the pid file of this process",
-        )
-        await wait_for(
-            lambda: self.url_file.exists() or proc.returncode is not None,
-            within=20,
-            what="the url file",
-        )
-        assert proc.returncode is None, out.read_text()[-3000:]
-        return self.url_file.read_text().strip()
-
-    def _pid(self) -> int | None:
-        try:
-            return int((self.settings.run_dir / "tgc.pid").read_text().strip() or 0)
-        except (FileNotFoundError, ValueError):
-            return None
-
-    async def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        assert await self.proc.wait() == -signal.SIGKILL
-
-    async def stop(self) -> None:
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            assert await asyncio.wait_for(self.proc.wait(), 20) == 0
-        finally:
-            if self.proc.returncode is None:
-                self.proc.kill()
-                await self.proc.wait()
+    @property
+    def db(self) -> Path:
+        return self.settings.data.dir / "media.sqlite3"
 
     def rows(self) -> dict[str, tuple[str, set[int]]]:
         """The server's media table, read from its file: key → (state, parts written)."""

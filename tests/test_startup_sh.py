@@ -1,4 +1,4 @@
-"""startup.sh start|status|stop|restart|logs on a temporary copy of the project's config, and
+"""startup.sh start|status|stop|restart|reload|logs on a temporary copy of the project's config, and
 startup.sh demo --once."""
 
 from __future__ import annotations
@@ -142,6 +142,25 @@ def test_restart_gives_a_new_process(config: Path) -> None:
     pids = re.findall(r"tgc started \(pid (\d+)\)", first.stdout + restarted.stdout)
     assert len(pids) == 2 and pids[0] != pids[1]
     assert _gone(int(pids[0])) and _alive(int(pids[1]))
+
+
+async def test_reload_takes_a_session_added_while_running(
+    config: Path, telegram_session: Callable[..., Path], fake_telegram: FakeTelegram
+) -> None:
+    idle = await asyncio.to_thread(sh, "reload", "--config", str(config))
+    assert idle.returncode == 1 and "tgc is not running" in idle.stderr
+    started = await asyncio.to_thread(sh, "start", "--config", str(config))
+    assert started.returncode == 0, started.stderr
+    telegram_session(dw.ACCOUNT_A, name="acc")  # logged in meanwhile (no account at start)
+    reloaded = await asyncio.to_thread(sh, "reload", "--config", str(config))
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert "reloaded: 1 added, 0 removed, 0 reconnected, 0 refused" in reloaded.stdout
+    status = await asyncio.to_thread(sh, "status", "--config", str(config))
+    assert "(HTTP 200)" in status.stdout, status.stdout  # an account serves now
+    again = await asyncio.to_thread(sh, "reload", "--config", str(config))
+    assert "reloaded: 0 added, 0 removed, 0 reconnected, 0 refused" in again.stdout
+    stopped = await asyncio.to_thread(sh, "stop", "--config", str(config))
+    assert stopped.returncode == 0, stopped.stderr
 
 
 @pytest.fixture

@@ -35,6 +35,10 @@ class AccountWatch:
         """Takes the accounts' states now as the ones seen last."""
         self._states = {tc.name: tc.state for tc in self._shared.pool}
 
+    def forget(self, account: str) -> None:
+        """The account left the pool: a later one of the same name is seen afresh."""
+        self._states.pop(account, None)
+
     async def run(self) -> None:
         """The check every `interval` s, the first at once, until cancelled."""
         while True:

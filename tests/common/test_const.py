@@ -378,6 +378,7 @@ def test_no_secret_shows_in_the_settings_repr(tmp_path: Path) -> None:
         "storage.url": "https://user:pw-storage@files.lan/media",
         "rabbitmq.url": "amqp://user:pw-rabbit@mq.lan/",
         "telegram.proxy": "socks5://user:pw-proxy@proxy.lan:1080",
+        "telegram.session_key": "7e" * 32,
     }
     s = load_settings(write(tmp_path, given_values), env=SECRETS)
     shown = repr(s)

@@ -612,3 +612,76 @@ async def test_a_connection_dropped_mid_call_moves_the_call_at_once(
         assert served == "acc1002" and took < TRANSIENT_BOUND, took
         assert (rpc.count(GET_HISTORY, EMU_A), rpc.count(GET_HISTORY, EMU_B)) == (1, 2)
         assert pool.get("acc1001").state is AccountState.OK  # Telethon still reconnects
+
+
+# --- live accounts (service/fleet.py's reload) ---
+
+
+async def test_an_added_account_takes_calls_updates_and_is_observed(
+    world: FakeTelegram, tmp_path: Path, clock: FakeClock, make_pool: Callable[..., Any]
+) -> None:
+    pool = await make_pool(A)
+    seen: list[tuple[str, Any]] = []
+    observed: list[str] = []
+
+    async def callback(tc: TeleClient, update: Any) -> None:
+        seen.append((tc.name, update))
+
+    pool.on_update(callback)
+    pool.observe_calls(lambda method, error, seconds: observed.append(method))
+    added = fake_account(world, tmp_path, "acc102", B, clock=clock)
+    await added.start()
+    try:
+        pool.add(added)
+        pool.get("acc101").pending_downloads = 5  # busier: the new one gets the next calls
+        assert [await who(pool, "@news") for _ in range(2)] == ["acc102"] * 2
+        assert observed  # its requests reach the pool's call observer
+        ((handler, _),) = added.client.handlers
+        await handler("u1")
+        assert seen == [("acc102", "u1")]
+        assert [a["name"] for a in pool.accounts()] == ["acc101", "acc102"]
+    finally:
+        await pool.remove("acc102").stop()
+
+
+async def test_a_removed_account_is_picked_no_more(make_pool: Callable[..., Any]) -> None:
+    pool = await make_pool(A, B)
+    gone = pool.remove("acc101")
+    assert gone.name == "acc101" and len(pool) == 1
+    assert {await who(pool) for _ in range(4)} == {"acc102"}
+    assert [a["name"] for a in pool.accounts()] == ["acc102"]
+    # Until it is forgotten, the downloads bound to it still find it, by label or stem.
+    assert pool.get("acc101") is gone
+    with pytest.raises(NoAccountAvailable):
+        pool.remove("acc101")
+    await gone.stop()
+    pool.forget(gone)
+    with pytest.raises(NoAccountAvailable):
+        pool.get("acc101")
+
+
+async def test_the_pools_stop_stops_an_account_still_leaving(
+    make_pool: Callable[..., Any],
+) -> None:
+    pool = await make_pool(A, B)
+    leaving = pool.remove("acc101")
+    await pool.stop()
+    assert not leaving.client.connected
+
+
+async def test_a_live_label_never_moves_to_an_added_account(
+    world: FakeTelegram, tmp_path: Path, clock: FakeClock
+) -> None:
+    # 15550001001 and 15559991001 mask alike (+15*******01): the lower stem would take the
+    # plain mask from a pool built with both, but the live account keeps it.
+    live = fake_account(world, tmp_path, "15559991001", A, clock=clock)
+    pool = TeleClients([live], clock=clock)
+    await pool.start()
+    try:
+        added = fake_account(world, tmp_path, "15550001001", B, clock=clock)
+        await added.start()
+        pool.add(added)
+        assert (live.name, added.name) == ("+15*******01", "+15*******01#2")
+        assert pool.get("15550001001") is added and pool.get("+15*******01#2") is added
+    finally:
+        await pool.stop()

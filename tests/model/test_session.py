@@ -3,6 +3,8 @@ Telethon's session file written only when an entity changed."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,10 +12,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from telethon import types
+from telethon.crypto import AuthKey
 from telethon.sessions import SQLiteSession
 
 from common.errors import ConfigError
-from model.session import EntitySession, SessionLock
+from model.session import (
+    SEALED_MAGIC,
+    EntitySession,
+    SessionLock,
+    SessionSeal,
+    convert_session,
+    is_sealed,
+)
 from model.telethon_internals import UpdateState
 
 
@@ -181,3 +191,150 @@ def test_the_update_state_is_ours_to_write_not_telethons(tmp_path: Path) -> None
     s.save_update_state(UpdateState(8, 0, when, 1, {5: 42}))
     s.close()
     assert saved_states(path) == {0: (8, 0, stamp, 1), 5: (42, 0, stamp, 0)}
+
+
+# -- sealed sessions --------------------------------------------------------------------------
+
+KEY = SessionSeal(bytes(range(32)))
+OTHER_KEY = SessionSeal(bytes(range(1, 33)))
+PLAIN_KEY = bytes(range(256))  # an auth key's 256 bytes, easy to look for in the file
+
+
+def auth_column(path: Path) -> bytes:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        (column,) = db.execute("select auth_key from sessions").fetchone()
+    return bytes(column)
+
+
+def a_session(path: Path, seal: SessionSeal | None) -> None:
+    """A session file with PLAIN_KEY as its auth key, on DC 2, holding one entity."""
+    s = EntitySession(str(path), seal=seal)
+    s.set_dc(2, "127.0.0.2", 443)
+    s.auth_key = AuthKey(PLAIN_KEY)
+    s.process_entities(update_with(user(1)))
+    s.save()
+    s.close()
+
+
+def test_a_sealed_session_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "acc.session"
+    a_session(path, KEY)
+    column = auth_column(path)
+    assert is_sealed(column) and PLAIN_KEY not in path.read_bytes()
+    s = EntitySession(str(path), seal=KEY)
+    assert s.auth_key.key == PLAIN_KEY and (s.dc_id, s.server_address) == (2, "127.0.0.2")
+    s.set_dc(2, "127.0.0.3", 443)  # Telethon writes the row and reads it back
+    assert s.auth_key.key == PLAIN_KEY
+    s.close()
+    assert is_sealed(auth_column(path)) and auth_column(path) != column  # a fresh nonce
+    # Everything else is Telethon's own file: stock Telethon reads the entity rows.
+    assert rows(path) == [(1, 11, "alice", "Alice")]
+
+
+@pytest.mark.parametrize(
+    ("written", "opened", "reason"),
+    [
+        (KEY, None, "is sealed and telegram.session_key is not set"),
+        (KEY, OTHER_KEY, "does not open with this key"),
+        (None, KEY, "is not sealed: seal it with `python start.py sessions seal`"),
+    ],
+)
+def test_a_key_that_does_not_fit_refuses_the_file(
+    tmp_path: Path, written: SessionSeal | None, opened: SessionSeal | None, reason: str
+) -> None:
+    path = tmp_path / "acc.session"
+    a_session(path, written)
+    before = path.read_bytes()
+    with pytest.raises(ConfigError) as caught:
+        EntitySession(str(path), seal=opened)
+    assert caught.value.key == "telegram.session_key" and caught.value.file == str(path)
+    assert reason in str(caught.value)
+    assert path.read_bytes() == before  # nothing rewritten
+
+
+def test_a_sealed_column_is_never_a_plain_key() -> None:
+    assert not is_sealed(PLAIN_KEY) and not is_sealed(b"") and not is_sealed(None)
+    assert not is_sealed(SEALED_MAGIC + bytes(248))  # 256 bytes: a (very unlucky) real key
+    assert is_sealed(KEY.seal(PLAIN_KEY)) and len(KEY.seal(PLAIN_KEY)) == 292
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.binary(min_size=1, max_size=300), st.integers(0, 291))
+def test_an_altered_sealed_key_does_not_open(plain: bytes, flip: int) -> None:
+    sealed = bytearray(KEY.seal(plain))
+    assert KEY.open(bytes(sealed), "f") == plain
+    at = flip % len(sealed)
+    sealed[at] ^= 0x01
+    if at < len(SEALED_MAGIC):
+        assert not is_sealed(bytes(sealed))  # no longer taken for a sealed key at all
+    else:
+        with pytest.raises(ConfigError):
+            KEY.open(bytes(sealed), "f")
+
+
+def test_seal_then_unseal_converts_the_file_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "acc.session"
+    a_session(path, None)
+    assert convert_session(path, KEY, "seal") is True
+    assert is_sealed(auth_column(path)) and PLAIN_KEY not in path.read_bytes()
+    assert convert_session(path, KEY, "seal") is False  # sealed already
+    s = EntitySession(str(path), seal=KEY)
+    assert s.auth_key.key == PLAIN_KEY
+    s.close()
+    assert rows(path) == [(1, 11, "alice", "Alice")]
+    with pytest.raises(ConfigError, match="does not open"):
+        convert_session(path, OTHER_KEY, "unseal")
+    with pytest.raises(ConfigError, match="does not open"):
+        convert_session(path, OTHER_KEY, "seal")  # sealed with another key: said, not skipped
+    assert convert_session(path, KEY, "unseal") is True
+    assert auth_column(path) == PLAIN_KEY
+    plain = SQLiteSession(str(path))  # stock Telethon takes it back
+    assert plain.auth_key.key == PLAIN_KEY and plain.dc_id == 2
+    plain.close()
+    assert convert_session(path, KEY, "unseal") is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acc.session"]
+
+
+def test_a_crash_mid_conversion_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "acc.session"
+    a_session(path, None)
+    before = path.read_bytes()
+
+    def crash(self: Path, target: Path) -> None:
+        raise OSError("the power went out")
+
+    monkeypatch.setattr(Path, "replace", crash)
+    with pytest.raises(OSError):
+        convert_session(path, KEY, "seal")
+    monkeypatch.undo()
+    assert path.read_bytes() == before  # the original, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acc.session"]
+    # A copy half-made by a killed process is only a leftover: the next run starts over.
+    (tmp_path / ".acc.session.seal-tmp").write_bytes(b"half a file")
+    assert convert_session(path, KEY, "seal") is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acc.session"]
+    s = EntitySession(str(path), seal=KEY)
+    assert s.auth_key.key == PLAIN_KEY
+    s.close()
+
+
+def test_a_file_moved_away_under_the_session_stops_its_writes_not_its_calls(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A session file renamed or deleted while its account runs (before a reload retires
+    it): SQLite refuses every write then; the session keeps serving from memory."""
+    path = tmp_path / "15550001001.session"
+    s = EntitySession(str(path))
+    s.process_entities(update_with(user(1)))
+    s.save()
+    path.rename(tmp_path / "elsewhere.session")
+    s.process_entities(update_with(user(2)))  # no "attempt to write a readonly database"
+    s.save_update_state(UpdateState(8, 0, datetime(2026, 1, 2, tzinfo=UTC), 1, {5: 41}))
+    assert s.moved
+    s.process_entities(update_with(user(3)))
+    s.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "+15*******01" in warnings[0]  # once, never the number
+    assert rows(tmp_path / "elsewhere.session") == [(1, 11, "alice", "Alice")]

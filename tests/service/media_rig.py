@@ -215,6 +215,10 @@ class GatedStorage:
         self.puts[key] += 1
         return url
 
+    async def find(self, key: str, ext: str, size: int) -> str | None:
+        found: str | None = await self.inner.find(key, ext, size)
+        return found
+
     async def close(self) -> None:
         await self.inner.close()
 

@@ -298,13 +298,51 @@ async def test_bad_post_bodies(api: Api, body: bytes, param: str) -> None:
     assert plain["error"]["param"] == param
 
 
-async def test_post_with_query_is_refused(api: Api) -> None:
+async def test_post_query_and_body_naming_different_peers_is_refused(api: Api) -> None:
     error = assert_error(
-        await api.call("POST", "/api/v1/subscriptions?peer=x", {"peer": "news"}),
+        await api.call("POST", "/api/v1/subscriptions?peer=other", {"peer": "news"}),
         400,
         "INVALID_PARAM",
     )
-    assert error["param"] == "peer"
+    assert error["param"] == "peer" and "different peers" in error["message"]
+    assert api.subscriptions.calls == []
+
+
+@pytest.mark.parametrize(
+    ("uri", "body"),
+    [
+        ("/api/v1/subscriptions?peer=%40news", None),  # the query only, no body at all
+        ("/api/v1/subscriptions?peer=news", {}),
+        ("/api/v1/subscriptions?peer=t.me%2FNews", {"peer": "@news"}),  # both, agreeing
+        ("/api/v1/subscriptions?peer=", {"peer": "news"}),  # empty: as if absent
+    ],
+)
+async def test_post_may_carry_the_peer_in_its_query(
+    api: Api, uri: str, body: dict[str, str] | None
+) -> None:
+    """CONTRACT section 1: so that a proxy in front of several servers can route by it."""
+    joined = await api.call("POST", uri, body)
+    assert joined.ok, joined
+    assert [(c, p.username) for c, p in api.subscriptions.calls] == [("subscribe", "news")]
+
+
+@pytest.mark.parametrize(
+    ("uri", "body", "param"),
+    [
+        ("/api/v1/subscriptions?peer=123", {"peer": "news"}, "peer"),  # an id, a username
+        ("/api/v1/subscriptions?peer=-100123", {"peer": 123}, "peer"),  # a user maybe
+        ("/api/v1/subscriptions?peer=news&peer=news", None, "peer"),
+        ("/api/v1/subscriptions?peer=news&limit=1", None, "limit"),
+        ("/api/v1/subscriptions?peer=a%20b", None, "peer"),
+        ("/api/v1/subscriptions?peer=%FF", None, "peer"),
+        ("/api/v1/subscriptions?peer=", None, "body"),  # nothing routed: the body is needed
+    ],
+)
+async def test_bad_post_queries_are_named(
+    api: Api, uri: str, body: dict[str, Any] | None, param: str
+) -> None:
+    error = assert_error(await api.call("POST", uri, body), 400, "INVALID_PARAM")
+    assert error["param"] == param and api.subscriptions.calls == []
 
 
 async def test_subscriptions_without_the_service(api: Api) -> None:

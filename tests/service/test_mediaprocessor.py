@@ -202,3 +202,60 @@ async def test_queue_now_over_max_file_bytes_is_failed_with_the_reason(rig: Rig)
     assert record is not None and record["state"] == "failed"
     assert "over media.max_file_bytes" in record["error"]
     assert rig.downloads.calls == []
+
+
+@pytest.mark.parametrize("kind", ["http", "shared folder"])
+async def test_a_file_another_process_stored_is_not_downloaded_again(
+    rig: Rig, nginx_dav: Nginx, tmp_path: Path, kind: str
+) -> None:
+    """Store-once across processes: two processors with their own table and spool (two
+    server processes) on one storage; the second asks the storage before downloading."""
+
+    def storage() -> GatedStorage:
+        inner = HttpStorage(nginx_dav.base_url, timeout=5) if kind == "http" else None
+        return GatedStorage(inner or LocalStorage(tmp_path / "shared"))
+
+    first_storage = storage()
+    first = rig.processor(first_storage)
+    await first.start()
+    media = make_media(91, PART * 2 + 5, msg_id=7)
+    first.submit(media)
+    await wait_for(lambda: (first.get(media.key) or {}).get("state") == "stored")
+    url = (first.get(media.key) or {})["url"]
+
+    async with running_rig(tmp_path / "other") as other_rig:
+        (tmp_path / "other").mkdir(exist_ok=True)
+        second_storage = storage()
+        second = other_rig.processor(second_storage)
+        await second.start()
+        assert second.submit(make_media(91, PART * 2 + 5, account="acc2", msg_id=8))["state"] in (
+            "pending",
+            "stored",
+        )
+        await wait_for(lambda: (second.get(media.key) or {}).get("state") == "stored")
+        assert (second.get(media.key) or {})["url"] == url
+        assert other_rig.downloads.calls == []  # nothing asked of Telegram
+        assert second_storage.tried == Counter()  # nothing uploaded
+        assert second.found_stored == 1
+        # Its media.stored event still goes out, for the message that brought it here.
+        await wait_for(lambda: [e["msg_id"] for e in other_rig.stored] == [8])
+        assert other_rig.stored[0]["url"] == url
+    assert [c[0] for c in rig.downloads.calls] == [media.key]
+    assert first_storage.puts == Counter({media.key: 1})
+
+
+async def test_a_storage_that_cannot_tell_does_not_stop_the_download(
+    rig: Rig, nginx_dav: Nginx
+) -> None:
+    """A HEAD that fails (the storage refuses it, or is down) is no answer: download, then
+    store as ever."""
+    storage = GatedStorage(HttpStorage(nginx_dav.base_url, timeout=5))
+    p = rig.processor(storage)
+    await p.start()
+    media = make_media(92, 1000)
+    nginx_dav.stop()
+    p.submit(media)
+    await wait_for(lambda: len(rig.downloads.calls) == 1)  # downloaded despite the HEAD
+    nginx_dav.start()
+    await wait_for(lambda: (p.get(media.key) or {}).get("state") == "stored")
+    assert p.found_stored == 0

@@ -80,7 +80,9 @@ async def test_per_account_concurrency_and_round_robin(rig: Rig) -> None:
     await wait_for(lambda: all(p.get(m.key)["state"] == "stored" for m in a + b))  # type: ignore[index]
     assert rig.downloads.max_active == Counter({"acc1": 1, "acc2": 1})
     order = [c[1] for c in rig.downloads.calls]
-    assert order[:2] == ["acc1", "acc2"]  # acc2 is not stuck behind acc1's four
+    # acc2 is not stuck behind acc1's four. (Which of the two first starts is up to the
+    # storage's answer to "is it there already?", asked by each before its download.)
+    assert sorted(order[:2]) == ["acc1", "acc2"]
     assert rig.clients["acc1"].pending_downloads == rig.clients["acc2"].pending_downloads == 0
 
 

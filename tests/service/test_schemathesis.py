@@ -236,10 +236,12 @@ def answer_conforms(api: ThreadedApi) -> Any:
 # 400s a schema can't say: a peer that does not fit the route (a user's participants, a
 # basic group joined by id), `ids` with a paging parameter, a query Telegram finds too
 # short, an `until` not after `since`, a search with nothing to search by, an invite link
-# as a sender. The spec's E400 and its parameters name them.
+# as a sender, a POST whose query and body name different peers. The spec's E400 and its
+# parameters name them.
 _REFUSED_BY_MEANING = re.compile(
     r"is a user|is not a channel|can't be combined with ids|Telegram refused it"
     r"|must be later than since|is required unless from or filter|not an invite link"
+    r"|name different peers"
 )
 
 

@@ -388,3 +388,126 @@ async def test_http_put_sends_headers_and_size(
     assert len(set(results)) == 3
     assert sorted(s[1] for s in seen) == [2 * 1024 * 1024] * 3
     assert {s[2] for s in seen} == {"application/octet-stream"}
+
+
+# -- store-once across processes: find before a download, PUT with If-None-Match: * --------
+
+
+async def test_local_find_is_a_stat_of_the_object(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "media")
+    assert await storage.find(KEY, ".jpg", 1000) is None
+    src = tmp_path / "f.part"
+    write_random(src, 1000)
+    url = await storage.put(src, KEY, ".jpg", 1000, "image/jpeg")
+    # A second storage on the same folder (another process sharing it) finds it.
+    other = LocalStorage(tmp_path / "media")
+    assert await other.find(KEY, ".jpg", 1000) == url
+    assert await other.find(KEY, ".jpg", 0) == url  # size unknown: any
+    assert await other.find(KEY, ".jpg", 999) is None  # not this file whole
+    assert await other.find(KEY, ".png", 1000) is None
+
+
+async def test_http_find_is_a_head_of_the_object(
+    nginx_dav: Nginx, http_storage: HttpStorage, tmp_path: Path
+) -> None:
+    assert await http_storage.find(KEY, ".bin", 1000) is None
+    src = tmp_path / "f.part"
+    write_random(src, 1000)
+    url = await http_storage.put(src, KEY, ".bin", 1000, "")
+    assert await http_storage.find(KEY, ".bin", 1000) == url
+    assert await http_storage.find(KEY, ".bin", 0) == url
+    assert await http_storage.find(KEY, ".bin", 1001) is None
+    heads = [line for line in (nginx_dav.tmp / "access.log").read_text().splitlines()
+             if '"HEAD /' in line]  # fmt: skip
+    assert len(heads) == 4
+    nginx_dav.stop()
+    with pytest.raises(StorageUnavailable):  # can't tell: the caller downloads
+        await http_storage.find(KEY, ".bin", 1000)
+
+
+async def test_http_find_sends_the_credentials(nginx_dav_auth: Nginx, tmp_path: Path) -> None:
+    user, password = NGINX_AUTH
+    base = nginx_dav_auth.base_url.replace("://", f"://{user}:{quote(password, safe='')}@")
+    storage = HttpStorage(base, timeout=5)
+    try:
+        src = tmp_path / "f.part"
+        write_random(src, 10)
+        url = await storage.put(src, KEY, ".bin", 10, "")
+        assert await storage.find(KEY, ".bin", 10) == url
+        assert password not in url
+    finally:
+        await storage.close()
+    refused = HttpStorage(nginx_dav_auth.base_url, timeout=5)
+    try:
+        with pytest.raises(StorageUnavailable) as e:  # 401: can't tell
+            await refused.find(KEY, ".bin", 10)
+        assert "401" in e.value.message
+    finally:
+        await refused.close()
+
+
+async def test_a_put_of_an_object_there_already_is_412_and_taken_as_stored(
+    nginx_dav_put_once: Nginx, tmp_path: Path
+) -> None:
+    """docs/deploy/storage-nginx.conf: the first object stays, the second is not written."""
+    storage = HttpStorage(nginx_dav_put_once.base_url, timeout=5)
+    try:
+        src = tmp_path / "f.part"
+        first = write_random(src, 1000)
+        url = await storage.put(src, KEY, ".bin", 1000, "")
+        write_random(src, 1000)  # another process's spool file (same key, same size)
+        assert await storage.put(src, KEY, ".bin", 1000, "") == url
+    finally:
+        await storage.close()
+    assert nginx_dav_put_once.path_of(f"{KEY[:2]}/{KEY}.bin").read_bytes() == first
+    statuses = [
+        line.split('" ')[1].split()[0]
+        for line in (nginx_dav_put_once.tmp / "access.log").read_text().splitlines()
+        if '"PUT /' in line
+    ]
+    assert statuses == ["201", "412"]
+
+
+async def test_plain_nginx_ignores_if_none_match_on_put(
+    nginx_dav: Nginx, http_storage: HttpStorage, tmp_path: Path
+) -> None:
+    """What docs/deploy/storage-nginx.conf is for: without it nginx's WebDAV overwrites
+    (answering 204) a PUT with If-None-Match: *; tgc's HEAD before a download is then the
+    only guard."""
+    src = tmp_path / "f.part"
+    write_random(src, 100)
+    await http_storage.put(src, KEY, ".bin", 100, "")
+    second = write_random(src, 100)
+    await http_storage.put(src, KEY, ".bin", 100, "")
+    assert nginx_dav.path_of(f"{KEY[:2]}/{KEY}.bin").read_bytes() == second
+    log = (nginx_dav.tmp / "access.log").read_text()
+    assert '"PUT /' in log and " 204 " in log
+
+
+async def test_http_find_gives_up_soon_on_a_storage_that_hangs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A HEAD that gets no answer is no answer (the download goes ahead), within
+    HEAD_TIMEOUT, not the upload's `timeout`."""
+    import service.storage
+
+    monkeypatch.setattr(service.storage, "HEAD_TIMEOUT", 0.3)
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # reads nothing, answers nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    storage = HttpStorage(f"http://127.0.0.1:{port}", timeout=600)
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(StorageUnavailable):
+            await storage.find(KEY, ".bin", 10)
+        assert asyncio.get_running_loop().time() - started < 5
+    finally:
+        await storage.close()
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
