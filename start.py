@@ -312,9 +312,16 @@ class StopSignals:
 def _default_app(server: Server) -> tornado.web.Application:
     """The service's Tornado application (service/handler.py) on the server's services."""
     from service.cryptor import Cipher, Signer
+    from service.files import ContentUrls, FileServing
     from service.handler import make_app
 
     s = server.settings
+    files = FileServing(
+        ContentUrls(s.api.token, s.api.content_url_ttl),
+        _media_dir(s),
+        # A /files reader that takes nothing for as long as an idle connection may last.
+        stall_timeout=s.server.idle_timeout,
+    )
     return make_app(
         pool=server.pool,
         processor=server.processor,
@@ -332,7 +339,13 @@ def _default_app(server: Server) -> tornado.web.Application:
         extra_handlers=server.extra_handlers,
         publisher=server.publisher,
         error_log=server.error_log,
+        files=files,
     )
+
+
+def _media_dir(settings: Settings) -> Path:
+    """The local storage's folder (storage.url empty), which GET /files serves from."""
+    return settings.data.dir / "media"
 
 
 class TeleClientOptions(TypedDict):
@@ -625,7 +638,7 @@ class Server:
         if st.url:
             self.storage = HttpStorage(st.url, st.timeout, max_clients=m.upload_workers)
         else:
-            self.storage = LocalStorage(d / "media")
+            self.storage = LocalStorage(_media_dir(self.settings))
         try:
             self.processor = MediaProcessor(
                 d / "media.sqlite3",

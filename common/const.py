@@ -118,6 +118,7 @@ class ApiSettings:
     aes_key: str = field(repr=False)  # 64 lowercase hex characters
     cipher: str
     signature_window: int
+    content_url_ttl: int  # seconds a stored file's signed /files/... link stays valid
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,6 +500,7 @@ KEYS: tuple[Key, ...] = (
     Key("api.aes_key", "", hex_string(64), secret=True),
     Key("api.cipher", "aes-256-gcm", choice("aes-256-gcm", "aes-256-cbc")),
     Key("api.signature_window", "300", integer(10, 3600)),
+    Key("api.content_url_ttl", "3600", integer(10, 7 * 86400)),
     Key("telegram.api_id", "", api_id),
     Key("telegram.api_hash", "", hex_string(32), secret=True),
     Key("telegram.sessions_dir", "sessions", path),

@@ -225,6 +225,9 @@ class Media:
             "duration": self.duration,
             "state": state,
             "url": url,
+            # A signed link to the bytes on this server once stored; the API's answers fill
+            # it in (service/files.py), events leave it null (it would expire unread).
+            "content_url": None,
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -68,6 +68,7 @@ from service.basehandler import (
 )
 from service.bodybudget import BodyBudget, BudgetCollector, MemoryTrim
 from service.cryptor import Cipher, Signer
+from service.files import FILES, FileServing, FilesHandler, LinkedMedia
 from service.metrics import ObservedPublisher, ServiceMetrics
 from service.ports import Pool
 from service.queries import DateRange, MediaQueue
@@ -97,6 +98,7 @@ def make_app(
     extra_handlers: Sequence[Route] = (),
     publisher: ObservedPublisher | None = None,
     error_log: ErrorLog | None = None,
+    files: FileServing | None = None,
 ) -> tornado.web.Application:
     """The Tornado application. `metrics` is the registry /metrics serves: every family of
     service/metrics.py is registered in it here (the publisher registers its own, start.py
@@ -105,7 +107,8 @@ def make_app(
     shows the pool, the processor, the `publisher`'s outbox, the subscriber's counts and the
     `error_log`. An /api/v1 body must arrive within `body_timeout` seconds; those not yet
     verified hold at most `unverified_body_bytes` and `unverified_bodies` together (the
-    app's one `BodyBudget`, whose state /metrics shows)."""
+    app's one `BodyBudget`, whose state /metrics shows). With `files`, stored media carry
+    a signed `content_url` in the API's answers and GET /files/KEY serves them."""
     service_metrics = ServiceMetrics(
         metrics, pool=pool, processor=processor, publisher=publisher
     )
@@ -133,6 +136,7 @@ def make_app(
         ("/healthz", HealthHandler),
         ("/metrics", MetricsHandler),
         ("/status", StatusHandler),
+        *([(FILES + "/([^/]*)", FilesHandler)] if files is not None else []),
         *extra_handlers,
         (API + "(?:/.*)?", ApiNotFoundHandler),  # /api/v1 itself too: signed like the rest
     ]
@@ -142,7 +146,10 @@ def make_app(
         log_function=service_metrics.observe_request,
         compress_response=False,  # answers are base64 ciphertext: nothing to gain
         tgc_pool=pool,
-        tgc_processor=processor,
+        tgc_processor=(
+            LinkedMedia(processor, files.urls) if files and processor else processor
+        ),
+        tgc_files=files,
         tgc_joinmap=joinmap,
         tgc_subscriptions=subscriptions,
         tgc_signer=signer,
@@ -335,10 +342,20 @@ class MediaHandler(ApiHandler):
 
     async def on_get(self, *args: str) -> dict[str, Any]:
         self.query()
-        key = args[0]
-        if not _MEDIA_KEY.fullmatch(key):
-            raise InvalidParam("key", "must be 32 lowercase hex characters")
-        return queries.media_state(self.processor, key)
+        return queries.media_state(self.processor, _media_key(args[0]))
+
+    async def on_post(self, *args: str) -> dict[str, Any]:
+        # No parameter but the key: an empty body, or an empty JSON object.
+        self.query()
+        if self.body.strip():
+            self.json_body()
+        return queries.queue_media(self.processor, _media_key(args[0]))
+
+
+def _media_key(key: str) -> str:
+    if not _MEDIA_KEY.fullmatch(key):
+        raise InvalidParam("key", "must be 32 lowercase hex characters")
+    return key
 
 
 class AccountsHandler(ApiHandler):

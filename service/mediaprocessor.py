@@ -28,7 +28,9 @@ Flow control:
   each asking Telegram;
 - `auto_download=False` describes files without queueing them: `submit` answers what the
   table knows of a key, or a record with state None (nothing will download it, so not
-  "pending"); items queued before still finish;
+  "pending"); items queued before still finish; the table remembers what each file
+  needs (`seen`), so `queue_now(key)` (POST /api/v1/media/KEY) can download it later, and
+  also tries a failed item again;
 - files larger than `max_file_bytes` are not downloaded: `submit` records them `failed`
   with the reason (the limit may be raised and the file brought again);
 - store-once across processes: before a download the storage is asked whether it holds
@@ -81,6 +83,9 @@ from service.ports import ClientLookup
 from service.storage import Storage, object_name
 
 log = logging.getLogger(__name__)
+
+# Keys `_remember` keeps in memory so as not to rewrite their row at every answer.
+_REMEMBERED_MAX = 65536
 
 
 class MediaProcessor:
@@ -149,6 +154,7 @@ class MediaProcessor:
         self._auto_download = auto_download
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._remembered: set[str] = set()  # keys `_remember` wrote in this process
 
     @property
     def downloaded_bytes(self) -> int:
@@ -238,7 +244,37 @@ class MediaProcessor:
             # Stored, or unfinished while stopped: `start()` picks the latter up.
             return public_record(row)
         if not self._auto_download:
+            self._remember(media)
             return public_record(row) if row is not None else not_queued(media)
+        return self._queue(media)
+
+    def queue_now(self, key: str) -> dict[str, Any] | None:
+        """POST /api/v1/media/KEY: queues that file now, whatever `auto_download` says; a
+        failed one is tried again. Returns the record (a stored or queued one as it is);
+        None for a key no answer of this server described."""
+        if self._closed:
+            raise ShuttingDown("the media processor is stopping")
+        work = self._work
+        if key in work.items:
+            return work.record(key)
+        row = self._db.get(key)
+        if row is not None and row["state"] != State.FAILED:
+            return public_record(row)
+        # The newest Media an answer carried (auto_download=false), else the failed row's.
+        media = self._db.seen(key)
+        if media is None and row is not None:
+            try:
+                media = Media.from_json(row["media"])
+            except (ValueError, TypeError, KeyError) as e:
+                log.warning("media %s: unreadable record, not queued: %s", key, e)
+                return public_record(row)
+        if media is None:
+            return None
+        return self._queue(media)
+
+    def _queue(self, media: Media) -> dict[str, Any]:
+        """A new (or failed) key into the table and the download queue; its record."""
+        work = self._work
         item = Item(media=media, part_size=self._part_size)
         self._db.insert_pending(item)
         too_big = self._too_big(media)
@@ -251,6 +287,17 @@ class MediaProcessor:
             work.queue_download(item)
         log.debug("media %s queued (%s, %d bytes)", media.key, media.type, media.size)
         return work.record(item.key)
+
+    def _remember(self, media: Media) -> None:
+        """Keeps what POST /api/v1/media/KEY needs to download `media` later: written
+        once per key and process (the table keeps it across restarts; a later download
+        finds a newer reference through the message if this one expired)."""
+        if media.key in self._remembered:
+            return
+        if len(self._remembered) >= _REMEMBERED_MAX:
+            self._remembered.clear()  # a bound; at worst a key is written once more
+        self._db.remember(media)
+        self._remembered.add(media.key)
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The record of GET /api/v1/media/KEY: key, type, state, size, mime_type,

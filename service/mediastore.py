@@ -96,6 +96,16 @@ MIGRATIONS = (
     CREATE INDEX media_unnotified ON media (updated_at)
         WHERE state = 'stored' AND notified = 0
     """,
+    # Files an answer described while media.auto_download=false queued nothing: what
+    # POST /api/v1/media/KEY needs to download one later (its newest Media: reference,
+    # account, message). A key already in `media` needs no row here.
+    """
+    CREATE TABLE seen (
+        key TEXT PRIMARY KEY,
+        media TEXT NOT NULL,                   -- Media.to_json()
+        seen_at REAL NOT NULL
+    )
+    """,
 )
 
 
@@ -178,6 +188,27 @@ class MediaTable:
                 "UPDATE media SET state = 'failed', error = ?, updated_at = ? WHERE key = ?",
                 (error, self._clock(), key),
             )
+
+    def remember(self, media: Media) -> None:
+        """A file an answer described without queueing it (the newest Media wins)."""
+        with write(self._conn) as c:
+            c.execute(
+                "INSERT INTO seen (key, media, seen_at) VALUES (?, ?, ?) ON CONFLICT (key)"
+                " DO UPDATE SET media = excluded.media, seen_at = excluded.seen_at",
+                (media.key, media.to_json(), self._clock()),
+            )
+
+    def seen(self, key: str) -> Media | None:
+        """The Media `remember` kept for `key`; None for a key no answer described (or a
+        record this code can't read)."""
+        row = self._conn.execute("SELECT media FROM seen WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return Media.from_json(row["media"])
+        except (ValueError, TypeError, KeyError) as e:
+            log.warning("media %s: unreadable seen record: %s", key, e)
+            return None
 
     def mark_notified(self, key: str) -> None:
         with write(self._conn) as c:

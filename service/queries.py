@@ -46,6 +46,8 @@ class MediaQueue(Protocol):
 
     def get(self, key: str) -> dict[str, Any] | None: ...
 
+    def queue_now(self, key: str) -> dict[str, Any] | None: ...
+
 
 async def peer_info(pool: Pool, queue: MediaQueue | None, ref: PeerRef) -> dict[str, Any]:
     """GET /api/v1/peer: the peer dict (with its full info and its photo's descriptor)."""
@@ -258,6 +260,14 @@ def media_state(queue: MediaQueue | None, key: str) -> dict[str, Any]:
     return {"key": key, **record}
 
 
+def queue_media(queue: MediaQueue | None, key: str) -> dict[str, Any]:
+    """POST /api/v1/media/KEY: that file queued now (a failed one again); its record."""
+    record = None if queue is None else queue.queue_now(key)
+    if record is None:
+        raise NotFound(f"no answer carried media with key {key}")
+    return {"key": key, **record}
+
+
 def accounts(pool: Pool) -> dict[str, Any]:
     """GET /api/v1/accounts."""
     return {"accounts": pool.accounts()}
@@ -296,3 +306,5 @@ def _apply_record(descriptor: dict[str, Any], records: dict[str, dict[str, Any]]
         return
     descriptor["state"] = record.get("state", descriptor["state"])
     descriptor["url"] = record.get("url")
+    # A link when stored and served through the API (service/files.py), else null.
+    descriptor["content_url"] = record.get("content_url")

@@ -35,6 +35,7 @@ SECRETS = {
 INT_RANGES = [
     ("server.port", 0, 65535),
     ("api.signature_window", 10, 3600),
+    ("api.content_url_ttl", 10, 7 * 86400),
     ("telegram.flood_sleep_threshold", 0, 300),
     ("telegram.join_limit", 1, 1000),
     ("telegram.resolve_per_day", 1, 100_000),
@@ -75,6 +76,7 @@ def test_shipped_config_needs_only_the_secrets() -> None:
     assert s.source == DEFAULT_CONFIG
     assert (s.server.host, s.server.port) == ("127.0.0.1", 8080)
     assert s.api.cipher == "aes-256-gcm" and s.api.signature_window == 300
+    assert s.api.content_url_ttl == 3600
     assert s.telegram.sessions_dir == DEFAULT_CONFIG.parent / "sessions"
     assert s.telegram.proxy is None and s.telegram.join_limit == 500
     assert s.data.dir == DEFAULT_CONFIG.parent / "data"

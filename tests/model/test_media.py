@@ -150,8 +150,9 @@ def test_descriptor_has_contract_fields() -> None:
     desc = media.descriptor()
     assert set(desc) == {
         "key", "type", "mime_type", "size", "file_name", "width", "height", "duration", "state", "url",
+        "content_url",
     }  # fmt: skip
-    assert desc["state"] == "pending" and desc["url"] is None
+    assert desc["state"] == "pending" and desc["url"] is None and desc["content_url"] is None
     assert media.descriptor("stored", "http://x/y")["url"] == "http://x/y"
     orjson.dumps(desc)
 

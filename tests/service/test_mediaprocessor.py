@@ -161,6 +161,49 @@ async def test_without_auto_download_files_are_described_not_queued(rig: Rig) ->
     assert rig.clients["acc1"].pending_downloads == 0
 
 
+async def test_queue_now_downloads_what_an_answer_described_and_retries_a_failed_one(
+    rig: Rig,
+) -> None:
+    stored, failed, new = make_media(207, 1000), make_media(208, 1000), make_media(209, 2000)
+    rig.downloads.faults[failed.key] = [ZeroDivisionError("oops")]
+    p = rig.processor()
+    await p.start()
+    p.submit(stored)
+    p.submit(failed)
+    await wait_for(lambda: p.get(stored.key)["state"] == "stored")  # type: ignore[index]
+    await wait_for(lambda: p.get(failed.key)["state"] == "failed")  # type: ignore[index]
+    await p.stop()
+
+    p2 = rig.processor(auto_download=False)
+    await p2.start()
+    assert p2.queue_now(new.key) is None  # no answer described it yet: POST is 404
+    assert p2.submit(new)["state"] is None  # described, not queued ...
+    await p2.stop()
+    p3 = rig.processor(auto_download=False)  # ... and remembered across a restart
+    await p3.start()
+    calls = len(rig.downloads.calls)
+    assert p3.queue_now(new.key)["state"] == "pending"  # type: ignore[index]
+    assert p3.queue_now(failed.key)["state"] == "pending"  # type: ignore[index]
+    assert p3.queue_now(stored.key) == p3.get(stored.key)  # stored: nothing to do
+    for m in (new, failed):
+        await wait_for(lambda m=m: p3.get(m.key)["state"] == "stored")  # type: ignore[index,misc]
+    assert sorted(c[0] for c in rig.downloads.calls[calls:]) == sorted([new.key, failed.key])
+    assert content(new) == (rig.local / new.key[:2] / f"{new.key}.pdf").read_bytes()
+    assert p3.queue_now(new.key)["state"] == "stored"  # type: ignore[index]
+    assert len(rig.downloads.calls) == calls + 2  # a stored one is not downloaded again
+
+
+async def test_queue_now_over_max_file_bytes_is_failed_with_the_reason(rig: Rig) -> None:
+    p = rig.processor(auto_download=False, max_file_bytes=1000)
+    await p.start()
+    big = make_media(210, 5000)
+    p.submit(big)
+    record = p.queue_now(big.key)
+    assert record is not None and record["state"] == "failed"
+    assert "over media.max_file_bytes" in record["error"]
+    assert rig.downloads.calls == []
+
+
 @pytest.mark.parametrize("kind", ["http", "shared folder"])
 async def test_a_file_another_process_stored_is_not_downloaded_again(
     rig: Rig, nginx_dav: Nginx, tmp_path: Path, kind: str

@@ -29,6 +29,7 @@ from service.basehandler import (
     ids_param,
 )
 from service.cryptor import Cipher, Signer
+from service.files import ContentUrls, FileServing
 from service.handler import make_app
 from service.parser import MESSAGE_FIELDS, PEER_FIELDS
 
@@ -51,6 +52,7 @@ def served_routes() -> dict[str, type[tornado.web.RequestHandler]]:
         signer=Signer("t"),
         cipher=Cipher.create("aes-256-gcm", "00" * 32),
         metrics=CollectorRegistry(),
+        files=FileServing(ContentUrls("t", 60), Path(".")),
     )
     out: dict[str, type[tornado.web.RequestHandler]] = {}
     for rule in app.wildcard_router.rules:

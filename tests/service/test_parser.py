@@ -37,6 +37,7 @@ CONTRACT_MESSAGE = {
 }  # fmt: skip
 CONTRACT_DESCRIPTOR = {
     "key", "type", "mime_type", "size", "file_name", "width", "height", "duration", "state", "url",
+    "content_url",
 }  # fmt: skip
 CONTRACT_PEER = {
     "id", "type", "title", "first_name", "last_name", "username", "about",
