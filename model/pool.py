@@ -188,9 +188,15 @@ class TeleClients:
     # --- running calls ---
 
     async def run(
-        self, op: Callable[[TeleClient], Awaitable[T]], peer: PeerRef | None = None
+        self,
+        op: Callable[[TeleClient], Awaitable[T]],
+        peer: PeerRef | None = None,
+        *,
+        prefer: str | None = None,
     ) -> tuple[T, TeleClient]:
-        """Runs `op(account)` on the best account for `peer`; returns (result, account)."""
+        """Runs `op(account)` on the best account for `peer`; returns (result, account).
+        `prefer` names the account to ask first when it can take the call now and knows the
+        peer (the gap poll's lane: each account polls its own chats at its own pace)."""
         if peer is not None and (gone := self._unknown.answer(peer, self._known)) is not None:
             raise gone
         tried: set[str] = set()
@@ -198,7 +204,7 @@ class TeleClients:
         private: PeerPrivate | None = None
         transient: TransientTelegramError | None = None
         while True:
-            account = self._pick(peer, tried, only_knowers)
+            account = self._preferred(prefer, peer, tried) or self._pick(peer, tried, only_knowers)
             if account is None:
                 # A transient failure first: asked again, the call may well succeed, where
                 # a PeerPrivate or a flood wait would send the crawler away for longer.
@@ -232,6 +238,16 @@ class TeleClients:
 
     def _known(self, peer: PeerRef) -> bool:
         return any(c.knows(peer) for c in self._clients.values())
+
+    def _preferred(
+        self, prefer: str | None, peer: PeerRef | None, tried: set[str]
+    ) -> TeleClient | None:
+        account = self._clients.get(prefer) if prefer is not None else None
+        if account is None or account.name in tried or account.ready_in(None) != 0:
+            return None
+        if peer is not None and (peer.username or peer.id) and not account.knows(peer):
+            return None  # asking it would cost a resolution, or it can't find an id at all
+        return self._picked(account)
 
     def _pick(self, peer: PeerRef | None, tried: set[str], only_knowers: bool) -> TeleClient | None:
         """The least busy ready account (ties: the least recently picked), among the ones

@@ -227,6 +227,24 @@ async def test_when_the_remembered_knowers_wait_another_knower_serves_without_re
     assert world.count("ResolveUsername") == resolutions
 
 
+async def test_the_preferred_account_takes_the_call_when_it_can_and_knows_the_peer(
+    world: FakeTelegram, make_pool: Callable[..., Any]
+) -> None:
+    pool = await make_pool(A, B, C)
+    for name in ("acc101", "acc102"):
+        await pool.get(name).get_entity(parse_peer("@news"))
+    resolutions = world.count("ResolveUsername")
+    for _ in range(3):
+        _, account = await pool.run(history("@news"), parse_peer("@news"), prefer="acc102")
+        assert account.name == "acc102"
+    # A peer it does not know: the usual pick (it would resolve it as any other would).
+    await pool.run(history("@talk"), parse_peer("@talk"), prefer="acc103")
+    assert world.count("ResolveUsername") == resolutions + 1
+    world.flood[B, "GetHistory"] = 60  # in a flood wait: a knower that can serve is asked
+    _, account = await pool.run(history("@news"), parse_peer("@news"), prefer="acc102")
+    assert account.name == "acc101"
+
+
 # --- flood waits ---
 
 
