@@ -170,11 +170,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def spawn_server(config: Path, root: str) -> subprocess.Popen[bytes]:
-    """`start.py serve` of the checkout at `root` on `config`, its stderr beside it."""
+def spawn_server(config: Path, root: str, profile: Path | None) -> subprocess.Popen[bytes]:
+    """`start.py serve` of the checkout at `root` on `config`, its stderr beside it; under
+    cProfile (its whole life, the start included) into `profile` if given."""
+    profiler = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
+    serve = ["start.py", "serve", "--no-console", "--config", str(config)]
     with (config.parent / "stderr.txt").open("wb") as stderr:
         return subprocess.Popen(
-            [sys.executable, "start.py", "serve", "--no-console", "--config", str(config)],
+            [sys.executable, *profiler, *serve],
             cwd=Path(root).resolve(),
             env=SUBPROCESS_ENV,
             stdout=subprocess.DEVNULL,
@@ -192,7 +195,8 @@ async def measure(
         shutil.copy(path, run / "sessions" / path.name)
     config = write_config(run, {"telegram.timeout": "30", "log.level": "WARNING"})
     t0 = time.monotonic()
-    proc = spawn_server(config, args.server_root)
+    profile = Path(args.profile).with_suffix(f".{n}.prof") if args.profile else None
+    proc = spawn_server(config, args.server_root, profile)
     try:
         url_file = load_settings(config, env={}).run_dir / "tgc.url"
         while not url_file.exists():
@@ -334,6 +338,7 @@ def main() -> None:
     parser.add_argument("--poll-pace", type=float, default=0.005, help="seconds between polls")
     parser.add_argument("--server-root", default=str(ROOT), help="checkout whose start.py runs")
     parser.add_argument("--skip-servers", action="store_true", help="the poll round only")
+    parser.add_argument("--profile", help="cProfile each server into PATH.<accounts>.prof")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     print(f"load average at start: {load()} (2 CPUs, shared machine)")
