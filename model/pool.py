@@ -100,10 +100,10 @@ class TeleClients:
         self._clients: dict[str, TeleClient] = {c.name: c for c in clients}
         # Rows written before labels existed name the account by its stem: still found.
         self._by_session: dict[str, TeleClient] = {c.session_name: c for c in clients}
+        # Each account's latest pick, kept in the order of the picks (the least recently
+        # picked first): a walk in this order can stop at the first idle ready account,
+        # which is the one `min` over all of them would choose (see `_picked`).
         self._last_pick: dict[str, int] = dict.fromkeys(self._clients, 0)
-        # The accounts, the least recently picked first: a walk in this order can stop at the
-        # first idle ready account, which is the one `min` over all of them would choose.
-        self._pick_order: OrderedDict[str, TeleClient] = OrderedDict(self._clients)
         self._seq = 0
         self._callbacks: list[UpdateCallback] = []
         self._unknown = UnknownUsernames(clock, unknown_username_ttl, unknown_usernames_max)
@@ -255,17 +255,21 @@ class TeleClients:
         if peer is not None and (peer.username or peer.id):
             best = self._least_busy(self._ready_knowers(self._knowers.get(peer), peer, tried))
             if best is None:
-                knowers = [c for c in self._pick_order.values() if c.knows(peer)]
+                knowers = [c for c in self._in_pick_order() if c.knows(peer)]
                 self._knowers.put(peer, [c.name for c in knowers])
                 best = self._least_busy(self._ready_knowers(knowers, peer, tried))
             if best is not None or only_knowers:
                 return self._picked(best)
         elif only_knowers:
             return None
-        ready = (
-            c for c in self._pick_order.values() if c.name not in tried and c.ready_in(peer) == 0
-        )
+        ready = (c for c in self._in_pick_order() if c.name not in tried and c.ready_in(peer) == 0)
         return self._picked(self._least_busy(ready))
+
+    def _in_pick_order(self) -> Iterator[TeleClient]:
+        """The accounts, the least recently picked first."""
+        for name in self._last_pick:
+            if (account := self._clients.get(name)) is not None:
+                yield account
 
     def _ready_knowers(
         self, knowers: Iterable[TeleClient | str], peer: PeerRef, tried: set[str]
@@ -300,8 +304,8 @@ class TeleClients:
         # first idle ready account, which is usually the first it looks at.
         if account is not None:
             self._seq += 1
-            self._last_pick[account.name] = self._seq
-            self._pick_order.move_to_end(account.name)
+            self._last_pick.pop(account.name, None)
+            self._last_pick[account.name] = self._seq  # re-inserted: last in the order
         return account
 
     def _nobody(self, peer: PeerRef | None, tried: set[str]) -> Exception:
