@@ -102,10 +102,11 @@ def start_emulator(folder: Path, accounts: int) -> tuple[subprocess.Popen[bytes]
     return proc, info
 
 
-def make_sessions(folder: Path, port: int, accounts: int) -> list[Path]:
+def make_sessions(folder: Path, port: int, accounts: int, opened: bool) -> list[Path]:
     """One session file per extra account, registered with the emulator's keys file, and
-    opened once by the server's session class (as a server that ran before left it: in
-    WAL mode, converted once, ~3 ms each; a restart is what is measured, not an upgrade)."""
+    if `opened`, opened once by this checkout's session class (as a server that ran before
+    left it: in WAL mode, converted once, ~3 ms each; a restart is what is measured, not
+    an upgrade). Not for another --server-root: its own class is what it would find."""
     from model.session import EntitySession
     from tests.fakedc.session import make_session
 
@@ -115,7 +116,7 @@ def make_sessions(folder: Path, port: int, accounts: int) -> list[Path]:
                      keys_file=keys)
         for i in range(accounts)
     ]  # fmt: skip
-    for path in paths:
+    for path in paths if opened else ():
         EntitySession(str(path)).close()
     return paths
 
@@ -379,7 +380,8 @@ async def servers(
 ) -> dict[int, dict[str, float]]:
     emulator, info = start_emulator(folder, max(sizes))
     try:
-        sessions = make_sessions(folder, info["dcs"]["1"], max(sizes))
+        opened = Path(args.server_root).resolve() == ROOT
+        sessions = make_sessions(folder, info["dcs"]["1"], max(sizes), opened)
         rows: dict[int, dict[str, float]] = {}
         for n in sizes:
             rows[n] = await measure(folder, sessions, n, args)
