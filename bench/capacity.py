@@ -354,6 +354,7 @@ def main() -> None:
     parser.add_argument("--profile", help="cProfile each server into PATH.<accounts>.prof")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
+    args.own_server = Path(args.server_root).resolve() == ROOT
     print(f"load average at start: {load()} (2 CPUs, shared machine)")
     folder = Path(tempfile.mkdtemp(prefix="tgc-capacity-"))
     try:
@@ -380,8 +381,7 @@ async def servers(
 ) -> dict[int, dict[str, float]]:
     emulator, info = start_emulator(folder, max(sizes))
     try:
-        opened = Path(args.server_root).resolve() == ROOT
-        sessions = make_sessions(folder, info["dcs"]["1"], max(sizes), opened)
+        sessions = make_sessions(folder, info["dcs"]["1"], max(sizes), args.own_server)
         rows: dict[int, dict[str, float]] = {}
         for n in sizes:
             rows[n] = await measure(folder, sessions, n, args)
