@@ -278,7 +278,7 @@ class TeleClients:
         a call now, the least recently picked first."""
         accounts = (self._clients.get(k) if isinstance(k, str) else k for k in knowers)
         found = [c for c in accounts if c is not None and c.name not in tried]
-        for c in sorted(found, key=lambda c: self._last_pick[c.name]):
+        for c in sorted(found, key=lambda c: self._last_pick.get(c.name, 0)):
             # ready_in(None): a knower's readiness (ready_in(peer) would ask knows() again).
             if c.ready_in(None) == 0 and c.knows(peer):
                 yield c
