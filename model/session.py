@@ -90,12 +90,13 @@ class EntitySession(SQLiteSession):  # type: ignore[misc]
 
     def __init__(self, session_id: str | None = None, *, remember: int = 100_000) -> None:
         super().__init__(session_id)
-        if session_id is not None and session_id != ":memory:":
-            _write_ahead(self)
         self._remember = remember
         self._written: dict[tuple[type, int], tuple[Any, ...]] = {}
         self.skipped = 0  # entities not rewritten (for tests and curiosity)
         self._state_written: UpdateState | None = None
+
+        if session_id is not None and session_id != ":memory:":
+            _write_ahead(self)
 
     def set_update_state(self, entity_id: int, state: Any) -> None:
         """Telethon's own writes of its update state: ignored (see the module docstring)."""
