@@ -14,7 +14,7 @@ from telethon.sessions import SQLiteSession
 
 from common.errors import ConfigError
 from model.session import EntitySession, SessionLock
-from model.telethon_internals import UpdateState, session_execute
+from model.telethon_internals import UpdateState
 
 
 def user(
@@ -101,6 +101,8 @@ def test_save_entities_off_writes_nothing(tmp_path: Path) -> None:
 def test_a_commit_does_not_wait_for_the_disk_and_telethon_still_reads_the_file(
     tmp_path: Path,
 ) -> None:
+    from model.telethon_internals import session_execute
+
     path = tmp_path / "acc.session"
     stock = SQLiteSession(str(path))  # a file as `start.py login` or Telethon wrote it
     stock.set_dc(2, "127.0.0.1", 443)
