@@ -365,7 +365,7 @@ def main() -> None:
         ten, polls10 = asyncio.run(poll_round(folder, 10, args.poll_chats, args.poll_pace))
         scale = 0.2 / args.poll_pace
         print(f"\ngap poll round over {args.poll_chats} chats, pace {args.poll_pace} s per "
-              f"account (stand-in Telegram):")  # fmt: skip
+              f"account (stand-in Telegram; this checkout's poller, whatever --server-root):")  # fmt: skip
         print(f"  1 account:   {one:7.2f} s ({polls1} polls); at 0.2 s: ~{one * scale:.0f} s")
         print(f"  10 accounts: {ten:7.2f} s ({polls10} polls); at 0.2 s: ~{ten * scale:.0f} s")
         ratio = ten / one
