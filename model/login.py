@@ -30,6 +30,10 @@ LOGIN_FLOOD_SLEEP = 60
 LOGIN_RETRIES = 5
 
 
+# What SQLite keeps beside a session file while it is open (model/session.py: WAL).
+_BESIDE = ("-journal", "-wal", "-shm")
+
+
 class SignIn(StrEnum):
     """What Telegram answered a code."""
 
@@ -162,6 +166,6 @@ class _LoginFile:
         self._lock.release()
         if keep or self.existed:
             return
-        for leftover in (self.path, self.path.with_name(self.path.name + "-journal")):
+        for leftover in (self.path, *(self.path.with_name(self.path.name + s) for s in _BESIDE)):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()

@@ -59,6 +59,16 @@ UpdateCallback = Callable[[TeleClient, Any], Awaitable[None]]
 UNKNOWN_USERNAME_TTL = 300.0
 UNKNOWN_USERNAMES_MAX = 10_000
 
+# Which accounts know a peer, remembered so that a call need not ask every account's entity
+# cache (one SQLite lookup each: with 1,000 accounts that walk was 16 ms of CPU per call,
+# issue 13). A remembered list is a fast path only: it is written by a walk over every
+# account, grows when another account serves the peer, and is walked again when none of
+# the accounts in it can take the call or after KNOWERS_TTL seconds (an account may have
+# met the peer in an update since, and should share its load). KNOWERS_MAX peers at most,
+# the least recently asked forgotten first.
+KNOWERS_TTL = 60.0
+KNOWERS_MAX = 10_000
+
 
 def account_from(
     session_path: Path, own: AccountSettings, api_id: int, api_hash: str, **options: Any
@@ -90,6 +100,8 @@ class TeleClients:
         *,
         unknown_username_ttl: float = UNKNOWN_USERNAME_TTL,
         unknown_usernames_max: int = UNKNOWN_USERNAMES_MAX,
+        knowers_ttl: float = KNOWERS_TTL,
+        knowers_max: int = KNOWERS_MAX,
     ) -> None:
         clients = list(clients)
         labels = account_labels(c.session_name for c in clients)
@@ -98,6 +110,9 @@ class TeleClients:
         self._clients: dict[str, TeleClient] = {c.name: c for c in clients}
         # Rows written before labels existed name the account by its stem: still found.
         self._by_session: dict[str, TeleClient] = {c.session_name: c for c in clients}
+        # Each account's latest pick, kept in the order of the picks (the least recently
+        # picked first): a walk in this order can stop at the first idle ready account,
+        # which is the one `min` over all of them would choose (see `_picked`).
         self._last_pick: dict[str, int] = dict.fromkeys(self._clients, 0)
         self._seq = 0
         self._callbacks: list[UpdateCallback] = []
@@ -106,6 +121,7 @@ class TeleClients:
         # finds them (the downloads bound to them end on them; service/fleet.py).
         self._leaving: dict[str, TeleClient] = {}
         self._unknown = UnknownUsernames(clock, unknown_username_ttl, unknown_usernames_max)
+        self._knowers = Knowers(clock, knowers_ttl, knowers_max)
 
     @classmethod
     def from_sessions_dir(
@@ -246,9 +262,15 @@ class TeleClients:
     # --- running calls ---
 
     async def run(
-        self, op: Callable[[TeleClient], Awaitable[T]], peer: PeerRef | None = None
+        self,
+        op: Callable[[TeleClient], Awaitable[T]],
+        peer: PeerRef | None = None,
+        *,
+        prefer: str | None = None,
     ) -> tuple[T, TeleClient]:
-        """Runs `op(account)` on the best account for `peer`; returns (result, account)."""
+        """Runs `op(account)` on the best account for `peer`; returns (result, account).
+        `prefer` names the account to ask first when it can take the call now and knows the
+        peer (the gap poll's lane: each account polls its own chats at its own pace)."""
         if peer is not None and (gone := self._unknown.answer(peer, self._known)) is not None:
             raise gone
         tried: set[str] = set()
@@ -260,7 +282,7 @@ class TeleClients:
         private: PeerPrivate | None = None
         transient: TransientTelegramError | None = None
         while True:
-            account = self._pick(peer, tried, only_knowers)
+            account = self._preferred(prefer, peer, tried) or self._pick(peer, tried, only_knowers)
             if account is None:
                 # A transient failure first: asked again, the call may well succeed, where
                 # a PeerPrivate or a flood wait would send the crawler away for longer.
@@ -276,7 +298,10 @@ class TeleClients:
                 raise nobody
             tried.add(account.name)
             try:
-                return await op(account), account
+                result = await op(account)
+                if peer is not None:
+                    self._knowers.served(peer, account.name)
+                return result, account
             except UnknownUsername as e:
                 self._unknown.remember(e.username, e.message)
                 raise
@@ -312,25 +337,74 @@ class TeleClients:
     def _known(self, peer: PeerRef) -> bool:
         return any(c.knows(peer) for c in self._clients.values())
 
-    def _pick(self, peer: PeerRef | None, tried: set[str], only_knowers: bool) -> TeleClient | None:
-        ready = [c for c in self._clients.values() if c.name not in tried and c.ready_in(peer) == 0]
-        if peer is not None and (peer.username or peer.id):
-            knowers = [c for c in ready if c.knows(peer)]
-            if knowers or only_knowers:
-                ready = knowers
-        elif only_knowers:
-            ready = []
-        if not ready:
+    def _preferred(
+        self, prefer: str | None, peer: PeerRef | None, tried: set[str]
+    ) -> TeleClient | None:
+        account = self._clients.get(prefer) if prefer is not None else None
+        if account is None or account.name in tried or account.ready_in(None) != 0:
             return None
+        if peer is not None and (peer.username or peer.id) and not account.knows(peer):
+            return None  # asking it would cost a resolution, or it can't find an id at all
+        return self._picked(account)
+
+    def _pick(self, peer: PeerRef | None, tried: set[str], only_knowers: bool) -> TeleClient | None:
+        """The least busy ready account (ties: the least recently picked), among the ones
+        that know `peer` when any of them is ready (or `only_knowers`)."""
+        if peer is not None and (peer.username or peer.id):
+            best = self._least_busy(self._ready_knowers(self._knowers.get(peer), peer, tried))
+            if best is None:
+                knowers = [c for c in self._in_pick_order() if c.knows(peer)]
+                self._knowers.put(peer, [c.name for c in knowers])
+                best = self._least_busy(self._ready_knowers(knowers, peer, tried))
+            if best is not None or only_knowers:
+                return self._picked(best)
+        elif only_knowers:
+            return None
+        ready = (c for c in self._in_pick_order() if c.name not in tried and c.ready_in(peer) == 0)
+        return self._picked(self._least_busy(ready))
+
+    def _in_pick_order(self) -> Iterator[TeleClient]:
+        """The accounts, the least recently picked first."""
+        for name in self._last_pick:
+            if (account := self._clients.get(name)) is not None:
+                yield account
+
+    def _ready_knowers(
+        self, knowers: Iterable[TeleClient | str], peer: PeerRef, tried: set[str]
+    ) -> Iterator[TeleClient]:
+        """Those of `knowers` (accounts or their names) that still know `peer` and can take
+        a call now, the least recently picked first."""
+        accounts = (self._clients.get(k) if isinstance(k, str) else k for k in knowers)
+        found = [c for c in accounts if c is not None and c.name not in tried]
+        for c in sorted(found, key=lambda c: self._last_pick.get(c.name, 0)):
+            # ready_in(None): a knower's readiness (ready_in(peer) would ask knows() again).
+            if c.ready_in(None) == 0 and c.knows(peer):
+                yield c
+
+    @staticmethod
+    def _least_busy(candidates: Iterable[TeleClient]) -> TeleClient | None:
+        """The first candidate with the fewest pending downloads (candidates come the least
+        recently picked first, so this is min by (pending, last pick)); an idle one ends the
+        walk at once."""
+        best: TeleClient | None = None
+        for c in candidates:
+            if c.pending_downloads <= 0:
+                return c
+            if best is None or c.pending_downloads < best.pending_downloads:
+                best = c
+        return best
+
+    def _picked(self, account: TeleClient | None) -> TeleClient | None:
         # The owner's note asked for a weighted choice kept in a heap. A heap kept across
         # calls would go stale: the weights (pending downloads) and who is ready (flood
         # waits, the peer's knowers, the accounts already tried) change between calls and
-        # outside the pool. Rebuilt per call, a heap only serves its minimum, which min()
-        # over this short list (one entry per account) finds in the same O(n), always fresh.
-        best = min(ready, key=lambda c: (c.pending_downloads, self._last_pick[c.name]))
-        self._seq += 1
-        self._last_pick[best.name] = self._seq
-        return best
+        # outside the pool. The walk in pick order finds the same minimum and stops at the
+        # first idle ready account, which is usually the first it looks at.
+        if account is not None:
+            self._seq += 1
+            self._last_pick.pop(account.name, None)
+            self._last_pick[account.name] = self._seq  # re-inserted: last in the order
+        return account
 
     def _nobody(self, peer: PeerRef | None, tried: set[str]) -> Exception:
         """The error when no account can take the call: the soonest any becomes ready."""
@@ -405,3 +479,50 @@ class UnknownUsernames:
             del self._entries[key]
             return None
         return PeerNotFound(str(peer), message)
+
+
+class Knowers:
+    """Which accounts know a peer (see KNOWERS_TTL): a list per peer written by a walk over
+    every account (`put`), kept for `ttl` seconds on `clock`, at most `limit` peers."""
+
+    def __init__(self, clock: Clock, ttl: float, limit: int) -> None:
+        self._clock = clock
+        self._ttl = ttl
+        self._limit = limit
+        # peer key -> (until when on `clock`, the names of the accounts that know it)
+        self._entries: OrderedDict[tuple[str, ...], tuple[float, list[str]]] = OrderedDict()
+
+    @staticmethod
+    def _key(peer: PeerRef) -> tuple[str, ...]:
+        if peer.username is not None:
+            return ("@", peer.username.lower())
+        return ("#", *map(str, peer.marked_ids()))
+
+    def get(self, peer: PeerRef) -> list[str]:
+        """The accounts last found to know `peer` ([] when none was, or it expired)."""
+        key = self._key(peer)
+        entry = self._entries.get(key)
+        if entry is None:
+            return []
+        if entry[0] <= self._clock():
+            del self._entries[key]
+            return []
+        self._entries.move_to_end(key)
+        return entry[1]
+
+    def put(self, peer: PeerRef, names: list[str]) -> None:
+        """What a walk over every account found (nothing is kept of a peer nobody knows:
+        the next call walks again, and may find the account resolving it)."""
+        key = self._key(peer)
+        self._entries.pop(key, None)
+        if names:
+            self._entries[key] = (self._clock() + self._ttl, names)
+            while len(self._entries) > self._limit:
+                self._entries.popitem(last=False)
+
+    def served(self, peer: PeerRef, name: str) -> None:
+        """`name` served a call about `peer`: it knows it now (a remembered list only grows
+        here; a peer not remembered waits for the next walk, which finds every knower)."""
+        entry = self._entries.get(self._key(peer))
+        if entry is not None and name not in entry[1]:
+            entry[1].append(name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import stat
 import sys
@@ -73,12 +74,13 @@ async def test_serve_creates_private_files_and_names_the_open_ones(
         )
         assert proc.returncode is None, await proc.communicate()
         # While it runs: the locks it made beside the sessions are private too (SQLite
-        # gives a journal its database's mode: an open session's journal is as open).
+        # gives a journal, a WAL and its -shm their database's mode: as open as it is).
         now = modes(tmp_path / "sessions")
         made = {p: m for p, m in now.items() if p not in given}
         assert any(p.name.endswith(".lock") for p in made), made
         for path, bits in made.items():
-            database = path.with_name(path.name.removesuffix("-journal"))
+            stem = re.sub(r"-(journal|wal|shm)$", "", path.name)
+            database = path.with_name(stem)
             assert bits == given.get(database, 0o600), (path, f"{bits:04o}")
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0

@@ -3,6 +3,14 @@
     poll loop (every poll_interval, after an account reconnects, on a gap, after a takeover)
         └─ messages.getHistory(min_id=the watermark) ──▶ Intake's publishing, once
 
+A round over every chat (each `interval`) runs in lanes, one per account: each chat is
+polled in the lane of one account in it (the one with the fewest chats so far in the round),
+each lane `pace` s between its chats, the lanes side by side. The pace is what keeps one
+account's getHistory from turning into a burst that earns it a flood wait, and flood waits
+are per account: a round over 5,000 chats spread over 10 accounts takes a tenth of the
+time it takes on one. A flood wait ends the lane that met it (the pool moves a call to
+another able account first: it reaches the lane only when every able account waits).
+
 One getHistory when a chat is caught up or fewer than HISTORY_PAGE messages behind (the
 usual case); a longer backlog is walked in windows from the watermark up, at most
 MAX_PAGES_PER_POLL per chat and poll (a long outage drains over several polls).
@@ -24,7 +32,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from common.errors import FloodWait, TgcError
+from common.errors import FloodWait, NoAccountAvailable, TgcError
 from common.utils import PeerRef, is_basic_group
 from model.teleclient import TeleClient
 from service.subscription.intake import Intake
@@ -36,19 +44,28 @@ HISTORY_PAGE = 100  # messages.getHistory's own cap
 MAX_PAGES_PER_POLL = 20  # per chat and poll: a long outage drains over several polls
 
 Sub = dict[str, Any]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class GapPoller:
     """Polls the chats the poll queue names (`Shared.polls`), or every joined chat each
-    `interval` s, `pace` s apart in a round over every chat."""
+    `interval` s, each account's chats `pace` s apart in a round over every chat (`sleep`
+    waits those: injectable for tests)."""
 
     def __init__(
-        self, shared: Shared, intake: Intake, *, interval: float = 60.0, pace: float = 0.2
+        self,
+        shared: Shared,
+        intake: Intake,
+        *,
+        interval: float = 60.0,
+        pace: float = 0.2,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._shared = shared
         self._intake = intake
         self._interval = interval
         self._pace = pace
+        self._sleep = sleep
 
     @property
     def idle(self) -> bool:
@@ -66,25 +83,53 @@ class GapPoller:
             await queue.wait(self._interval)
 
     async def poll_round(self, chats: list[int], pace: float) -> None:
-        """Polls the chats one after the other, `pace` s apart: a round over hundreds of
-        chats must not turn into a burst of getHistory that earns a flood wait. A flood wait
-        ends the round (every able account waits: the rest waits for the next round)."""
+        """Polls the chats in lanes, one per account, each lane `pace` s between its chats
+        (see the module docstring); returns when every lane is done."""
+        lanes = self.lanes(chats)
+        await asyncio.gather(*(self._poll_lane(a, lane, pace) for a, lane in lanes.items()))
+
+    def lanes(self, chats: list[int]) -> dict[str | None, list[int]]:
+        """{account: its chats in this round}: each chat in the lane of a usable account in
+        it, the one with the fewest chats so far; None for the chats with none such (the
+        pool chooses their account)."""
+        lanes: dict[str | None, list[int]] = {}
+        for peer_id in chats:
+            accounts = [a for a in self._shared.joined_accounts(peer_id) if self._usable(a)]
+            account = min(accounts, key=lambda a: len(lanes.get(a, ())), default=None)
+            lanes.setdefault(account, []).append(peer_id)
+        return lanes
+
+    def _usable(self, account: str) -> bool:
+        try:
+            return self._shared.pool.get(account).usable
+        except NoAccountAvailable:
+            return False  # a row of an account no longer in the pool
+
+    async def _poll_lane(self, account: str | None, chats: list[int], pace: float) -> None:
+        """Polls one lane's chats one after the other, `pace` s apart: a burst of getHistory
+        earns the account a flood wait. A flood wait ends the lane (the rest waits for the
+        next round)."""
         for i, peer_id in enumerate(chats):
             if i and pace:
-                await asyncio.sleep(pace)
+                await self._sleep(pace)
             try:
-                await self.poll_chat(peer_id)
+                await self.poll_chat(peer_id, prefer=account)
             except FloodWait as e:
-                log.warning("poll round stopped by a flood wait of %d s", e.retry_after)
+                log.warning(
+                    "poll round of account %s stopped by a flood wait of %d s",
+                    account or "(any)",
+                    e.retry_after,
+                )
                 return
             except TgcError as e:
                 log.info("poll of %s failed: %s", peer_id, e.code)
             except Exception:
                 log.exception("poll of %s failed", peer_id)
 
-    async def poll_chat(self, peer_id: int) -> int:
+    async def poll_chat(self, peer_id: int, *, prefer: str | None = None) -> int:
         """Reads what is newer than the chat's watermark, oldest first, publishes what was
-        not published yet, moves the watermark. Returns how many events it published."""
+        not published yet, moves the watermark. Returns how many events it published.
+        `prefer`: the account to read a channel as when it can (its lane's)."""
         sub = self._shared.joined(peer_id)
         if sub is None:
             return 0
@@ -98,15 +143,16 @@ class GapPoller:
         low = joinmap.last_message_id(peer_id)
         if low == 0:
             # No watermark (joined outside the API?): start at the newest, publish nothing.
-            (_, newest), _ = await self._shared.pool.run(_history(ref, 0, 0, limit=1), ref)
+            history = _history(ref, 0, 0, limit=1)
+            (_, newest), _ = await self._shared.pool.run(history, ref, prefer=prefer)
             if newest:
                 joinmap.set_last_message_id(peer_id, newest[0].id)
             return 0
-        (_, page), tc = await self._shared.pool.run(_history(ref, low, 0), ref)
+        (_, page), tc = await self._shared.pool.run(_history(ref, low, 0), ref, prefer=prefer)
         if len(page) < HISTORY_PAGE:
             count = await self._publish_page(tc, sub, page)  # all there is after `low`
         else:
-            count = await self._walk_backlog(sub, ref, low)
+            count = await self._walk_backlog(sub, ref, low, prefer)
         await self._follow(peer_id, ref)
         return self._found(peer_id, count)
 
@@ -127,17 +173,18 @@ class GapPoller:
             log.info("poll of %s found %d messages the updates missed", peer_id, count)
         return count
 
-    async def _walk_backlog(self, sub: Sub, ref: PeerRef, low: int) -> int:
+    async def _walk_backlog(self, sub: Sub, ref: PeerRef, low: int, prefer: str | None) -> int:
         # Windows (low, low + 101), the oldest messages after the watermark first, so the
         # watermark moves past what was read however long the backlog (the rest next poll).
         peer_id, count, pool = sub["peer"]["id"], 0, self._shared.pool
         for _ in range(MAX_PAGES_PER_POLL):
-            (_, page), tc = await pool.run(_history(ref, low, low + HISTORY_PAGE + 1), ref)
+            window = _history(ref, low, low + HISTORY_PAGE + 1)
+            (_, page), tc = await pool.run(window, ref, prefer=prefer)
             if page:
                 count += await self._publish_page(tc, sub, page)
                 low = max(m.id for m in page)
                 continue
-            (_, newer), _ = await pool.run(_history(ref, low, 0, limit=1), ref)
+            (_, newer), _ = await pool.run(_history(ref, low, 0, limit=1), ref, prefer=prefer)
             if not newer:
                 break  # caught up
             low = min(low + HISTORY_PAGE, newer[0].id - 1)  # a run of deleted ids: skip it

@@ -145,6 +145,106 @@ async def test_a_numeric_id_goes_only_to_accounts_that_know_it(
     assert entity.id == ECHO and account.knows(parse_peer("@echo"))
 
 
+# --- what a pick costs: it must not walk every account ---
+
+
+def count_cache_lookups(pool: TeleClients) -> dict[str, int]:
+    """Counts, per account, how often the pool asks its entity cache (`knows`)."""
+    asked: dict[str, int] = {}
+    for tc in pool:
+        real = tc.knows
+
+        def counting(peer: Any, real: Any = real, name: str = tc.name) -> bool:
+            asked[name] = asked.get(name, 0) + 1
+            return bool(real(peer))
+
+        tc.knows = counting  # type: ignore[method-assign]
+    return asked
+
+
+async def test_a_call_about_a_known_peer_asks_only_the_knowers(
+    world: FakeTelegram, make_pool: Callable[..., Any]
+) -> None:
+    users = [A, B, C, *range(110, 140)]
+    world.chats[NEWS].members.extend(u for u in users if u not in world.chats[NEWS].members)
+    pool = await make_pool(*users)
+    asked = count_cache_lookups(pool)
+    await pool.run(history("@news"), parse_peer("@news"))  # nobody knows it: a walk
+    await pool.run(history("@news"), parse_peer("@news"))  # a walk finds who resolved it
+    assert sum(asked.values()) >= 2 * len(users)
+    asked.clear()
+    served = {(await pool.run(history("@news"), parse_peer("@news")))[1].name for _ in range(20)}
+    assert len(served) == 1 and world.count("ResolveUsername") == 1
+    assert sum(asked.values()) <= 20 * 2  # the knower only, not 33 accounts per call
+    assert set(asked) == served
+
+
+async def test_a_call_about_no_peer_stops_at_the_first_idle_account(
+    make_pool: Callable[..., Any],
+) -> None:
+    pool = await make_pool(A, B, C, *range(110, 140))
+    looked: list[str] = []
+    for tc in pool:
+        real = tc.ready_in
+
+        def spying(peer: Any, real: Any = real, name: str = tc.name) -> float | None:
+            looked.append(name)
+            result: float | None = real(peer)
+            return result
+
+        tc.ready_in = spying  # type: ignore[method-assign]
+    picks = [await who(pool) for _ in range(40)]
+    assert len(looked) == 40  # one look per call: the least recently picked is idle
+    assert sorted(picks[:33]) == sorted(tc.name for tc in pool)  # and they take turns
+
+
+async def test_a_knower_met_later_shares_the_peer_once_the_memory_expires(
+    world: FakeTelegram, make_pool: Callable[..., Any], clock: FakeClock
+) -> None:
+    pool = await make_pool(A, B)
+    first = await who(pool, "@news")  # resolves it
+    assert await who(pool, "@news") == first  # a walk: the one knower is remembered
+    other = next(tc for tc in pool if tc.name != first)
+    await other.get_entity(parse_peer("@news"))  # met outside the pool (an update, a join)
+    assert {await who(pool, "@news") for _ in range(4)} == {first}  # remembered: one knower
+    clock.advance(61)
+    assert {await who(pool, "@news") for _ in range(4)} == {first, other.name}
+    assert world.count("ResolveUsername") == 2
+
+
+async def test_when_the_remembered_knowers_wait_another_knower_serves_without_resolving(
+    world: FakeTelegram, make_pool: Callable[..., Any]
+) -> None:
+    pool = await make_pool(A, B, C)
+    first = await who(pool, "@news")
+    assert await who(pool, "@news") == first  # remembered as the one knower
+    other = next(tc for tc in pool if tc.name != first)
+    await other.get_entity(parse_peer("@news"))
+    resolutions = world.count("ResolveUsername")
+    world.flood[pool.get(first).client.user_id, "GetHistory"] = 60
+    served = {(await pool.run(history("@news"), parse_peer("@news")))[1].name for _ in range(3)}
+    assert served == {other.name}
+    assert world.count("ResolveUsername") == resolutions
+
+
+async def test_the_preferred_account_takes_the_call_when_it_can_and_knows_the_peer(
+    world: FakeTelegram, make_pool: Callable[..., Any]
+) -> None:
+    pool = await make_pool(A, B, C)
+    for name in ("acc101", "acc102"):
+        await pool.get(name).get_entity(parse_peer("@news"))
+    resolutions = world.count("ResolveUsername")
+    for _ in range(3):
+        _, account = await pool.run(history("@news"), parse_peer("@news"), prefer="acc102")
+        assert account.name == "acc102"
+    # A peer it does not know: the usual pick (it would resolve it as any other would).
+    await pool.run(history("@talk"), parse_peer("@talk"), prefer="acc103")
+    assert world.count("ResolveUsername") == resolutions + 1
+    world.flood[B, "GetHistory"] = 60  # in a flood wait: a knower that can serve is asked
+    _, account = await pool.run(history("@news"), parse_peer("@news"), prefer="acc102")
+    assert account.name == "acc101"
+
+
 # --- flood waits ---
 
 

@@ -108,6 +108,31 @@ def test_save_entities_off_writes_nothing(tmp_path: Path) -> None:
     s.close()
 
 
+def test_a_commit_does_not_wait_for_the_disk_and_telethon_still_reads_the_file(
+    tmp_path: Path,
+) -> None:
+    from model.telethon_internals import session_execute
+
+    path = tmp_path / "acc.session"
+    stock = SQLiteSession(str(path))  # a file as `start.py login` or Telethon wrote it
+    stock.set_dc(2, "127.0.0.1", 443)
+    stock.save()
+    stock.close()
+    session = EntitySession(str(path))
+    assert session_execute(session, "pragma journal_mode")[0] == "wal"
+    assert session_execute(session, "pragma synchronous")[0] == 1  # NORMAL: no fsync a commit
+    session.process_entities([channel(77, username="news")])
+    session.save()
+    reader = SQLiteSession(str(path))  # while ours is open: WAL readers see the commit
+    try:
+        assert reader.get_entity_rows_by_username("news") is not None
+        assert reader.dc_id == 2
+    finally:
+        reader.close()
+    session.close()
+    assert not Path(f"{path}-wal").exists()  # a clean close folds the log back in
+
+
 def test_the_memory_is_bounded(tmp_path: Path) -> None:
     s = EntitySession(str(tmp_path / "acc.session"), remember=10)
     for uid in range(1, 26):

@@ -184,3 +184,19 @@ async def test_follow_tracks_a_joined_channel_from_its_pts(
     other = types.Channel(6, "Talk", types.ChatPhotoEmpty(), WHEN, access_hash=9)
     await feed.follow(other, failing)  # logged: its first update starts it
     assert not feed.follows(6)
+
+
+async def test_an_idle_feed_wakes_only_when_an_update_comes(
+    client: Client, session: EntitySession
+) -> None:
+    feed = UpdateFeed(client, session, save_every=0.01)
+    Consumer(client)
+    logged_in(client)
+    feed.open()
+    feed.start()
+    await wait_for(lambda: saved_pts(session) == 10, what="the first write after the start")
+    await wait_for(lambda: feed.saver_idle, what="the saver asleep: nothing moved since")
+    client.receive(11)
+    await wait_for(lambda: saved_pts(session) == 11, what="the update's state written")
+    await wait_for(lambda: feed.saver_idle, what="asleep again")
+    await feed.stop()

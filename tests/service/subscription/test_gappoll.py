@@ -5,9 +5,13 @@ and the poll loop ends on stop() whatever it was doing."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from common.errors import FloodWait, NoAccountAvailable
 from common.utils import parse_peer
 from model.joinmap import JoinMap
 from model.pool import TeleClients
@@ -86,11 +90,142 @@ async def test_a_caught_up_poll_costs_one_request(flow: Flow) -> None:
     assert flow.rpc.count("messages.getHistory") == 1
 
 
-async def test_a_flood_wait_ends_the_poll_round(flow: Flow) -> None:
+async def test_a_flood_wait_ends_the_poll_round_of_the_accounts_that_wait(flow: Flow) -> None:
     await flow.subscriber.subscribe(parse_peer("@news"))
     await flow.subscriber.subscribe(parse_peer("@talk"))
+    lanes = flow.subscriber.poller.lanes([NEWS_ID, TALK_ID])
     flow.rpc.flood_wait("messages.getHistory", 30, times=None)
     flow.rpc.reset_counts()
     await flow.subscriber.poller.poll_round([NEWS_ID, TALK_ID], pace=0)
-    # NEWS met the wait (on the one account that knows it by id); TALK was not asked at all
-    assert flow.rpc.count("messages.getHistory") == 1
+    # Each lane's account met its own wait once (flood waits are per account)...
+    assert flow.rpc.count("messages.getHistory") == len(lanes)
+    # ...and a waiting account is not asked again: the next round asks nobody.
+    await flow.subscriber.poller.poll_round([NEWS_ID, TALK_ID], pace=0)
+    assert flow.rpc.count("messages.getHistory") == len(lanes)
+
+
+# --- the round's lanes: each account polls its own chats at its own pace -----------------
+
+
+class LaneAccount:
+    """An account of `LanePool`: usable, never ready for `_follow`, an empty history."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.usable = True
+
+    def ready_in(self, peer: Any) -> float | None:
+        return None
+
+    async def get_history(self, ref: Any, **kwargs: Any) -> tuple[Any, list[Any]]:
+        return None, []
+
+
+class LanePool:
+    """The pool as the poller uses it, on a virtual clock per lane: `sleep` moves the
+    calling task's clock, each call is recorded with its account and that clock."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.accounts = {n: LaneAccount(n) for n in names}
+        self.elapsed: dict[asyncio.Task[Any] | None, float] = {}
+        self.calls: list[tuple[str | None, float]] = []
+        self.flooded: set[str] = set()
+
+    def get(self, name: str) -> LaneAccount:
+        if name not in self.accounts:
+            raise NoAccountAvailable(f"no account named {name}")
+        return self.accounts[name]
+
+    async def sleep(self, seconds: float) -> None:
+        task = asyncio.current_task()
+        self.elapsed[task] = self.elapsed.get(task, 0.0) + seconds
+        await asyncio.sleep(0)  # the other lanes run meanwhile, as they would
+
+    async def run(self, op: Any, peer: Any, *, prefer: str | None = None) -> Any:
+        account = self.accounts[prefer] if prefer else next(iter(self.accounts.values()))
+        self.calls.append((prefer, self.elapsed.get(asyncio.current_task(), 0.0)))
+        if prefer in self.flooded:
+            raise FloodWait(30, account.name, "every account able to serve waits 30 s")
+        return await op(account), account
+
+    @property
+    def round_time(self) -> float:
+        return max(self.elapsed.values(), default=0.0)
+
+
+def channel_id(n: int) -> int:
+    return -(10**12) - 5000 - n
+
+
+async def paced_round(
+    tmp_path: Path, accounts: int, chats: int, pace: float, flooded: set[str] | None = None
+) -> LanePool:
+    """A round over `chats` channels spread evenly over `accounts` accounts."""
+    from service.subscription.gappoll import GapPoller
+    from service.subscription.state import Shared
+
+    names = [f"acc{i}" for i in range(accounts)]
+    pool = LanePool(names)
+    pool.flooded = flooded or set()
+    joinmap = JoinMap(tmp_path / f"lanes{accounts}.db")
+    for n in range(chats):
+        joinmap.record_join(channel_id(n), names[n % accounts], type="channel", title=f"c{n}")
+    shared = Shared(
+        pool,  # type: ignore[arg-type]
+        joinmap,
+        None,  # type: ignore[arg-type]
+        media_queue=None,
+        clock=lambda: 0.0,
+        recent_size=10,
+    )
+    intake: Any = None  # empty histories: nothing reaches it
+    poller = GapPoller(shared, intake, pace=pace, sleep=pool.sleep)
+    await poller.poll_round(sorted(joinmap.joined_peers()), pace=pace)
+    joinmap.close()
+    return pool
+
+
+async def test_a_round_on_ten_accounts_takes_a_tenth_of_the_time_on_one(tmp_path: Path) -> None:
+    one = await paced_round(tmp_path, accounts=1, chats=500, pace=0.2)
+    ten = await paced_round(tmp_path, accounts=10, chats=500, pace=0.2)
+    assert len(one.calls) == len(ten.calls) == 500  # every chat, once
+    assert one.round_time == pytest.approx(499 * 0.2)
+    assert ten.round_time == pytest.approx(49 * 0.2)  # 50 chats per lane
+    # Each chat read as the account in it, each account's reads `pace` apart in its lane.
+    assert {prefer for prefer, _ in ten.calls} == {f"acc{i}" for i in range(10)}
+    for account in (f"acc{i}" for i in range(10)):
+        times = [t for prefer, t in ten.calls if prefer == account]
+        assert len(times) == 50
+        assert all(b - a == pytest.approx(0.2) for a, b in itertools.pairwise(times))
+
+
+async def test_a_chat_with_several_accounts_goes_to_the_least_loaded_lane(tmp_path: Path) -> None:
+    from service.subscription.gappoll import GapPoller
+    from service.subscription.state import Shared
+
+    pool = LanePool(["a", "b"])
+    joinmap = JoinMap(tmp_path / "shared.db")
+    for n in range(6):
+        for account in ("a", "b"):
+            joinmap.record_join(channel_id(n), account, type="channel", title=f"c{n}")
+    joinmap.record_join(channel_id(9), "gone", type="channel", title="orphan-ish")
+    shared = Shared(
+        pool,
+        joinmap,
+        None,
+        media_queue=None,
+        clock=lambda: 0.0,
+        recent_size=10,  # type: ignore[arg-type]
+    )
+    poller = GapPoller(shared, None, pace=0.1, sleep=pool.sleep)  # type: ignore[arg-type]
+    lanes = poller.lanes(sorted(joinmap.joined_peers()))
+    assert sorted(map(len, (lanes["a"], lanes["b"]))) == [3, 3]
+    assert lanes[None] == [channel_id(9)]  # its one account is not in the pool: any account
+    joinmap.close()
+
+
+async def test_a_flood_wait_ends_only_its_accounts_lane(tmp_path: Path) -> None:
+    pool = await paced_round(tmp_path, accounts=2, chats=10, pace=0.2, flooded={"acc0"})
+    asked = [prefer for prefer, _ in pool.calls]
+    assert asked.count("acc0") == 1  # its first chat met the wait: the rest of its lane waits
+    assert asked.count("acc1") == 5  # the other account's lane went on
