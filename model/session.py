@@ -180,6 +180,7 @@ class EntitySession(StoredAuthKeyRow, SQLiteSession):  # type: ignore[misc]
         seal: SessionSeal | None = None,
     ) -> None:
         self._seal = seal  # before Telethon's __init__: a new file's row is written in it
+        self._identity: tuple[int, int] | None = None  # the file's, once in WAL mode
         self.moved = False  # the file was moved or deleted under it: no more writes
         super().__init__(session_id)
         try:
@@ -194,6 +195,30 @@ class EntitySession(StoredAuthKeyRow, SQLiteSession):  # type: ignore[misc]
 
         if session_id is not None and session_id != ":memory:":
             _write_ahead(self)
+            self._identity = _file_identity(self.filename)
+
+    def close(self) -> None:
+        """Closes the file; one moved or deleted under it first gets what its WAL holds.
+
+        In WAL mode SQLite goes on writing a renamed or deleted file (into `<old name>-wal`)
+        but at close it neither folds that WAL into the file nor removes it: the moved file
+        would lack what the account learnt since, and a stale WAL left at the old name would
+        be replayed into any new session file created there (a re-login), corrupting it."""
+        moved = self._identity is not None and _file_identity(self.filename) != self._identity
+        if moved:
+            with contextlib.suppress(sqlite3.Error):
+                self.save()  # a checkpoint takes only what is committed
+                session_execute(self, "pragma wal_checkpoint(TRUNCATE)")
+        super().close()
+        if moved:
+            log.warning(
+                "the session file of account %s was moved or deleted while it ran: what it "
+                "learnt since is in the moved file",
+                account_label(Path(self.filename).stem.removesuffix(".session")),
+            )
+            if not os.path.exists(self.filename):
+                for leftover in ("-wal", "-shm"):
+                    Path(f"{self.filename}{leftover}").unlink(missing_ok=True)
 
     def set_update_state(self, entity_id: int, state: Any) -> None:
         """Telethon's own writes of its update state: ignored (see the module docstring)."""
@@ -309,6 +334,15 @@ class EntitySession(StoredAuthKeyRow, SQLiteSession):  # type: ignore[misc]
             )
 
 
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`; None when nothing is there."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _write_ahead(session: SQLiteSession) -> None:
     """The file in WAL mode, committed without waiting for the disk (synchronous=NORMAL).
 
@@ -355,7 +389,10 @@ def convert_session(path: Path, seal: SessionSeal, to: Conversion) -> bool:
     partial = path.with_name(f".{path.name}.{to}-tmp")
     with contextlib.suppress(FileNotFoundError):
         partial.unlink()  # a crash's leftover: the original is whole
-    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    # Read-write, not read-only: the file is in WAL mode (_write_ahead), and a read-only
+    # connection leaves `-wal`/`-shm` beside it, which SQLite would replay into the new file
+    # renamed over it (a killed server's WAL, say): corrupt. Closed, this folds them in.
+    source = sqlite3.connect(path)
     try:
         # tmp_auth_key came with Telethon 1.40's schema (version 8); older files lack it.
         names = {r[1] for r in source.execute("pragma table_info(sessions)")}
@@ -385,6 +422,8 @@ def convert_session(path: Path, seal: SessionSeal, to: Conversion) -> bool:
         finally:
             copy.close()
         _fsync(partial)
+        for leftover in ("-wal", "-shm"):  # anything still there is in the copy already
+            Path(f"{path}{leftover}").unlink(missing_ok=True)
         partial.replace(path)
         _fsync(path.parent)
     except BaseException:

@@ -345,11 +345,13 @@ def test_a_crash_mid_conversion_loses_nothing(
     s.close()
 
 
-def test_a_file_moved_away_under_the_session_stops_its_writes_not_its_calls(
+def test_a_file_moved_away_under_the_session_keeps_its_writes_and_calls(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A session file renamed or deleted while its account runs (before a reload retires
-    it): SQLite refuses every write then; the session keeps serving from memory."""
+    """A session file renamed while its account runs (before a reload retires it): in WAL
+    mode SQLite keeps writing (into the old name's WAL), so calls never fail; at close
+    that WAL is folded into the moved file and nothing is left at the old name, where a
+    stale WAL would be replayed into a new session file (a re-login)."""
     path = tmp_path / "15550001001.session"
     s = EntitySession(str(path))
     s.process_entities(update_with(user(1)))
@@ -357,9 +359,25 @@ def test_a_file_moved_away_under_the_session_stops_its_writes_not_its_calls(
     path.rename(tmp_path / "elsewhere.session")
     s.process_entities(update_with(user(2)))  # no "attempt to write a readonly database"
     s.save_update_state(UpdateState(8, 0, datetime(2026, 1, 2, tzinfo=UTC), 1, {5: 41}))
-    assert s.moved
     s.process_entities(update_with(user(3)))
     s.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere.session"]
+    assert [r[0] for r in rows(tmp_path / "elsewhere.session")] == [1, 2, 3]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "+15*******01" in warnings[0]  # once, never the number
-    assert rows(tmp_path / "elsewhere.session") == [(1, 11, "alice", "Alice")]
+    # A new session file at the old name (a re-login) starts clean.
+    again = EntitySession(str(path))
+    again.process_entities(update_with(user(4)))
+    again.close()
+    assert [r[0] for r in rows(path)] == [4]
+
+
+def test_a_deleted_session_file_leaves_no_wal_behind(tmp_path: Path) -> None:
+    path = tmp_path / "acc.session"
+    s = EntitySession(str(path))
+    s.process_entities(update_with(user(1)))
+    s.save()
+    path.unlink()
+    s.process_entities(update_with(user(2)))
+    s.close()
+    assert list(tmp_path.iterdir()) == []
