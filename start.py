@@ -1315,11 +1315,26 @@ async def _demo_first_answer(
     say(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
     say("")
     say(DEMO_MORE)
-    for request in DEMO_REQUESTS:
+    for request in (*DEMO_REQUESTS, *await _demo_media_requests(server.settings)):
         say(f"  {request}")
     say("")
     if code != 0:
         log.warning("the demo's first request failed: %s", shown)
+
+
+async def _demo_media_requests(settings: Settings) -> list[str]:
+    """A photo of the demo world as a media item: its state (with `content_url` once
+    stored) and a POST that queues it now (or answers its state when it is queued or
+    stored already); none when the world's photo post can't be read."""
+    uri = "/api/v1/messages?peer=@tgc_media&ids=2"
+    code, shown = await call(settings, "GET", uri)
+    messages = (shown.get("data") or {}).get("messages") or [None] if code == 0 else [None]
+    media = (messages[0] or {}).get("media") or {}
+    key = media.get("key")
+    if not isinstance(key, str):
+        log.warning("the demo's photo post gave no media key: %s", shown)
+        return []
+    return [f"GET '{uri}'", f"GET /api/v1/media/{key}", f"POST /api/v1/media/{key}"]
 
 
 def _self_command() -> str:

@@ -64,6 +64,8 @@ async def test_every_request_the_demo_prints_answers_200() -> None:
     try:
         config, requests = await _read_hints(proc)
         assert len(requests) >= 3
+        # The first answer's photo as a media item, GET and POST (issue 12's new kinds).
+        assert {w[0] for w in requests if w[1].startswith("/api/v1/media/")} == {"GET", "POST"}
         settings = load_settings(config, env={})
         failed = {}
         for words in requests:
