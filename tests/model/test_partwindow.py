@@ -157,24 +157,24 @@ def test_a_flood_wait_before_any_part_sets_no_pace() -> None:
     assert pace.flood(3) and pace.rate is None and pace.waiting() == 3
 
 
+def photos_now_and_then(pace: DownloadPace, clock: FakeClock, n: int = 8) -> None:
+    """A 50 KiB photo every 1.2 s, its one part 0.05 s in flight: an account mostly idle."""
+    for _ in range(n):
+        clock.advance(1.2)
+        pace.begin()
+        clock.advance(0.05)
+        pace.received(50 * 1024)
+        pace.end()
+
+
 def test_a_flood_wait_after_idling_sets_no_pace() -> None:
     # The soak's case: small photos now and then, then a FLOOD_WAIT that is no byte budget.
     clock = FakeClock()
     pace = DownloadPace(clock)
-    for _ in range(8):  # a 50 KiB photo every 1.2 s, each part 0.05 s in flight
-        clock.advance(1.2)
-        pace.begin()
-        clock.advance(0.05)
-        pace.received(50 * 1024)
-        pace.end()
+    photos_now_and_then(pace, clock)
     assert pace.flood(20) and pace.rate is None
     clock.advance(60)  # the next fault, a minute later, after more of the same
-    for _ in range(8):
-        clock.advance(1.2)
-        pace.begin()
-        clock.advance(0.05)
-        pace.received(50 * 1024)
-        pace.end()
+    photos_now_and_then(pace, clock)
     assert pace.flood(20) and pace.rate is None
 
 
