@@ -29,8 +29,8 @@ from tests.fakedc import demo_world as dw
 from tests.fakedc import files, render
 from tests.fixtures.nginx import Nginx
 from tests.fixtures.server_config import AES_KEY, TOKEN, write_config
+from tests.fixtures.server_process import ServerProcess
 from tests.fixtures.wait import wait_for
-from tests.test_server_media_nginx import ServerProcess
 
 PDF_SIZE = 250_000  # demo_world's FILE_PDF, "report.pdf"
 PDF_KEY = media_key("document", dw.FILE_PDF, "")

@@ -32,8 +32,8 @@ from tests.fakedc import demo_world as dw
 from tests.fakedc.cluster import FakeTelegram
 from tests.fakedc.world import DEFAULT_DATE, ChatSpec, MessageSpec, World
 from tests.fixtures.server_config import AES_KEY, TOKEN, write_config
+from tests.fixtures.server_process import serving
 from tests.fixtures.threaded_api import ThreadedApi
-from tests.test_nonces_server import serving
 
 DATED = 2301  # the megagroup the date-range property pages
 DATED_NAME = "tgc_dated"

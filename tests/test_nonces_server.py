@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from pathlib import Path
 
 import orjson
@@ -27,40 +25,12 @@ from common.const import Settings, load_settings
 from service.apiclient import ApiClient
 from service.cryptor import Signer
 from start import Server
-from tests.fixtures.server_config import AES_KEY, ROOT, SUBPROCESS_ENV, TOKEN, write_config
+from tests.fixtures.server_config import AES_KEY, TOKEN, write_config
+from tests.fixtures.server_process import serving
 from tests.fixtures.wait import wait_for
 
 UNAUTHORIZED = {"ok": False, "error": {"code": "UNAUTHORIZED"}}
 BODY = orjson.dumps({"peer": "@tgc_news"})
-
-
-@asynccontextmanager
-async def serving(settings: Settings, config: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`start.py serve` until the block ends (killed then if it still runs)."""
-    url_file = settings.run_dir / "tgc.url"
-    url_file.unlink(missing_ok=True)  # a SIGKILLed server's: wait for the new one's
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "start.py",
-        "serve",
-        "--config",
-        str(config),
-        "--no-console",
-        cwd=ROOT,
-        env=SUBPROCESS_ENV,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        await wait_for(
-            lambda: url_file.exists() or proc.returncode is not None, within=30, what="serving"
-        )
-        assert proc.returncode is None, await proc.communicate()
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
 
 
 async def send(

@@ -30,8 +30,8 @@ from tests.fakedc.cluster import FakeTelegram
 from tests.fakedc.rpc import TelegramRpc
 from tests.fixtures import server_config
 from tests.fixtures.server_config import AES_KEY, TOKEN
+from tests.fixtures.server_process import media_states, refusing_port, serving_url, spawn
 from tests.fixtures.wait import wait_for
-from tests.test_sigterm_under_load import media_states, refusing_port, serving_url, spawn
 
 pytestmark = pytest.mark.slow
 

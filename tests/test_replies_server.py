@@ -25,8 +25,8 @@ from tests.fakedc import demo_world as dw
 from tests.fakedc.rpc import TelegramRpc
 from tests.fakedc.world import DEFAULT_DATE, World
 from tests.fixtures.server_config import AES_KEY, TOKEN, write_config
+from tests.fixtures.server_process import ServerProcess
 from tests.fixtures.wait import wait_for
-from tests.test_server_media_nginx import ServerProcess
 
 COMMENTS = 250
 POST = dw.TALK_POSTS + 1  # the post this module adds

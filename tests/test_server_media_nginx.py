@@ -23,9 +23,7 @@ nginx's files and access log, the server's SQLite file after a kill):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -40,7 +38,6 @@ from telethon.tl import functions, types
 from common.utils import media_key
 from model.downloader import part_count
 from service.apiclient import ApiClient
-from service.mediastore import decode_parts
 from tests.fakedc import demo_world as dw
 from tests.fakedc import files, render
 from tests.fakedc.api import DropConnection, RpcError
@@ -49,7 +46,7 @@ from tests.fakedc.rpc import TelegramRpc
 from tests.fakedc.world import World
 from tests.fixtures.nginx import Nginx
 from tests.fixtures.server_config import AES_KEY, TOKEN, write_config
-from tests.fixtures.server_process import ServeProcess
+from tests.fixtures.server_process import ServerProcess
 from tests.fixtures.wait import wait_for
 
 PART_SIZE = 512 * 1024
@@ -170,25 +167,6 @@ def config(tmp_path: Path, telegram_session: Callable[..., Path], nginx_dav: Ngi
         "storage.retry_max_delay": "1",
     }
     return write_config(tmp_path, props)
-
-
-class ServerProcess(ServeProcess):
-    """The server process, with a look into its media table."""
-
-    @property
-    def db(self) -> Path:
-        return self.settings.data.dir / "media.sqlite3"
-
-    def rows(self) -> dict[str, tuple[str, set[int]]]:
-        """The server's media table, read from its file: key → (state, parts written)."""
-        if not self.db.exists():
-            return {}
-        with contextlib.closing(sqlite3.connect(self.db, timeout=5)) as conn:
-            try:
-                rows = conn.execute("SELECT key, state, done_parts FROM media").fetchall()
-            except sqlite3.OperationalError:  # the table is not there yet
-                return {}
-        return {k: (s, decode_parts(p)) for k, s, p in rows}
 
 
 @pytest.fixture

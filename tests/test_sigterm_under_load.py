@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sqlite3
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +30,8 @@ from tests.fakedc import demo_world as dw
 from tests.fakedc.cluster import FakeTelegram
 from tests.fakedc.rpc import TelegramRpc
 from tests.fixtures import server_config
-from tests.fixtures.server_config import AES_KEY, ROOT, SUBPROCESS_ENV, TOKEN
+from tests.fixtures.server_config import AES_KEY, TOKEN
+from tests.fixtures.server_process import media_states, refusing_port, serving_url, spawn
 from tests.fixtures.wait import wait_for
 
 pytestmark = pytest.mark.slow
@@ -57,54 +56,6 @@ def write_config(tmp_path: Path, broker_url: str, exchange: str, queue: str) -> 
         "subscriptions.poll_interval": "3600",
     }
     return server_config.write_config(tmp_path, props)
-
-
-def refusing_port() -> int:
-    """A loopback port nobody listens on: connections to it are refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def spawn(config: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "start.py",
-        "serve",
-        "--config",
-        str(config),
-        "--no-console",
-        cwd=ROOT,
-        env=SUBPROCESS_ENV,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def serving_url(proc: asyncio.subprocess.Process, run_dir: Path) -> str:
-    url_file, pid_file = run_dir / "tgc.url", run_dir / "tgc.pid"
-
-    def up() -> bool:
-        if proc.returncode is not None:
-            return True
-        try:
-            return url_file.exists() and int(pid_file.read_text().strip() or 0) == proc.pid
-        except (FileNotFoundError, ValueError):
-            return False
-
-    await wait_for(up, within=30, what="the server serving")
-    if proc.returncode is not None:
-        _, err = await proc.communicate()
-        raise AssertionError(f"the server exited {proc.returncode}: {err.decode()[-2000:]}")
-    return url_file.read_text().strip()
-
-
-async def media_states(api: ApiClient, keys: list[str]) -> dict[str, str]:
-    out = {}
-    for key in keys:
-        answer = await api.request("GET", f"/api/v1/media/{key}")
-        out[key] = answer.data["state"] if answer.ok else f"error {answer.code}"
-    return out
 
 
 def rows(db: Path, query: str) -> list[tuple[Any, ...]]:
