@@ -287,10 +287,9 @@ async def test_a_file_reached_through_two_processes_is_downloaded_and_stored_onc
 
     parts = part_count(SHARED_SIZE, PART_SIZE)
     assert getfiles.of(SHARED_DOC) == Counter({ACCOUNTS[holder]: parts})  # one download
-    log = (nginx_dav_put_once.tmp / "access.log").read_text()
-    puts = [line for line in log.splitlines() if f'"PUT /{key[:2]}/{key}' in line]
+    puts = await nginx_dav_put_once.logged(f'"PUT /{key[:2]}/{key}', 1)
     assert len(puts) == 1 and ('" 201 ' in puts[0]), puts
-    heads = [line for line in log.splitlines() if f'"HEAD /{key[:2]}/{key}' in line]
+    heads = await nginx_dav_put_once.logged(f'"HEAD /{key[:2]}/{key}', 2)
     assert len(heads) == 2, heads  # each process asked once before its download was due
     assert [p.name for p in nginx_dav_put_once.files()] == [f"{key}.pdf"]
 
