@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,38 +22,13 @@ from tests.fakedc import demo_world as dw
 from tests.fakedc.cluster import FakeTelegram
 from tests.fakedc.rpc import TelegramRpc
 from tests.fixtures import server_config
-from tests.fixtures.server_config import AES_KEY, ROOT, SUBPROCESS_ENV, TOKEN
+from tests.fixtures.server_config import AES_KEY, TOKEN
+from tests.fixtures.server_process import serving_url, spawn
 from tests.fixtures.wait import wait_for
 
 pytestmark = pytest.mark.slow
 
 NEWS_ID = -(10**12) - dw.NEWS
-
-
-async def spawn(config: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "start.py", "serve", "--config", str(config), "--no-console",
-        cwd=ROOT, env=SUBPROCESS_ENV,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-
-
-async def serving_url(proc: asyncio.subprocess.Process, run_dir: Path) -> str:
-    url_file, pid_file = run_dir / "tgc.url", run_dir / "tgc.pid"
-
-    def up() -> bool:
-        if proc.returncode is not None:
-            return True
-        try:
-            return url_file.exists() and int(pid_file.read_text().strip() or 0) == proc.pid
-        except (FileNotFoundError, ValueError):
-            return False
-
-    await wait_for(up, within=30, what="the server serving")
-    if proc.returncode is not None:
-        _, err = await proc.communicate()
-        raise AssertionError(f"the server exited {proc.returncode}: {err.decode()[-2000:]}")
-    return url_file.read_text().strip()
 
 
 def saved_channel_pts(session: Path, channel_id: int) -> int | None:
