@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from model.media import Media
 from service.storage import HttpStorage, LocalStorage
 from tests.fixtures.nginx import Nginx
 from tests.fixtures.wait import wait_for
@@ -136,8 +137,8 @@ async def test_a_queued_file_over_a_lowered_limit_is_failed_at_start(rig: Rig) -
     assert [c[0] for c in rig.downloads.calls] == [small.key]
 
 
-async def test_without_auto_download_files_are_described_not_queued(rig: Rig) -> None:
-    stored, failed, new = make_media(204, 1000), make_media(205, 1000), make_media(206, 1000)
+async def a_first_life(rig: Rig, stored: Media, failed: Media) -> None:
+    """A processor that stored `stored` and failed `failed` (its download raised), stopped."""
     rig.downloads.faults[failed.key] = [ZeroDivisionError("oops")]
     p = rig.processor()
     await p.start()
@@ -146,6 +147,11 @@ async def test_without_auto_download_files_are_described_not_queued(rig: Rig) ->
     await wait_for(lambda: p.get(stored.key)["state"] == "stored")  # type: ignore[index]
     await wait_for(lambda: p.get(failed.key)["state"] == "failed")  # type: ignore[index]
     await p.stop()
+
+
+async def test_without_auto_download_files_are_described_not_queued(rig: Rig) -> None:
+    stored, failed, new = make_media(204, 1000), make_media(205, 1000), make_media(206, 1000)
+    await a_first_life(rig, stored, failed)
     calls = len(rig.downloads.calls)
 
     p2 = rig.processor(auto_download=False)
@@ -165,14 +171,7 @@ async def test_queue_now_downloads_what_an_answer_described_and_retries_a_failed
     rig: Rig,
 ) -> None:
     stored, failed, new = make_media(207, 1000), make_media(208, 1000), make_media(209, 2000)
-    rig.downloads.faults[failed.key] = [ZeroDivisionError("oops")]
-    p = rig.processor()
-    await p.start()
-    p.submit(stored)
-    p.submit(failed)
-    await wait_for(lambda: p.get(stored.key)["state"] == "stored")  # type: ignore[index]
-    await wait_for(lambda: p.get(failed.key)["state"] == "failed")  # type: ignore[index]
-    await p.stop()
+    await a_first_life(rig, stored, failed)
 
     p2 = rig.processor(auto_download=False)
     await p2.start()
