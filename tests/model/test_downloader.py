@@ -147,8 +147,8 @@ async def test_byte_exact_with_parts_in_flight(tmp_path: Path) -> None:
         on_part=lambda i, n: seen.append((i, n)),
     )  # fmt: skip
     assert out.read_bytes() == expected(size)
-    # The account's window decides how many of the 4 go at once (a part goes alone first to
-    # measure the path; a worker writing its part meanwhile may leave 3): several, never more.
+    # The account's window decides how many of the 4 go at once (a worker writing its part
+    # meanwhile may leave fewer): several, never more.
     assert 2 <= client.max_in_flight <= 4
     assert sorted(seen) == [(i, MIB) for i in range(5)] + [(5, 12345)]
     assert done == set(range(6)) and len(client.requests) == 6
@@ -652,8 +652,8 @@ async def test_media_download_delegates_to_download_media(tmp_path: Path) -> Non
     await media.download(tmp_path / "f.bin", client=client, parts_in_flight=3, done_parts=done)
     assert (tmp_path / "f.bin").read_bytes() == expected(size)
     assert done == {0, 1, 2}
-    # parts_in_flight bounds the account's window (the first part goes alone: the base).
-    assert client.max_in_flight == 2
+    # parts_in_flight bounds the account's window (which starts above 3: all 3 at once).
+    assert client.max_in_flight == 3
     assert client.media_connections.describe()["dcs"][1]["ceiling"] == 3
 
 

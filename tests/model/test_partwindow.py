@@ -52,11 +52,11 @@ async def settle(window: PartWindow, clock: FakeClock, latency: float, service: 
     return max(sizes[-200:])
 
 
-async def test_the_first_part_goes_alone_then_slow_start_doubles_to_the_ceiling() -> None:
+async def test_slow_start_doubles_from_the_first_round_to_the_ceiling() -> None:
     clock = FakeClock()
     window = PartWindow(32, clock=clock)
-    sizes = [await one_round(window, clock, 0.05, 0.00001) for _ in range(6)]
-    assert sizes == [1, 4, 8, 16, 32, 32]  # probe, then ×2 while nothing queues
+    sizes = [await one_round(window, clock, 0.05, 0.00001) for _ in range(4)]
+    assert sizes == [8, 16, 32, 32]  # ×2 while nothing queues, no part sent alone first
     assert window.base == pytest.approx(0.05001)
 
 

@@ -319,8 +319,8 @@ def test_downloads_show_each_accounts_window_per_dc_and_its_pace() -> None:
     page = StatusPage(pool=pool)  # type: ignore[arg-type]
     rows = page.context()["downloads"]
     assert [r[:3] for r in rows] == [
-        ("<b>busy</b>", "2", "1 of 16"),
-        ("<b>busy</b>", "4", "1 of 8"),
+        ("<b>busy</b>", "2", "8 of 16"),
+        ("<b>busy</b>", "4", "8 of 8"),
     ]
     downloaded, pace, floods = rows[0][4:]
     assert downloaded == "5.0 MB" and pace.endswith("(waiting 3 s)") and floods == "1"
