@@ -340,6 +340,7 @@ def _default_app(server: Server) -> tornado.web.Application:
         publisher=server.publisher,
         error_log=server.error_log,
         files=files,
+        fleet=server.fleet,
     )
 
 
@@ -692,6 +693,7 @@ class Server:
 
     def _build_fleet(self) -> None:
         from service.fleet import Fleet
+        from service.metrics import FleetCollector
 
         t = self.settings.telegram
         self.fleet = Fleet(
@@ -702,6 +704,7 @@ class Server:
             flow=self.subscriber,
             drain_timeout=self.settings.server.shutdown_timeout,
         )
+        self.registry.register(FleetCollector(self.fleet))
         # Before the subscriber and the pool stop (the stack runs backwards): a reload under
         # way is cancelled first.
         self._stack.push_async_callback(self._cancel_reloads)

@@ -19,8 +19,12 @@ line with them, while the server runs (SIGHUP, `./startup.sh reload`).
 - A file that can't be taken now (a login holds it, a bad sidecar, a sealed file without
   its key) is refused with the reason and retried at the next reload; a running account
   whose sidecar turned bad keeps running as it was.
+- A sessions folder that is gone fails the reload and changes nothing (it is a mistake,
+  not every account removed).
 
-Reloads run one at a time; what each did is returned (and logged) as a `Reloaded`. Files are
+Reloads run one at a time; what each did is returned (and logged) as a `Reloaded`, and the
+last one is kept (`last`, `describe()`) for /status and /metrics: an operator who sent
+SIGHUP at 3 a.m. sees there whether it ran and which files it refused, and why. Files are
 named by their account's label, never by a stem that is a phone number.
 """
 
@@ -32,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from common.const import Proxy
 from common.errors import ConfigError
@@ -83,6 +87,15 @@ class Reloaded:
         return ", ".join(parts)
 
 
+@dataclass(frozen=True)
+class LastReload:
+    """The last reload: when it ended (wall clock), what it did, or why it failed."""
+
+    at: float
+    done: Reloaded | None = None
+    error: str | None = None
+
+
 class Fleet:
     """The pool kept in line with sessions/ and the sidecars (see the module docstring)."""
 
@@ -96,6 +109,7 @@ class Fleet:
         flow: AccountFlow | None = None,
         drain_timeout: float = DRAIN_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._pool = pool
         self._dir = sessions_dir
@@ -104,43 +118,73 @@ class Fleet:
         self._flow: AccountFlow = flow or _NoFlow()
         self._drain_timeout = drain_timeout
         self._clock = clock
+        self._wall = wall
         self._lock = asyncio.Lock()
-        self.reloads = 0  # reloads done (for /status and tests)
+        self.reloads = 0  # reloads done
+        self.failures = 0  # reloads that raised
+        self.last: LastReload | None = None
 
     async def reload(self) -> Reloaded:
         """Brings the pool in line with sessions/ and the sidecars; one reload at a time."""
         async with self._lock:
-            done = Reloaded()
-            wanted, bad = self._scan(done)
-            running = {tc.session_name: tc for tc in self._pool}
-            for stem, tc in running.items():
-                if stem in wanted:
-                    tc.label = wanted[stem][1].label  # the operator's name: shown only
-            leaving = [tc for stem, tc in running.items() if stem not in wanted and stem not in bad]
-            moving = [
-                tc for stem, tc in running.items()
-                if stem in wanted and wanted[stem][1].proxy_or(self._default_proxy) != tc.proxy
-            ]  # fmt: skip
-            # New accounts first: the pool never runs dry while the old ones leave, and the
-            # takeover of the leavers' chats can use them.
-            new = [spec for stem, spec in wanted.items() if stem not in running]
-            for account in await asyncio.gather(*(self._add(*spec, done) for spec in new)):
-                if account is not None:
-                    done.added.append(account.name)
-            done.removed = [tc.name for tc in leaving]
-            await asyncio.gather(*(self._retire(tc) for tc in leaving + moving))
-            back = [wanted[tc.session_name] for tc in moving]
-            for account in await asyncio.gather(*(self._add(*spec, done) for spec in back)):
-                if account is not None:
-                    done.reconnected.append(account.name)
-            self.reloads += 1
-            log.info("reload: %s; %d accounts in the pool", done, len(self._pool))
+            try:
+                done = await self._reload()
+            except Exception as e:
+                self.failures += 1
+                self.last = LastReload(self._wall(), error=f"{type(e).__name__}: {e}")
+                raise
+            self.last = LastReload(self._wall(), done)
             return done
+
+    def describe(self) -> dict[str, Any]:
+        """The reloads so far and the last one, as plain values (/status, /metrics)."""
+        last = self.last
+        done = last.done if last is not None else None
+        return {
+            "reloads": self.reloads,
+            "failures": self.failures,
+            "last_at": last.at if last is not None else None,
+            "last": str(done) if done is not None else None,
+            "last_error": last.error if last is not None else None,
+            "refused": dict(done.refused) if done is not None else {},
+        }
+
+    async def _reload(self) -> Reloaded:
+        done = Reloaded()
+        wanted, bad = self._scan(done)
+        running = {tc.session_name: tc for tc in self._pool}
+        for stem, tc in running.items():
+            if stem in wanted:
+                tc.label = wanted[stem][1].label  # the operator's name: shown only
+        leaving = [tc for stem, tc in running.items() if stem not in wanted and stem not in bad]
+        moving = [
+            tc for stem, tc in running.items()
+            if stem in wanted and wanted[stem][1].proxy_or(self._default_proxy) != tc.proxy
+        ]  # fmt: skip
+        # New accounts first: the pool never runs dry while the old ones leave, and the
+        # takeover of the leavers' chats can use them.
+        new = [spec for stem, spec in wanted.items() if stem not in running]
+        for account in await asyncio.gather(*(self._add(*spec, done) for spec in new)):
+            if account is not None:
+                done.added.append(account.name)
+        done.removed = [tc.name for tc in leaving]
+        await asyncio.gather(*(self._retire(tc) for tc in leaving + moving))
+        back = [wanted[tc.session_name] for tc in moving]
+        for account in await asyncio.gather(*(self._add(*spec, done) for spec in back)):
+            if account is not None:
+                done.reconnected.append(account.name)
+        self.reloads += 1
+        log.info("reload: %s; %d accounts in the pool", done, len(self._pool))
+        return done
 
     def _scan(self, done: Reloaded) -> tuple[dict[str, tuple[Path, AccountSettings]], set[str]]:
         """({stem: (path, settings)} of the enabled sessions, the stems whose sidecar is bad)."""
         wanted: dict[str, tuple[Path, AccountSettings]] = {}
         bad: set[str] = set()
+        if not self._dir.is_dir():
+            # A folder gone (moved, an unmounted volume) is a mistake to report, not every
+            # account removed at once: the reload fails and the pool stays as it is.
+            raise FileNotFoundError(f"the sessions folder {self._dir} is missing")
         for path in sorted(self._dir.glob("*.session")):
             try:
                 settings = read_sidecar(path)

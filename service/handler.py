@@ -69,7 +69,7 @@ from service.basehandler import (
 from service.bodybudget import BodyBudget, BudgetCollector, MemoryTrim
 from service.cryptor import Cipher, Signer
 from service.files import FILES, FileServing, FilesHandler, LinkedMedia
-from service.metrics import ObservedPublisher, ServiceMetrics
+from service.metrics import DescribedFleet, ObservedPublisher, ServiceMetrics
 from service.ports import Pool
 from service.queries import DateRange, MediaQueue
 from service.status import ErrorLog, StatusPage
@@ -99,6 +99,7 @@ def make_app(
     publisher: ObservedPublisher | None = None,
     error_log: ErrorLog | None = None,
     files: FileServing | None = None,
+    fleet: DescribedFleet | None = None,
 ) -> tornado.web.Application:
     """The Tornado application. `metrics` is the registry /metrics serves: every family of
     service/metrics.py is registered in it here (the publisher registers its own, start.py
@@ -108,7 +109,8 @@ def make_app(
     `error_log`. An /api/v1 body must arrive within `body_timeout` seconds; those not yet
     verified hold at most `unverified_body_bytes` and `unverified_bodies` together (the
     app's one `BodyBudget`, whose state /metrics shows). With `files`, stored media carry
-    a signed `content_url` in the API's answers and GET /files/KEY serves them."""
+    a signed `content_url` in the API's answers and GET /files/KEY serves them. With
+    `fleet`, /status shows the reloads of the accounts (start.py registers its metrics)."""
     service_metrics = ServiceMetrics(
         metrics, pool=pool, processor=processor, publisher=publisher
     )
@@ -120,6 +122,7 @@ def make_app(
         joinmap=joinmap,
         metrics=service_metrics,
         errors=error_log,
+        fleet=fleet,
     )
     budget = BodyBudget(unverified_body_bytes, unverified_bodies, on_drained=MemoryTrim().soon)
     metrics.register(BudgetCollector(budget))

@@ -30,6 +30,13 @@ subscriber it builds (a server without the subscription flow has none of these):
     tgc_subscriber_poll_found_total                     messages a poll published (pushes missed)
     tgc_subscriptions                                   chats at least one account is in
 
+and `FleetCollector(fleet)`, which start.py registers next to the fleet (service/fleet.py):
+
+    tgc_fleet_reloads_total                             reloads done (SIGHUP, startup.sh reload)
+    tgc_fleet_reload_failures_total                     reloads that failed
+    tgc_fleet_last_reload_timestamp_seconds             when the last one ended (none before one)
+    tgc_fleet_refused_sessions                          session files the last one refused
+
 Gauges and the totals other modules keep (the processor's bytes, the accounts' flood
 waits) are read at scrape time by a custom collector: nothing has to remember to update a
 metric, and a scrape costs a few attribute reads. A separate registry per server (never
@@ -368,6 +375,36 @@ class SubscriberCollector(Collector):
             "tgc_subscriptions_orphaned",
             "Subscribed chats no account is in since theirs was banned or logged out",
             value=len(self.joinmap.orphaned()),
+        )
+
+
+class DescribedFleet(Protocol):
+    def describe(self) -> dict[str, Any]: ...
+
+
+class FleetCollector(Collector):
+    """The reloads of the accounts (service/fleet.py `Fleet.describe()`), read at scrape
+    time: a refused file stays refused until the next reload, worth an alert above 0."""
+
+    def __init__(self, fleet: DescribedFleet) -> None:
+        self.fleet = fleet
+
+    def collect(self) -> Iterator[Metric]:
+        d = self.fleet.describe()
+        yield CounterMetricFamily("tgc_fleet_reloads", "Reloads of the accounts done",
+                                  value=d["reloads"])  # fmt: skip
+        yield CounterMetricFamily("tgc_fleet_reload_failures", "Reloads of the accounts that failed",
+                                  value=d["failures"])  # fmt: skip
+        if d["last_at"] is not None:
+            yield GaugeMetricFamily(
+                "tgc_fleet_last_reload_timestamp_seconds",
+                "When the last reload of the accounts ended (Unix time)",
+                value=d["last_at"],
+            )
+        yield GaugeMetricFamily(
+            "tgc_fleet_refused_sessions",
+            "Session files the last reload refused (retried at the next one)",
+            value=len(d["refused"]),
         )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import tornado.template
 
 from service.metrics import (
+    DescribedFleet,
     ObservedPublisher,
     ServiceMetrics,
     account_states,
@@ -93,6 +94,7 @@ class StatusPage:
         joinmap: object | None = None,
         metrics: ServiceMetrics | None = None,
         errors: ErrorLog | None = None,
+        fleet: DescribedFleet | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.pool = pool
@@ -102,6 +104,7 @@ class StatusPage:
         self.joinmap = joinmap
         self.metrics = metrics
         self.errors = errors
+        self.fleet = fleet
         self._clock = clock
         self.started_at = clock()
 
@@ -126,7 +129,22 @@ class StatusPage:
             else [],
             "errors": [(_utc(e.at, "%H:%M:%S"), e.level, e.logger, e.message) for e in errors],
             "errors_total": self.errors.total if self.errors is not None else 0,
+            "reloads": self._reloads(),
         }
+
+    def _reloads(self) -> list[tuple[str, str]]:
+        """The reloads of the accounts (SIGHUP): how many, the last one, the files it refused
+        and why (a refused file waits for the next reload)."""
+        if self.fleet is None:
+            return []
+        d = self.fleet.describe()
+        count = str(d["reloads"]) + (f" ({d['failures']} failed)" if d["failures"] else "")
+        rows = [("reloads", count)]
+        if d["last_at"] is not None:
+            what = d["last"] if d["last_error"] is None else f"failed: {d['last_error']}"
+            rows.append(("last reload", f"{_utc(d['last_at'])}: {what}"))
+        rows += [(f"refused: {name}", reason) for name, reason in sorted(d["refused"].items())]
+        return rows
 
     def _downloads(self) -> list[tuple[str, str, str, str, str, str, str]]:
         """Per account and DC: window (of its ceiling), parts in flight, base round trip;
@@ -245,6 +263,11 @@ td.msg { font-family: ui-monospace, monospace; font-size: 12px; max-width: 70em;
 {% end %}{% if not accounts %}<tr><td colspan="6">no accounts: python start.py login --phone +NUMBER</td></tr>{% end %}
 </table>
 
+{% if reloads %}<h2>Reloads of the accounts</h2>
+<table id="reloads">
+{% for name, value in reloads %}<tr><td>{{ name }}</td><td>{{ value }}</td></tr>
+{% end %}</table>
+{% end %}
 <h2>Downloads</h2>
 <table id="downloads">
 <tr><th>account</th><th>dc</th><th>parts window</th><th>in flight · base round trip</th><th>downloaded</th><th>pace</th><th>flood waits</th></tr>

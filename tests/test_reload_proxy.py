@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 
 from common.const import load_settings
 from service.apiclient import ApiClient
@@ -80,6 +81,13 @@ async def test_a_changed_proxy_reconnects_the_account_through_it(
             assert str(server.reloaded_file.read_text()).endswith(
                 "0 added, 1 removed, 1 reconnected, 0 refused\n"
             )
+            # What an operator watching the server sees of it.
+            http = AsyncHTTPClient()
+            metrics = (await http.fetch(server.url + "/metrics")).body.decode()
+            assert "tgc_fleet_reloads_total 1.0" in metrics
+            assert "tgc_fleet_refused_sessions 0.0" in metrics
+            status = (await http.fetch(server.url + "/status")).body.decode()
+            assert "0 added, 1 removed, 1 reconnected, 0 refused" in status
     finally:
         server.request_stop()
         assert await asyncio.wait_for(task, 30) == 0

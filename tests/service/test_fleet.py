@@ -51,7 +51,7 @@ class Rig:
         self.pool = TeleClients([], clock=self.clock)
         self.fleet = Fleet(
             self.pool, self.dir, self.make, default_proxy=None, flow=self.flow,
-            drain_timeout=30, clock=self.clock,
+            drain_timeout=30, clock=self.clock, wall=self.clock,
         )  # fmt: skip
 
     def make(self, path: Path, settings: AccountSettings) -> TeleClient:
@@ -217,3 +217,27 @@ async def test_a_call_in_flight_on_a_leaving_account_finishes_on_it(rig: Rig) ->
     done = await asyncio.wait_for(reload, 5)
     assert done.removed == ["acc101"] and leaving.in_flight == 0
     assert not leaving.client.connected
+
+
+async def test_the_last_reload_and_what_it_refused_are_kept_for_status_and_metrics(
+    rig: Rig,
+) -> None:
+    rig.clock.advance(60)
+    (rig.dir / "acc102.properties").write_text("enabeld=false\n")
+    await rig.fleet.reload()
+    d = rig.fleet.describe()
+    assert (d["reloads"], d["failures"], d["last_error"]) == (2, 0, None)
+    assert d["last_at"] == rig.clock.now
+    assert d["last"] == "0 added, 0 removed, 0 reconnected, 1 refused"
+    assert list(d["refused"]) == ["acc102"] and "enabeld" in d["refused"]["acc102"]
+
+
+async def test_a_missing_sessions_folder_fails_the_reload_and_removes_nobody(rig: Rig) -> None:
+    rig.dir.rename(rig.dir.with_name("moved"))
+    with pytest.raises(FileNotFoundError, match="sessions folder"):
+        await rig.fleet.reload()
+    assert rig.names() == ["acc101", "acc102"]
+    d = rig.fleet.describe()
+    assert (d["reloads"], d["failures"]) == (1, 1)
+    assert "sessions folder" in d["last_error"] and d["last"] is None
+

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from model.joinmap import JoinMap
 from service.events import make_event
 from service.metrics import (
+    FleetCollector,
     ServiceMetrics,
     SubscriberCollector,
     Throughput,
@@ -27,6 +28,7 @@ from service.metrics import (
 )
 from tests.fixtures.handler_app import serving_api
 from tests.fixtures.ops import OpsStack
+from tests.fixtures.pools import DownloadingPool, FakePool, reloaded_fleet
 from tests.fixtures.wait import wait_for
 
 # --- the minute ring ------------------------------------------------------------------------
@@ -88,18 +90,6 @@ def test_account_states_counts_every_state() -> None:
 
 
 # --- the collector on fakes -----------------------------------------------------------------
-
-
-class FakePool:
-    def __init__(self, states: list[str]) -> None:
-        self.states = states
-        self.observer: Any = None
-
-    def accounts(self) -> list[dict[str, Any]]:
-        return [{"name": f"a{i}", "state": s} for i, s in enumerate(self.states)]
-
-    def observe_calls(self, observer: Any) -> None:
-        self.observer = observer
 
 
 def families(registry: CollectorRegistry) -> dict[str, Any]:
@@ -350,31 +340,6 @@ async def test_no_raw_control_character_of_a_request_reaches_the_log(
     assert any(printable(HOSTILE) in line for line in unknown), unknown
 
 
-class DownloadingPool(FakePool):
-    """Accounts with real media connections (model/downloader.py), iterable as the pool is."""
-
-    def __init__(self) -> None:
-        super().__init__(["ok", "ok"])
-        from model.downloader import MediaConnections
-
-        client = SimpleNamespace(session=SimpleNamespace(dc_id=2))
-        self.clients = [
-            SimpleNamespace(name=name, media_connections=MediaConnections(client))  # type: ignore[arg-type]
-            for name in ("busy", "idle")
-        ]
-        busy = self.clients[0].media_connections
-        busy.window(0, 16)  # the home DC: 2
-        busy.window(4, 8)
-        busy.pace.begin()  # pushing through the flood wait: it tells a rate
-        for _ in range(5):
-            busy.pace.received(1 << 20)
-        busy.pace.flood(3)
-        busy.pace.end()
-
-    def __iter__(self) -> Any:
-        return iter(self.clients)
-
-
 def test_each_accounts_downloads_window_and_pace_are_scraped() -> None:
     registry = CollectorRegistry()
     ServiceMetrics(registry, pool=DownloadingPool())
@@ -389,3 +354,19 @@ def test_each_accounts_downloads_window_and_pace_are_scraped() -> None:
     # An account that downloaded nothing has no rows.
     with pytest.raises(AssertionError):
         value(fams, "tgc_media_account_downloaded_bytes", account="idle")
+
+
+async def test_the_reloads_of_the_accounts_are_scraped(tmp_path: Path) -> None:
+    fleet = await reloaded_fleet(tmp_path)
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(fleet))
+    fams = families(registry)
+    assert value(fams, "tgc_fleet_reloads", "tgc_fleet_reloads_total") == 1
+    assert value(fams, "tgc_fleet_reload_failures", "tgc_fleet_reload_failures_total") == 0
+    assert value(fams, "tgc_fleet_last_reload_timestamp_seconds") == fleet.describe()["last_at"]
+    assert value(fams, "tgc_fleet_refused_sessions") == 1
+    # Before any reload: no timestamp to show.
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(await reloaded_fleet(tmp_path / "new", reload=False)))
+    assert "tgc_fleet_last_reload_timestamp_seconds" not in families(registry)
+

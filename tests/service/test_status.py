@@ -25,6 +25,7 @@ from service.handler import make_app, make_server
 from service.metrics import ServiceMetrics
 from service.status import MESSAGE_MAX, ErrorLog, StatusPage
 from tests.fixtures.ops import OpsStack, status_allow_from
+from tests.fixtures.pools import DownloadingPool, reloaded_fleet
 from tests.fixtures.wait import wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -312,8 +313,6 @@ async def test_chromium_draws_the_page_with_its_tables(ops_stack: OpsStack, tmp_
 
 
 def test_downloads_show_each_accounts_window_per_dc_and_its_pace() -> None:
-    from tests.service.test_metrics import DownloadingPool
-
     pool = DownloadingPool()
     pool.clients[0].name = "<b>busy</b>"
     page = StatusPage(pool=pool)  # type: ignore[arg-type]
@@ -328,3 +327,22 @@ def test_downloads_show_each_accounts_window_per_dc_and_its_pace() -> None:
     assert '<table id="downloads">' in html and "&lt;b&gt;busy&lt;/b&gt;" in html
     assert "<b>busy" not in html
     assert "no downloads yet" in StatusPage(pool=FakePool([])).render().decode()
+
+
+async def test_the_reloads_show_the_last_one_and_the_files_it_refused(tmp_path: Path) -> None:
+    fleet = await reloaded_fleet(tmp_path)
+    page = StatusPage(pool=FakePool([]), fleet=fleet)
+    rows = dict(page.context()["reloads"])
+    assert rows["reloads"] == "1"
+    assert rows["last reload"].endswith("UTC: 0 added, 0 removed, 0 reconnected, 1 refused")
+    assert "enabeld" in rows["refused: acc1"]
+    html = page.render().decode()
+    assert 'id="reloads"' in html and "refused: acc1" in html
+    (tmp_path / "sessions").rename(tmp_path / "moved")
+    with pytest.raises(FileNotFoundError):
+        await fleet.reload()
+    rows = dict(page.context()["reloads"])
+    assert rows["reloads"] == "1 (1 failed)" and "failed: FileNotFoundError" in rows["last reload"]
+    # Without a fleet (a server built without one): no section.
+    assert 'id="reloads"' not in StatusPage(pool=FakePool([])).render().decode()
+
