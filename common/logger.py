@@ -18,6 +18,11 @@ DATEFMT = "%Y-%m-%dT%H:%M:%SZ"
 # at INFO they would drown the service's own lines.
 CHATTY = ("telethon", "aiormq", "pamqp")
 
+# aiormq logs ERROR "error when creating transport" on every failed connect and raises the
+# error, which service/broker.py handles and logs itself, once per outage: the ERROR line
+# only doubled it, once per reconnect attempt (57 of them in a 30-minute soak's broker cuts).
+DOUBLED = {"aiormq.connection": ("error when creating transport",)}
+
 # Marks the handlers installed here, so calling setup_logging again replaces them instead
 # of doubling every line (tests, `start.py demo` after a first set-up).
 _MARK = "_tgc_handler"
@@ -57,3 +62,22 @@ def setup_logging(
     quiet = logging.NOTSET if settings.level == "DEBUG" else logging.WARNING
     for name in CHATTY:
         logging.getLogger(name).setLevel(quiet)
+    for name, prefixes in DOUBLED.items():
+        logger = logging.getLogger(name)
+        for old_filter in [f for f in logger.filters if isinstance(f, DropDoubled)]:
+            logger.removeFilter(old_filter)
+        logger.addFilter(DropDoubled(prefixes))
+
+
+class DropDoubled(logging.Filter):
+    """Drops a library's records that start with one of `prefixes` (see DOUBLED); kept at
+    DEBUG, where every detail is wanted."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG or logging.getLogger().level <= logging.DEBUG:
+            return True
+        return not str(record.msg).startswith(self.prefixes)

@@ -96,6 +96,7 @@ class BrokerLink:
         self._task: asyncio.Task[None] | None = None
         self._conn: AbstractConnection | None = None
         self._stopping = False
+        self._outage = Outage(clock)
 
     @property
     def deletes_pending(self) -> bool:
@@ -151,7 +152,7 @@ class BrokerLink:
             except Exception as exc:  # every broker failure ends here: reconnect
                 if self._stopping:
                     return
-                log.warning("broker connection lost or refused: %s", describe(exc))
+                self._outage.failed(describe(exc), self.outbox.size)
             finally:
                 self.connected.clear()
                 await self._close_connection()
@@ -177,7 +178,7 @@ class BrokerLink:
         conn.closing.add_done_callback(partial(self._on_closed, generation))
         channel.closing.add_done_callback(partial(self._on_closed, generation))
         self.connected.set()
-        log.info("broker connected; %d events in the outbox to send", self.outbox.size)
+        self._outage.ended(self.outbox.size)
         return channel
 
     def _on_closed(self, generation: int, future: asyncio.Future[Any]) -> None:
@@ -335,3 +336,45 @@ class BrokerLink:
 def describe(exc: BaseException) -> str:
     """An exception in one short line, for the log."""
     return f"{type(exc).__name__}: {exc}"[:300]
+
+
+class Outage:
+    """How a broker outage is logged: one WARNING when it begins, one every `remind` seconds
+    while it lasts (each reconnect attempt in between at INFO), and how long it lasted when
+    it ends; not a WARNING per attempt, which at 3 a.m. buries the one line that matters
+    under hundreds (the backoff tries every few seconds for as long as the broker is gone).
+    """
+
+    def __init__(self, clock: Callable[[], float], remind: float = 300.0) -> None:
+        self._clock = clock
+        self._remind = remind
+        self.since: float | None = None  # when the outage began (None: none now)
+        self.attempts = 0
+        self._warned_at = 0.0
+
+    def failed(self, reason: str, waiting: int) -> None:
+        """A connection was lost or refused (`waiting`: events in the outbox)."""
+        now = self._clock()
+        self.attempts += 1
+        if self.since is None:
+            self.since, self._warned_at = now, now
+            log.warning("broker connection lost or refused: %s; reconnecting with backoff, "
+                        "events stay in the outbox (%d now)", reason, waiting)  # fmt: skip
+        elif now - self._warned_at >= self._remind:
+            self._warned_at = now
+            log.warning("broker still unreachable after %.0f s (%d attempts): %s; "
+                        "%d events in the outbox", now - self.since, self.attempts, reason,
+                        waiting)  # fmt: skip
+        else:
+            log.info("broker still unreachable (attempt %d): %s", self.attempts, reason)
+
+    def ended(self, waiting: int) -> None:
+        """A channel is open again (or for the first time)."""
+        if self.since is None:
+            log.info("broker connected; %d events in the outbox to send", waiting)
+        else:
+            log.warning("broker back after %.0f s down (%d attempts); %d events in the "
+                        "outbox to send", self._clock() - self.since, self.attempts,
+                        waiting)  # fmt: skip
+        self.since, self.attempts = None, 0
+

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from common.const import LogSettings
-from common.logger import CHATTY, setup_logging
+from common.logger import CHATTY, DOUBLED, DropDoubled, setup_logging
 
 
 @pytest.fixture(autouse=True)
@@ -28,6 +28,10 @@ def restore_logging() -> Iterator[None]:
     root.setLevel(level)
     for name, lvl in chatty.items():
         logging.getLogger(name).setLevel(lvl)
+    for name in DOUBLED:
+        logger = logging.getLogger(name)
+        for f in [f for f in logger.filters if isinstance(f, DropDoubled)]:
+            logger.removeFilter(f)
 
 
 def settings(tmp_path: Path, level: str = "INFO", max_bytes: int = 64 * 1024) -> LogSettings:
@@ -77,3 +81,20 @@ def test_file_rotates_at_max_bytes(tmp_path: Path) -> None:
     files = sorted(p.name for p in s.dir.iterdir())
     assert files == ["tgc.log", "tgc.log.1", "tgc.log.2"]
     assert all((s.dir / f).stat().st_size <= 64 * 1024 for f in files)
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_aiormqs_connect_error_is_dropped_as_the_broker_logs_it_itself(
+    tmp_path: Path, level: str
+) -> None:
+    console = io.StringIO()
+    setup_logging(settings(tmp_path, level), stream=console)
+    setup_logging(settings(tmp_path, level), stream=console)  # twice: one filter, not two
+    aiormq = logging.getLogger("aiormq.connection")
+    assert sum(isinstance(f, DropDoubled) for f in aiormq.filters) == 1
+    aiormq.error("error when creating transport: %r", ConnectionRefusedError(111))
+    aiormq.error("Unexpected frame %r", "x")  # any other error of aiormq still shows
+    out = console.getvalue()
+    assert "Unexpected frame" in out
+    assert ("error when creating transport" in out) == (level == "DEBUG")
+

@@ -4,6 +4,7 @@ outages (a loopback proxy drops and refuses the connection) and a SIGKILLed publ
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sqlite3
@@ -18,6 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from common.errors import ShuttingDown
+from service.broker import Outage
 from service.events import make_event
 from service.outbox import Outbox
 from service.publisher import Publisher
@@ -136,18 +138,46 @@ async def test_events_trickling_in_share_a_commit(publisher_factory, outbox: Out
 
 
 async def test_broker_down_at_start_then_back(
-    rabbit: Rabbit, broker_proxy: BrokerProxy, publisher_factory, outbox: Outbox  # type: ignore[no-untyped-def]
+    rabbit: Rabbit, broker_proxy: BrokerProxy, publisher_factory, outbox: Outbox,  # type: ignore[no-untyped-def]
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="service.broker")
     await broker_proxy.refuse()
     pub = await publisher_factory(broker_proxy.url, rabbit)
     for i in range(1, 101):
         await pub.publish(*event_for(i))  # returns: the outbox has it
     assert outbox.size == 100
-    await wait_for(lambda: pub.reconnects >= 2, within=30, what="two reconnects")  # it keeps trying
+    await wait_for(lambda: pub.reconnects >= 3, within=30, what="three reconnects")  # it keeps trying
     async with rabbit.consumer() as consumer:
         await broker_proxy.accept()
         await consumer.wait_for_count(100)
     assert [m.message_id for m in consumer.messages] == [event_for(i)[2] for i in range(1, 101)]
+    # The outage in the log: one WARNING when it began, one when it ended, the attempts
+    # between at INFO (not a WARNING each, burying what matters).
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name == "service.broker" and r.levelno >= logging.WARNING]  # fmt: skip
+    assert len(warnings) == 2, warnings
+    assert "lost or refused" in warnings[0] and "broker back after" in warnings[1]
+    assert sum("still unreachable" in r.getMessage() for r in caplog.records) >= 2
+
+
+def test_a_long_outage_is_recalled_every_few_minutes_not_at_every_attempt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.broker")
+    clock = [0.0]
+    outage = Outage(lambda: clock[0], remind=300)
+    for _ in range(120):  # 10 minutes of attempts every 5 s (the last at 595 s)
+        outage.failed("ConnectionRefusedError", waiting=7)
+        clock[0] += 5
+    outage.ended(waiting=9)
+    levels = [(r.levelno, r.getMessage()) for r in caplog.records]
+    warned = [m for lvl, m in levels if lvl == logging.WARNING]
+    assert len(warned) == 3, warned  # began, 300 s on, ended
+    assert "still unreachable after 300 s (61 attempts)" in warned[1]
+    assert warned[2] == "broker back after 600 s down (120 attempts); 9 events in the outbox to send"
+    assert sum(lvl == logging.INFO for lvl, _ in levels) == 118
+    assert outage.since is None and outage.attempts == 0
 
 
 async def test_full_outbox_makes_publish_wait_not_drop(
