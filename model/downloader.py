@@ -44,7 +44,7 @@ from model.telethon_internals import (
     return_exported_sender,
     sender_connected,
 )
-from model.tgerrors import account_fate, rpc_error_name
+from model.tgerrors import TRANSIENT, account_fate, rpc_error_name
 
 if TYPE_CHECKING:
     from telethon import TelegramClient
@@ -63,7 +63,6 @@ _RETRY_DELAY = 0.5
 _REFERENCE_ERRORS = (errors.FileReferenceExpiredError, errors.FilerefUpgradeNeededError)
 # FLOOD_PREMIUM_WAIT_X is how Telegram slows non-premium accounts that download fast.
 _FLOOD_ERRORS = (errors.FloodWaitError, errors.FloodPremiumWaitError)
-_TRANSIENT_RPC = (errors.ServerError, errors.TimedOutError)
 # Seconds the home media connection stays open unused (Telethon's exported senders: 60).
 MEDIA_IDLE_CLOSE = 60.0
 RefreshReference = Callable[[], Awaitable[bytes]]
@@ -499,7 +498,7 @@ class _Job:
                 if self.connections.pace.flood(e.seconds):
                     self.connections.window(self.media.dc_id, self.ceiling).flood()
                 raise FloodWait(e.seconds, account=self.media.account) from e
-            except _TRANSIENT_RPC as e:
+            except TRANSIENT as e:
                 # Telethon's _call already retried these; a few more tries, then give up.
                 failures += 1
                 if failures > _CONNECTION_RETRIES:
