@@ -8,7 +8,8 @@ for `sessions/NAME.session`, in the format of config.properties.
 
 - `proxy`: socks5://[user:pass@]host:port, socks4://host:port or http://[user:pass@]host:port,
   as `telegram.proxy`. It wins over `telegram.proxy` for the account's every connection
-  (the main one and the media ones); empty or absent: `telegram.proxy`.
+  (the main one and the media ones); `direct`: no proxy for this account even when
+  telegram.proxy names one; empty or absent: `telegram.proxy`.
 - `enabled`: false keeps the account out of the pool (its session stays as it is).
 - `label`: the operator's name for the account, shown beside the account's public name in
   /api/v1/accounts and /status (up to 64 printable characters; the public name stays the
@@ -44,8 +45,19 @@ def label(value: str, _base: Path) -> str | None:
     return value or None
 
 
+DIRECT = "direct"
+
+
+def account_proxy(value: str, base: Path) -> Proxy | str | None:
+    """A proxy as `telegram.proxy` takes it, or DIRECT (no proxy whatever telegram.proxy
+    says), or empty (None: telegram.proxy)."""
+    if value.lower() == DIRECT:
+        return DIRECT
+    return proxy(value, base)
+
+
 SIDECAR_KEYS: tuple[Key, ...] = (
-    Key("proxy", "", proxy, secret=True),
+    Key("proxy", "", account_proxy, secret=True),
     Key("enabled", "true", boolean),
     Key("label", "", label),
 )
@@ -60,9 +72,13 @@ class AccountSettings:
     enabled: bool = True
     label: str | None = None
     source: Path | None = None
+    direct: bool = False  # proxy=direct: none, whatever telegram.proxy says
 
     def proxy_or(self, default: Proxy | None) -> Proxy | None:
-        """The account's proxy: its own, else `default` (telegram.proxy)."""
+        """The account's proxy: its own, none when it says direct, else `default`
+        (telegram.proxy)."""
+        if self.direct:
+            return None
         return self.proxy if self.proxy is not None else default
 
 
@@ -84,8 +100,13 @@ def read_sidecar(session_path: str | os.PathLike[str]) -> AccountSettings:
         key.name: parse_value(key, raw.get(key.name, key.default).strip(), str(source), source.parent)
         for key in SIDECAR_KEYS
     }
+    own = values["proxy"]
     return AccountSettings(
-        proxy=values["proxy"], enabled=values["enabled"], label=values["label"], source=source
+        proxy=None if own == DIRECT else own,
+        enabled=values["enabled"],
+        label=values["label"],
+        source=source,
+        direct=own == DIRECT,
     )
 
 

@@ -14,6 +14,8 @@ What is checked:
   the files end stored; /api/v1/accounts and /status show each account's proxy (host and
   port) and label, never the proxy's password;
 - an account disabled by its sidecar is not in the pool and never connects;
+- an account whose sidecar says `proxy=direct` connects without telegram.proxy (every one
+  of its connections from 127.0.0.1);
 - B's sidecar naming a wrong password, a port nobody listens on, or a proxy that never
   answers: B shows "proxy authentication failed", "proxy unreachable" or "proxy timed out"
   naming the proxy's host and port in /api/v1/accounts, /status and the log (never a
@@ -197,6 +199,25 @@ async def test_every_connection_of_an_account_comes_from_its_own_proxy(
     assert not fake_telegram.accepted(dw.ACCOUNT_C)
     # Nothing reached the emulator other than through the two proxies.
     assert {a.source for a in fake_telegram.accepted()} == set(SOURCES.values())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_an_account_told_direct_connects_without_the_global_proxy(
+    fleet: Callable[..., Any], fake_telegram: FakeTelegram
+) -> None:
+    # telegram.proxy names a proxy nobody listens on: B can only serve if it goes direct.
+    async with fleet(b_proxy=lambda _port: "direct") as f:
+        accounts = await f.accounts()
+        b = accounts[f.names[dw.ACCOUNT_B]]
+        assert (b["state"], b["proxy"]) == ("ok", None), b
+        # A first (the least recently picked), then B: A has just been picked.
+        for user in SOURCES:
+            await stored_page(f, CHANNELS[user][0])
+    seen = fake_telegram.accepted(dw.ACCOUNT_B)
+    assert seen and {a.source for a in seen} == {"127.0.0.1"}, [a.as_dict() for a in seen]
+    assert {a.dc_id for a in seen if a.requests["upload.getFile"]} == {1, 2}
+    assert {a.source for a in fake_telegram.accepted(dw.ACCOUNT_A)} == {"127.0.0.2"}
 
 
 @pytest.mark.slow

@@ -67,6 +67,13 @@ def test_an_empty_proxy_is_the_global_one(tmp_path: Path) -> None:
     assert settings.proxy is None and settings.proxy_or(GLOBAL) == GLOBAL
 
 
+@pytest.mark.parametrize("word", ["direct", "DIRECT", " Direct "])
+def test_direct_is_no_proxy_whatever_the_global_one(tmp_path: Path, word: str) -> None:
+    settings = read_sidecar(session(tmp_path, sidecar=f"proxy={word}\n"))
+    assert settings.direct and settings.proxy is None
+    assert settings.proxy_or(GLOBAL) is None and settings.proxy_or(None) is None
+
+
 @pytest.mark.parametrize(
     ("content", "key", "reason"),
     [

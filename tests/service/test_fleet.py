@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from telethon.crypto import AuthKey
 
+from common.const import Proxy
 from common.sidecar import AccountSettings
 from common.utils import parse_peer
 from model.pool import TeleClients
@@ -41,7 +42,8 @@ class Flow:
 
 
 class Rig:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, default_proxy: Proxy | None = None) -> None:
+        self.default_proxy = default_proxy
         self.world = FakeTelegram()
         self.world.add_chat(FakeChat(2001, "News", "news", "megagroup", [101, 102, 103], [1, 2]))
         self.dir = tmp_path / "sessions"
@@ -50,14 +52,14 @@ class Rig:
         self.flow = Flow()
         self.pool = TeleClients([], clock=self.clock)
         self.fleet = Fleet(
-            self.pool, self.dir, self.make, default_proxy=None, flow=self.flow,
+            self.pool, self.dir, self.make, default_proxy=default_proxy, flow=self.flow,
             drain_timeout=30, clock=self.clock, wall=self.clock,
         )  # fmt: skip
 
     def make(self, path: Path, settings: AccountSettings) -> TeleClient:
         return fake_account(
             self.world, path.parent, path.stem, USERS[path.stem],
-            proxy=settings.proxy_or(None), label=settings.label, clock=self.clock,
+            proxy=settings.proxy_or(self.default_proxy), label=settings.label, clock=self.clock,
         )  # fmt: skip
 
     def session(self, stem: str, **sidecar: str) -> Path:
@@ -143,6 +145,21 @@ async def test_a_changed_proxy_reconnects_the_account(rig: Rig) -> None:
     rig.sidecar("acc102")  # back to telegram.proxy (none)
     assert (await rig.fleet.reload()).reconnected == ["acc102"]
     assert rig.pool.get("acc102").proxy is None
+
+
+async def test_an_account_told_direct_leaves_the_global_proxy(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, default_proxy=Proxy("socks5", "127.0.0.1", 1081))
+    rig.session("acc101")
+    rig.session("acc102")
+    try:
+        await rig.fleet.reload()
+        assert all(a.proxy is not None and a.proxy.port == 1081 for a in rig.pool)
+        rig.sidecar("acc102", proxy="direct")
+        assert (await rig.fleet.reload()).reconnected == ["acc102"]
+        assert rig.pool.get("acc102").proxy is None and rig.pool.get("acc101").proxy is not None
+        assert (await rig.fleet.reload()).reconnected == []  # still direct: left alone
+    finally:
+        await rig.pool.stop()
 
 
 async def test_a_bad_sidecar_is_refused_and_its_account_keeps_running(rig: Rig) -> None:
