@@ -623,10 +623,12 @@ def main() -> None:
             ours, stock = median_run(r["ours"]), median_run(r["stock"])
             ratio = ours["mbps"] / stock["mbps"]
             first = r["ours"][0]["mbps"]
+            each = ", ".join(f"{x['mbps']:.0f}" for x in r["ours"])
             print(
                 f"{latency_ms:>6.0f}ms {ours['mbps']:>10.1f} {stock['mbps']:>11.1f}"
                 f" {ratio:>5.1f}x {first:>9.1f} {first / stock['mbps']:>5.1f}x"
-                f" {_per_cpu(ours, size):>30} {_per_cpu(stock, size):>31}",
+                f" {_per_cpu(ours, size):>30} {_per_cpu(stock, size):>31}"
+                f"   (ours, each run: {each})",
                 flush=True,
             )
             if latency_ms in TARGET_RATIO:
