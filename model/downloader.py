@@ -67,6 +67,7 @@ _FLOOD_ERRORS = (errors.FloodWaitError, errors.FloodPremiumWaitError)
 MEDIA_IDLE_CLOSE = 60.0
 RefreshReference = Callable[[], Awaitable[bytes]]
 OnPart = Callable[[int, int], None]
+Part = bytes | memoryview  # a part's bytes as the connection hands them over
 OpenSender = Callable[["TelegramClient"], Awaitable[Sender]]
 
 
@@ -330,7 +331,7 @@ def _open_spool(path: str) -> int:
     return os.open(path, flags, 0o600)
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> int:
+def _pwrite_all(fd: int, data: Part, offset: int) -> int:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
@@ -459,7 +460,7 @@ class _Job:
             if self.on_part is not None:
                 self.on_part(index, len(data))
 
-    def accept(self, index: int, data: bytes) -> bool:
+    def accept(self, index: int, data: Part) -> bool:
         """Checks a part's length: full, or the file's last part; False for a part past
         the end of a file of unknown size."""
         if self.sized:
@@ -476,7 +477,7 @@ class _Job:
             self.end_index, self.end_bytes = index, len(data)
         return True
 
-    async def fetch(self, index: int) -> bytes:
+    async def fetch(self, index: int) -> Part:
         """One part, surviving what can be survived (see download_media)."""
         failures = 0
         while True:
@@ -519,7 +520,10 @@ class _Job:
                 # FileCdnRedirect: only sent to clients that set cdn_supported; we don't.
                 name = type(result).__name__
                 raise TelegramError("FILE_CDN_REDIRECT", f"FILE_CDN_REDIRECT: unexpected {name}")
-            return bytes(result.bytes)
+            # A view of the decrypted answer on the media connection (MediaState), bytes on
+            # the others: either is written as it is, never copied here.
+            part: Part = result.bytes
+            return part
 
     async def get(self, sender: Sender, request: Any) -> Any:
         """One getFile, in its turn: a place in the account's window on the file's DC, the

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import inspect
 import logging
+import struct
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,11 +21,19 @@ from typing import Any
 
 import pytest
 import telethon
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from telethon import TelegramClient
 from telethon._updates import ChannelState, EntityCache, MessageBox, SessionState
 from telethon._updates.messagebox import ENTRY_ACCOUNT
+from telethon.crypto import AuthKey
+from telethon.errors import SecurityError
+from telethon.extensions import BinaryReader
+from telethon.extensions.messagepacker import MessagePacker
+from telethon.network import MTProtoSender
+from telethon.network.mtprotostate import MTProtoState
 from telethon.sessions import MemorySession
-from telethon.tl import types
+from telethon.tl import functions, types
 
 from model import telethon_internals
 from model.session import EntitySession
@@ -31,6 +41,7 @@ from model.telethon_internals import (
     INTERNALS,
     Internal,
     KeepingMessageBox,
+    MediaState,
     UpdateState,
     follow_channel,
     follows_channel,
@@ -39,6 +50,7 @@ from model.telethon_internals import (
     update_entities,
     update_state,
 )
+from tests.fakedc.mtproto import encrypt_server_message
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ["common", "model", "service", "start.py"]
@@ -66,6 +78,8 @@ def test_telethon_still_has_it(internal: Internal, client: TelegramClient) -> No
         assert f".{internal.name} = " in source, f"{where(internal)}: no longer set"
         return
     holder = client if internal.kind == "client attribute" else internal.owner
+    if internal.kind == "instance attribute":
+        holder = constructed(internal.owner, client)
     value: Any = getattr(holder, internal.name, _MISSING)
     assert value is not _MISSING, f"{where(internal)}: gone"
     if internal.kind == "coroutine function":
@@ -84,6 +98,17 @@ def test_telethon_still_has_it(internal: Internal, client: TelegramClient) -> No
         params = inspect.signature(value).parameters
         missing = [p for p in internal.params if p not in params]
         assert not missing, f"{where(internal)}: its signature lost {missing}"
+
+
+def constructed(owner: type, client: TelegramClient) -> Any:
+    """An instance of a Telethon class `INTERNALS` reads instance attributes of, built as
+    model/telethon_internals.py builds it (never connected)."""
+    sender = MTProtoSender(None, loggers=client._log)
+    return {
+        MTProtoSender: sender,
+        MessagePacker: sender._send_queue,
+        MTProtoState: MTProtoState(None, loggers=client._log),
+    }[owner]
 
 
 def test_every_private_name_the_adapter_uses_is_listed() -> None:
@@ -307,3 +332,87 @@ def update_state_of(box: Any) -> UpdateState:
     state = update_state(holder)  # type: ignore[arg-type]
     assert state is not None
     return state
+
+
+# --- MediaState: Telethon's checks, fewer copies ---------------------------------------------
+
+_AUTH = AuthKey(bytes(range(256)))
+
+
+def _answer(obj: Any, msg_id: int, state: MTProtoState, *, req: int = 77) -> bytes:
+    """A server message carrying `obj` (an rpc_result of it when `req`), encrypted for
+    `state`'s session by the emulator's MTProto code."""
+    body = struct.pack("<Iq", 0xF35C6D01, req) + obj._bytes() if req else obj._bytes()
+    payload = encrypt_server_message(_AUTH.key, _AUTH.key_id, 0, state.id, msg_id, 1, [body])
+    return b"".join(payload)
+
+
+def _states() -> tuple[MTProtoState, MediaState]:
+    loggers = TelegramClient(MemorySession(), 1, "0" * 32)._log
+    stock, ours = MTProtoState(_AUTH, loggers), MediaState(_AUTH, loggers)
+    ours.id = stock.id
+    return stock, ours
+
+
+def _read(message: Any) -> Any:
+    """What the sender does with an rpc_result's body: upload.File read from it."""
+    return functions.upload.GetFileRequest(types.InputPhotoFileLocation(1, 2, b"", ""), 0, 1).read_result(
+        BinaryReader(message.obj.body)
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=4096), mtime=st.integers(0, 2**31 - 1), tamper=st.integers(0, 2**16))
+def test_media_state_reads_what_telethon_reads_and_refuses_what_it_refuses(
+    data: bytes, mtime: int, tamper: int
+) -> None:
+    stock, ours = _states()
+    msg_id = (int(time.time()) << 32) | 1
+    answer = _answer(types.upload.File(types.storage.FilePartial(), mtime, data), msg_id, stock)
+    a, b = stock.decrypt_message_data(answer), ours.decrypt_message_data(answer)
+    assert (a.msg_id, a.seq_no, a.obj.req_msg_id) == (b.msg_id, b.seq_no, b.obj.req_msg_id)
+    got = _read(b)
+    assert isinstance(got.bytes, memoryview) and bytes(got.bytes) == _read(a).bytes == data
+    assert got.mtime == mtime
+    # Again: a duplicate, ignored by both.
+    assert stock.decrypt_message_data(answer) is None and ours.decrypt_message_data(answer) is None
+    # Any byte changed after the key id: both refuse it.
+    spoiled = bytearray(answer)
+    spoiled[8 + tamper % (len(answer) - 8)] ^= 0x01
+    for state in (stock, ours):
+        with pytest.raises(SecurityError):
+            state.decrypt_message_data(bytes(spoiled))
+
+
+@pytest.mark.parametrize(
+    ("obj", "req"),
+    [
+        (types.Pong(5, 6), 0),
+        (types.MsgsAck([1, 2, 3]), 0),
+        (types.NewSessionCreated(9, 10, 11), 0),
+        (types.RpcError(420, "FLOOD_WAIT_3"), 77),
+        (types.upload.FileCdnRedirect(2, b"t", b"k", b"iv", []), 77),
+    ],
+    ids=["pong", "msgs_ack", "new_session", "rpc_error", "cdn_redirect"],
+)
+def test_media_state_reads_other_messages_from_bytes_as_telethon(obj: Any, req: int) -> None:
+    stock, ours = _states()
+    answer = _answer(obj, (int(time.time()) << 32) | 1, stock, req=req)
+    a, b = stock.decrypt_message_data(answer), ours.decrypt_message_data(answer)
+    assert a.obj.to_dict() == b.obj.to_dict()
+    body = getattr(b.obj, "body", None)
+    assert body is None or isinstance(body, bytes)  # no view but for file parts
+
+
+def test_media_state_ignores_what_is_too_old_or_too_new_as_telethon() -> None:
+    for skew in (-400, +60):  # Telethon: older than 300 s or newer than 30 s
+        stock, ours = _states()
+        msg_id = ((int(time.time()) + skew) << 32) | 1
+        answer = _answer(types.Pong(1, 2), msg_id, stock, req=0)
+        assert stock.decrypt_message_data(answer) is None
+        assert ours.decrypt_message_data(answer) is None
+    stock, ours = _states()
+    wrong = _answer(types.Pong(1, 2), (int(time.time()) << 32) | 1, stock, req=0)
+    ours.id = stock.id + 1  # another session's message
+    with pytest.raises(SecurityError, match="wrong session ID"):
+        ours.decrypt_message_data(wrong)
