@@ -30,7 +30,7 @@ from telethon.crypto import AuthKey
 from telethon.errors import SecurityError
 from telethon.extensions import BinaryReader
 from telethon.extensions.messagepacker import MessagePacker
-from telethon.network import MTProtoSender
+from telethon.network import ConnectionTcpIntermediate, MTProtoSender
 from telethon.network.mtprotostate import MTProtoState
 from telethon.sessions import MemorySession
 from telethon.tl import functions, types
@@ -108,6 +108,7 @@ def constructed(owner: type, client: TelegramClient) -> Any:
         MTProtoSender: sender,
         MessagePacker: sender._send_queue,
         MTProtoState: MTProtoState(None, loggers=client._log),
+        ConnectionTcpIntermediate: ConnectionTcpIntermediate("127.0.0.1", 1, 1, loggers=client._log),
     }[owner]
 
 
