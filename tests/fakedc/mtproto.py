@@ -251,7 +251,9 @@ def encrypt_server_message(
             os.urandom(pad_len),
         ]
     )
-    msg_key = sha256(auth_key[96:128] + plain).digest()[8:24]
+    check = sha256(auth_key[96:128])
+    check.update(plain)  # not over key + plain: a 1 MB answer would be copied once more
+    msg_key = check.digest()[8:24]
     key, iv = _aes_key_iv(auth_key, msg_key, 8)
     return [_KEY_ID.pack(auth_key_id), msg_key, cryptg.encrypt_ige(plain, key, iv)]
 
