@@ -348,7 +348,7 @@ class MediaState(MTProtoState):  # type: ignore[misc]
     def decrypt_message_data(self, body: bytes | bytearray) -> TLMessage | None:
         now = time.time()  # as early as possible, as Telethon takes it
         if len(body) < 8:
-            raise InvalidBufferError(body)
+            raise InvalidBufferError(bytes(body))
         key_id = struct.unpack("<Q", body[:8])[0]
         if key_id != self.auth_key.key_id:
             raise SecurityError("Server replied with an invalid auth key")
