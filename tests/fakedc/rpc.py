@@ -124,6 +124,15 @@ def method_name(request: Any) -> str:
     return name if namespace == "functions" else f"{namespace}.{name}"
 
 
+
+class FilePart(types.upload.File):  # type: ignore[misc]
+    """upload.file whose bytes may be a view into the emulator's file block (files.view):
+    the server's serializer (server.py `serialize_result`) copies them once, into the
+    message. Serialized by Telethon (as tests do), they are bytes."""
+
+    def _bytes(self) -> bytes:
+        return bytes(types.upload.File(self.type, self.mtime, bytes(self.bytes))._bytes())
+
 class TelegramRpc(FaultKnobs):
     """Answers requests from a World. Construct with the world and (or later `set_pusher`)
     the cluster's pusher; hand it to FakeTelegram as its dispatcher. The knobs and counters
@@ -932,8 +941,8 @@ class TelegramRpc(FaultKnobs):
             raise RpcError(303, f"FILE_MIGRATE_{dc_id}")
         self._check_drop(file_id, viewer)
         self._check_budget(viewer, max(0, min(req.limit, size - req.offset)))
-        data = files.read(key, size, req.offset, req.limit)
-        return types.upload.File(
+        data = files.view(key, size, req.offset, req.limit)
+        return FilePart(
             type=storage_type(mime) if req.offset == 0 else types.storage.FilePartial(),
             mtime=0,
             bytes=data,

@@ -205,6 +205,7 @@ def serialize_result(result: Any) -> list[bytes]:
     raise TypeError(f"cannot serialize a {type(result).__name__} answer")
 
 
+_LARGE_WRITE = 64 * 1024  # bytes from which a part of a packet is written by itself
 _SEEN_KEPT = 512  # client (msg_id, seq_no) pairs kept per session for the seq_no check
 
 
@@ -612,7 +613,20 @@ class ClientConnection:
     def _write(self, payload: list[bytes]) -> bool:
         if self._closed or self.codec is None:
             return False
-        self.writer.writelines(self.codec.frame(payload))
+        # A large part (a file part's ciphertext) is written on its own: Python 3.11's
+        # writelines joins every part first, one more copy of a 1 MB answer. Small ones go
+        # joined, one write.
+        small: list[bytes] = []
+        for part in self.codec.frame(payload):
+            if len(part) < _LARGE_WRITE:
+                small.append(part)
+                continue
+            if small:
+                self.writer.write(b"".join(small))
+                small = []
+            self.writer.write(part)
+        if small:
+            self.writer.write(b"".join(small))
         return True
 
     async def _drain(self) -> None:
