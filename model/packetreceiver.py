@@ -21,7 +21,6 @@ from typing import Any
 MAX_PACKET = 16 << 20
 
 
-
 class PacketReceiver(asyncio.BufferedProtocol):
     """TCP intermediate packets (a 4-byte little-endian length, then the packet) received
     into a bytearray each, by the kernel's copy alone. The stream protocol it replaces
