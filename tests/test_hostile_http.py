@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +18,8 @@ from tornado.httpclient import AsyncHTTPClient
 
 from common.const import load_settings
 from service.cryptor import Signer
-from tests.fixtures.server_config import ROOT, SUBPROCESS_ENV, TOKEN, write_config
+from tests.fixtures.server_config import TOKEN, write_config
+from tests.fixtures.server_process import serving_url, spawn
 from tests.fixtures.wait import wait_for
 
 pytestmark = pytest.mark.slow
@@ -58,25 +58,9 @@ class Served:
 async def serving(tmp_path: Path, **config: str) -> AsyncIterator[Served]:
     path = write_config(tmp_path, **config)
     settings = load_settings(path, env={})
-    url_file = settings.run_dir / "tgc.url"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "start.py",
-        "serve",
-        "--config",
-        str(path),
-        "--no-console",
-        cwd=ROOT,
-        env=SUBPROCESS_ENV,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await spawn(path)
     try:
-        await wait_for(
-            lambda: url_file.exists() or proc.returncode is not None, within=30, what="url file"
-        )
-        assert proc.returncode is None
-        yield Served(proc, url_file.read_text().strip(), settings.log.file)
+        yield Served(proc, await serving_url(proc, settings.run_dir), settings.log.file)
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -47,10 +47,8 @@ def read(file_key: int, size: int, offset: int = 0, limit: int | None = None) ->
     end = size if limit is None else min(size, offset + limit)
     if offset >= end:
         return b""
-    start = (_shift(file_key) + offset) % BLOCK_LEN
-    length = end - offset
-    if length <= MIB:
-        return _BLOCK[start : start + length]
+    if end - offset <= MIB:
+        return bytes(view(file_key, size, offset, end - offset))
     return b"".join(
         read(file_key, size, pos, min(MIB, end - pos)) for pos in range(offset, end, MIB)
     )

@@ -131,7 +131,8 @@ class FilePart(types.upload.File):  # type: ignore[misc]
     message. Serialized by Telethon (as tests do), they are bytes."""
 
     def _bytes(self) -> bytes:
-        return bytes(types.upload.File(self.type, self.mtime, bytes(self.bytes))._bytes())
+        plain: bytes = types.upload.File(self.type, self.mtime, bytes(self.bytes))._bytes()
+        return plain
 
 class TelegramRpc(FaultKnobs):
     """Answers requests from a World. Construct with the world and (or later `set_pusher`)
