@@ -8,7 +8,8 @@ is full, memory ≈ parts_in_flight × part_size, never the whole file.
 
 How many of those workers actually have a part in flight is the account's window on that
 DC (model/partwindow.py `PartWindow`, `parts_in_flight` its ceiling): it grows while the
-round trip hides the extra parts and shrinks when they only queue or Telegram says wait.
+account's throughput grows with it, goes back when a growth bought nothing, and halves
+when Telegram says wait.
 A flood wait on getFile (Telegram's download throttle) also paces the account's parts
 (`DownloadPace`) and is its own flood-wait kind (model/tgerrors.py DOWNLOAD): the account's
 downloads slow down, its API reads go on.

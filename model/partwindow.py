@@ -7,25 +7,31 @@ which throttles an account that downloads fast for long (FLOOD_WAIT_X on upload.
 FLOOD_PREMIUM_WAIT_X for accounts without Premium). So two controllers, kept on the
 account's `MediaConnections` (model/downloader.py) and shared by its downloads:
 
-`PartWindow`, per account and DC: the parts in flight, delay-based (TCP Vegas's idea). A
-part's round trip when it is alone is the path's own (`base`); with more parts in flight,
-each round trip grows only by the time the parts wait behind one another, so
-`share = 1 − base ÷ the round's least round trip` is the share of the window that sits in
-a standing queue (the CPU's, the emulator's, Telegram's) instead of adding throughput.
-Every round (as many parts as the window) the window doubles while the share is below
-GROW_BELOW (slow start), then grows by one while it is, and shrinks by one while it is
-above SHRINK_ABOVE: throughput grows while the window does, and the window stops growing
-once the parts mostly queue. The round's least round trip, as TCP Vegas: parts sent
-together answer together and wait for one another in the event loop, which a mean would
-read as a queue. A share, not a count of parts queued as Vegas keeps: measured on a busy
-2-CPU machine against the emulator at 50 ms, a count of 2 to 4 held the window at 8 to 10
-(~76 MB/s, where a fixed 32 gave ~99), Python's own handling of a part counting as queue.
-The base is the least round trip of the last BASE_SPAN seconds, the first round's to begin
-with (its quickest part waited behind hardly anything: a part sent alone first cost a
-whole round trip of a cold download, ~60 ms of 1.2 s for 200 MB at 50 ms); every
-PROBE_EVERY seconds one part is sent alone to measure it again (a window held large would
-otherwise let queued round trips pass for the base). A flood wait halves the window. `ceiling`
+`PartWindow`, per account and DC: the parts in flight, grown only while throughput grows.
+Each round (as many answers as the window) gives the account's throughput on the DC: the
+round's bytes ÷ the time since the previous round ended (since its first part was sent,
+after the window drained). A bigger window is a trial, judged by the round at the new
+size: kept when that round's throughput is at least GAIN above the round before the
+growth, otherwise the window goes back to its size before and holds there HOLD_ROUNDS
+rounds before the next trial. Slow start doubles the window from START; after its first
+failed trial, or after a flood wait, a trial adds STEP of the window (at least one part).
+Only rounds that had the window full judge anything: a round of few parts (small files)
+says nothing of what a bigger window would do. A flood wait halves the window; `ceiling`
 (media.parts_in_flight) bounds it.
+
+Throughput, not the round trip: the window was delay-based first (TCP Vegas: grow while
+the round trip stays near the path's own, shrink as parts queue), and on this 2-CPU
+machine that misread both ends (bench/media_download.py, issue 14). At 0 ms the parts'
+queue is the pipeline between the emulator's CPU and ours, which a window of 1-2 starves
+(166 MB/s, where 16 gave 187-217); and with the real server uploading beside the
+download, round trips stayed near the base while the window grew to its ceiling and
+bought nothing (a ceiling of 64 took the server's peak RSS from 116 to 147 MB moving
+1 GB). A window the throughput justifies is right for both.
+
+The first round after the window drained is timed from its first part, so it includes the
+path's round trip once: against it the next, pipelined round looks better than it is, and
+a path that is already full may keep one doubling (16 at 0 ms, measured) before a trial
+fails.
 
 `DownloadPace`, per account: a rate the account's parts are paced to, set only once
 Telegram said wait. A window can't express a rate (one part at 0 ms is already faster than
@@ -68,6 +74,12 @@ START = 8
 # GROW_BELOW, shrink above SHRINK_ABOVE; and always grow while fewer than ALPHA parts queue.
 GROW_BELOW, SHRINK_ABOVE = 0.4, 0.6
 ALPHA = 2.0
+# Throughput: a trial's round must beat the round before it by GAIN to be kept (a doubling
+# that queues only measures ~0 ± a few %, one that fills a 50 ms path ~+40-100 %); after a
+# failed trial the window holds HOLD_ROUNDS rounds; after slow start a trial adds STEP.
+GAIN = 0.1
+HOLD_ROUNDS = 16
+STEP = 0.25
 BASE_SPAN = 30.0  # seconds a round trip counts for the base
 PROBE_EVERY = 10.0  # seconds between parts sent alone to measure the base again
 # The pace: seconds of bytes the first estimate is made of, the fraction of the estimated
@@ -85,10 +97,9 @@ FLOOD_MEMORY = 120.0
 
 @dataclass(slots=True)
 class Slot:
-    """One part's place in a window: when it was sent and whether it went alone."""
+    """One part's place in a window: when it was sent."""
 
     sent: float = 0.0
-    alone: bool = False
 
 
 class PartWindow:
@@ -100,14 +111,18 @@ class PartWindow:
         self.in_flight = 0
         self.parts = 0
         self.floods = 0
+        self.rate: float | None = None  # bytes per second of the last round that judged
         self._clock = clock
         self._slow_start = True
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._bases: deque[tuple[float, float]] = deque()  # (at, least round trip)
-        self._probing = False  # the first round's quickest part gives the base
-        self._probed_at = clock()
+        self._bases: deque[tuple[float, float]] = deque()  # (at, a round's least round trip)
+        self._trial: tuple[float, float] | None = None  # (limit, rate) before a growth
+        self._hold = 0  # rounds left before the next trial
         self._round_parts = 0
+        self._round_bytes = 0
         self._round_min = math.inf
+        self._round_full = False  # an answer came with the window full
+        self._round_start: float | None = None
 
     def __repr__(self) -> str:
         return f"<PartWindow {self.size}/{self.ceiling} in flight {self.in_flight}>"
@@ -115,13 +130,11 @@ class PartWindow:
     @property
     def size(self) -> int:
         """How many parts may be in flight now."""
-        if self._probing:
-            return 1
         return max(1, min(self.ceiling, int(self.limit)))
 
     @property
     def base(self) -> float | None:
-        """The path's own round trip as measured (seconds), if any yet."""
+        """The least round trip of the last BASE_SPAN seconds (seconds), if any yet."""
         return min((rtt for _, rtt in self._bases), default=None)
 
     async def acquire(self) -> Slot:
@@ -140,26 +153,32 @@ class PartWindow:
                 raise
         else:
             self.in_flight += 1
-        return Slot(alone=self.in_flight == 1)
+        return Slot()
 
     def sent(self, slot: Slot) -> None:
         """The part of `slot` leaves now (after any pacing)."""
         slot.sent = self._clock()
-        slot.alone = slot.alone and self.in_flight == 1
+        if self._round_start is None:
+            self._round_start = slot.sent
 
     def release(self, slot: Slot, nbytes: int | None) -> None:
         """Gives the place back; `nbytes` of a part answered (None: it failed)."""
+        full = self.in_flight >= self.size or bool(self._waiters)
         self.in_flight -= 1
         if nbytes is not None and slot.sent:
-            self._sample(self._clock() - slot.sent, slot.alone)
+            self._sample(self._clock() - slot.sent, nbytes, full)
+        if not self.in_flight and not self._waiters:
+            # Nothing more to send (a file's end): the next round is timed from its own
+            # first part, not across the idle time.
+            self._new_round(None)
         self._wake()
 
     def flood(self) -> None:
         """Telegram said wait: half the window, and no more slow start."""
         self.floods += 1
         self.limit = max(1.0, min(self.limit, float(self.ceiling)) / 2)
-        self._slow_start = False
-        self._new_round()
+        self._slow_start, self._trial, self.rate = False, None, None
+        self._new_round(None)
 
     def _wake(self) -> None:
         while self._waiters and self.in_flight < self.size:
@@ -168,50 +187,60 @@ class PartWindow:
                 self.in_flight += 1
                 waiter.set_result(None)
 
-    def _sample(self, rtt: float, alone: bool) -> None:
-        now = self._clock()
+    def _sample(self, rtt: float, nbytes: int, full: bool) -> None:
         self.parts += 1
-        if self._probing:
-            if alone:
-                self._add_base(now, rtt)
-                self._probing, self._probed_at = False, now
-                self._new_round()
-            return
         self._round_parts += 1
+        self._round_bytes += nbytes
         self._round_min = min(self._round_min, rtt)
+        self._round_full = self._round_full or full
         if self._round_parts >= self.size:
-            self._end_round(now)
-
-    def _add_base(self, now: float, rtt: float) -> None:
-        self._bases.append((now, rtt))
-        while self._bases and self._bases[0][0] < now - BASE_SPAN:
-            self._bases.popleft()
+            self._end_round(self._clock())
 
     def _end_round(self, now: float) -> None:
-        # The round's least round trip, not its mean (as TCP Vegas): parts sent together
-        # answer together and wait for one another in the event loop, which a mean would
-        # read as a queue; only a queue that stays makes even the quickest part late.
-        least = self._round_min
-        self._add_base(now, least)
-        base = self.base or least
-        share = 1 - base / least if least > 0 else 0.0
-        grow = share < GROW_BELOW or share * self.size < ALPHA
+        self._bases.append((now, self._round_min))
+        while self._bases[0][0] < now - BASE_SPAN:
+            self._bases.popleft()
+        start = self._round_start
         limit = min(self.limit, float(self.ceiling))
-        if self._slow_start and grow:
-            limit *= 2
-        else:
-            self._slow_start = False
-            if grow:
-                limit += 1
-            elif share > SHRINK_ABOVE:
-                limit -= 1
+        if start is not None and now > start and self._round_full:
+            rate = self._round_bytes / (now - start)
+            if self._trial is not None:
+                limit = self._judge(rate)
+            elif self._hold > 0:
+                self.rate, self._hold = rate, self._hold - 1
+            else:
+                self.rate = rate
+                limit = self._try_more(limit, rate)
+        # else the round says nothing of what a bigger window would do
         self.limit = max(1.0, min(limit, float(self.ceiling)))
-        self._new_round()
-        if now - self._probed_at >= PROBE_EVERY:
-            self._probing = True
+        self._new_round(now)
 
-    def _new_round(self) -> None:
-        self._round_parts, self._round_min = 0, math.inf
+    def _judge(self, rate: float) -> float:
+        """The round after a growth: kept (and more tried) if throughput grew by GAIN;
+        otherwise back to the window before, held there HOLD_ROUNDS rounds."""
+        assert self._trial is not None
+        before, before_rate = self._trial
+        self._trial = None
+        if rate >= before_rate * (1 + GAIN):
+            self.rate = rate
+            return self._try_more(min(self.limit, float(self.ceiling)), rate)
+        self._slow_start, self._hold, self.rate = False, HOLD_ROUNDS, before_rate
+        return before
+
+    def _try_more(self, limit: float, rate: float) -> float:
+        """The window grown for a trial (as it is at the ceiling)."""
+        grown = limit * 2 if self._slow_start else limit + max(1.0, limit * STEP)
+        grown = min(grown, float(self.ceiling))
+        if int(grown) <= int(limit):
+            return limit
+        self._trial = (limit, rate)
+        return grown
+
+    def _new_round(self, now: float | None) -> None:
+        """A round begins, timed from `now` (the previous round's end), or when None from
+        its first part sent."""
+        self._round_parts, self._round_bytes, self._round_min = 0, 0, math.inf
+        self._round_full, self._round_start = False, now
 
     def describe(self) -> dict[str, Any]:
         base = self.base
@@ -220,6 +249,7 @@ class PartWindow:
             "ceiling": self.ceiling,
             "in_flight": self.in_flight,
             "base_rtt_ms": None if base is None else round(base * 1000, 1),
+            "throughput_mb_s": None if self.rate is None else round(self.rate / 1e6, 1),
             "parts": self.parts,
             "flood_waits": self.floods,
         }

@@ -147,7 +147,8 @@ class StatusPage:
         return rows
 
     def _downloads(self) -> list[tuple[str, str, str, str, str, str, str]]:
-        """Per account and DC: window (of its ceiling), parts in flight, base round trip;
+        """Per account and DC: window (of its ceiling, and the throughput it last measured),
+        parts in flight, least round trip;
         per account: downloaded, pace, flood waits on getFile."""
         rows = []
         for row in sorted(download_rows(self.pool), key=lambda r: r["account"]):
@@ -160,8 +161,11 @@ class StatusPage:
                     rows.append((row["account"], "-", "-", "-", *common))
                     continue
                 base = "-" if w["base_rtt_ms"] is None else f"{w['base_rtt_ms']:g} ms"
+                window = f"{w['window']} of {w['ceiling']}"
+                if w.get("throughput_mb_s") is not None:
+                    window += f" · {w['throughput_mb_s']:g} MB/s"
                 rows.append((
-                    row["account"], str(dc), f"{w['window']} of {w['ceiling']}",
+                    row["account"], str(dc), window,
                     f"{w['in_flight']} · {base}", *common,
                 ))  # fmt: skip
         return rows
@@ -270,7 +274,7 @@ td.msg { font-family: ui-monospace, monospace; font-size: 12px; max-width: 70em;
 {% end %}
 <h2>Downloads</h2>
 <table id="downloads">
-<tr><th>account</th><th>dc</th><th>parts window</th><th>in flight · base round trip</th><th>downloaded</th><th>pace</th><th>flood waits</th></tr>
+<tr><th>account</th><th>dc</th><th>parts window</th><th>in flight · least round trip</th><th>downloaded</th><th>pace</th><th>flood waits</th></tr>
 {% for row in downloads %}<tr><td>{{ row[0] }}</td><td class="n">{{ row[1] }}</td><td class="n">{{ row[2] }}</td><td class="n">{{ row[3] }}</td><td class="n">{{ row[4] }}</td><td class="n">{{ row[5] }}</td><td class="n">{{ row[6] }}</td></tr>
 {% end %}{% if not downloads %}<tr><td colspan="7">no downloads yet</td></tr>{% end %}
 </table>
