@@ -33,7 +33,7 @@ START_TIMEOUT=${STARTUP_WAIT:-60}
 ensure_venv() {
   local reqs="$1" stamp want
   stamp="$VENV/.installed-$(basename "$reqs")"
-  want=$(cat requirements*.txt | sha256sum | cut -d' ' -f1)
+  want=$(cat requirements*.txt native/pyproject.toml native/setup.py native/*.c | sha256sum | cut -d' ' -f1)
   if [ -x "$PY" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
   fi
@@ -57,6 +57,15 @@ ensure_venv() {
   fi
   echo "installing $reqs into $VENV" >&2
   "$PY" -m pip install -q --disable-pip-version-check -r "$reqs" >&2
+  # native/: AES-IGE with AES-NI for the media connections (native/tgc_ige.c says why). It
+  # needs a C compiler and Python's headers; without them tgc runs on cryptg, slower.
+  echo "building native/ (tgc_ige) into $VENV" >&2
+  "$PY" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps ./native >&2 || {
+    echo "$0: WARNING: could not build native/ (needs gcc and the Python headers, e.g." \
+      "apt-get install gcc python3-dev); media downloads decrypt with cryptg, ~25 % slower." \
+      "Install them, then remove $VENV and start again." >&2
+  }
+  rm -rf native/build native/*.egg-info  # what setuptools leaves in the source tree
   rm -f "$VENV"/.installed-*
   echo "$want" >"$stamp"
 }

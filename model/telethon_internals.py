@@ -35,7 +35,6 @@ import telethon.network.mtprotostate as mtprotostate
 from telethon import TelegramClient
 from telethon._updates import EntityCache, MessageBox
 from telethon._updates.messagebox import ENTRY_ACCOUNT, ENTRY_SECRET, PtsInfo
-from telethon.crypto import AES
 from telethon.errors import InvalidBufferError, SecurityError
 from telethon.extensions import BinaryReader
 from telethon.extensions.messagepacker import MessagePacker
@@ -46,6 +45,7 @@ from telethon.tl import functions, types
 from telethon.tl.alltlobjects import LAYER
 from telethon.tl.core import TLMessage
 
+from model import ige
 from model.packetreceiver import PacketReceiver
 from model.tgerrors import ConnectionLost, is_transient
 
@@ -56,8 +56,13 @@ log = logging.getLogger(__name__)
 Sender: TypeAlias = Any
 
 Kind = Literal[
-    "coroutine function", "function", "class", "attribute", "client attribute",
-    "instance attribute", "set on updates",
+    "coroutine function",
+    "function",
+    "class",
+    "attribute",
+    "client attribute",
+    "instance attribute",
+    "set on updates",
 ]
 
 
@@ -337,8 +342,10 @@ class MediaState(MTProtoState):  # type: ignore[misc]
     downloaded (measured with perf, issue 14). Here the msg_key is hashed in two updates,
     and an rpc_result carrying upload.file is read through a memoryview: Telethon's own
     readers then slice views, and the part's bytes reach the downloader as a view of the
-    decrypted message, copied only once, by the kernel, into the file. Every other message
-    is read from bytes as Telethon does. The checks are Telethon 1.45's, in its order
+    decrypted message, copied only once, by the kernel, into the file. The message is
+    decrypted by model/ige.py: in the packet's own buffer, with AES-NI, where it can (AES
+    was then half the client's CPU per MB). Every other message is read from bytes as
+    Telethon does. The checks are Telethon 1.45's, in its order
     (tests/model/test_telethon_internals.py holds both to the same answers)."""
 
     # Telethon's (untyped) attributes, as this class uses them.
@@ -354,14 +361,14 @@ class MediaState(MTProtoState):  # type: ignore[misc]
             raise SecurityError("Server replied with an invalid auth key")
         msg_key = bytes(body[8:24])
         aes_key, aes_iv = self._calc_key(self.auth_key.key, msg_key, False)
-        # A packet of MediaTransport is a bytearray: one copy into the bytes cryptg takes.
-        plain = AES.decrypt_ige(bytes(memoryview(body)[24:]), aes_key, aes_iv)
+        # A packet of MediaTransport is a bytearray: decrypted in place (model/ige.py).
+        plain = ige.decrypt_tail(body, 24, aes_key, aes_iv)
         # core.telegram.org/mtproto/security_guidelines: checking the SHA-256 hash.
         check = sha256(self.auth_key.key[96 : 96 + 32])
         check.update(plain)
         if msg_key != check.digest()[8:24]:
             raise SecurityError("Received msg_key doesn't match with expected one")
-        reader = BinaryReader(memoryview(plain) if _is_file_part(plain) else plain)
+        reader = BinaryReader(memoryview(plain) if _is_file_part(plain) else bytes(plain))
         reader.read_long()  # remote_salt
         if reader.read_long() != self.id:
             raise SecurityError("Server replied with a wrong session ID (see FAQ for details)")
@@ -376,7 +383,8 @@ class MediaState(MTProtoState):  # type: ignore[misc]
         reader.read_int()  # msg_len; the padding is never read
         obj = reader.tgread_object()
         if obj.CONSTRUCTOR_ID in (
-            types.BadServerSalt.CONSTRUCTOR_ID, types.BadMsgNotification.CONSTRUCTOR_ID
+            types.BadServerSalt.CONSTRUCTOR_ID,
+            types.BadMsgNotification.CONSTRUCTOR_ID,
         ):
             if not self._highest_remote_id and not self.time_offset:
                 self.update_time_offset(remote_msg_id)
@@ -398,7 +406,7 @@ class MediaState(MTProtoState):  # type: ignore[misc]
         return TLMessage(remote_msg_id, remote_sequence, obj)
 
 
-def _is_file_part(plain: bytes) -> bool:
+def _is_file_part(plain: bytes | memoryview) -> bool:
     """Whether a decrypted message is an rpc_result whose result is upload.file (after the
     32-byte header: rpc_result's constructor, req_msg_id, the result's constructor)."""
     return (

@@ -40,11 +40,13 @@ computed incrementally over the frame parts, which are written without being joi
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import struct
 import time
 import zlib
 from hashlib import sha256
+from typing import Any
 
 import cryptg
 
@@ -57,6 +59,24 @@ _CRC = struct.Struct("<I")
 _INT = struct.Struct("<i")
 _HEADER = struct.Struct("<qqqii")  # salt, session_id, msg_id, seq_no, length
 _KEY_ID = struct.Struct("<Q")
+# A piece of a packet to write: an encrypted message is a bytearray (encrypted in place).
+Chunk = bytes | bytearray
+
+
+def _native_cipher() -> Any:
+    """tgc_ige (native/tgc_ige.c, which startup.sh builds into .venv) when this CPU runs it:
+    a 1 MB answer encrypted in place with AES-NI, ~2.5x cryptg's speed here. Telegram's
+    CPUs are not the client's; the emulator shares the machine's, so the less of it a part
+    takes, the closer a download here is to a real one. The emulator imports nothing of the
+    product: this is the extension itself, not model/ige.py."""
+    try:
+        module = importlib.import_module("tgc_ige")
+    except ImportError:
+        return None
+    return module if module.available() else None
+
+
+_TGC_IGE = _native_cipher()
 
 # The biggest packet a client may send; Telegram's own limit is about 1 MB per container.
 MAX_PACKET = 4 << 20
@@ -81,7 +101,7 @@ class Codec:
     async def read_packet(self, reader: asyncio.StreamReader) -> bytes:
         raise NotImplementedError
 
-    def frame(self, parts: list[bytes]) -> list[bytes]:
+    def frame(self, parts: list[Chunk]) -> list[Chunk]:
         """The buffers to write, in order, to send the concatenation of `parts` as one
         packet (the parts are not joined: the socket takes them as they are)."""
         raise NotImplementedError
@@ -113,7 +133,7 @@ class FullCodec(Codec):
         self._recv_seq += 1
         return rest[4 : length - 8]
 
-    def frame(self, parts: list[bytes]) -> list[bytes]:
+    def frame(self, parts: list[Chunk]) -> list[Chunk]:
         head = _LEN_SEQ.pack(sum(map(len, parts)) + 12, self._send_seq)
         self._send_seq += 1
         crc = zlib.crc32(head)
@@ -131,7 +151,7 @@ class IntermediateCodec(Codec):
             raise TransportError(f"intermediate transport: bad length {length}")
         return await reader.readexactly(length)
 
-    def frame(self, parts: list[bytes]) -> list[bytes]:
+    def frame(self, parts: list[Chunk]) -> list[Chunk]:
         return [_INT.pack(sum(map(len, parts))), *parts]
 
 
@@ -161,7 +181,7 @@ class AbridgedCodec(Codec):
             raise TransportError(f"abridged transport: bad length {words * 4}")
         return await reader.readexactly(words * 4)
 
-    def frame(self, parts: list[bytes]) -> list[bytes]:
+    def frame(self, parts: list[Chunk]) -> list[Chunk]:
         words = sum(map(len, parts)) >> 2
         if words < 0x7F:
             return [bytes((words,)), *parts]
@@ -239,23 +259,29 @@ def encrypt_server_message(
     msg_id: int,
     seq_no: int,
     body_parts: list[bytes],
-) -> list[bytes]:
+) -> list[Chunk]:
     """Encrypts one server->client message (x=8) whose body is the concatenation of
     `body_parts`, and returns the transport payload as parts: auth_key_id, msg_key, data."""
     length = sum(len(p) for p in body_parts)
     pad_len = -(32 + length + 12) % 16 + 12
-    plain = b"".join(
-        [
-            _HEADER.pack(salt, session_id, msg_id, seq_no, length),
-            *body_parts,
-            os.urandom(pad_len),
-        ]
-    )
+    parts = [_HEADER.pack(salt, session_id, msg_id, seq_no, length), *body_parts]
+    parts.append(os.urandom(pad_len))
+    if _TGC_IGE is None:
+        plain = b"".join(parts)
+        msg_key = _msg_key(auth_key, plain)
+        key, iv = _aes_key_iv(auth_key, msg_key, 8)
+        return [_KEY_ID.pack(auth_key_id), msg_key, cryptg.encrypt_ige(plain, key, iv)]
+    buffer = bytearray().join(parts)
+    msg_key = _msg_key(auth_key, buffer)
+    key, iv = _aes_key_iv(auth_key, msg_key, 8)
+    _TGC_IGE.encrypt_into(buffer, key, iv)  # the plaintext is not needed again
+    return [_KEY_ID.pack(auth_key_id), msg_key, buffer]
+
+
+def _msg_key(auth_key: bytes, plain: bytes | bytearray) -> bytes:
     check = sha256(auth_key[96:128])
     check.update(plain)  # not over key + plain: a 1 MB answer would be copied once more
-    msg_key = check.digest()[8:24]
-    key, iv = _aes_key_iv(auth_key, msg_key, 8)
-    return [_KEY_ID.pack(auth_key_id), msg_key, cryptg.encrypt_ige(plain, key, iv)]
+    return check.digest()[8:24]
 
 
 # -- msg_id and seq_no --------------------------------------------------------------------

@@ -86,6 +86,7 @@ from .authkeys import AuthKeyRegistry, KeyRecord
 from .mtproto import (
     ANSWER,
     PUSH,
+    Chunk,
     Codec,
     CryptoError,
     MsgIdSeq,
@@ -610,13 +611,13 @@ class ClientConnection:
         )
         return self._write(payload)
 
-    def _write(self, payload: list[bytes]) -> bool:
+    def _write(self, payload: list[Chunk]) -> bool:
         if self._closed or self.codec is None:
             return False
         # A large part (a file part's ciphertext) is written on its own: Python 3.11's
         # writelines joins every part first, one more copy of a 1 MB answer. Small ones go
         # joined, one write.
-        small: list[bytes] = []
+        small: list[Chunk] = []
         for part in self.codec.frame(payload):
             if len(part) < _LARGE_WRITE:
                 small.append(part)
