@@ -391,7 +391,9 @@ async def through_server(
             started = time.perf_counter()
             data = await ask_until_ok(api, "/api/v1/messages?peer=@bench&ids=1")
             key = data["messages"][0]["media"]["key"]
-            record = await wait_stored(api, server, key, limit=60 + size / MIB / 2)
+            windows: list[int] = []
+            record = await wait_stored(api, server, key, limit=60 + size / MIB / 2,
+                                       windows=(url, windows))  # fmt: skip
             wall = time.perf_counter() - started
             c1, e1 = cpu_seconds(server.pid), cpu_seconds(emu.proc.pid)
             hwm = proc_status_mb(server.pid, "VmHWM")  # before the stop: the process's own
@@ -400,13 +402,18 @@ async def through_server(
     if code != 0:
         raise RuntimeError(f"the server exited with {code} on SIGTERM: {server.tail()}")
     return {"key": key, "record": record, "wall": wall, "idle_rss": idle_rss, "hwm": hwm,
-            "server_cpu": c1 - c0, "emu_cpu": e1 - e0}  # fmt: skip
+            "server_cpu": c1 - c0, "emu_cpu": e1 - e0, "windows": windows}  # fmt: skip
 
 
-async def wait_stored(api: Any, server: ServerProcess, key: str, limit: float) -> dict[str, Any]:
-    """GET /api/v1/media/KEY every 50 ms until `stored` (a `failed` or a dead server ends it)."""
+async def wait_stored(
+    api: Any, server: ServerProcess, key: str, limit: float, windows: tuple[str, list[int]]
+) -> dict[str, Any]:
+    """GET /api/v1/media/KEY every 50 ms until `stored` (a `failed` or a dead server ends it);
+    meanwhile the account's window from /metrics (tgc_media_parts_window) into `windows`."""
     deadline = time.monotonic() + limit
+    base_url, seen = windows
     while True:
+        seen.extend(await metric_values(base_url, "tgc_media_parts_window"))
         answer = await api.request("GET", f"/api/v1/media/{key}")
         record: dict[str, Any] = answer.data if answer.ok else {}
         if record.get("state") == "stored":
@@ -418,6 +425,15 @@ async def wait_stored(api: Any, server: ServerProcess, key: str, limit: float) -
         if time.monotonic() > deadline:
             raise TimeoutError(f"media {key} not stored after {limit:.0f} s: {record}")
         await asyncio.sleep(0.05)
+
+
+async def metric_values(base_url: str, name: str) -> list[int]:
+    """The values of a gauge on the server's /metrics (Prometheus text, no signing)."""
+    from tornado.httpclient import AsyncHTTPClient
+
+    response = await AsyncHTTPClient().fetch(base_url.rstrip("/") + "/metrics")
+    lines = response.body.decode().splitlines()
+    return [int(float(line.split()[-1])) for line in lines if line.startswith(name + "{")]
 
 
 def server_stage(
@@ -652,7 +668,9 @@ def main() -> None:
                   f" MB/cpu-s server|emulator: {mb / max(s['server_cpu'], 1e-9):.0f}"
                   f" | {mb / max(s['emu_cpu'], 1e-9):.0f}")  # fmt: skip
             print(f"on nginx: {s['stored_size']} bytes, byte-exact: {s['exact']}")
-            print(f"server RSS idle {s['idle_rss']:.0f} MB, peak (VmHWM) {s['hwm']:.0f} MB")
+            print(f"server RSS idle {s['idle_rss']:.0f} MB, peak (VmHWM) {s['hwm']:.0f} MB;"
+                  f" the account's window, sampled every ~50 ms: largest"
+                  f" {max(s['windows'], default=0)}, last {(s['windows'] or [0])[-1]}")  # fmt: skip
             verdicts.append(("server peak RSS", f"{s['hwm']:.0f} MB", f"< {TARGET_RSS_MB:g} MB",
                              s["hwm"] < TARGET_RSS_MB))  # fmt: skip
             verdicts.append(("stored on nginx byte-exact", str(s["exact"]), "True", s["exact"]))

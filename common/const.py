@@ -522,7 +522,7 @@ KEYS: tuple[Key, ...] = (
     Key("media.download_workers", "4", integer(1, 64)),
     Key("media.upload_workers", "4", integer(1, 64)),
     Key("media.per_account_downloads", "2", integer(1, 32)),
-    Key("media.parts_in_flight", "32", integer(1, 64)),
+    Key("media.parts_in_flight", "64", integer(1, 64)),
     Key("media.part_size", "1M", part_size),
     Key("media.spool_max_bytes", "10G", size(1024**2, 1024**5)),
     Key("media.max_file_bytes", "4G", size(1, 1024**4)),

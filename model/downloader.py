@@ -22,6 +22,7 @@ Queues, the spool and storage are service/mediaprocessor.py's.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -69,6 +70,7 @@ MEDIA_IDLE_CLOSE = 60.0
 RefreshReference = Callable[[], Awaitable[bytes]]
 OnPart = Callable[[int, int], None]
 Part = bytes | memoryview  # a part's bytes as the connection hands them over
+Release = Callable[[int | None], None]  # gives a part's place in the window back: its bytes
 OpenSender = Callable[["TelegramClient"], Awaitable[Sender]]
 
 
@@ -444,22 +446,34 @@ class _Job:
         loop = asyncio.get_running_loop()
         while (index := self.next_part()) is not None:
             try:
-                data = await self.fetch(index)
+                data, release = await self.fetch(index)
             except Exception as e:
                 self.failed.append(e)
                 raise
-            if not self.accept(index, data):
-                continue
-            if data:
-                offset = index * self.part_size
-                write = loop.run_in_executor(None, _pwrite_all, self.fd, data, offset)
-                self.writes.add(write)
-                write.add_done_callback(self.writes.discard)
-                # Shielded: a cancelled worker leaves its write running; settle_writes waits.
-                await asyncio.shield(write)
+            # The part keeps its place in the window until it is written: the window bounds
+            # the parts held in memory (a slow disk slows the download, it does not pile
+            # parts up), and its throughput is what reaches the file.
+            try:
+                nbytes = len(data)
+                if not self.accept(index, data):
+                    continue
+                if data:
+                    offset = index * self.part_size
+                    write = loop.run_in_executor(None, _pwrite_all, self.fd, data, offset)
+                    self.writes.add(write)
+                    write.add_done_callback(self.writes.discard)
+                    # Shielded: a cancelled worker leaves its write running; settle_writes
+                    # waits.
+                    await asyncio.shield(write)
+            finally:
+                # Not kept while this worker waits for its next place: the parts_in_flight
+                # workers held a written part each (1 MB), beyond the window (issue 14:
+                # 64 workers, a window of 16-32, the server's peak RSS 145 MB, not 113).
+                del data
+                release(nbytes)
             self.done.add(index)
             if self.on_part is not None:
-                self.on_part(index, len(data))
+                self.on_part(index, nbytes)
 
     def accept(self, index: int, data: Part) -> bool:
         """Checks a part's length: full, or the file's last part; False for a part past
@@ -478,8 +492,9 @@ class _Job:
             self.end_index, self.end_bytes = index, len(data)
         return True
 
-    async def fetch(self, index: int) -> Part:
-        """One part, surviving what can be survived (see download_media)."""
+    async def fetch(self, index: int) -> tuple[Part, Release]:
+        """One part, surviving what can be survived (see download_media), and what gives
+        its place in the window back (call it with the bytes kept, once they are written)."""
         failures = 0
         while True:
             reference, sender = self.media.file_reference, self.sender
@@ -489,7 +504,7 @@ class _Job:
                 limit=self.part_size,
             )
             try:
-                result = await self.get(sender, request)
+                result, release = await self.get(sender, request)
             except _REFERENCE_ERRORS:
                 await self.refresh(reference)
                 continue
@@ -518,21 +533,23 @@ class _Job:
                 await asyncio.sleep(_RETRY_DELAY * failures)
                 continue
             if not isinstance(result, types.upload.File):
+                release(None)
                 # FileCdnRedirect: only sent to clients that set cdn_supported; we don't.
                 name = type(result).__name__
                 raise TelegramError("FILE_CDN_REDIRECT", f"FILE_CDN_REDIRECT: unexpected {name}")
             # A view of the decrypted answer on the media connection (MediaState), bytes on
             # the others: either is written as it is, never copied here.
             part: Part = result.bytes
-            return part
+            return part, release
 
-    async def get(self, sender: Sender, request: Any) -> Any:
+    async def get(self, sender: Sender, request: Any) -> tuple[Any, Release]:
         """One getFile, in its turn: a place in the account's window on the file's DC, the
-        account's pace; the round trip and bytes are what both learn from."""
+        account's pace; the bytes are what the pace learns from. The answer comes with what
+        gives the place back (the window learns from when that is called); on an error the
+        place is given back here."""
         window = self.connections.window(self.media.dc_id, self.ceiling)
         pace = self.connections.pace
         slot = await window.acquire()
-        nbytes: int | None = None
         try:
             if waiting := pace.waiting():
                 # Telegram's wait on this account's getFile still runs (another download
@@ -541,11 +558,11 @@ class _Job:
             async with pace.turn(self.part_bytes(request.offset)):
                 window.sent(slot)
                 result = await call(self.connections.client, sender, request)
-                nbytes = len(getattr(result, "bytes", b""))
-                pace.received(nbytes)
-            return result
-        finally:
-            window.release(slot, nbytes)
+                pace.received(len(getattr(result, "bytes", b"")))
+        except BaseException:
+            window.release(slot, None)
+            raise
+        return result, functools.partial(window.release, slot)
 
     def part_bytes(self, offset: int) -> int:
         """The most a part at `offset` can carry: what the pace charges it (a small photo

@@ -17,7 +17,9 @@ rounds before the next trial. Slow start doubles the window from START; after it
 failed trial, or after a flood wait, a trial adds STEP of the window (at least one part).
 Only rounds that had the window full judge anything: a round of few parts (small files)
 says nothing of what a bigger window would do. A flood wait halves the window; `ceiling`
-(media.parts_in_flight) bounds it.
+(media.parts_in_flight) bounds it. The downloader gives a part's place back once the part
+is written: the window bounds the parts held in memory, and the throughput it measures is
+what reaches the file.
 
 Throughput, not the round trip: the window was delay-based first (TCP Vegas: grow while
 the round trip stays near the path's own, shrink as parts queue), and on this 2-CPU

@@ -5,7 +5,9 @@ emulator (tests/fakedc)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import weakref
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -410,6 +412,39 @@ async def test_cancel_waits_for_writes_and_closes_file(tmp_path: Path) -> None:
         await task
     assert len(os.listdir("/proc/self/fd")) == fds_before
     assert parts < part_count(size)
+
+
+class TrackedPart(bytearray):
+    """A part's bytes that a test can watch being freed (a weak reference)."""
+
+
+async def test_parts_in_memory_stay_within_the_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 16 workers, a window held at 2 (a trial of 4 now and then): a worker waiting for its
+    # next place must not keep the part it wrote (it did: 1 MB a worker, issue 14).
+    monkeypatch.setattr("model.partwindow.GAIN", 1e9)  # every trial fails: the window holds
+    size = 24 * MIB
+    client = FakeClient(size, latency=0.001)
+    window = client.media_connections.window(1, 16)
+    window.limit = 2.0
+    parts: list[weakref.ref[TrackedPart]] = []
+    held: list[tuple[int, int]] = []  # (parts alive, the window's size) at each answer
+    answer = client._call
+
+    async def tracked(sender: FakeSender, request: Any) -> Any:
+        result = await answer(sender, request)
+        result.bytes = part = TrackedPart(result.bytes)
+        parts.append(weakref.ref(part))
+        gc.collect()  # only what is still referenced counts
+        held.append((sum(ref() is not None for ref in parts), window.size))
+        return result
+
+    monkeypatch.setattr(client, "_call", tracked)
+    await download_media(client, make_media(size), tmp_path / "f", parts_in_flight=16)
+    assert (tmp_path / "f").read_bytes() == expected(size)
+    # No more parts alive than the largest window (4): without the fix, 12.
+    assert len(held) == 24 and max(n for n, _ in held) <= max(w for _, w in held) <= 4
 
 
 # -- integration: the DC emulator -----------------------------------------------------------
