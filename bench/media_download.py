@@ -187,6 +187,12 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def steal_and_total() -> tuple[int, int]:
+    """The machine's CPU ticks stolen by the hypervisor, and all its ticks (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[7], sum(fields[:8])
+
+
 def cpu_seconds(pid: int | None = None) -> float:
     """User + system CPU time of a process (this one by default), from /proc."""
     if pid is None:
@@ -615,6 +621,7 @@ def main() -> None:
           f"{'; overridden by flags' if (part_size, window) != (shipped_part, shipped_window) else ''})")  # fmt: skip
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"machine: {os.cpu_count()} CPUs, load average {load} (figures drift with other load)")
+    steal0 = steal_and_total()
     verdicts: list[tuple[str, str, str, bool]] = []  # (figure, value, target, ok)
     with tempfile.TemporaryDirectory(prefix="tgc-bench-") as tmp:
         workdir = Path(tmp)
@@ -679,6 +686,10 @@ def main() -> None:
             verdicts += budget_stage(workdir, args.budget_mbps, args.budget_seconds, part_size,
                                      window)  # fmt: skip
 
+    steal1 = steal_and_total()
+    stolen = (steal1[0] - steal0[0]) / max(1, steal1[1] - steal0[1])
+    print(f"\nCPU time stolen by the hypervisor during the run: {stolen:.1%}"
+          " (more than a few percent: the figures are the host's, not the code's)")  # fmt: skip
     print("\ntargets (issue 14):")
     for figure, value, target, ok in verdicts:
         print(f"  {figure:<28} {value:>10}  target {target:<10} {'PASS' if ok else 'FAIL'}")
