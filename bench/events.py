@@ -284,8 +284,9 @@ async def push_flow(
 
         class Capturing(Publisher):
             async def publish(self, routing_key: str, body: dict[str, Any], message_id: str) -> None:
-                captured.append(Event(routing_key, body, message_id))
-                if latencies is not None:
+                if latencies is None:  # the raw side's bodies; a latency run needs none
+                    captured.append(Event(routing_key, body, message_id))
+                else:
                     pushed_at[message_id] = int(body["message"]["text"].split(" ", 2)[1])
                 await super().publish(routing_key, body, message_id)
 
