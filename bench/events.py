@@ -514,9 +514,13 @@ if __name__ == "__main__":
     parser.add_argument("--skip-publisher", action="store_true",
                         help="skip the raw-vs-outbox rounds (only --push / --latency)")
     args = parser.parse_args()
+    # On the loop `start.py serve` runs (uvloop), both sides of every comparison; the
+    # emulator's child process keeps asyncio's (it stands for Telegram).
+    import uvloop
+
     if not args.skip_publisher:
-        asyncio.run(main(args))
+        uvloop.run(main(args))
     if args.push:
-        asyncio.run(push_bench(args))
+        uvloop.run(push_bench(args))
     if args.latency:
-        asyncio.run(latency_bench(args))
+        uvloop.run(latency_bench(args))
