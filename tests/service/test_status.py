@@ -315,11 +315,13 @@ async def test_chromium_draws_the_page_with_its_tables(ops_stack: OpsStack, tmp_
 def test_downloads_show_each_accounts_window_per_dc_and_its_pace() -> None:
     pool = DownloadingPool()
     pool.clients[0].name = "<b>busy</b>"
+    # DC 4's window measured a round (its throughput shows); DC 2's none yet.
+    pool.clients[0].media_connections.window(4, 8).rate = 12_500_000.0
     page = StatusPage(pool=pool)  # type: ignore[arg-type]
     rows = page.context()["downloads"]
     assert [r[:3] for r in rows] == [
         ("<b>busy</b>", "2", "8 of 16"),
-        ("<b>busy</b>", "4", "8 of 8"),
+        ("<b>busy</b>", "4", "8 of 8 · 12.5 MB/s"),
     ]
     downloaded, pace, floods = rows[0][4:]
     assert downloaded == "5.0 MB" and pace.endswith("(waiting 3 s)") and floods == "1"
