@@ -72,18 +72,13 @@ Clock = Callable[[], float]
 # window shipped before this one, the best one at 0 ms (issue 14), so a near DC loses
 # nothing while a far one reaches 32 in two round trips.
 START = 8
-# The standing queue, as a share of the window (1 − base ÷ least round trip): grow below
-# GROW_BELOW, shrink above SHRINK_ABOVE; and always grow while fewer than ALPHA parts queue.
-GROW_BELOW, SHRINK_ABOVE = 0.4, 0.6
-ALPHA = 2.0
 # Throughput: a trial's round must beat the round before it by GAIN to be kept (a doubling
 # that queues only measures ~0 ± a few %, one that fills a 50 ms path ~+40-100 %); after a
 # failed trial the window holds HOLD_ROUNDS rounds; after slow start a trial adds STEP.
 GAIN = 0.1
 HOLD_ROUNDS = 16
 STEP = 0.25
-BASE_SPAN = 30.0  # seconds a round trip counts for the base
-PROBE_EVERY = 10.0  # seconds between parts sent alone to measure the base again
+BASE_SPAN = 30.0  # seconds a round's least round trip counts for `base` (shown, not used)
 # The pace: seconds of bytes the first estimate is made of, the fraction of the estimated
 # budget kept after a flood wait, its growth per second while it holds parts back, a floor,
 # and how long a flood wait's start stays the reference for the next estimate.
@@ -230,7 +225,7 @@ class PartWindow:
         return before
 
     def _try_more(self, limit: float, rate: float) -> float:
-        """The window grown for a trial (as it is at the ceiling)."""
+        """The window grown for a trial (unchanged, and no trial, at the ceiling)."""
         grown = limit * 2 if self._slow_start else limit + max(1.0, limit * STEP)
         grown = min(grown, float(self.ceiling))
         if int(grown) <= int(limit):

@@ -124,7 +124,6 @@ def method_name(request: Any) -> str:
     return name if namespace == "functions" else f"{namespace}.{name}"
 
 
-
 class FilePart(types.upload.File):  # type: ignore[misc]
     """upload.file whose bytes may be a view into the emulator's file block (files.view):
     the server's serializer (server.py `serialize_result`) copies them once, into the
@@ -133,6 +132,7 @@ class FilePart(types.upload.File):  # type: ignore[misc]
     def _bytes(self) -> bytes:
         plain: bytes = types.upload.File(self.type, self.mtime, bytes(self.bytes))._bytes()
         return plain
+
 
 class TelegramRpc(FaultKnobs):
     """Answers requests from a World. Construct with the world and (or later `set_pusher`)
